@@ -1,0 +1,43 @@
+//! Generated code for the shopmesh contracts and the descriptor set that
+//! reflection and the gateway read.
+
+#![allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
+
+/// The encoded `FileDescriptorSet` of every shopmesh proto and its imports, with
+/// custom options (google.api.http) intact.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/shop_descriptor.bin"));
+
+pub mod google {
+    pub mod api {
+        tonic::include_proto!("google.api");
+    }
+}
+
+pub mod shop {
+    pub mod common {
+        pub mod v1 {
+            tonic::include_proto!("shop.common.v1");
+        }
+    }
+    pub mod user {
+        pub mod v1 {
+            tonic::include_proto!("shop.user.v1");
+        }
+    }
+    pub mod inventory {
+        pub mod v1 {
+            tonic::include_proto!("shop.inventory.v1");
+        }
+    }
+    pub mod order {
+        pub mod v1 {
+            tonic::include_proto!("shop.order.v1");
+        }
+    }
+}
+
+pub use shop::common::v1 as common;
+pub use shop::inventory::v1 as inventory;
+pub use shop::order::v1 as order;
+pub use shop::user::v1 as user;

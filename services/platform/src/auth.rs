@@ -1,0 +1,415 @@
+//! Access tokens and service identity.
+//!
+//! User access tokens are EdDSA JWTs signed by the user service and checked
+//! everywhere for signature, issuer, audience and expiry. A service proves who it
+//! is with its own short-lived token (key held by services only) in the
+//! `x-service-authorization` header; the end user's token travels alongside in
+//! `authorization` for audit.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+use tonic::metadata::MetadataMap;
+use uuid::Uuid;
+
+use crate::config::{ConfigError, Secret, ServiceSettings};
+use crate::error::ApiError;
+
+/// The audience and issuer of service identity tokens.
+pub const SERVICE_AUDIENCE: &str = "shopmesh-internal";
+pub const SERVICE_ISSUER: &str = "shopmesh-services";
+/// The header a service puts its own identity token in.
+pub const SERVICE_AUTHORIZATION: &str = "x-service-authorization";
+const SERVICE_TOKEN_TTL: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Admin,
+}
+
+/// What a token says. `role` is set on user tokens only.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Claims {
+    pub iss: String,
+    pub sub: String,
+    pub aud: String,
+    pub exp: u64,
+    pub iat: u64,
+    pub jti: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+}
+
+/// A signed-in end user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserPrincipal {
+    pub user_id: Uuid,
+    pub role: Role,
+}
+
+/// Who is calling: possibly nobody, an end user, a service, or a service acting
+/// for an end user.
+#[derive(Clone, Debug, Default)]
+pub struct Caller {
+    pub user: Option<UserPrincipal>,
+    pub service: Option<String>,
+}
+
+impl Caller {
+    /// The signed-in user, or UNAUTHENTICATED.
+    pub fn require_user(&self) -> Result<&UserPrincipal, ApiError> {
+        self.user.as_ref().ok_or_else(|| {
+            ApiError::Unauthenticated("missing bearer token in authorization header".into())
+        })
+    }
+
+    /// An admin user, or UNAUTHENTICATED / PERMISSION_DENIED.
+    pub fn require_admin(&self) -> Result<&UserPrincipal, ApiError> {
+        let user = self.require_user()?;
+        if user.role == Role::Admin {
+            Ok(user)
+        } else {
+            Err(ApiError::PermissionDenied("admin role required".into()))
+        }
+    }
+
+    /// The named service, whatever user it acts for.
+    pub fn require_service(&self, name: &str) -> Result<(), ApiError> {
+        match self.service.as_deref() {
+            Some(s) if s == name => Ok(()),
+            Some(other) => Err(ApiError::PermissionDenied(format!(
+                "service {other} may not call this method"
+            ))),
+            None => Err(ApiError::PermissionDenied(format!(
+                "internal method: only the {name} may call it"
+            ))),
+        }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.user.as_ref().is_some_and(|u| u.role == Role::Admin)
+    }
+}
+
+/// Checks the tokens on incoming calls.
+#[derive(Clone)]
+pub struct Authenticator {
+    user_key: DecodingKey,
+    user_validation: Validation,
+    service_key: Option<DecodingKey>,
+    service_validation: Validation,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.user_validation.iss)
+            .field("audience", &self.user_validation.aud)
+            .finish_non_exhaustive()
+    }
+}
+
+fn validation(issuer: &str, audience: &str) -> Validation {
+    let mut v = Validation::new(Algorithm::EdDSA);
+    v.set_issuer(&[issuer]);
+    v.set_audience(&[audience]);
+    v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    v.leeway = 5;
+    v
+}
+
+impl Authenticator {
+    pub fn new(
+        user_public_pem: &str,
+        issuer: &str,
+        audience: &str,
+        service_public_pem: Option<&str>,
+    ) -> Result<Self, ConfigError> {
+        let user_key = DecodingKey::from_ed_pem(user_public_pem.as_bytes()).map_err(|e| {
+            ConfigError::missing(
+                "AUTH_PUBLIC_KEY",
+                &format!("not an Ed25519 public key PEM: {e}"),
+            )
+        })?;
+        let service_key = service_public_pem
+            .map(|pem| {
+                DecodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| {
+                    ConfigError::missing(
+                        "SERVICE_PUBLIC_KEY",
+                        &format!("not an Ed25519 public key PEM: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            user_key,
+            user_validation: validation(issuer, audience),
+            service_key,
+            service_validation: validation(SERVICE_ISSUER, SERVICE_AUDIENCE),
+        })
+    }
+
+    /// The verifier that the common settings describe (`AUTH_PUBLIC_KEY`, and
+    /// `SERVICE_PUBLIC_KEY` when this service accepts calls from other services).
+    pub fn from_settings(settings: &ServiceSettings) -> Result<Self, ConfigError> {
+        if settings.auth_public_key.is_empty() {
+            return Err(ConfigError::missing("AUTH_PUBLIC_KEY", "must be set (PEM)"));
+        }
+        let service_key = Some(settings.service_public_key.expose()).filter(|k| !k.is_empty());
+        Self::new(
+            settings.auth_public_key.expose(),
+            &settings.auth_issuer,
+            &settings.auth_audience,
+            service_key,
+        )
+    }
+
+    /// Reads `authorization` and `x-service-authorization`. No token is an anonymous
+    /// caller; a token that is present but invalid is UNAUTHENTICATED.
+    pub fn caller(&self, metadata: &MetadataMap) -> Result<Caller, ApiError> {
+        let mut caller = Caller::default();
+        if let Some(token) = bearer(metadata, "authorization")? {
+            let claims = decode(token, &self.user_key, &self.user_validation, "access token")?;
+            let user_id = Uuid::parse_str(&claims.sub).map_err(|_| {
+                ApiError::Unauthenticated("access token subject is not a user id".into())
+            })?;
+            let role = claims
+                .role
+                .ok_or_else(|| ApiError::Unauthenticated("access token has no role".into()))?;
+            caller.user = Some(UserPrincipal { user_id, role });
+        }
+        if let Some(token) = bearer(metadata, SERVICE_AUTHORIZATION)? {
+            let key = self.service_key.as_ref().ok_or_else(|| {
+                ApiError::Unauthenticated("this service does not accept service tokens".into())
+            })?;
+            let claims = decode(token, key, &self.service_validation, "service token")?;
+            caller.service = Some(claims.sub);
+        }
+        Ok(caller)
+    }
+}
+
+fn bearer<'a>(metadata: &'a MetadataMap, header: &str) -> Result<Option<&'a str>, ApiError> {
+    let Some(value) = metadata.get(header) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| ApiError::Unauthenticated(format!("{header} header is not ASCII")))?;
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .ok_or_else(|| {
+            ApiError::Unauthenticated(format!("{header} header must be 'Bearer <token>'"))
+        })?;
+    Ok(Some(token.trim()))
+}
+
+fn decode(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    what: &str,
+) -> Result<Claims, ApiError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation)
+        .map(|data| data.claims)
+        .map_err(|err| {
+            let why = match err.kind() {
+                ErrorKind::ExpiredSignature => "has expired",
+                ErrorKind::InvalidSignature => "signature is invalid",
+                ErrorKind::InvalidIssuer => "issuer is not accepted",
+                ErrorKind::InvalidAudience => "audience is not accepted",
+                ErrorKind::InvalidAlgorithm => "algorithm is not accepted",
+                ErrorKind::ImmatureSignature => "is not valid yet",
+                ErrorKind::MissingRequiredClaim(_) => "lacks a required claim",
+                _ => "is malformed",
+            };
+            ApiError::Unauthenticated(format!("{what} {why}"))
+        })
+}
+
+/// Signs tokens with an Ed25519 private key.
+#[derive(Clone)]
+pub struct TokenSigner {
+    key: EncodingKey,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for TokenSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSigner")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+impl TokenSigner {
+    pub fn new(
+        private_pem: &str,
+        issuer: &str,
+        audience: &str,
+        key_name: &str,
+    ) -> Result<Self, ConfigError> {
+        let key = EncodingKey::from_ed_pem(private_pem.as_bytes()).map_err(|e| {
+            ConfigError::missing(
+                key_name,
+                &format!("not an Ed25519 PKCS#8 private key PEM: {e}"),
+            )
+        })?;
+        Ok(Self {
+            key,
+            issuer: issuer.into(),
+            audience: audience.into(),
+        })
+    }
+
+    /// A signer for this service's identity tokens.
+    pub fn for_service(private_pem: &str) -> Result<Self, ConfigError> {
+        Self::new(
+            private_pem,
+            SERVICE_ISSUER,
+            SERVICE_AUDIENCE,
+            "SERVICE_PRIVATE_KEY",
+        )
+    }
+
+    /// Signs a token for `subject`, valid for `ttl`; returns it and its expiry (unix seconds).
+    pub fn sign(
+        &self,
+        subject: &str,
+        role: Option<Role>,
+        ttl: Duration,
+    ) -> Result<(String, u64), ApiError> {
+        let iat = now_secs();
+        let claims = Claims {
+            iss: self.issuer.clone(),
+            sub: subject.into(),
+            aud: self.audience.clone(),
+            exp: iat + ttl.as_secs(),
+            iat,
+            jti: Uuid::now_v7().to_string(),
+            role,
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
+            .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing token")))?;
+        Ok((token, claims.exp))
+    }
+
+    /// A fresh service identity token for `service_name`.
+    pub fn service_token(&self, service_name: &str) -> Result<String, ApiError> {
+        self.sign(service_name, None, SERVICE_TOKEN_TTL)
+            .map(|(t, _)| t)
+    }
+}
+
+/// A new Ed25519 key pair as (PKCS#8 private PEM, SPKI public PEM).
+pub fn generate_keypair() -> (Secret, String) {
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, EncodePublicKey, spki::der::pem::LineEnding};
+    let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
+    let private = signing
+        .to_pkcs8_pem(LineEnding::LF)
+        .map(|p| Secret::new(p.as_str()))
+        .unwrap_or_default();
+    let public = signing
+        .verifying_key()
+        .to_public_key_pem(LineEnding::LF)
+        .unwrap_or_default();
+    (private, public)
+}
+
+/// Writes two key pairs into `dir` for development: `auth.key`/`auth.pub` (user
+/// access tokens) and `service.key`/`service.pub` (service identity).
+pub fn write_keypairs(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for name in ["auth", "service"] {
+        let (private, public) = generate_keypair();
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&key, private.expose())?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        }
+        std::fs::write(dir.join(format!("{name}.pub")), public)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::metadata::MetadataValue;
+
+    fn md(token: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {token}")).expect("ascii"),
+        );
+        m
+    }
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let (private, public) = generate_keypair();
+        let signer = TokenSigner::new(private.expose(), "iss", "aud", "K").expect("signer");
+        let auth = Authenticator::new(&public, "iss", "aud", None).expect("auth");
+        let id = Uuid::now_v7();
+        let (token, _) = signer
+            .sign(&id.to_string(), Some(Role::Admin), Duration::from_secs(60))
+            .expect("sign");
+        let caller = auth.caller(&md(&token)).expect("valid");
+        assert_eq!(
+            caller.user,
+            Some(UserPrincipal {
+                user_id: id,
+                role: Role::Admin
+            })
+        );
+
+        // wrong audience
+        let other = TokenSigner::new(private.expose(), "iss", "someone-else", "K").expect("signer");
+        let (token, _) = other
+            .sign(&id.to_string(), Some(Role::Admin), Duration::from_secs(60))
+            .expect("sign");
+        let err = auth.caller(&md(&token)).expect_err("wrong audience");
+        assert!(err.to_string().contains("audience"), "{err}");
+
+        // forged: signed with another key
+        let (forger, _) = generate_keypair();
+        let forged = TokenSigner::new(forger.expose(), "iss", "aud", "K").expect("signer");
+        let (token, _) = forged
+            .sign(&id.to_string(), Some(Role::Admin), Duration::from_secs(60))
+            .expect("sign");
+        let err = auth.caller(&md(&token)).expect_err("forged");
+        assert!(err.to_string().contains("signature"), "{err}");
+
+        // alg none
+        let header = base64_url(r#"{"alg":"none","typ":"JWT"}"#);
+        let body = base64_url(&format!(
+            r#"{{"iss":"iss","aud":"aud","sub":"{id}","exp":{},"iat":0,"jti":"x","role":"admin"}}"#,
+            now_secs() + 60
+        ));
+        let err = auth
+            .caller(&md(&format!("{header}.{body}.")))
+            .expect_err("alg none");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+
+    fn base64_url(s: &str) -> String {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+    }
+}

@@ -1,0 +1,178 @@
+//! Typed settings: defaults, then an optional TOML file named by `CONFIG_FILE`,
+//! then environment variables (the names docker compose and Kubernetes set, e.g.
+//! `DATABASE_URL`). A value of the wrong type stops startup with the key's name.
+
+use std::fmt;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Loads settings of type `T` over the given defaults.
+pub fn load<T>(defaults: &T) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Ok(path) = std::env::var("CONFIG_FILE") {
+        if !std::path::Path::new(&path).is_file() {
+            return Err(ConfigError(format!("CONFIG_FILE: no such file: {path}")));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    figment = figment.merge(Env::raw().ignore(&["config_file"]));
+    figment.extract().map_err(|err| ConfigError(describe(&err)))
+}
+
+fn describe(err: &figment::Error) -> String {
+    let mut parts = Vec::new();
+    for e in err.clone() {
+        let key = e
+            .path
+            .last()
+            .map(|k| k.to_uppercase())
+            .unwrap_or_else(|| "<settings>".into());
+        parts.push(format!("{key}: {}", e.kind));
+    }
+    parts.join("; ")
+}
+
+/// Settings could not be loaded; the message names the offending key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    pub fn missing(key: &str, why: &str) -> Self {
+        Self(format!("{key}: {why}"))
+    }
+}
+
+/// A value that must never appear in logs or debug output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+/// Whether development conveniences (generated keys) are allowed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Development,
+    #[default]
+    Production,
+}
+
+/// What every service's settings contain; flattened into each service's own.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceSettings {
+    /// `APP_ENV`: `development` or `production`.
+    pub app_env: Environment,
+    /// `BIND_HOST`: the address the gRPC and admin servers listen on.
+    pub bind_host: String,
+    /// `GRPC_PORT` (0 picks a free port).
+    pub grpc_port: u16,
+    /// `ADMIN_PORT`: /metrics and /healthz (0 picks a free port).
+    pub admin_port: u16,
+    /// `DATABASE_URL`.
+    pub database_url: Secret,
+    /// `DATABASE_MAX_CONNECTIONS`.
+    pub database_max_connections: u32,
+    /// `KAFKA_BROKERS`: comma-separated host:port list.
+    pub kafka_brokers: String,
+    /// `KAFKA_GROUP_ID`: the consumer group of this service's consumers.
+    pub kafka_group_id: String,
+    /// `KAFKA_TOPIC_PARTITIONS`: partitions of the topics a service creates when missing.
+    pub kafka_topic_partitions: i32,
+    /// `DRAIN_DELAY_MS`: time between NOT_SERVING and closing the listener, so that
+    /// load balancers stop sending new calls first.
+    pub drain_delay_ms: u64,
+    /// `SHUTDOWN_TIMEOUT_MS`: how long in-flight calls may take to finish.
+    pub shutdown_timeout_ms: u64,
+    /// `AUTH_ISSUER` / `AUTH_AUDIENCE`: what user access tokens must say.
+    pub auth_issuer: String,
+    pub auth_audience: String,
+    /// `AUTH_PUBLIC_KEY`: PEM (SPKI) Ed25519 key that verifies user access tokens.
+    pub auth_public_key: Secret,
+    /// `SERVICE_PUBLIC_KEY`: PEM key that verifies service identity tokens.
+    pub service_public_key: Secret,
+    /// `SERVICE_PRIVATE_KEY`: PEM (PKCS#8) key this service signs its identity with.
+    pub service_private_key: Secret,
+}
+
+impl ServiceSettings {
+    /// Defaults for a service listening on the given ports; the database and
+    /// broker addresses have no default.
+    pub fn with_ports(name: &str, grpc_port: u16, admin_port: u16) -> Self {
+        Self {
+            app_env: Environment::Production,
+            bind_host: "0.0.0.0".into(),
+            grpc_port,
+            admin_port,
+            database_url: Secret::default(),
+            database_max_connections: 10,
+            kafka_brokers: String::new(),
+            kafka_group_id: name.into(),
+            kafka_topic_partitions: 3,
+            drain_delay_ms: 0,
+            shutdown_timeout_ms: 10_000,
+            auth_issuer: "shopmesh-user-service".into(),
+            auth_audience: "shopmesh".into(),
+            auth_public_key: Secret::default(),
+            service_public_key: Secret::default(),
+            service_private_key: Secret::default(),
+        }
+    }
+
+    /// Checks the values that have no usable default.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.database_url.is_empty() {
+            return Err(ConfigError::missing("DATABASE_URL", "must be set"));
+        }
+        if self.kafka_brokers.trim().is_empty() {
+            return Err(ConfigError::missing("KAFKA_BROKERS", "must be set"));
+        }
+        if self.kafka_topic_partitions < 1 {
+            return Err(ConfigError::missing(
+                "KAFKA_TOPIC_PARTITIONS",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,55 @@
+//! The PostgreSQL pool and migrations: the platform's tables (outbox, inbox) and
+//! the service's own, applied together in version order.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::PgPoolOptions;
+
+use crate::shutdown::Shutdown;
+
+/// The outbox and inbox tables (versions below 100; services number theirs from 100).
+pub static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+/// A pool that connects lazily, so a service starts (NOT_SERVING) while its
+/// database is still coming up.
+pub fn pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect_lazy(url)
+        .context("DATABASE_URL: not a valid PostgreSQL URL")
+}
+
+/// Applies the platform's migrations and the service's, waiting for the database
+/// to answer (until shutdown).
+pub async fn migrate(pool: &PgPool, service: &Migrator, shutdown: &Shutdown) -> anyhow::Result<()> {
+    let all = PLATFORM_MIGRATIONS
+        .iter()
+        .chain(service.iter())
+        .cloned()
+        .collect::<Vec<_>>();
+    let migrator = Migrator::with_migrations(all);
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(sqlx::migrate::MigrateError::Execute(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_),
+            )) => {
+                tracing::warn!(
+                    retry_in_ms = delay.as_millis() as u64,
+                    "database not reachable yet"
+                );
+            }
+            Err(err) => return Err(err).context("applying database migrations"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => anyhow::bail!("shutdown before the database became reachable"),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,177 @@
+//! The error table: every domain error becomes one of these, each knows its gRPC
+//! code and the google.rpc details it carries, and each gRPC code has one HTTP
+//! status (the mapping grpc-gateway and Envoy use).
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+/// The domain that `google.rpc.ErrorInfo` names.
+pub const ERROR_DOMAIN: &str = "shopmesh";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field is missing or malformed.
+    #[error("invalid {field}: {description}")]
+    InvalidArgument { field: String, description: String },
+    #[error("{resource} {id} not found")]
+    NotFound { resource: &'static str, id: String },
+    #[error("{resource} {id} already exists")]
+    AlreadyExists { resource: &'static str, id: String },
+    /// The request is well formed but the current state forbids it.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// Anything unexpected: logged with its cause, reported without it.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            description: description.into(),
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::NotFound { .. } => Code::NotFound,
+            Self::AlreadyExists { .. } => Code::AlreadyExists,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Self::Internal(_) => Code::Internal,
+        }
+    }
+
+    /// A stable machine-readable reason for `google.rpc.ErrorInfo`.
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::AlreadyExists { .. } => "ALREADY_EXISTS",
+            Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(err: ApiError) -> Self {
+        let mut details = ErrorDetails::new();
+        details.set_error_info(err.reason(), ERROR_DOMAIN, HashMap::<String, String>::new());
+        match &err {
+            ApiError::InvalidArgument { field, description } => {
+                details.add_bad_request_violation(field.clone(), description.clone());
+            }
+            ApiError::NotFound { resource, id } | ApiError::AlreadyExists { resource, id } => {
+                details.set_resource_info(*resource, id.clone(), "", err.to_string());
+            }
+            ApiError::Internal(cause) => {
+                tracing::error!(error = format!("{cause:#}"), "internal error");
+            }
+            _ => {}
+        }
+        Status::with_error_details(err.code(), err.to_string(), details)
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                tracing::warn!(error = %err, "database unavailable");
+                Self::Unavailable("database unavailable, retry later".into())
+            }
+            other => Self::Internal(anyhow::Error::new(other).context("database query failed")),
+        }
+    }
+}
+
+/// The HTTP status for a gRPC code, as grpc-gateway and Envoy map them.
+pub fn http_status(code: Code) -> u16 {
+    match code {
+        Code::Ok => 200,
+        Code::Cancelled => 499,
+        Code::Unknown | Code::Internal | Code::DataLoss => 500,
+        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::DeadlineExceeded => 504,
+        Code::NotFound => 404,
+        Code::AlreadyExists | Code::Aborted => 409,
+        Code::PermissionDenied => 403,
+        Code::Unauthenticated => 401,
+        Code::ResourceExhausted => 429,
+        Code::Unimplemented => 501,
+        Code::Unavailable => 503,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalid_argument_names_the_field_in_message_and_details() {
+        let status = Status::from(ApiError::invalid("email", "must contain '@'"));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "invalid email: must contain '@'");
+        let details = status.get_error_details();
+        let violations = &details
+            .bad_request()
+            .expect("bad request detail")
+            .field_violations;
+        assert_eq!(violations[0].field, "email");
+        assert_eq!(
+            details.error_info().expect("error info").domain,
+            ERROR_DOMAIN
+        );
+    }
+
+    #[test]
+    fn internal_errors_hide_their_cause() {
+        let status = Status::from(ApiError::Internal(anyhow::anyhow!("password=hunter2")));
+        assert_eq!(status.code(), Code::Internal);
+        assert!(!status.message().contains("hunter2"));
+    }
+
+    #[test]
+    fn http_table_matches_grpc_gateway() {
+        let table = [
+            (Code::InvalidArgument, 400),
+            (Code::Unauthenticated, 401),
+            (Code::PermissionDenied, 403),
+            (Code::NotFound, 404),
+            (Code::AlreadyExists, 409),
+            (Code::ResourceExhausted, 429),
+            (Code::Cancelled, 499),
+            (Code::Internal, 500),
+            (Code::Unimplemented, 501),
+            (Code::Unavailable, 503),
+            (Code::DeadlineExceeded, 504),
+        ];
+        for (code, status) in table {
+            assert_eq!(http_status(code), status, "{code:?}");
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! gRPC plumbing shared by services: the server builder (timeouts, tracing,
+//! message limits) and client channels with deadlines, connection reuse,
+//! balancing over every address a name resolves to, and bounded retries for
+//! idempotent calls.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::{Channel, Endpoint, Server};
+use tonic::{Code, Request, Status};
+
+use crate::telemetry;
+
+/// Largest request a service decodes (bytes).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// A server with the project's defaults: spans per call continuing the caller's
+/// trace, a per-call ceiling, HTTP/2 keep-alive.
+pub fn server() -> Server<tower::layer::util::Identity> {
+    Server::builder()
+        .trace_fn(telemetry::grpc_server_span)
+        .timeout(Duration::from_secs(30))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .tcp_nodelay(true)
+}
+
+/// Binds `host:port` (port 0 picks a free one).
+pub async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    use anyhow::Context as _;
+    let listener = TcpListener::bind((host, port))
+        .await
+        .with_context(|| format!("binding {host}:{port}"))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
+
+/// A channel to `target` (`http://host:port`, several comma-separated): each
+/// address resolved once at start, calls balanced across them, connections kept.
+pub async fn channel(target: &str, connect_timeout: Duration) -> anyhow::Result<Channel> {
+    use anyhow::Context as _;
+    let mut endpoints = Vec::new();
+    for uri in target.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let authority = uri
+            .strip_prefix("http://")
+            .or_else(|| uri.strip_prefix("https://"))
+            .unwrap_or(uri);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(authority)
+            .await
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let resolved: Vec<String> = if addrs.is_empty() {
+            vec![uri.to_owned()]
+        } else {
+            addrs.iter().map(|a| format!("http://{a}")).collect()
+        };
+        for address in resolved {
+            let endpoint = Endpoint::from_shared(address)
+                .with_context(|| format!("not a valid gRPC address: {uri}"))?
+                .connect_timeout(connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+            endpoints.push(endpoint);
+        }
+    }
+    anyhow::ensure!(!endpoints.is_empty(), "no gRPC address in {target:?}");
+    Ok(Channel::balance_list(endpoints.into_iter()))
+}
+
+/// Bounded retries with exponential backoff for calls that are safe to repeat.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub first_backoff: Duration,
+    /// The deadline of each attempt, sent as `grpc-timeout`.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            first_backoff: Duration::from_millis(50),
+            attempt_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Whether a failed call may be retried (the server did not act, or may safely act twice).
+pub fn retryable(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+/// Calls `call` with a fresh request built by `make` each attempt, with a deadline and
+/// trace context; retries only `retryable` codes. Use for idempotent RPCs only.
+pub async fn call_idempotent<Req, Resp, Fut>(
+    policy: RetryPolicy,
+    mut make: impl FnMut() -> Req,
+    mut call: impl FnMut(Request<Req>) -> Fut,
+) -> Result<Resp, Status>
+where
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let mut backoff = policy.first_backoff;
+    let mut attempt = 1;
+    loop {
+        let request = outgoing(make(), policy.attempt_timeout);
+        match call(request).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) if attempt < policy.max_attempts && retryable(status.code()) => {
+                tracing::debug!(attempt, code = ?status.code(), "retrying idempotent call");
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                attempt += 1;
+            }
+            Err(status) => return Err(status),
+        }
+    }
+}
+
+/// A request with a deadline and the current trace context.
+pub fn outgoing<T>(message: T, timeout: Duration) -> Request<T> {
+    let mut request = Request::new(message);
+    request.set_timeout(timeout);
+    telemetry::inject_into_metadata(request.metadata_mut());
+    request
+}

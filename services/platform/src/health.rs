@@ -1,0 +1,125 @@
+//! grpc.health.v1 and server reflection for every service. A service is SERVING
+//! while its database answers and it is not shutting down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::shutdown::Shutdown;
+
+/// Sets the status of the service name and of the overall ("") entry together.
+#[derive(Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+    service_name: &'static str,
+    serving: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field("service_name", &self.service_name)
+            .field("serving", &self.is_serving())
+            .finish()
+    }
+}
+
+pub type HealthService =
+    tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
+
+impl Health {
+    /// The reporter and the gRPC service to mount; everything starts NOT_SERVING.
+    pub async fn new(service_name: &'static str) -> (Self, HealthService) {
+        let reporter = HealthReporter::new();
+        let service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+        );
+        let health = Self {
+            reporter,
+            service_name,
+            serving: Arc::new(AtomicBool::new(false)),
+        };
+        health.set(false).await;
+        (health, service)
+    }
+
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        self.serving.store(serving, Ordering::SeqCst);
+        self.reporter
+            .set_service_status(self.service_name, status)
+            .await;
+        self.reporter.set_service_status("", status).await;
+    }
+
+    /// Ends every Watch stream (they would otherwise hold shutdown until its timeout).
+    pub async fn close_watches(&self) {
+        let mut reporter = self.reporter.clone();
+        reporter.clear_service_status(self.service_name).await;
+        reporter.clear_service_status("").await;
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::SeqCst)
+    }
+
+    /// Follows the database: NOT_SERVING while it does not answer, SERVING again when
+    /// it does, NOT_SERVING for good once shutdown starts.
+    pub async fn watch_database(self, pool: PgPool, shutdown: Shutdown) {
+        let mut last = None;
+        loop {
+            let ok = tokio::time::timeout(
+                Duration::from_secs(2),
+                sqlx::query("SELECT 1").execute(&pool),
+            )
+            .await
+            .is_ok_and(|r| r.is_ok());
+            if shutdown.is_triggered() {
+                break;
+            }
+            if last != Some(ok) {
+                if ok {
+                    tracing::info!(service = self.service_name, "database reachable; serving");
+                } else {
+                    tracing::warn!(
+                        service = self.service_name,
+                        "database unreachable; not serving"
+                    );
+                }
+                self.set(ok).await;
+                last = Some(ok);
+            }
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+        self.set(false).await;
+    }
+}
+
+/// Server reflection (v1 for current clients, v1alpha for grpcurl 1.8) over the
+/// shopmesh descriptors and the health service's.
+pub fn reflection() -> anyhow::Result<(
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(shop_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
+}

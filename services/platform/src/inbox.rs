@@ -1,0 +1,266 @@
+//! The idempotent consumer: each event's effect and its id in the inbox table are
+//! written in one transaction, offsets are committed only after that, and an event
+//! that cannot be processed goes to a dead-letter topic with the error instead of
+//! blocking its partition. A database outage is retried, never dead-lettered.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use rdkafka::Message;
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use sqlx::{PgConnection, PgPool};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::kafka::{self, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
+use crate::shutdown::Shutdown;
+use crate::telemetry;
+
+/// One event as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct InboundEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub key: Option<String>,
+    pub payload: Vec<u8>,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub headers: HashMap<String, String>,
+}
+
+/// Why a handler did not apply an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The event itself is bad (undecodable, violates the contract): retried a few
+    /// times, then dead-lettered.
+    #[error("{0}")]
+    Rejected(String),
+    /// The database failed: retried until it answers.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Applies events inside the consumer's transaction.
+pub trait EventHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &InboundEvent,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Consumes one topic with a handler until shutdown.
+pub struct InboxConsumer<H> {
+    name: String,
+    topic: String,
+    pool: PgPool,
+    consumer: StreamConsumer,
+    dead_letters: FutureProducer,
+    handler: H,
+    max_attempts: u32,
+}
+
+impl<H> std::fmt::Debug for InboxConsumer<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxConsumer")
+            .field("name", &self.name)
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happened to one message.
+enum Outcome {
+    Applied,
+    Duplicate,
+    DeadLettered,
+}
+
+impl<H: EventHandler> InboxConsumer<H> {
+    /// `name` identifies the consumer in the inbox table and the dead-letter topic's name.
+    pub fn new(
+        name: &str,
+        topic: &str,
+        pool: PgPool,
+        brokers: &str,
+        group_id: &str,
+        handler: H,
+    ) -> anyhow::Result<Self> {
+        let consumer = kafka::consumer(brokers, group_id)?;
+        consumer.subscribe(&[topic])?;
+        Ok(Self {
+            name: name.into(),
+            topic: topic.into(),
+            pool,
+            consumer,
+            dead_letters: kafka::producer(brokers)?,
+            handler,
+            max_attempts: 3,
+        })
+    }
+
+    pub async fn run(self, shutdown: Shutdown) {
+        loop {
+            let message = tokio::select! {
+                _ = shutdown.wait() => break,
+                m = self.consumer.recv() => m,
+            };
+            let message = match message {
+                Ok(m) => m,
+                Err(err) => {
+                    tracing::warn!(consumer = %self.name, error = %err, "kafka receive failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let Some(outcome) = self.process(&message, &shutdown).await else {
+                break; // shutdown mid-retry: the offset stays uncommitted
+            };
+            match outcome {
+                Outcome::Applied => {}
+                Outcome::Duplicate => {
+                    tracing::debug!(consumer = %self.name, "duplicate event skipped")
+                }
+                Outcome::DeadLettered => {}
+            }
+            if let Err(err) = self.consumer.commit_message(&message, CommitMode::Async) {
+                tracing::warn!(consumer = %self.name, error = %err, "offset commit failed");
+            }
+        }
+        tracing::info!(consumer = %self.name, "consumer stopped");
+    }
+
+    async fn process(&self, message: &BorrowedMessage<'_>, shutdown: &Shutdown) -> Option<Outcome> {
+        let headers = kafka::header_map(message.headers());
+        let event = InboundEvent {
+            event_id: headers.get(HEADER_EVENT_ID).cloned().unwrap_or_default(),
+            event_type: headers.get(HEADER_EVENT_TYPE).cloned().unwrap_or_default(),
+            key: message
+                .key()
+                .and_then(|k| std::str::from_utf8(k).ok())
+                .map(str::to_owned),
+            payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+            headers,
+        };
+        let span = tracing::info_span!(
+            "inbox.process",
+            otel.name = %format!("{} process", event.topic),
+            otel.kind = "consumer",
+            messaging.system = "kafka",
+            messaging.operation.type = "process",
+            messaging.destination.name = %event.topic,
+            messaging.consumer.group.name = %self.name,
+            messaging.message.id = %event.event_id,
+            messaging.kafka.offset = event.offset,
+        );
+        // Link to the producer's span rather than parent under it, as the messaging
+        // conventions advise for asynchronous hand-offs.
+        let producer_cx = telemetry::context_from_headers(&event.headers);
+        {
+            use opentelemetry::trace::TraceContextExt;
+            let sc = producer_cx.span().span_context().clone();
+            if sc.is_valid() {
+                span.add_link(sc);
+            }
+        }
+        self.process_event(&event, shutdown).instrument(span).await
+    }
+
+    async fn process_event(&self, event: &InboundEvent, shutdown: &Shutdown) -> Option<Outcome> {
+        if event.event_id.is_empty() {
+            self.dead_letter(event, &format!("missing {HEADER_EVENT_ID} header"))
+                .await;
+            return Some(Outcome::DeadLettered);
+        }
+        let mut attempt = 0;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.apply(event).await {
+                Ok(true) => return Some(Outcome::Applied),
+                Ok(false) => return Some(Outcome::Duplicate),
+                Err(HandlerError::Rejected(reason)) => {
+                    attempt += 1;
+                    if attempt >= self.max_attempts {
+                        self.dead_letter(event, &reason).await;
+                        return Some(Outcome::DeadLettered);
+                    }
+                    tracing::warn!(event_id = %event.event_id, attempt, %reason, "event rejected; retrying");
+                }
+                Err(HandlerError::Database(err)) => {
+                    tracing::warn!(event_id = %event.event_id, error = %err, "database error; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// Records the event id and applies the handler in one transaction; false when
+    /// the event was already processed.
+    async fn apply(&self, event: &InboundEvent) -> Result<bool, HandlerError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO inbox_events (consumer, event_id, event_type, topic, kafka_partition, kafka_offset)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.name)
+        .bind(&event.event_id)
+        .bind(&event.event_type)
+        .bind(&event.topic)
+        .bind(event.partition)
+        .bind(event.offset)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(false);
+        }
+        self.handler.handle(&mut tx, event).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn dead_letter(&self, event: &InboundEvent, error: &str) {
+        let topic = kafka::dead_letter_topic(&self.topic, &self.name);
+        tracing::error!(event_id = %event.event_id, dlq = %topic, %error, "event dead-lettered");
+        let partition = event.partition.to_string();
+        let offset = event.offset.to_string();
+        let mut pairs: Vec<(&str, &str)> = event
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        pairs.extend([
+            ("dlq_error", error),
+            ("dlq_consumer", self.name.as_str()),
+            ("dlq_source_topic", event.topic.as_str()),
+            ("dlq_source_partition", partition.as_str()),
+            ("dlq_source_offset", offset.as_str()),
+        ]);
+        let mut record = FutureRecord::to(&topic)
+            .payload(&event.payload)
+            .headers(kafka::headers(pairs));
+        if let Some(key) = &event.key {
+            record = record.key(key);
+        }
+        // The broker's outage must not drop the message: the producer retries without a
+        // time limit, and the offset is committed only after this returns.
+        if let Err((err, _)) = self
+            .dead_letters
+            .send(record, Duration::from_secs(30))
+            .await
+        {
+            tracing::error!(event_id = %event.event_id, error = %err, "dead-letter publish failed");
+        }
+    }
+}

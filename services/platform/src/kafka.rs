@@ -1,0 +1,127 @@
+//! Kafka clients with the settings the outbox and the consumers rely on, topic
+//! creation (brokers such as tansu do not auto-create topics), and the event
+//! header names (CloudEvents' Kafka binding, plus W3C trace context).
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Headers, OwnedHeaders};
+use rdkafka::producer::FutureProducer;
+
+use crate::shutdown::Shutdown;
+
+/// Header carrying the event id (unique per event, stable across redeliveries).
+pub const HEADER_EVENT_ID: &str = "ce_id";
+/// Header carrying the fully qualified protobuf message name, e.g. `shop.user.v1.UserRegistered`.
+pub const HEADER_EVENT_TYPE: &str = "ce_type";
+pub const HEADER_SOURCE: &str = "ce_source";
+pub const HEADER_SPEC_VERSION: &str = "ce_specversion";
+pub const HEADER_TIME: &str = "ce_time";
+pub const HEADER_CONTENT_TYPE: &str = "content-type";
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/protobuf";
+
+/// The dead-letter topic for messages `consumer` could not process from `topic`.
+pub fn dead_letter_topic(topic: &str, consumer: &str) -> String {
+    format!("{topic}.{consumer}.dlq")
+}
+
+/// An idempotent producer (acks=all) that keeps retrying while the broker is away,
+/// so that an outage delays events instead of duplicating them.
+pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("message.timeout.ms", "0")
+        .set("linger.ms", "2")
+        .set("compression.type", "none")
+        .create()
+        .context("KAFKA_BROKERS: cannot create a producer")
+}
+
+/// A consumer in `group` that commits offsets only when told (after processing).
+pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "10000")
+        .create()
+        .context("KAFKA_BROKERS: cannot create a consumer")
+}
+
+/// Creates the topics that do not exist yet, retrying until the broker answers or
+/// shutdown starts.
+pub async fn ensure_topics(
+    brokers: &str,
+    topics: &[String],
+    partitions: i32,
+    shutdown: &Shutdown,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .context("KAFKA_BROKERS: cannot create an admin client")?;
+    let new_topics: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match admin.create_topics(&new_topics, &options).await {
+            Ok(results) => {
+                let mut failed = Vec::new();
+                for result in results {
+                    match result {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((topic, code)) => failed.push(format!("{topic}: {code}")),
+                    }
+                }
+                if failed.is_empty() {
+                    return Ok(());
+                }
+                tracing::warn!(failed = ?failed, "creating topics failed; retrying");
+            }
+            Err(err) => tracing::warn!(error = %err, "broker not reachable yet"),
+        }
+        tokio::select! {
+            _ = shutdown.wait() => anyhow::bail!("shutdown before the broker became reachable"),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Kafka headers built from string pairs.
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> OwnedHeaders {
+    pairs
+        .into_iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| {
+            h.insert(rdkafka::message::Header {
+                key,
+                value: Some(value),
+            })
+        })
+}
+
+/// Header values that are valid UTF-8, by name.
+pub fn header_map<H: Headers>(headers: Option<&H>) -> HashMap<String, String> {
+    let mut map = HashMap::new();
+    if let Some(headers) = headers {
+        for header in headers.iter() {
+            if let Some(value) = header.value.and_then(|v| std::str::from_utf8(v).ok()) {
+                map.insert(header.key.to_owned(), value.to_owned());
+            }
+        }
+    }
+    map
+}

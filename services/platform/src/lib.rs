@@ -1,0 +1,21 @@
+//! What every shopmesh service shares: configuration, telemetry, health and
+//! reflection, graceful shutdown, the database pool and migrations, the
+//! transactional outbox and the idempotent consumer, gRPC client channels, the
+//! error table and token verification.
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod health;
+pub mod inbox;
+pub mod kafka;
+pub mod outbox;
+pub mod pagination;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::ApiError;
+pub use shutdown::Shutdown;

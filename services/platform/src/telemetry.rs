@@ -1,0 +1,164 @@
+//! One telemetry entry point: `tracing` with JSON logs off a terminal, spans
+//! exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace
+//! context carried over gRPC metadata and Kafka headers.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{Context, global};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+/// Flushes and stops the trace exporter when dropped.
+#[derive(Debug)]
+pub struct TelemetryGuard {
+    provider: SdkTracerProvider,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(err) = self.provider.shutdown() {
+            eprintln!("trace exporter shutdown failed: {err}");
+        }
+    }
+}
+
+/// Installs the global subscriber and propagator. Spans always get W3C trace ids
+/// (so that trace context crosses every hop); they leave the process only when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, through a bounded batch queue.
+pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+
+    let resource = Resource::builder()
+        .with_service_name(service_name)
+        .with_attribute(opentelemetry::KeyValue::new(
+            "service.version",
+            env!("CARGO_PKG_VERSION"),
+        ))
+        .build();
+    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty()) {
+        use anyhow::Context as _;
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+            .context("building the OTLP span exporter")?;
+        builder = builder.with_batch_exporter(exporter);
+    }
+    let provider = builder.build();
+    global::set_tracer_provider(provider.clone());
+    let tracer = provider.tracer(service_name);
+
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = if std::io::stdout().is_terminal() {
+        tracing_subscriber::fmt::layer().boxed()
+    } else {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .flatten_event(true)
+            .boxed()
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()
+        .ok();
+    Ok(TelemetryGuard { provider })
+}
+
+/// The W3C headers (`traceparent`, `tracestate`) of the current span.
+pub fn current_trace_headers() -> HashMap<String, String> {
+    let cx = tracing::Span::current().context();
+    let mut headers = HashMap::new();
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut headers));
+    headers
+}
+
+/// The trace context carried by a map of headers.
+pub fn context_from_headers(headers: &HashMap<String, String>) -> Context {
+    global::get_text_map_propagator(|p| p.extract(headers))
+}
+
+struct MetadataReader<'a>(&'a MetadataMap);
+
+impl Extractor for MetadataReader<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter_map(|kv| match kv {
+                KeyAndValueRef::Ascii(k, _) => Some(k.as_str()),
+                KeyAndValueRef::Binary(..) => None,
+            })
+            .collect()
+    }
+}
+
+struct MetadataWriter<'a>(&'a mut MetadataMap);
+
+impl Injector for MetadataWriter<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(k), Ok(v)) = (
+            MetadataKey::from_bytes(key.as_bytes()),
+            MetadataValue::try_from(value),
+        ) {
+            self.0.insert(k, v);
+        }
+    }
+}
+
+/// The trace context a caller sent in gRPC metadata.
+pub fn context_from_metadata(metadata: &MetadataMap) -> Context {
+    global::get_text_map_propagator(|p| p.extract(&MetadataReader(metadata)))
+}
+
+/// Writes the current span's context into outgoing gRPC metadata.
+pub fn inject_into_metadata(metadata: &mut MetadataMap) {
+    let cx = tracing::Span::current().context();
+    global::get_text_map_propagator(|p| p.inject_context(&cx, &mut MetadataWriter(metadata)));
+}
+
+/// The server span for one gRPC call, continuing the caller's trace; for
+/// `tonic::transport::Server::trace_fn`.
+pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
+    let path = request.uri().path();
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("", path));
+    let span = tracing::info_span!(
+        "grpc.server",
+        otel.name = %path.trim_start_matches('/'),
+        otel.kind = "server",
+        rpc.system = "grpc",
+        rpc.service = %service,
+        rpc.method = %method,
+    );
+    let headers: HashMap<String, String> = ["traceparent", "tracestate"]
+        .iter()
+        .filter_map(|k| {
+            request
+                .headers()
+                .get(*k)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| ((*k).to_owned(), v.to_owned()))
+        })
+        .collect();
+    if !headers.is_empty() {
+        let _ = span.set_parent(context_from_headers(&headers));
+    }
+    span
+}

@@ -1,0 +1,78 @@
+//! The gRPC surface: authorization per DESIGN.md and conversion at the edge.
+
+use shop_platform::ApiError;
+use shop_platform::auth::{Authenticator, Role};
+use shop_platform::pagination;
+use shop_proto::user as pb;
+use shop_proto::user::user_service_server::UserService;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::account::{self, LoginAttempt, Registration};
+use crate::users::Accounts;
+
+#[derive(Debug)]
+pub struct UserApi {
+    pub accounts: Accounts,
+    pub auth: Authenticator,
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    #[tracing::instrument(skip_all)]
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        self.auth.caller(request.metadata())?;
+        let registration = Registration::try_from(request.into_inner())?;
+        let user = self.accounts.register(registration, Role::Customer).await?;
+        Ok(Response::new(pb::RegisterResponse { user: Some(user) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn login(
+        &self,
+        request: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let attempt = LoginAttempt::try_from(request.into_inner())?;
+        Ok(Response::new(self.accounts.login(attempt).await?))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id))]
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::GetUserResponse>, Status> {
+        let caller = self.auth.caller(request.metadata())?;
+        let user_id = account::parse_user_id(&request.get_ref().user_id)?;
+        tracing::Span::current().record("user_id", tracing::field::display(user_id));
+        if caller.service.is_none() {
+            let me = caller.require_user()?;
+            if me.user_id != user_id && me.role != Role::Admin {
+                return Err(ApiError::PermissionDenied(
+                    "you may only read your own account".into(),
+                )
+                .into());
+            }
+        }
+        let user = self.accounts.get(user_id).await?;
+        Ok(Response::new(pb::GetUserResponse { user: Some(user) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let caller = self.auth.caller(request.metadata())?;
+        caller.require_admin()?;
+        let req = request.into_inner();
+        let page_size = pagination::page_size(req.page_size)?;
+        let after = pagination::decode_token(&req.page_token)?
+            .map(|k| Uuid::parse_str(&k))
+            .transpose()
+            .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))?;
+        Ok(Response::new(self.accounts.list(page_size, after).await?))
+    }
+}

@@ -1,0 +1,107 @@
+//! Password hashing: Argon2id with OWASP's minimum parameters (19 MiB, 2 passes,
+//! 1 lane), run off the async runtime and bounded so that a burst of sign-ins
+//! cannot exhaust memory.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
+use argon2::{Algorithm, Argon2, Params, Version};
+use tokio::sync::Semaphore;
+
+/// At most this many hashes at once (each holds 19 MiB).
+const CONCURRENT_HASHES: usize = 8;
+
+#[derive(Clone, Debug)]
+pub struct PasswordHasherPool {
+    permits: Arc<Semaphore>,
+    /// Verified against when the email is unknown, so both cases take as long.
+    decoy_hash: Arc<String>,
+}
+
+fn argon2() -> Argon2<'static> {
+    let params = Params::new(19 * 1024, 2, 1, None).unwrap_or_default();
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
+}
+
+impl PasswordHasherPool {
+    pub fn new() -> anyhow::Result<Self> {
+        let decoy = hash_blocking("decoy password that matches nothing")?;
+        Ok(Self {
+            permits: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
+            decoy_hash: Arc::new(decoy),
+        })
+    }
+
+    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
+        let _permit = self.permits.acquire().await.context("hasher closed")?;
+        tokio::task::spawn_blocking(move || hash_blocking(&password))
+            .await
+            .context("hashing task failed")?
+    }
+
+    /// Whether `password` matches `stored`; with no stored hash, spends the same time
+    /// and answers false.
+    pub async fn verify(&self, password: String, stored: Option<String>) -> anyhow::Result<bool> {
+        let _permit = self.permits.acquire().await.context("hasher closed")?;
+        let known = stored.is_some();
+        let hash = stored.unwrap_or_else(|| self.decoy_hash.as_ref().clone());
+        let matches = tokio::task::spawn_blocking(move || {
+            PasswordHash::new(&hash)
+                .map(|parsed| {
+                    argon2()
+                        .verify_password(password.as_bytes(), &parsed)
+                        .is_ok()
+                })
+                .unwrap_or(false)
+        })
+        .await
+        .context("verifying task failed")?;
+        Ok(known && matches)
+    }
+}
+
+fn hash_blocking(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    argon2()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("argon2: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
+        let pool = PasswordHasherPool::new().expect("pool");
+        let hash = pool
+            .hash("correct horse battery".into())
+            .await
+            .expect("hash");
+        assert!(
+            hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{hash}"
+        );
+        assert!(
+            pool.verify("correct horse battery".into(), Some(hash.clone()))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !pool
+                .verify("wrong horse battery".into(), Some(hash))
+                .await
+                .expect("verify")
+        );
+        assert!(
+            !pool
+                .verify("decoy password that matches nothing".into(), None)
+                .await
+                .expect("verify")
+        );
+    }
+}

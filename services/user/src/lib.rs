@@ -1,0 +1,13 @@
+//! The user service: accounts, sign-in with signed access tokens, and each user's
+//! order figures kept current from order events.
+
+pub mod account;
+pub mod api;
+pub mod application;
+pub mod credentials;
+pub mod order_stats;
+pub mod settings;
+pub mod users;
+
+pub use application::{Application, SERVICE_NAME};
+pub use settings::Settings;

@@ -1,0 +1,26 @@
+use anyhow::Context as _;
+use shop_platform::{Shutdown, telemetry};
+use shop_user::{Application, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        None | Some("serve") => {}
+        Some("generate-keys") => {
+            let dir = args
+                .next()
+                .context("usage: user-service generate-keys DIR")?;
+            return shop_platform::auth::write_keypairs(std::path::Path::new(&dir));
+        }
+        Some(other) => {
+            anyhow::bail!("unknown command {other:?}; commands: serve, generate-keys DIR")
+        }
+    }
+    let settings = Settings::load()?;
+    let _telemetry = telemetry::init("user-service")?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    let app = Application::build(settings).await?;
+    app.run_until_stopped(shutdown).await
+}
