@@ -28,11 +28,13 @@ where
 fn describe(err: &figment::Error) -> String {
     let mut parts = Vec::new();
     for e in err.clone() {
+        // Environment keys are lower-cased by the loader; report them as set.
         let key = e
             .path
             .last()
             .map(|k| k.to_uppercase())
-            .unwrap_or_else(|| "<settings>".into());
+            .or_else(|| e.metadata.as_ref().map(|m| m.name.to_string()))
+            .unwrap_or_else(|| "settings".into());
         parts.push(format!("{key}: {}", e.kind));
     }
     parts.join("; ")

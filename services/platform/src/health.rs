@@ -107,8 +107,11 @@ impl Health {
 }
 
 /// Server reflection (v1 for current clients, v1alpha for grpcurl 1.8) over the
-/// shopmesh descriptors and the health service's.
-pub fn reflection() -> anyhow::Result<(
+/// shopmesh descriptors and the health service's, advertising only the services
+/// this process serves.
+pub fn reflection(
+    served: &[&str],
+) -> anyhow::Result<(
     tonic_reflection::server::v1::ServerReflectionServer<
         impl tonic_reflection::server::v1::ServerReflection,
     >,
@@ -117,9 +120,16 @@ pub fn reflection() -> anyhow::Result<(
     >,
 )> {
     let builder = || {
-        tonic_reflection::server::Builder::configure()
+        let mut builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(shop_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in served {
+            builder = builder.with_service_name(*name);
+        }
+        builder
     };
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }

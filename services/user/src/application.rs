@@ -54,7 +54,7 @@ impl std::fmt::Debug for Application {
 /// The key that signs access tokens and the one that verifies them: configured,
 /// or in development generated for this process.
 fn token_keys(settings: &mut Settings) -> Result<TokenSigner, ConfigError> {
-    if settings.auth_private_key.is_empty() {
+    if settings.accounts.auth_private_key.is_empty() {
         if settings.service.app_env != Environment::Development {
             return Err(ConfigError::missing(
                 "AUTH_PRIVATE_KEY",
@@ -65,11 +65,11 @@ fn token_keys(settings: &mut Settings) -> Result<TokenSigner, ConfigError> {
             "AUTH_PRIVATE_KEY unset: signing with a key generated for this process (development only)"
         );
         let (private, public) = generate_keypair();
-        settings.auth_private_key = private;
+        settings.accounts.auth_private_key = private;
         settings.service.auth_public_key = Secret::new(public);
     }
     TokenSigner::new(
-        settings.auth_private_key.expose(),
+        settings.accounts.auth_private_key.expose(),
         &settings.service.auth_issuer,
         &settings.service.auth_audience,
         "AUTH_PRIVATE_KEY",
@@ -98,13 +98,17 @@ impl Application {
             pool: pool.clone(),
             hasher: PasswordHasherPool::new()?,
             signer,
-            token_ttl: Duration::from_secs(settings.access_token_ttl_secs),
+            token_ttl: Duration::from_secs(settings.accounts.access_token_ttl_secs),
             outbox: outbox.clone(),
         };
-        if !settings.bootstrap_admin_email.is_empty() {
+        if !settings.accounts.bootstrap_admin_email.is_empty() {
             let admin = Registration::try_from(shop_proto::user::RegisterRequest {
-                email: settings.bootstrap_admin_email.clone(),
-                password: settings.bootstrap_admin_password.expose().to_owned(),
+                email: settings.accounts.bootstrap_admin_email.clone(),
+                password: settings
+                    .accounts
+                    .bootstrap_admin_password
+                    .expose()
+                    .to_owned(),
                 display_name: "Administrator".into(),
             })
             .map_err(|e| ConfigError::missing("BOOTSTRAP_ADMIN_EMAIL", &e.to_string()))?;
@@ -217,7 +221,7 @@ async fn serve_grpc(
     shutdown: Shutdown,
     drain_delay: Duration,
 ) -> anyhow::Result<()> {
-    let (reflection_v1, reflection_v1alpha) = shop_platform::health::reflection()?;
+    let (reflection_v1, reflection_v1alpha) = shop_platform::health::reflection(&[SERVICE_NAME])?;
     let stop = async move {
         shutdown.wait().await;
         health.set(false).await;

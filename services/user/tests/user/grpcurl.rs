@@ -1,0 +1,123 @@
+//! What the README promises: grpcurl against the port, no .proto files needed.
+
+use shop_testkit::{grpcurl, grpcurl_ok};
+
+use crate::helpers::{PASSWORD, spawn_app, unique_email};
+
+#[tokio::test]
+async fn grpcurl_lists_services_checks_health_and_runs_the_account_flow() {
+    let app = spawn_app().await;
+    let addr = app.addr();
+
+    let services = grpcurl_ok(&["-plaintext", &addr, "list"]).await;
+    for expected in [
+        "shop.user.v1.UserService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ] {
+        assert!(
+            services.lines().any(|l| l.trim() == expected),
+            "{expected} missing from:\n{services}"
+        );
+    }
+    assert!(
+        !services.contains("OrderService"),
+        "only the services this port serves:\n{services}"
+    );
+
+    for service in ["", "shop.user.v1.UserService"] {
+        let body = format!(r#"{{"service":"{service}"}}"#);
+        let out = grpcurl_ok(&[
+            "-plaintext",
+            "-d",
+            &body,
+            &addr,
+            "grpc.health.v1.Health/Check",
+        ])
+        .await;
+        assert!(out.contains("\"SERVING\""), "{service:?}: {out}");
+    }
+    let unknown = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service":"nope"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ])
+    .await;
+    assert!(
+        !unknown.status.success(),
+        "an unknown service name is NOT_FOUND"
+    );
+
+    let email = unique_email();
+    let body = format!(r#"{{"email":"{email}","password":"{PASSWORD}","display_name":"Ada"}}"#);
+    let out = grpcurl_ok(&[
+        "-plaintext",
+        "-d",
+        &body,
+        &addr,
+        "shop.user.v1.UserService/Register",
+    ])
+    .await;
+    let registered: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let user_id = registered["user"]["userId"]
+        .as_str()
+        .expect("userId")
+        .to_owned();
+
+    let body = format!(r#"{{"email":"{email}","password":"{PASSWORD}"}}"#);
+    let out = grpcurl_ok(&[
+        "-plaintext",
+        "-d",
+        &body,
+        &addr,
+        "shop.user.v1.UserService/Login",
+    ])
+    .await;
+    let login: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let token = login["accessToken"].as_str().expect("accessToken");
+
+    let header = format!("authorization: Bearer {token}");
+    let body = format!(r#"{{"user_id":"{user_id}"}}"#);
+    let out = grpcurl_ok(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &body,
+        &addr,
+        "shop.user.v1.UserService/GetUser",
+    ])
+    .await;
+    let got: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(got["user"]["email"], email.as_str());
+    assert_eq!(got["user"]["role"], "ROLE_CUSTOMER");
+
+    // Without the token: a clear error, not a crash.
+    let out = grpcurl(&[
+        "-plaintext",
+        "-d",
+        &body,
+        &addr,
+        "shop.user.v1.UserService/GetUser",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("Unauthenticated") && stderr.contains("missing bearer token"),
+        "{stderr}"
+    );
+
+    // Malformed JSON and unknown fields are refused by grpcurl before the call.
+    let out = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"email": 42}"#,
+        &addr,
+        "shop.user.v1.UserService/Register",
+    ])
+    .await;
+    assert!(!out.status.success());
+}

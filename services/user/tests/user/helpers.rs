@@ -1,0 +1,198 @@
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use shop_platform::config::Secret;
+use shop_platform::telemetry::{self, TelemetryGuard};
+use shop_platform::{Shutdown, auth::TokenSigner};
+use shop_proto::user as pb;
+use shop_proto::user::user_service_client::UserServiceClient;
+use shop_testkit::{KeyPair, TestDatabase};
+use shop_user::{Application, Settings};
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub struct TestApp {
+    pub grpc_port: u16,
+    pub admin_port: u16,
+    pub client: UserServiceClient<Channel>,
+    pub shutdown: Shutdown,
+    pub db: TestDatabase,
+    pub auth_keys: KeyPair,
+    pub service_keys: KeyPair,
+    pub admin_email: String,
+    pub brokers: String,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn telemetry() {
+    static GUARD: OnceLock<Option<TelemetryGuard>> = OnceLock::new();
+    GUARD.get_or_init(|| telemetry::init("user-service-test").ok());
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&shop_testkit::kafka_brokers()).await
+}
+
+/// Starts the service's own Application code on free ports, with a database of its
+/// own and the given broker.
+pub async fn spawn_app_with(brokers: &str) -> TestApp {
+    telemetry();
+    let db = TestDatabase::create().await;
+    let auth_keys = shop_testkit::keypair();
+    let service_keys = shop_testkit::keypair();
+    let admin_email = format!("admin-{}@example.com", uuid::Uuid::now_v7().simple());
+    let mut settings = Settings::default();
+    let s = &mut settings.service;
+    s.bind_host = "127.0.0.1".into();
+    s.grpc_port = 0;
+    s.admin_port = 0;
+    s.database_url = Secret::new(db.url.clone());
+    s.kafka_brokers = brokers.into();
+    s.kafka_group_id = format!("user-service-test-{}", uuid::Uuid::now_v7().simple());
+    s.auth_public_key = Secret::new(auth_keys.public_pem.clone());
+    s.service_public_key = Secret::new(service_keys.public_pem.clone());
+    settings.accounts.auth_private_key = Secret::new(auth_keys.private_pem.clone());
+    settings.accounts.bootstrap_admin_email = admin_email.clone();
+    settings.accounts.bootstrap_admin_password = Secret::new(PASSWORD);
+
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
+    let grpc_port = app.grpc_port();
+    let admin_port = app.admin_port();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let client = UserServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+        .await
+        .expect("connect");
+    let app = TestApp {
+        grpc_port,
+        admin_port,
+        client,
+        shutdown,
+        db,
+        auth_keys,
+        service_keys,
+        admin_email,
+        brokers: brokers.into(),
+        task,
+    };
+    app.wait_serving().await;
+    app
+}
+
+impl TestApp {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.grpc_port)
+    }
+
+    pub async fn wait_serving(&self) {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let channel = Channel::from_shared(format!("http://{}", self.addr()))
+            .expect("uri")
+            .connect()
+            .await
+            .expect("connect");
+        let mut health = HealthClient::new(channel);
+        let serving = shop_testkit::eventually(Duration::from_secs(10), || {
+            let mut health = health.clone();
+            async move {
+                let r = health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .ok()?;
+                (r.into_inner().status == 1).then_some(())
+            }
+        })
+        .await;
+        assert!(serving.is_some(), "service never reported SERVING");
+        let _ = &mut health;
+    }
+
+    pub async fn register(&self, email: &str) -> Result<pb::User, Status> {
+        self.client
+            .clone()
+            .register(pb::RegisterRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+                display_name: "Test User".into(),
+            })
+            .await
+            .map(|r| r.into_inner().user.expect("user"))
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<pb::LoginResponse, Status> {
+        self.client
+            .clone()
+            .login(pb::LoginRequest {
+                email: email.into(),
+                password: password.into(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// A fresh customer and their access token.
+    pub async fn customer(&self) -> (pb::User, String) {
+        let email = unique_email();
+        let user = self.register(&email).await.expect("register");
+        let token = self
+            .login(&email, PASSWORD)
+            .await
+            .expect("login")
+            .access_token;
+        (user, token)
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(&self.admin_email, PASSWORD)
+            .await
+            .expect("admin login")
+            .access_token
+    }
+
+    pub async fn get_user(&self, user_id: &str, token: Option<&str>) -> Result<pb::User, Status> {
+        let mut request = Request::new(pb::GetUserRequest {
+            user_id: user_id.into(),
+        });
+        if let Some(token) = token {
+            bearer(&mut request, "authorization", token);
+        }
+        self.client
+            .clone()
+            .get_user(request)
+            .await
+            .map(|r| r.into_inner().user.expect("user"))
+    }
+
+    /// A service identity token signed with the key services hold.
+    pub fn service_token(&self, name: &str) -> String {
+        TokenSigner::for_service(&self.service_keys.private_pem)
+            .expect("signer")
+            .service_token(name)
+            .expect("token")
+    }
+
+    pub async fn pool(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&self.db.url).await.expect("pool")
+    }
+
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.trigger();
+        self.task.await.expect("join")
+    }
+}
+
+pub fn bearer<T>(request: &mut Request<T>, header: &'static str, token: &str) {
+    request
+        .metadata_mut()
+        .insert(header, format!("Bearer {token}").parse().expect("ascii"));
+}
+
+pub fn unique_email() -> String {
+    format!("user-{}@example.com", uuid::Uuid::now_v7().simple())
+}

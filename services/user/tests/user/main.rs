@@ -1,0 +1,8 @@
+//! The user service against a real PostgreSQL server and a real Kafka-protocol
+//! broker, through its real gRPC port (tonic clients and grpcurl).
+
+mod accounts;
+mod events;
+mod grpcurl;
+mod helpers;
+mod lifecycle;
