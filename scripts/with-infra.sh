@@ -31,8 +31,6 @@ cleanup() {
     exit $status
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # initdb refuses to run as root: run the cluster as the postgres user then.
 run_pg() {
@@ -71,8 +69,16 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
     log "throwaway tansu broker on $KAFKA_BROKERS"
 fi
 
+# The command runs in the background so that Ctrl-C or SIGTERM here reaches it as
+# SIGTERM (its own graceful shutdown) before the servers above are stopped.
 set +e
-"$@"
-status=$?
+"$@" &
+CHILD=$!
+trap 'kill -TERM "$CHILD" 2>/dev/null' INT TERM
+status=0
+while kill -0 "$CHILD" 2>/dev/null; do
+    wait "$CHILD"
+    status=$?
+done
 set -e
 exit $status

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `make dev`: the mesh natively, in the foreground, on the ports in the README.
+# Uses DATABASE_URL / KAFKA_BROKERS when set, otherwise a throwaway PostgreSQL and
+# tansu broker (scripts/with-infra.sh). Ctrl-C or SIGTERM stops everything it started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${SHOPMESH_INFRA_READY:-}" ]; then
+    exec scripts/with-infra.sh env SHOPMESH_INFRA_READY=1 "$0" "$@"
+fi
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+BIN=${CARGO_TARGET_DIR:-target}/debug
+DEV=.dev
+mkdir -p "$DEV"
+
+# Development keys: generated once, kept out of git (.dev/ is ignored).
+if [ ! -f "$DEV/keys/auth.key" ]; then
+    "$BIN/user-service" generate-keys "$DEV/keys"
+fi
+
+# One database per service on the server DATABASE_URL names.
+server_url=$DATABASE_URL
+db_url() { python3 - "$server_url" "$1" <<'PY'
+import sys, urllib.parse as u
+url = u.urlsplit(sys.argv[1])
+print(u.urlunsplit(url._replace(path="/" + sys.argv[2])))
+PY
+}
+for db in shop_user; do
+    psql "$server_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
+        || psql "$server_url" -qc "CREATE DATABASE $db" >/dev/null
+done
+
+export APP_ENV=development
+export BIND_HOST=${BIND_HOST:-127.0.0.1}
+export RUST_LOG=${RUST_LOG:-info}
+AUTH_PUBLIC_KEY=$(cat "$DEV/keys/auth.pub")
+SERVICE_PUBLIC_KEY=$(cat "$DEV/keys/service.pub")
+SERVICE_PRIVATE_KEY=$(cat "$DEV/keys/service.key")
+export AUTH_PUBLIC_KEY SERVICE_PUBLIC_KEY SERVICE_PRIVATE_KEY
+ADMIN_EMAIL=${BOOTSTRAP_ADMIN_EMAIL:-admin@shopmesh.dev}
+ADMIN_PASSWORD=${BOOTSTRAP_ADMIN_PASSWORD:-dev-admin-password}
+
+pids=()
+stop() {
+    trap - INT TERM
+    log "stopping"
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    exit 0
+}
+trap stop INT TERM
+
+DATABASE_URL=$(db_url shop_user) GRPC_PORT=50051 ADMIN_PORT=9101 \
+    AUTH_PRIVATE_KEY="$(cat "$DEV/keys/auth.key")" \
+    BOOTSTRAP_ADMIN_EMAIL=$ADMIN_EMAIL BOOTSTRAP_ADMIN_PASSWORD=$ADMIN_PASSWORD \
+    "$BIN/user-service" &
+pids+=($!)
+
+# Wait until every service answers grpc.health.v1.
+for port in 50051; do
+    for _ in $(seq 1 300); do
+        grpcurl -plaintext -max-time 1 "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
+            | grep -q SERVING && break
+        sleep 0.2
+    done
+done
+
+cat >&2 <<BANNER
+
+  shopmesh is running (development mode)
+    user service   grpc 127.0.0.1:50051   admin http://127.0.0.1:9101/metrics
+    PostgreSQL     $server_url
+    Kafka          $KAFKA_BROKERS
+  demo admin account:  $ADMIN_EMAIL / $ADMIN_PASSWORD
+  try:  grpcurl -plaintext 127.0.0.1:50051 list
+  Ctrl-C stops everything.
+
+BANNER
+
+wait -n "${pids[@]}" || true
+log "a service exited; stopping the rest"
+stop
