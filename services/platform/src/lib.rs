@@ -14,6 +14,7 @@ pub mod inbox;
 pub mod kafka;
 pub mod outbox;
 pub mod pagination;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 

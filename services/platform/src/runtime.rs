@@ -1,0 +1,218 @@
+//! How every service runs: gRPC with health and reflection, the admin port, the
+//! database watch, the outbox relay and the service's consumers, and the shutdown
+//! sequence (NOT_SERVING, drain delay, in-flight calls finish, workers stop, the
+//! producer flushes).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::Routes;
+
+use crate::admin::{self, Gauge};
+use crate::config::ServiceSettings;
+use crate::health::{self, Health};
+use crate::outbox::{self, OutboxRelay, OutboxSignal};
+use crate::{Shutdown, grpc, kafka};
+
+/// A background task that runs until shutdown.
+pub type Worker = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Builds the event workers (consumers) once the topics exist.
+pub type EventWorkers = Box<dyn FnOnce(Shutdown) -> anyhow::Result<Vec<Worker>> + Send>;
+
+/// A service's listeners and shared parts, ready to run.
+pub struct ServiceRuntime {
+    /// The process name, e.g. `user-service` (metrics label, event source).
+    pub process: &'static str,
+    /// The fully qualified gRPC service name reported in grpc.health.v1.
+    pub health_name: &'static str,
+    pub settings: ServiceSettings,
+    pub pool: PgPool,
+    pub outbox: OutboxSignal,
+    /// Topics this service produces to or consumes from (created when missing).
+    pub topics: Vec<String>,
+    grpc_listener: TcpListener,
+    admin_listener: TcpListener,
+    grpc_addr: SocketAddr,
+    admin_addr: SocketAddr,
+}
+
+impl std::fmt::Debug for ServiceRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceRuntime")
+            .field("process", &self.process)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceRuntime {
+    /// Binds the gRPC and admin ports from the settings.
+    pub async fn bind(
+        process: &'static str,
+        health_name: &'static str,
+        settings: ServiceSettings,
+        pool: PgPool,
+        outbox: OutboxSignal,
+        topics: Vec<String>,
+    ) -> anyhow::Result<Self> {
+        let (grpc_listener, grpc_addr) =
+            grpc::bind(&settings.bind_host, settings.grpc_port).await?;
+        let (admin_listener, admin_addr) =
+            grpc::bind(&settings.bind_host, settings.admin_port).await?;
+        Ok(Self {
+            process,
+            health_name,
+            settings,
+            pool,
+            outbox,
+            topics,
+            grpc_listener,
+            admin_listener,
+            grpc_addr,
+            admin_addr,
+        })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_addr.port()
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.admin_addr.port()
+    }
+
+    /// Serves `routes` (the service's own gRPC services) until `shutdown` fires.
+    /// `workers` start at once; `event_workers` once the topics exist.
+    pub async fn run(
+        self,
+        routes: Routes,
+        workers: Vec<Worker>,
+        event_workers: EventWorkers,
+        shutdown: Shutdown,
+    ) -> anyhow::Result<()> {
+        let settings = self.settings.clone();
+        let (health, health_service) = Health::new(self.health_name).await;
+        tracing::info!(process = self.process, grpc = %self.grpc_addr, admin = %self.admin_addr, "listening");
+
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(
+            health
+                .clone()
+                .watch_database(self.pool.clone(), shutdown.clone()),
+        );
+        for worker in workers {
+            tasks.spawn(worker);
+        }
+        let backlog_pool = self.pool.clone();
+        let gauges: Vec<(&'static str, &'static str, Gauge)> = vec![(
+            "shop_outbox_backlog_events",
+            "Events written to the outbox and not yet published.",
+            std::sync::Arc::new(move || {
+                let pool = backlog_pool.clone();
+                Box::pin(async move { outbox::backlog(&pool).await.ok().map(|n| n as f64) })
+            }),
+        )];
+        let admin_task = admin::serve(
+            self.admin_listener,
+            self.process,
+            health.clone(),
+            gauges,
+            shutdown.clone(),
+        );
+        tasks.spawn(async move {
+            if let Err(err) = admin_task.await {
+                tracing::error!(error = %err, "admin server failed");
+            }
+        });
+        tasks.spawn(run_events(
+            self.process,
+            settings.clone(),
+            self.pool.clone(),
+            self.outbox.clone(),
+            self.topics,
+            event_workers,
+            shutdown.clone(),
+        ));
+
+        let (reflection_v1, reflection_v1alpha) = health::reflection(&[self.health_name])?;
+        let drain_delay = Duration::from_millis(settings.drain_delay_ms);
+        let stop = {
+            let shutdown = shutdown.clone();
+            let health = health.clone();
+            async move {
+                shutdown.wait().await;
+                health.set(false).await;
+                tokio::time::sleep(drain_delay).await;
+                health.close_watches().await;
+            }
+        };
+        let server = grpc::server()
+            .add_routes(routes)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), stop);
+        let server = tokio::spawn(server);
+        shutdown.wait().await;
+        let limit = drain_delay + Duration::from_millis(settings.shutdown_timeout_ms);
+        match tokio::time::timeout(limit, server).await {
+            Ok(Ok(result)) => result.context("gRPC server failed")?,
+            Ok(Err(join)) => return Err(join.into()),
+            Err(_) => tracing::warn!("in-flight calls did not finish before SHUTDOWN_TIMEOUT_MS"),
+        }
+        let stopping = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), stopping)
+            .await
+            .is_err()
+        {
+            tracing::warn!("background tasks did not stop in time");
+        }
+        self.pool.close().await;
+        tracing::info!(process = self.process, "stopped");
+        Ok(())
+    }
+}
+
+/// Creates the topics, then runs the outbox relay and the event workers until shutdown.
+async fn run_events(
+    process: &'static str,
+    settings: ServiceSettings,
+    pool: PgPool,
+    signal: OutboxSignal,
+    topics: Vec<String>,
+    event_workers: EventWorkers,
+    shutdown: Shutdown,
+) {
+    let brokers = &settings.kafka_brokers;
+    if let Err(err) =
+        kafka::ensure_topics(brokers, &topics, settings.kafka_topic_partitions, &shutdown).await
+    {
+        tracing::info!(error = %err, "events not started");
+        return;
+    }
+    let relay = match kafka::producer(brokers) {
+        Ok(producer) => OutboxRelay::new(pool, producer, signal, process),
+        Err(err) => {
+            tracing::error!(error = %err, "outbox relay not started");
+            return;
+        }
+    };
+    let workers = match event_workers(shutdown.clone()) {
+        Ok(workers) => workers,
+        Err(err) => {
+            tracing::error!(error = %err, "event consumers not started");
+            Vec::new()
+        }
+    };
+    let mut all: Vec<Worker> = vec![Box::pin(relay.run(shutdown))];
+    all.extend(workers);
+    futures::future::join_all(all).await;
+}
