@@ -27,7 +27,7 @@ url = u.urlsplit(sys.argv[1])
 print(u.urlunsplit(url._replace(path="/" + sys.argv[2])))
 PY
 }
-for db in shop_user; do
+for db in shop_user shop_inventory; do
     psql "$server_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
         || psql "$server_url" -qc "CREATE DATABASE $db" >/dev/null
 done
@@ -58,8 +58,12 @@ DATABASE_URL=$(db_url shop_user) GRPC_PORT=50051 ADMIN_PORT=9101 \
     "$BIN/user-service" &
 pids+=($!)
 
+DATABASE_URL=$(db_url shop_inventory) GRPC_PORT=50052 ADMIN_PORT=9102 \
+    "$BIN/inventory-service" &
+pids+=($!)
+
 # Wait until every service answers grpc.health.v1.
-for port in 50051; do
+for port in 50051 50052; do
     for _ in $(seq 1 300); do
         grpcurl -plaintext -max-time 1 "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
             | grep -q SERVING && break
@@ -67,13 +71,26 @@ for port in 50051; do
     done
 done
 
+# Demo products (kept when they exist already).
+ADMIN_TOKEN=$(grpcurl -plaintext -d "{\"email\":\"$ADMIN_EMAIL\",\"password\":\"$ADMIN_PASSWORD\"}" \
+    127.0.0.1:50051 shop.user.v1.UserService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')
+seed_product() {
+    grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d "$1" \
+        127.0.0.1:50052 shop.inventory.v1.InventoryService/CreateProduct >/dev/null 2>&1 || true
+}
+seed_product '{"sku":"MUG-001","name":"Coffee mug","unit_price":{"currency_code":"EUR","amount_minor":"1299"},"initial_stock":"100"}'
+seed_product '{"sku":"LAMP-001","name":"Desk lamp","unit_price":{"currency_code":"EUR","amount_minor":"3499"},"initial_stock":"25"}'
+seed_product '{"sku":"BOOK-042","name":"Field guide","unit_price":{"currency_code":"EUR","amount_minor":"2499"},"initial_stock":"40"}'
+
 cat >&2 <<BANNER
 
   shopmesh is running (development mode)
-    user service   grpc 127.0.0.1:50051   admin http://127.0.0.1:9101/metrics
+    user service       grpc 127.0.0.1:50051   admin http://127.0.0.1:9101/metrics
+    inventory service  grpc 127.0.0.1:50052   admin http://127.0.0.1:9102/metrics
     PostgreSQL     $server_url
     Kafka          $KAFKA_BROKERS
   demo admin account:  $ADMIN_EMAIL / $ADMIN_PASSWORD
+  demo products:       MUG-001, LAMP-001, BOOK-042
   try:  grpcurl -plaintext 127.0.0.1:50051 list
   Ctrl-C stops everything.
 

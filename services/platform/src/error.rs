@@ -22,6 +22,13 @@ pub enum ApiError {
     /// The request is well formed but the current state forbids it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// As FailedPrecondition, naming each thing that stands in the way
+    /// (`google.rpc.PreconditionFailure`).
+    #[error("{message}")]
+    Precondition {
+        message: String,
+        violations: Vec<PreconditionViolation>,
+    },
     #[error("{0}")]
     Unauthenticated(String),
     #[error("{0}")]
@@ -37,6 +44,14 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// One reason a precondition failed: `kind` (e.g. "STOCK"), `subject` (e.g. a SKU).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreconditionViolation {
+    pub kind: String,
+    pub subject: String,
+    pub description: String,
+}
+
 impl ApiError {
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Self::InvalidArgument {
@@ -50,7 +65,7 @@ impl ApiError {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
             Self::NotFound { .. } => Code::NotFound,
             Self::AlreadyExists { .. } => Code::AlreadyExists,
-            Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::FailedPrecondition(_) | Self::Precondition { .. } => Code::FailedPrecondition,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::ResourceExhausted(_) => Code::ResourceExhausted,
@@ -66,7 +81,7 @@ impl ApiError {
             Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
-            Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Self::FailedPrecondition(_) | Self::Precondition { .. } => "FAILED_PRECONDITION",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
             Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
@@ -87,6 +102,15 @@ impl From<ApiError> for Status {
             }
             ApiError::NotFound { resource, id } | ApiError::AlreadyExists { resource, id } => {
                 details.set_resource_info(*resource, id.clone(), "", err.to_string());
+            }
+            ApiError::Precondition { violations, .. } => {
+                for v in violations {
+                    details.add_precondition_failure_violation(
+                        v.kind.clone(),
+                        v.subject.clone(),
+                        v.description.clone(),
+                    );
+                }
             }
             ApiError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");

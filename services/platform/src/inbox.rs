@@ -42,6 +42,9 @@ pub enum HandlerError {
     /// The database failed: retried until it answers.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    /// A dependency is unavailable: retried until it answers.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// Applies events inside the consumer's transaction.
@@ -193,8 +196,8 @@ impl<H: EventHandler> InboxConsumer<H> {
                     }
                     tracing::warn!(event_id = %event.event_id, attempt, %reason, "event rejected; retrying");
                 }
-                Err(HandlerError::Database(err)) => {
-                    tracing::warn!(event_id = %event.event_id, error = %err, "database error; retrying");
+                Err(err @ (HandlerError::Database(_) | HandlerError::Unavailable(_))) => {
+                    tracing::warn!(event_id = %event.event_id, error = %err, "cannot apply event yet; retrying");
                 }
             }
             tokio::select! {

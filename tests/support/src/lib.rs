@@ -13,6 +13,8 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
+use shop_platform::auth::{Role, TokenSigner};
+use shop_platform::config::{Secret, ServiceSettings};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
@@ -362,4 +364,120 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     (status, body)
+}
+
+/// The key pairs of one test mesh: user access tokens and service identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub auth: KeyPair,
+    pub service: KeyPair,
+}
+
+impl Default for Identity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Identity {
+    pub fn new() -> Self {
+        Self {
+            auth: keypair(),
+            service: keypair(),
+        }
+    }
+
+    /// An access token as the user service would issue it.
+    pub fn user_token(&self, user_id: uuid::Uuid, role: Role) -> String {
+        let defaults = ServiceSettings::with_ports("test", 0, 0);
+        TokenSigner::new(
+            &self.auth.private_pem,
+            &defaults.auth_issuer,
+            &defaults.auth_audience,
+            "test",
+        )
+        .expect("signer")
+        .sign(&user_id.to_string(), Some(role), Duration::from_secs(900))
+        .expect("token")
+        .0
+    }
+
+    pub fn admin_token(&self) -> String {
+        self.user_token(uuid::Uuid::now_v7(), Role::Admin)
+    }
+
+    pub fn customer_token(&self) -> String {
+        self.user_token(uuid::Uuid::now_v7(), Role::Customer)
+    }
+
+    /// A service identity token for `name`.
+    pub fn service_token(&self, name: &str) -> String {
+        TokenSigner::for_service(&self.service.private_pem)
+            .expect("signer")
+            .service_token(name)
+            .expect("token")
+    }
+
+    /// Common settings for a service under test: loopback, free ports, its own
+    /// database, the given broker, a consumer group of its own, these keys.
+    pub fn settings(
+        &self,
+        mut base: ServiceSettings,
+        db: &TestDatabase,
+        brokers: &str,
+    ) -> ServiceSettings {
+        base.bind_host = "127.0.0.1".into();
+        base.grpc_port = 0;
+        base.admin_port = 0;
+        base.database_url = Secret::new(db.url.clone());
+        base.kafka_brokers = brokers.into();
+        base.kafka_group_id = format!(
+            "{}-test-{}",
+            base.kafka_group_id,
+            uuid::Uuid::now_v7().simple()
+        );
+        base.auth_public_key = Secret::new(self.auth.public_pem.clone());
+        base.service_public_key = Secret::new(self.service.public_pem.clone());
+        base.service_private_key = Secret::new(self.service.private_pem.clone());
+        base
+    }
+}
+
+/// Waits until the gRPC port answers grpc.health.v1 SERVING (overall).
+pub async fn wait_serving(port: u16) {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let url = format!("http://127.0.0.1:{port}");
+    let serving = eventually(Duration::from_secs(15), || {
+        let url = url.clone();
+        async move {
+            let channel = tonic::transport::Channel::from_shared(url)
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let status = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?;
+            (status.into_inner().status == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(serving.is_some(), "port {port} never reported SERVING");
+}
+
+/// Adds `authorization: Bearer <token>` (or another header) to a request.
+pub fn bearer<T>(request: &mut tonic::Request<T>, header: &'static str, token: &str) {
+    request
+        .metadata_mut()
+        .insert(header, format!("Bearer {token}").parse().expect("ascii"));
+}
+
+/// Keeps one tracing/OTel setup for the whole test process.
+pub fn telemetry() {
+    static GUARD: std::sync::OnceLock<Option<shop_platform::telemetry::TelemetryGuard>> =
+        std::sync::OnceLock::new();
+    GUARD.get_or_init(|| shop_platform::telemetry::init("test").ok());
 }

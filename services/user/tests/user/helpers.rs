@@ -1,12 +1,8 @@
-use std::sync::OnceLock;
-use std::time::Duration;
-
 use shop_platform::config::Secret;
-use shop_platform::telemetry::{self, TelemetryGuard};
 use shop_platform::{Shutdown, auth::TokenSigner};
 use shop_proto::user as pb;
 use shop_proto::user::user_service_client::UserServiceClient;
-use shop_testkit::{KeyPair, TestDatabase};
+use shop_testkit::{Identity, KeyPair, TestDatabase};
 use shop_user::{Application, Settings};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -26,11 +22,6 @@ pub struct TestApp {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-fn telemetry() {
-    static GUARD: OnceLock<Option<TelemetryGuard>> = OnceLock::new();
-    GUARD.get_or_init(|| telemetry::init("user-service-test").ok());
-}
-
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&shop_testkit::kafka_brokers()).await
 }
@@ -38,21 +29,14 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the service's own Application code on free ports, with a database of its
 /// own and the given broker.
 pub async fn spawn_app_with(brokers: &str) -> TestApp {
-    telemetry();
+    shop_testkit::telemetry();
     let db = TestDatabase::create().await;
-    let auth_keys = shop_testkit::keypair();
-    let service_keys = shop_testkit::keypair();
+    let identity = Identity::new();
+    let auth_keys = identity.auth.clone();
+    let service_keys = identity.service.clone();
     let admin_email = format!("admin-{}@example.com", uuid::Uuid::now_v7().simple());
     let mut settings = Settings::default();
-    let s = &mut settings.service;
-    s.bind_host = "127.0.0.1".into();
-    s.grpc_port = 0;
-    s.admin_port = 0;
-    s.database_url = Secret::new(db.url.clone());
-    s.kafka_brokers = brokers.into();
-    s.kafka_group_id = format!("user-service-test-{}", uuid::Uuid::now_v7().simple());
-    s.auth_public_key = Secret::new(auth_keys.public_pem.clone());
-    s.service_public_key = Secret::new(service_keys.public_pem.clone());
+    settings.service = identity.settings(settings.service, &db, brokers);
     settings.accounts.auth_private_key = Secret::new(auth_keys.private_pem.clone());
     settings.accounts.bootstrap_admin_email = admin_email.clone();
     settings.accounts.bootstrap_admin_password = Secret::new(PASSWORD);
@@ -89,28 +73,7 @@ impl TestApp {
     }
 
     pub async fn wait_serving(&self) {
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let channel = Channel::from_shared(format!("http://{}", self.addr()))
-            .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
-        let mut health = HealthClient::new(channel);
-        let serving = shop_testkit::eventually(Duration::from_secs(10), || {
-            let mut health = health.clone();
-            async move {
-                let r = health
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await
-                    .ok()?;
-                (r.into_inner().status == 1).then_some(())
-            }
-        })
-        .await;
-        assert!(serving.is_some(), "service never reported SERVING");
-        let _ = &mut health;
+        shop_testkit::wait_serving(self.grpc_port).await;
     }
 
     pub async fn register(&self, email: &str) -> Result<pb::User, Status> {
@@ -187,11 +150,7 @@ impl TestApp {
     }
 }
 
-pub fn bearer<T>(request: &mut Request<T>, header: &'static str, token: &str) {
-    request
-        .metadata_mut()
-        .insert(header, format!("Bearer {token}").parse().expect("ascii"));
-}
+pub use shop_testkit::bearer;
 
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::now_v7().simple())

@@ -1,0 +1,124 @@
+//! The gRPC surface: who may call what (DESIGN.md's table), and conversion at the edge.
+
+use shop_platform::ApiError;
+use shop_platform::auth::Authenticator;
+use shop_platform::pagination;
+use shop_proto::inventory as pb;
+use shop_proto::inventory::inventory_service_server::InventoryService;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{Adjustment, Catalog, NewProduct, parse_sku};
+use crate::reservation::{ReservationRequest, Reservations, parse_order_id};
+
+#[derive(Debug)]
+pub struct InventoryApi {
+    pub catalog: Catalog,
+    pub reservations: Reservations,
+    pub auth: Authenticator,
+    /// The only service identity that may call the internal RPCs.
+    pub order_service: String,
+}
+
+impl InventoryApi {
+    fn internal<T>(&self, request: &Request<T>) -> Result<(), ApiError> {
+        let caller = self.auth.caller(request.metadata())?;
+        caller.require_service(&self.order_service)?;
+        if let Some(user) = &caller.user {
+            tracing::debug!(user_id = %user.user_id, "on behalf of");
+        }
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl InventoryService for InventoryApi {
+    #[tracing::instrument(skip_all)]
+    async fn create_product(
+        &self,
+        request: Request<pb::CreateProductRequest>,
+    ) -> Result<Response<pb::CreateProductResponse>, Status> {
+        self.auth.caller(request.metadata())?.require_admin()?;
+        let product = NewProduct::try_from(request.into_inner())?;
+        let product = self.catalog.create(product).await?;
+        Ok(Response::new(pb::CreateProductResponse {
+            product: Some(product),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn get_product(
+        &self,
+        request: Request<pb::GetProductRequest>,
+    ) -> Result<Response<pb::GetProductResponse>, Status> {
+        self.auth.caller(request.metadata())?;
+        let sku = parse_sku("sku", &request.get_ref().sku)?;
+        let product = self.catalog.get(&sku).await?;
+        Ok(Response::new(pb::GetProductResponse {
+            product: Some(product),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn list_products(
+        &self,
+        request: Request<pb::ListProductsRequest>,
+    ) -> Result<Response<pb::ListProductsResponse>, Status> {
+        self.auth.caller(request.metadata())?;
+        let req = request.into_inner();
+        let page_size = pagination::page_size(req.page_size)?;
+        let after = pagination::decode_token(&req.page_token)?;
+        Ok(Response::new(self.catalog.list(page_size, after).await?))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn adjust_stock(
+        &self,
+        request: Request<pb::AdjustStockRequest>,
+    ) -> Result<Response<pb::AdjustStockResponse>, Status> {
+        self.auth.caller(request.metadata())?.require_admin()?;
+        let adjustment = Adjustment::try_from(request.into_inner())?;
+        let product = self.catalog.adjust(adjustment).await?;
+        Ok(Response::new(pb::AdjustStockResponse {
+            product: Some(product),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn reserve_stock(
+        &self,
+        request: Request<pb::ReserveStockRequest>,
+    ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        self.internal(&request)?;
+        let reservation = ReservationRequest::try_from(request.into_inner())?;
+        let reservation = self.reservations.reserve(reservation).await?;
+        Ok(Response::new(pb::ReserveStockResponse {
+            reservation: Some(reservation),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        self.internal(&request)?;
+        let order_id = parse_order_id(&request.get_ref().order_id)?;
+        let reservation = self.reservations.release(&order_id).await?;
+        Ok(Response::new(pb::ReleaseReservationResponse {
+            reservation: Some(reservation),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(order_id = %request.get_ref().order_id))]
+    async fn commit_reservation(
+        &self,
+        request: Request<pb::CommitReservationRequest>,
+    ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        self.internal(&request)?;
+        let order_id = parse_order_id(&request.get_ref().order_id)?;
+        let reservation = self.reservations.commit(&order_id).await?;
+        Ok(Response::new(pb::CommitReservationResponse {
+            reservation: Some(reservation),
+        }))
+    }
+}

@@ -1,0 +1,132 @@
+//! The inventory service as a library: `Application::build` binds its ports and
+//! prepares the database; `run_until_stopped` serves until shutdown.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shop_platform::auth::Authenticator;
+use shop_platform::inbox::InboxConsumer;
+use shop_platform::outbox::OutboxSignal;
+use shop_platform::runtime::{EventWorkers, ServiceRuntime, Worker};
+use shop_platform::{Shutdown, db, grpc, kafka};
+use shop_proto::inventory::inventory_service_server::InventoryServiceServer;
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
+
+use crate::api::InventoryApi;
+use crate::catalog::{Catalog, INVENTORY_EVENTS_TOPIC};
+use crate::order_events::{ORDER_EVENTS_TOPIC, OrderEventsHandler};
+use crate::reservation::Reservations;
+use crate::settings::Settings;
+
+/// The name this service registers in grpc.health.v1.
+pub const SERVICE_NAME: &str = "shop.inventory.v1.InventoryService";
+const CONSUMER_NAME: &str = "inventory-service";
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+pub struct Application {
+    runtime: ServiceRuntime,
+    api: InventoryApi,
+    expiry_sweep: Duration,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth = Authenticator::from_settings(&settings.service)?;
+        let service = &settings.service;
+        let pool = db::pool(
+            service.database_url.expose(),
+            service.database_max_connections,
+        )?;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            db::migrate(&pool, &MIGRATIONS, &Shutdown::new()),
+        )
+        .await
+        .context("DATABASE_URL: database not reachable within 60 s")??;
+
+        let outbox = OutboxSignal::default();
+        let low_threshold = settings.stock.stock_low_threshold;
+        let api = InventoryApi {
+            catalog: Catalog {
+                pool: pool.clone(),
+                outbox: outbox.clone(),
+                low_threshold,
+            },
+            reservations: Reservations {
+                pool: pool.clone(),
+                outbox: outbox.clone(),
+                ttl: Duration::from_secs(settings.stock.reservation_ttl_secs),
+                low_threshold,
+            },
+            auth,
+            order_service: settings.stock.order_service_name.clone(),
+        };
+        let topics = vec![
+            INVENTORY_EVENTS_TOPIC.to_owned(),
+            ORDER_EVENTS_TOPIC.to_owned(),
+            kafka::dead_letter_topic(ORDER_EVENTS_TOPIC, CONSUMER_NAME),
+        ];
+        let runtime = ServiceRuntime::bind(
+            "inventory-service",
+            SERVICE_NAME,
+            settings.service.clone(),
+            pool,
+            outbox,
+            topics,
+        )
+        .await?;
+        Ok(Self {
+            runtime,
+            api,
+            expiry_sweep: Duration::from_millis(settings.stock.expiry_sweep_ms),
+        })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.runtime.grpc_port()
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.runtime.admin_port()
+    }
+
+    /// Serves until `shutdown` fires (see `ServiceRuntime::run` for the sequence).
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let reservations = self.api.reservations.clone();
+        let expiry: Worker = Box::pin(
+            reservations
+                .clone()
+                .run_expiry(self.expiry_sweep, shutdown.clone()),
+        );
+        let routes = Routes::new(
+            InventoryServiceServer::new(self.api)
+                .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+        );
+        let pool = self.runtime.pool.clone();
+        let service = self.runtime.settings.clone();
+        let consumers: EventWorkers = Box::new(move |shutdown| {
+            let consumer = InboxConsumer::new(
+                CONSUMER_NAME,
+                ORDER_EVENTS_TOPIC,
+                pool,
+                &service.kafka_brokers,
+                &service.kafka_group_id,
+                OrderEventsHandler { reservations },
+            )?;
+            Ok(vec![Box::pin(consumer.run(shutdown)) as Worker])
+        });
+        self.runtime
+            .run(routes, vec![expiry], consumers, shutdown)
+            .await
+    }
+}

@@ -1,0 +1,56 @@
+//! Closes the loop from the order service's events: a confirmed order's
+//! reservation is committed; a cancelled order's stock comes back.
+
+use prost::{Message, Name};
+use shop_platform::ApiError;
+use shop_platform::inbox::{EventHandler, HandlerError, InboundEvent};
+use shop_proto::order as pb;
+use sqlx::PgConnection;
+
+use crate::reservation::{Reservations, parse_order_id};
+
+pub const ORDER_EVENTS_TOPIC: &str = "shop.order.v1.events";
+
+#[derive(Clone, Debug)]
+pub struct OrderEventsHandler {
+    pub reservations: Reservations,
+}
+
+fn rejected(err: ApiError) -> HandlerError {
+    HandlerError::Rejected(err.to_string())
+}
+
+impl EventHandler for OrderEventsHandler {
+    async fn handle(
+        &self,
+        conn: &mut PgConnection,
+        event: &InboundEvent,
+    ) -> Result<(), HandlerError> {
+        let undecodable = |e: prost::DecodeError| {
+            HandlerError::Rejected(format!("undecodable {}: {e}", event.event_type))
+        };
+        let database = |e: ApiError| match e {
+            ApiError::Unavailable(m) => HandlerError::Unavailable(m),
+            other => rejected(other),
+        };
+        if event.event_type == pb::OrderConfirmed::full_name() {
+            let confirmed =
+                pb::OrderConfirmed::decode(event.payload.as_slice()).map_err(undecodable)?;
+            let order_id = parse_order_id(&confirmed.order_id).map_err(rejected)?;
+            self.reservations
+                .commit_in(conn, &order_id)
+                .await
+                .map_err(database)?;
+        } else if event.event_type == pb::OrderCancelled::full_name() {
+            let cancelled =
+                pb::OrderCancelled::decode(event.payload.as_slice()).map_err(undecodable)?;
+            let order_id = parse_order_id(&cancelled.order_id).map_err(rejected)?;
+            self.reservations
+                .give_back(conn, &order_id)
+                .await
+                .map_err(database)?;
+        }
+        // OrderRejected needs nothing: a rejected order never kept a reservation.
+        Ok(())
+    }
+}

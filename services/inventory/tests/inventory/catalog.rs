@@ -1,0 +1,294 @@
+use shop_proto::inventory as pb;
+use shop_testkit::{bearer, grpcurl, grpcurl_ok};
+use tonic::{Code, Request};
+
+use crate::helpers::{eur, sku, spawn_app};
+
+#[tokio::test]
+async fn products_are_created_read_and_listed_in_stable_pages() {
+    let app = spawn_app().await;
+    let created = app.create_product("MUG-100", 10, 1299).await;
+    assert_eq!(
+        (created.available, created.reserved, created.sold),
+        (10, 0, 0)
+    );
+    assert_eq!(created.unit_price, eur(1299));
+    assert_eq!(app.product("MUG-100").await.name, "Product MUG-100");
+
+    for s in ["MUG-300", "MUG-500"] {
+        app.create_product(s, 1, 100).await;
+    }
+    let mut client = app.client.clone();
+    let first = client
+        .list_products(pb::ListProductsRequest {
+            page_size: 2,
+            page_token: String::new(),
+        })
+        .await
+        .expect("page 1")
+        .into_inner();
+    let skus: Vec<_> = first.products.iter().map(|p| p.sku.as_str()).collect();
+    assert_eq!(skus, ["MUG-100", "MUG-300"]);
+    // A product inserted before the cursor does not shift the next page.
+    app.create_product("MUG-200", 1, 100).await;
+    let second = client
+        .list_products(pb::ListProductsRequest {
+            page_size: 2,
+            page_token: first.next_page_token,
+        })
+        .await
+        .expect("page 2")
+        .into_inner();
+    let skus: Vec<_> = second.products.iter().map(|p| p.sku.as_str()).collect();
+    assert_eq!(skus, ["MUG-500"]);
+    assert!(second.next_page_token.is_empty());
+
+    let err = client
+        .list_products(pb::ListProductsRequest {
+            page_size: 100_000,
+            page_token: String::new(),
+        })
+        .await
+        .expect_err("absurd page size");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("page_size"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn product_input_is_validated_and_duplicates_refused() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let cases = [
+        (
+            pb::CreateProductRequest {
+                sku: "bad sku".into(),
+                name: "x".into(),
+                unit_price: eur(1),
+                ..Default::default()
+            },
+            "invalid sku",
+        ),
+        (
+            pb::CreateProductRequest {
+                sku: "OK-1".into(),
+                name: String::new(),
+                unit_price: eur(1),
+                ..Default::default()
+            },
+            "invalid name: is required",
+        ),
+        (
+            pb::CreateProductRequest {
+                sku: "OK-1".into(),
+                name: "x".into(),
+                unit_price: None,
+                ..Default::default()
+            },
+            "invalid unit_price: is required",
+        ),
+        (
+            pb::CreateProductRequest {
+                sku: "OK-1".into(),
+                name: "x".into(),
+                unit_price: eur(-5),
+                ..Default::default()
+            },
+            "invalid unit_price.amount_minor",
+        ),
+        (
+            pb::CreateProductRequest {
+                sku: "OK-1".into(),
+                name: "x".into(),
+                unit_price: eur(1),
+                initial_stock: -1,
+                ..Default::default()
+            },
+            "invalid initial_stock",
+        ),
+    ];
+    for (request, expected) in cases {
+        let err = client
+            .create_product(app.as_admin(request))
+            .await
+            .expect_err(expected);
+        assert_eq!(err.code(), Code::InvalidArgument, "{expected}");
+        assert!(err.message().starts_with(expected), "{}", err.message());
+    }
+    let s = sku("DUP");
+    app.create_product(&s, 3, 100).await;
+    let err = client
+        .create_product(app.as_admin(pb::CreateProductRequest {
+            sku: s.clone(),
+            name: "again".into(),
+            unit_price: eur(1),
+            initial_stock: 99,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("duplicate");
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(
+        app.product(&s).await.available,
+        3,
+        "the first product is unchanged"
+    );
+
+    let err = client
+        .get_product(pb::GetProductRequest {
+            sku: "NOPE-404".into(),
+        })
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .get_product(pb::GetProductRequest {
+            sku: "x'; DROP TABLE products;--".into(),
+        })
+        .await
+        .expect_err("injection");
+    assert_eq!(err.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn only_admins_create_products_and_adjust_stock() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let request = || pb::CreateProductRequest {
+        sku: "ANY-1".into(),
+        name: "x".into(),
+        unit_price: eur(1),
+        ..Default::default()
+    };
+    let err = client
+        .create_product(request())
+        .await
+        .expect_err("anonymous");
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let mut as_customer = Request::new(request());
+    bearer(
+        &mut as_customer,
+        "authorization",
+        &app.identity.customer_token(),
+    );
+    let err = client
+        .create_product(as_customer)
+        .await
+        .expect_err("customer");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let mut as_service = Request::new(request());
+    bearer(
+        &mut as_service,
+        "x-service-authorization",
+        &app.identity.service_token("order-service"),
+    );
+    let err = client
+        .create_product(as_service)
+        .await
+        .expect_err("a service is not an admin");
+    assert_eq!(err.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn adjustments_apply_once_per_request_id_and_never_go_below_zero() {
+    let app = spawn_app().await;
+    let s = sku("ADJ");
+    app.create_product(&s, 5, 100).await;
+    assert_eq!(app.adjust(&s, 7, "r-1").await.expect("add").available, 12);
+    assert_eq!(
+        app.adjust(&s, 7, "r-1").await.expect("retry").available,
+        12,
+        "applied once"
+    );
+    let err = app.adjust(&s, -3, "r-1").await.expect_err("reused id");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("request_id"));
+    let err = app.adjust(&s, -13, "r-2").await.expect_err("below zero");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("below 0"), "{}", err.message());
+    assert_eq!(
+        app.adjust(&s, -12, "r-3").await.expect("to zero").available,
+        0
+    );
+    let err = app
+        .adjust("NOPE-1", 1, "r-4")
+        .await
+        .expect_err("unknown sku");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = app.adjust(&s, 0, "r-5").await.expect_err("zero delta");
+    assert!(err.message().starts_with("invalid delta"));
+    app.assert_stock_invariants().await;
+}
+
+#[tokio::test]
+async fn grpcurl_reads_products_without_a_token_and_is_refused_the_rest() {
+    let app = spawn_app().await;
+    let addr = app.addr();
+    app.create_product("LAMP-001", 4, 2599).await;
+    let services = grpcurl_ok(&["-plaintext", &addr, "list"]).await;
+    assert!(
+        services.contains("shop.inventory.v1.InventoryService"),
+        "{services}"
+    );
+    let out = grpcurl_ok(&[
+        "-plaintext",
+        "-d",
+        r#"{"sku":"LAMP-001"}"#,
+        &addr,
+        "shop.inventory.v1.InventoryService/GetProduct",
+    ])
+    .await;
+    assert!(
+        out.contains("\"available\": \"4\""),
+        "int64 as a string in JSON: {out}"
+    );
+    let out = grpcurl_ok(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        &addr,
+        "shop.inventory.v1.InventoryService/ListProducts",
+    ])
+    .await;
+    assert!(out.contains("LAMP-001"), "{out}");
+
+    let body =
+        r#"{"sku":"NEW-001","name":"n","unit_price":{"currency_code":"EUR","amount_minor":"1"}}"#;
+    let out = grpcurl(&[
+        "-plaintext",
+        "-d",
+        body,
+        &addr,
+        "shop.inventory.v1.InventoryService/CreateProduct",
+    ])
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Unauthenticated"));
+
+    let header = format!("authorization: Bearer {}", app.identity.customer_token());
+    let body = format!(
+        r#"{{"order_id":"{}","lines":[{{"sku":"LAMP-001","quantity":"1"}}]}}"#,
+        uuid::Uuid::now_v7()
+    );
+    let out = grpcurl(&[
+        "-plaintext",
+        "-H",
+        &header,
+        "-d",
+        &body,
+        &addr,
+        "shop.inventory.v1.InventoryService/ReserveStock",
+    ])
+    .await;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("PermissionDenied") && stderr.contains("order-service"),
+        "{stderr}"
+    );
+    assert_eq!(
+        app.product("LAMP-001").await.available,
+        4,
+        "nothing was reserved"
+    );
+}
