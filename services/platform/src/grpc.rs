@@ -96,11 +96,12 @@ pub fn retryable(code: Code) -> bool {
     )
 }
 
-/// Calls `call` with a fresh request built by `make` each attempt, with a deadline and
-/// trace context; retries only `retryable` codes. Use for idempotent RPCs only.
+/// Calls `call` with a fresh request built by `make` each attempt (which sets its
+/// deadline and headers, e.g. with `outgoing`); retries only `retryable` codes, a
+/// bounded number of times. Use for idempotent RPCs only.
 pub async fn call_idempotent<Req, Resp, Fut>(
     policy: RetryPolicy,
-    mut make: impl FnMut() -> Req,
+    mut make: impl FnMut() -> Result<Request<Req>, Status>,
     mut call: impl FnMut(Request<Req>) -> Fut,
 ) -> Result<Resp, Status>
 where
@@ -109,7 +110,7 @@ where
     let mut backoff = policy.first_backoff;
     let mut attempt = 1;
     loop {
-        let request = outgoing(make(), policy.attempt_timeout);
+        let request = make()?;
         match call(request).await {
             Ok(response) => return Ok(response.into_inner()),
             Err(status) if attempt < policy.max_attempts && retryable(status.code()) => {
@@ -129,4 +130,110 @@ pub fn outgoing<T>(message: T, timeout: Duration) -> Request<T> {
     request.set_timeout(timeout);
     telemetry::inject_into_metadata(request.metadata_mut());
     request
+}
+
+/// The time left for a call: the caller's `grpc-timeout` when it sent one,
+/// otherwise a default, so every downstream call carries a deadline.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(tokio::time::Instant);
+
+impl Deadline {
+    pub fn from_metadata(metadata: &tonic::metadata::MetadataMap, default: Duration) -> Self {
+        let budget = metadata
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map_or(default, |t| t.min(default));
+        Self(tokio::time::Instant::now() + budget)
+    }
+
+    pub fn after(budget: Duration) -> Self {
+        Self(tokio::time::Instant::now() + budget)
+    }
+
+    /// Time left, or DEADLINE_EXCEEDED when none is.
+    pub fn remaining(&self) -> Result<Duration, Status> {
+        let left = self.0.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            Err(Status::deadline_exceeded("deadline exceeded before the call to a dependency"))
+        } else {
+            Ok(left)
+        }
+    }
+}
+
+/// Parses the gRPC wire format of a timeout: digits and a unit (H, M, S, m, u, n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("S"), None);
+        assert_eq!(parse_grpc_timeout("12x"), None);
+        assert_eq!(parse_grpc_timeout("1234567890S"), None);
+    }
+
+    #[test]
+    fn only_safe_codes_are_retried() {
+        assert!(retryable(Code::Unavailable));
+        assert!(!retryable(Code::DeadlineExceeded));
+        assert!(!retryable(Code::FailedPrecondition));
+        assert!(!retryable(Code::InvalidArgument));
+    }
+
+    #[tokio::test]
+    async fn idempotent_calls_retry_unavailable_a_bounded_number_of_times() {
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            first_backoff: Duration::from_millis(1),
+            attempt_timeout: Duration::from_secs(1),
+        };
+        let mut calls = 0;
+        let result: Result<(), Status> = call_idempotent(
+            policy,
+            || Ok(outgoing((), policy.attempt_timeout)),
+            |_req| {
+                calls += 1;
+                async { Err(Status::unavailable("down")) }
+            },
+        )
+        .await;
+        assert_eq!(result.expect_err("fails").code(), Code::Unavailable);
+        assert_eq!(calls, 3);
+
+        let mut calls = 0;
+        let result: Result<u8, Status> = call_idempotent(
+            policy,
+            || Ok(outgoing((), policy.attempt_timeout)),
+            |_req| {
+                calls += 1;
+                let outcome = if calls < 2 { Err(Status::unavailable("blip")) } else { Ok(tonic::Response::new(7)) };
+                async move { outcome }
+            },
+        )
+        .await;
+        assert_eq!(result.expect("second attempt"), 7);
+        assert_eq!(calls, 2);
+    }
 }

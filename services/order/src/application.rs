@@ -1,0 +1,113 @@
+//! The order service as a library: `Application::build` binds its ports and
+//! prepares the database; `run_until_stopped` serves until shutdown.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use shop_platform::auth::{Authenticator, TokenSigner};
+use shop_platform::outbox::OutboxSignal;
+use shop_platform::runtime::{EventWorkers, ServiceRuntime, Worker};
+use shop_platform::{Shutdown, db, grpc};
+use shop_proto::order::order_service_server::OrderServiceServer;
+use sqlx::migrate::Migrator;
+use tonic::service::Routes;
+
+use crate::api::OrderApi;
+use crate::checkout::Checkout;
+use crate::orders::{ORDER_EVENTS_TOPIC, Orders};
+use crate::peers::Peers;
+use crate::settings::{SagaSettings, Settings};
+
+/// The name this service registers in grpc.health.v1.
+pub const SERVICE_NAME: &str = "shop.order.v1.OrderService";
+
+static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
+
+pub struct Application {
+    runtime: ServiceRuntime,
+    api: OrderApi,
+    saga: SagaSettings,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("runtime", &self.runtime).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let auth = Authenticator::from_settings(&settings.service)?;
+        let signer = TokenSigner::for_service(settings.service.service_private_key.expose())?;
+        let service = &settings.service;
+        let saga = settings.saga.clone();
+        let pool = db::pool(service.database_url.expose(), service.database_max_connections)?;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            db::migrate(&pool, &MIGRATIONS, &Shutdown::new()),
+        )
+        .await
+        .context("DATABASE_URL: database not reachable within 60 s")??;
+
+        let outbox = OutboxSignal::default();
+        let peers = Peers::connect(
+            &saga.user_service_addr,
+            &saga.inventory_service_addr,
+            signer,
+            &saga.service_identity,
+            Duration::from_millis(saga.rpc_timeout_ms),
+        )
+        .await
+        .context("USER_SERVICE_ADDR / INVENTORY_SERVICE_ADDR")?;
+        let api = OrderApi {
+            checkout: Checkout {
+                orders: Orders {
+                    pool: pool.clone(),
+                    outbox: outbox.clone(),
+                },
+                peers,
+                give_up_after: Duration::from_millis(saga.pending_give_up_ms),
+            },
+            auth,
+            request_deadline: Duration::from_millis(saga.request_deadline_ms),
+            shutdown: Shutdown::new(),
+        };
+        let runtime = ServiceRuntime::bind(
+            "order-service",
+            SERVICE_NAME,
+            settings.service.clone(),
+            pool,
+            outbox,
+            vec![ORDER_EVENTS_TOPIC.to_owned()],
+        )
+        .await?;
+        Ok(Self { runtime, api, saga })
+    }
+
+    pub fn grpc_port(&self) -> u16 {
+        self.runtime.grpc_port()
+    }
+
+    pub fn admin_port(&self) -> u16 {
+        self.runtime.admin_port()
+    }
+
+    /// Serves until `shutdown` fires (see `ServiceRuntime::run` for the sequence).
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let watches = self.api.shutdown.clone();
+        let forward = shutdown.clone();
+        tokio::spawn(async move {
+            forward.wait().await;
+            watches.trigger();
+        });
+        let recovery: Worker = Box::pin(self.api.checkout.clone().run_recovery(
+            Duration::from_millis(self.saga.recovery_interval_ms),
+            Duration::from_millis(self.saga.recovery_after_ms),
+            Duration::from_millis(self.saga.request_deadline_ms),
+            shutdown.clone(),
+        ));
+        let routes = Routes::new(OrderServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
+        let no_consumers: EventWorkers = Box::new(|_| Ok(Vec::new()));
+        self.runtime.run(routes, vec![recovery], no_consumers, shutdown).await
+    }
+}

@@ -1,0 +1,259 @@
+//! The CreateOrder saga: validate → GetUser → PENDING → ReserveStock (keyed by
+//! order id) → CONFIRMED or REJECTED, each step persisted so that a crash at any
+//! point converges (the recovery loop resumes PENDING orders with the same calls,
+//! which are idempotent).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use shop_platform::ApiError;
+use shop_platform::auth::UserPrincipal;
+use shop_platform::error::PreconditionViolation;
+use shop_platform::grpc::Deadline;
+use shop_proto::inventory as inv;
+use tonic::Code;
+use tonic_types::StatusExt;
+use tracing::Instrument;
+
+use crate::order::{NewOrder, Order, Status};
+use crate::orders::{Orders, Price};
+use crate::peers::{OnBehalfOf, Peers};
+
+#[derive(Clone, Debug)]
+pub struct Checkout {
+    pub orders: Orders,
+    pub peers: Peers,
+    /// How long a PENDING order may stay so before it is rejected and its stock released.
+    pub give_up_after: Duration,
+}
+
+/// Where the saga left an order.
+fn outcome(order: Order) -> Result<Order, ApiError> {
+    match order.status() {
+        Status::Confirmed | Status::Cancelled => Ok(order),
+        Status::Pending => Err(ApiError::Unavailable(format!(
+            "order {} is pending: a dependency did not answer; it will be confirmed or rejected shortly \
+             (retry with the same request_id to see the outcome)",
+            order.row.order_id
+        ))),
+        Status::Rejected => {
+            let violations = order
+                .row
+                .unavailable_skus
+                .iter()
+                .map(|sku| PreconditionViolation {
+                    kind: "STOCK".into(),
+                    subject: sku.clone(),
+                    description: "not enough stock".into(),
+                })
+                .collect();
+            Err(ApiError::Precondition {
+                message: format!("order {} rejected: {}", order.row.order_id, order.row.rejection_reason),
+                violations,
+            })
+        }
+    }
+}
+
+fn unavailable(what: &str, status: &tonic::Status) -> ApiError {
+    tracing::warn!(code = ?status.code(), message = status.message(), "{what} unavailable");
+    ApiError::Unavailable(format!("{what} is unavailable: {}", status.message()))
+}
+
+impl Checkout {
+    pub async fn create(
+        &self,
+        user: &UserPrincipal,
+        on_behalf: OnBehalfOf,
+        new: NewOrder,
+        deadline: Deadline,
+    ) -> Result<Order, ApiError> {
+        if let Some(request_id) = &new.request_id
+            && let Some(existing) = self.orders.find_by_request(user.user_id, request_id).await?
+        {
+            return self.replay(existing, &new, &on_behalf, &deadline).await;
+        }
+
+        let account = self
+            .peers
+            .get_user(&user.user_id.to_string(), &on_behalf, &deadline)
+            .instrument(tracing::info_span!("saga.get_user"))
+            .await;
+        match account {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::NotFound => {
+                return Err(ApiError::FailedPrecondition(format!("user {} no longer exists", user.user_id)));
+            }
+            Err(status) if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) => {
+                return Err(ApiError::Internal(anyhow::anyhow!(
+                    "user service refused this service's identity: {}",
+                    status.message()
+                )));
+            }
+            Err(status) => return Err(unavailable("the user service", &status)),
+        }
+
+        let (order, created) = self.orders.insert_pending(user.user_id, &new).await?;
+        if !created {
+            return self.replay(order, &new, &on_behalf, &deadline).await;
+        }
+        tracing::info!(order_id = %order.row.order_id, user_id = %user.user_id, "order pending");
+        outcome(self.resume(order, &on_behalf, &deadline).await?)
+    }
+
+    /// A retried request: the first outcome, or the saga resumed where it stopped.
+    async fn replay(&self, order: Order, new: &NewOrder, on_behalf: &OnBehalfOf, deadline: &Deadline) -> Result<Order, ApiError> {
+        if order.quantities() != new.lines {
+            return Err(ApiError::invalid(
+                "request_id",
+                format!("was already used for order {} with different lines", order.row.order_id),
+            ));
+        }
+        let order = if order.status() == Status::Pending {
+            self.resume(order, on_behalf, deadline).await?
+        } else {
+            order
+        };
+        outcome(order)
+    }
+
+    /// Reserves stock for a PENDING order and records the result. Leaves the order
+    /// PENDING (for the recovery loop) when inventory does not answer.
+    pub async fn resume(&self, order: Order, on_behalf: &OnBehalfOf, deadline: &Deadline) -> Result<Order, ApiError> {
+        let order_id = order.row.order_id;
+        let lines: Vec<(String, i64)> = order.quantities().into_iter().collect();
+        let reserved = self
+            .peers
+            .reserve(&order_id.to_string(), &lines, on_behalf, deadline)
+            .instrument(tracing::info_span!("saga.reserve_stock", order_id = %order_id))
+            .await;
+        let finished = match reserved {
+            Ok(reservation) => self.settle(&order, reservation, deadline).await?,
+            Err(status) if status.code() == Code::FailedPrecondition => {
+                let details = status.get_error_details();
+                let skus: Vec<String> = details
+                    .precondition_failure()
+                    .map(|p| p.violations.iter().map(|v| v.subject.clone()).collect())
+                    .unwrap_or_default();
+                let reason = if skus.is_empty() {
+                    status.message().to_owned()
+                } else {
+                    format!("insufficient stock for {}", skus.join(", "))
+                };
+                self.orders.reject(order_id, &reason, &skus).await?
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                let skus: Vec<String> = status
+                    .get_error_details()
+                    .resource_info()
+                    .map(|r| r.resource_name.split(", ").map(str::to_owned).collect())
+                    .unwrap_or_default();
+                self.orders.reject(order_id, &format!("unknown product {}", skus.join(", ")), &skus).await?
+            }
+            Err(status) if status.code() == Code::InvalidArgument || status.code() == Code::AlreadyExists => {
+                self.orders.reject(order_id, status.message(), &[]).await?
+            }
+            Err(status) => {
+                tracing::warn!(order_id = %order_id, code = ?status.code(), "inventory did not answer; order stays pending");
+                return Ok(order);
+            }
+        };
+        // None: another path (a retry, the recovery loop) settled it first.
+        match finished {
+            Some(order) => Ok(order),
+            None => self.orders.get(order_id).await?.ok_or_else(|| ApiError::NotFound {
+                resource: "order",
+                id: order_id.to_string(),
+            }),
+        }
+    }
+
+    /// Confirms with the reservation's prices, or rejects (and releases) when the
+    /// reservation cannot back the order.
+    async fn settle(&self, order: &Order, reservation: inv::Reservation, deadline: &Deadline) -> Result<Option<Order>, ApiError> {
+        let order_id = order.row.order_id;
+        let held = matches!(
+            inv::ReservationStatus::try_from(reservation.status),
+            Ok(inv::ReservationStatus::Held | inv::ReservationStatus::Committed)
+        );
+        if !held {
+            return self
+                .orders
+                .reject(order_id, "the stock reservation expired before the order was confirmed", &[])
+                .await;
+        }
+        let prices: BTreeMap<String, Price> = reservation
+            .lines
+            .iter()
+            .filter_map(|l| {
+                l.unit_price.as_ref().map(|p| {
+                    (
+                        l.sku.clone(),
+                        Price {
+                            currency_code: p.currency_code.clone(),
+                            unit_price_minor: p.amount_minor,
+                        },
+                    )
+                })
+            })
+            .collect();
+        let currencies: std::collections::BTreeSet<&str> = prices.values().map(|p| p.currency_code.as_str()).collect();
+        if currencies.len() > 1 {
+            let _ = self.peers.release(&order_id.to_string(), deadline).await;
+            return self
+                .orders
+                .reject(order_id, "the products are priced in different currencies; order them separately", &[])
+                .await;
+        }
+        self.orders.confirm(order_id, &prices).await
+    }
+
+    /// Resolves orders left PENDING (by a crash or an outage) until shutdown.
+    pub async fn run_recovery(
+        self,
+        every: Duration,
+        idle: Duration,
+        call_budget: Duration,
+        shutdown: shop_platform::Shutdown,
+    ) {
+        loop {
+            match self.orders.claim_stuck(idle, 20).await {
+                Ok(stuck) => {
+                    for order in stuck {
+                        self.recover(order, call_budget).await;
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "looking for pending orders failed"),
+            }
+            tokio::select! {
+                _ = shutdown.wait() => break,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    async fn recover(&self, order: Order, call_budget: Duration) {
+        let order_id = order.row.order_id;
+        let age = chrono::Utc::now() - order.row.created_at;
+        let deadline = Deadline::after(call_budget);
+        if age.to_std().unwrap_or_default() > self.give_up_after {
+            // Compensate: give the stock back (if any was held), then reject.
+            match self.peers.release(&order_id.to_string(), &deadline).await {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => {
+                    tracing::warn!(order_id = %order_id, code = ?s.code(), "release failed; will retry");
+                    return;
+                }
+            }
+            if let Err(err) = self.orders.reject(order_id, "the order could not be completed in time", &[]).await {
+                tracing::warn!(order_id = %order_id, error = %err, "rejecting a stale order failed");
+            }
+            return;
+        }
+        tracing::info!(order_id = %order_id, "resuming a pending order");
+        if let Err(err) = self.resume(order, &OnBehalfOf::default(), &deadline).await {
+            tracing::warn!(order_id = %order_id, error = %err, "resuming a pending order failed");
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! The order service: the CreateOrder saga across the user and inventory
+//! services, cancellation, watching an order, and the events that close the loop.
+
+pub mod api;
+pub mod application;
+pub mod checkout;
+pub mod order;
+pub mod orders;
+pub mod peers;
+pub mod settings;
+pub mod watch;
+
+pub use application::{Application, SERVICE_NAME};
+pub use settings::Settings;

@@ -1,0 +1,261 @@
+//! Orders: checked input, states, and what an order looks like on the wire.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use shop_platform::ApiError;
+use shop_platform::pagination::timestamp;
+use shop_proto::common::Money;
+use shop_proto::order as pb;
+use uuid::Uuid;
+
+pub const MAX_LINES: usize = 100;
+const MAX_QUANTITY: i64 = 1000;
+const MAX_REQUEST_ID_CHARS: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Confirmed,
+    Rejected,
+    Cancelled,
+}
+
+impl Status {
+    pub fn from_db(s: &str) -> Self {
+        match s {
+            "confirmed" => Self::Confirmed,
+            "rejected" => Self::Rejected,
+            "cancelled" => Self::Cancelled,
+            _ => Self::Pending,
+        }
+    }
+
+    pub fn as_db(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Confirmed => "confirmed",
+            Self::Rejected => "rejected",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn to_proto(self) -> pb::OrderStatus {
+        match self {
+            Self::Pending => pb::OrderStatus::Pending,
+            Self::Confirmed => pb::OrderStatus::Confirmed,
+            Self::Rejected => pb::OrderStatus::Rejected,
+            Self::Cancelled => pb::OrderStatus::Cancelled,
+        }
+    }
+
+    pub fn from_proto(status: i32) -> Result<Option<Self>, ApiError> {
+        match pb::OrderStatus::try_from(status) {
+            Ok(pb::OrderStatus::Unspecified) => Ok(None),
+            Ok(pb::OrderStatus::Pending) => Ok(Some(Self::Pending)),
+            Ok(pb::OrderStatus::Confirmed) => Ok(Some(Self::Confirmed)),
+            Ok(pb::OrderStatus::Rejected) => Ok(Some(Self::Rejected)),
+            Ok(pb::OrderStatus::Cancelled) => Ok(Some(Self::Cancelled)),
+            Err(_) => Err(ApiError::invalid("status", "is not an OrderStatus")),
+        }
+    }
+
+    /// No change follows a final state.
+    pub fn is_final(self) -> bool {
+        matches!(self, Self::Rejected | Self::Cancelled)
+    }
+}
+
+/// A checked CreateOrder request: SKU → quantity, each SKU once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub request_id: Option<String>,
+    pub lines: BTreeMap<String, i64>,
+}
+
+fn valid_sku(sku: &str) -> bool {
+    (3..=32).contains(&sku.len())
+        && sku.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && sku.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
+}
+
+impl NewOrder {
+    /// `idempotency_key` is the REST `Idempotency-Key` header (forwarded as gRPC
+    /// metadata); the `request_id` field wins when both are set.
+    pub fn parse(req: pb::CreateOrderRequest, idempotency_key: Option<&str>) -> Result<Self, ApiError> {
+        let request_id = Some(req.request_id.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .or_else(|| idempotency_key.map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()));
+        if let Some(id) = &request_id {
+            if id.chars().count() > MAX_REQUEST_ID_CHARS {
+                return Err(ApiError::invalid("request_id", "must be at most 128 characters"));
+            }
+            if id.chars().any(char::is_control) {
+                return Err(ApiError::invalid("request_id", "must not contain control characters"));
+            }
+        }
+        if req.lines.is_empty() {
+            return Err(ApiError::invalid("lines", "must have at least one line"));
+        }
+        if req.lines.len() > MAX_LINES {
+            return Err(ApiError::invalid("lines", "must have at most 100 lines"));
+        }
+        let mut lines = BTreeMap::new();
+        for (i, line) in req.lines.into_iter().enumerate() {
+            if line.sku.is_empty() {
+                return Err(ApiError::invalid(format!("lines[{i}].sku"), "is required"));
+            }
+            if !valid_sku(&line.sku) {
+                return Err(ApiError::invalid(
+                    format!("lines[{i}].sku"),
+                    "must be 3 to 32 upper-case letters, digits or dashes",
+                ));
+            }
+            if !(1..=MAX_QUANTITY).contains(&line.quantity) {
+                return Err(ApiError::invalid(format!("lines[{i}].quantity"), "must be between 1 and 1000"));
+            }
+            if lines.insert(line.sku, line.quantity).is_some() {
+                return Err(ApiError::invalid(format!("lines[{i}].sku"), "appears twice"));
+            }
+        }
+        Ok(Self { request_id, lines })
+    }
+}
+
+/// An order id from a request field.
+pub fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
+    if raw.is_empty() {
+        return Err(ApiError::invalid("order_id", "is required"));
+    }
+    Uuid::parse_str(raw).map_err(|_| ApiError::invalid("order_id", "must be a UUID"))
+}
+
+#[derive(sqlx::FromRow, Debug, Clone)]
+pub struct OrderRow {
+    pub order_id: Uuid,
+    pub user_id: Uuid,
+    pub request_id: Option<String>,
+    pub status: String,
+    pub currency_code: Option<String>,
+    pub total_minor: Option<i64>,
+    pub rejection_reason: String,
+    pub unavailable_skus: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow, Debug, Clone)]
+pub struct LineRow {
+    pub order_id: Uuid,
+    pub sku: String,
+    pub quantity: i64,
+    pub currency_code: Option<String>,
+    pub unit_price_minor: Option<i64>,
+}
+
+/// An order with its lines, as stored.
+#[derive(Debug, Clone)]
+pub struct Order {
+    pub row: OrderRow,
+    pub lines: Vec<LineRow>,
+}
+
+impl Order {
+    pub fn status(&self) -> Status {
+        Status::from_db(&self.row.status)
+    }
+
+    pub fn quantities(&self) -> BTreeMap<String, i64> {
+        self.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect()
+    }
+
+    pub fn total(&self) -> Option<Money> {
+        match (&self.row.currency_code, self.row.total_minor) {
+            (Some(code), Some(amount)) => Some(Money {
+                currency_code: code.clone(),
+                amount_minor: amount,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn proto_lines(&self) -> Vec<pb::OrderLine> {
+        self.lines
+            .iter()
+            .map(|l| {
+                let unit_price = match (&l.currency_code, l.unit_price_minor) {
+                    (Some(code), Some(price)) => Some(Money {
+                        currency_code: code.clone(),
+                        amount_minor: price,
+                    }),
+                    _ => None,
+                };
+                let line_total = unit_price.as_ref().map(|p| Money {
+                    currency_code: p.currency_code.clone(),
+                    amount_minor: p.amount_minor.saturating_mul(l.quantity),
+                });
+                pb::OrderLine {
+                    sku: l.sku.clone(),
+                    quantity: l.quantity,
+                    unit_price,
+                    line_total,
+                }
+            })
+            .collect()
+    }
+
+    pub fn to_proto(&self) -> pb::Order {
+        pb::Order {
+            order_id: self.row.order_id.to_string(),
+            user_id: self.row.user_id.to_string(),
+            status: self.status().to_proto() as i32,
+            lines: self.proto_lines(),
+            total: self.total(),
+            rejection_reason: self.row.rejection_reason.clone(),
+            unavailable_skus: self.row.unavailable_skus.clone(),
+            create_time: Some(timestamp(self.row.created_at)),
+            update_time: Some(timestamp(self.row.updated_at)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(lines: &[(&str, i64)]) -> pb::CreateOrderRequest {
+        pb::CreateOrderRequest {
+            request_id: String::new(),
+            lines: lines
+                .iter()
+                .map(|(s, q)| pb::CreateOrderLine { sku: (*s).into(), quantity: *q })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lines_are_checked_and_named() {
+        assert!(NewOrder::parse(req(&[("MUG-001", 2)]), None).is_ok());
+        let cases = [
+            (req(&[]), "invalid lines"),
+            (req(&[("MUG-001", 0)]), "invalid lines[0].quantity"),
+            (req(&[("MUG-001", 1001)]), "invalid lines[0].quantity"),
+            (req(&[("MUG-001", 1), ("mug", 1)]), "invalid lines[1].sku"),
+            (req(&[("MUG-001", 1), ("MUG-001", 1)]), "invalid lines[1].sku: appears twice"),
+        ];
+        for (r, expected) in cases {
+            let err = NewOrder::parse(r, None).expect_err(expected);
+            assert!(err.to_string().starts_with(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_request_id_field_wins_over_the_header() {
+        let mut r = req(&[("MUG-001", 1)]);
+        assert_eq!(NewOrder::parse(r.clone(), Some("hdr")).expect("ok").request_id.as_deref(), Some("hdr"));
+        r.request_id = "field".into();
+        assert_eq!(NewOrder::parse(r.clone(), Some("hdr")).expect("ok").request_id.as_deref(), Some("field"));
+        r.request_id = "x".repeat(129);
+        assert!(NewOrder::parse(r, None).is_err());
+    }
+}

@@ -1,0 +1,317 @@
+//! Orders in the database. Every state change is guarded by the state it leaves
+//! (`WHERE status = 'pending'`) and written with its event in one transaction, so
+//! the request path and the recovery loop (on any replica) never both finalize an
+//! order and no event is published for a change that rolled back.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use chrono::Utc;
+use shop_platform::ApiError;
+use shop_platform::outbox::{self, OutboxSignal};
+use shop_platform::pagination::timestamp;
+use shop_proto::order as pb;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::order::{LineRow, NewOrder, Order, OrderRow, Status};
+
+pub const ORDER_EVENTS_TOPIC: &str = "shop.order.v1.events";
+
+const ORDER_COLUMNS: &str = "order_id, user_id, request_id, status, currency_code, total_minor, \
+     rejection_reason, unavailable_skus, created_at, updated_at";
+
+/// A reservation line's price, from inventory.
+#[derive(Debug, Clone)]
+pub struct Price {
+    pub currency_code: String,
+    pub unit_price_minor: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Orders {
+    pub pool: PgPool,
+    pub outbox: OutboxSignal,
+}
+
+async fn load_lines(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<LineRow>, sqlx::Error> {
+    sqlx::query_as::<_, LineRow>(
+        "SELECT order_id, sku, quantity, currency_code, unit_price_minor FROM order_lines
+         WHERE order_id = ANY($1) ORDER BY order_id, sku",
+    )
+    .bind(ids)
+    .fetch_all(conn)
+    .await
+}
+
+async fn with_lines(conn: &mut PgConnection, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.order_id).collect();
+    let mut lines: BTreeMap<Uuid, Vec<LineRow>> = BTreeMap::new();
+    for line in load_lines(conn, &ids).await? {
+        lines.entry(line.order_id).or_default().push(line);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|row| Order {
+            lines: lines.remove(&row.order_id).unwrap_or_default(),
+            row,
+        })
+        .collect())
+}
+
+impl Orders {
+    async fn one(&self, conn: &mut PgConnection, sql: &str, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+        let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(sql.to_owned()))
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        Ok(match row {
+            Some(row) => with_lines(conn, vec![row]).await?.pop(),
+            None => None,
+        })
+    }
+
+    pub async fn get(&self, order_id: Uuid) -> Result<Option<Order>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1");
+        Ok(self.one(&mut conn, &sql, order_id).await?)
+    }
+
+    pub async fn find_by_request(&self, user_id: Uuid, request_id: &str) -> Result<Option<Order>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND request_id = $2"
+        )))
+        .bind(user_id)
+        .bind(request_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(match row {
+            Some(row) => with_lines(&mut conn, vec![row]).await?.pop(),
+            None => None,
+        })
+    }
+
+    /// Writes the order PENDING; when the user already has an order with this
+    /// request id, returns that one instead (and false).
+    pub async fn insert_pending(&self, user_id: Uuid, new: &NewOrder) -> Result<(Order, bool), ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let order_id = Uuid::now_v7();
+        let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO orders (order_id, user_id, request_id, status) VALUES ($1, $2, $3, 'pending')
+             ON CONFLICT (user_id, request_id) DO NOTHING RETURNING {ORDER_COLUMNS}"
+        )))
+        .bind(order_id)
+        .bind(user_id)
+        .bind(&new.request_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            let request_id = new.request_id.as_deref().unwrap_or_default();
+            let existing = self.find_by_request(user_id, request_id).await?;
+            return existing
+                .map(|o| (o, false))
+                .ok_or_else(|| ApiError::Unavailable("order changed concurrently, retry".into()));
+        };
+        for (sku, quantity) in &new.lines {
+            sqlx::query("INSERT INTO order_lines (order_id, sku, quantity) VALUES ($1, $2, $3)")
+                .bind(order_id)
+                .bind(sku)
+                .bind(quantity)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let order = with_lines(&mut tx, vec![row]).await?.pop();
+        tx.commit().await?;
+        let order = order.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("inserted order vanished")))?;
+        Ok((order, true))
+    }
+
+    /// PENDING → CONFIRMED with inventory's prices and the OrderConfirmed event.
+    /// None when the order had left PENDING already.
+    pub async fn confirm(&self, order_id: Uuid, prices: &BTreeMap<String, Price>) -> Result<Option<Order>, ApiError> {
+        let currency = prices.values().next().map(|p| p.currency_code.clone()).unwrap_or_default();
+        let mut tx = self.pool.begin().await?;
+        let quantities: Vec<(String, i64)> =
+            sqlx::query_as("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY sku")
+                .bind(order_id)
+                .fetch_all(&mut *tx)
+                .await?;
+        let mut total: i64 = 0;
+        for (sku, quantity) in &quantities {
+            let price = prices
+                .get(sku)
+                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("reservation lacks a price for {sku}")))?;
+            total = total.saturating_add(price.unit_price_minor.saturating_mul(*quantity));
+            sqlx::query(
+                "UPDATE order_lines SET currency_code = $3, unit_price_minor = $4 WHERE order_id = $1 AND sku = $2",
+            )
+            .bind(order_id)
+            .bind(sku)
+            .bind(&price.currency_code)
+            .bind(price.unit_price_minor)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+            "UPDATE orders SET status = 'confirmed', currency_code = $2, total_minor = $3, updated_at = now()
+             WHERE order_id = $1 AND status = 'pending' RETURNING {ORDER_COLUMNS}"
+        )))
+        .bind(order_id)
+        .bind(&currency)
+        .bind(total)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let order = with_lines(&mut tx, vec![row]).await?.pop().ok_or_else(|| missing(order_id))?;
+        let event = pb::OrderConfirmed {
+            order_id: order_id.to_string(),
+            user_id: order.row.user_id.to_string(),
+            lines: order.proto_lines(),
+            total: order.total(),
+            confirm_time: Some(timestamp(order.row.updated_at)),
+        };
+        outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &event.order_id, &event).await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        tracing::info!(order_id = %order_id, total, currency = %currency, "order confirmed");
+        Ok(Some(order))
+    }
+
+    /// PENDING → REJECTED with the reason and the OrderRejected event.
+    pub async fn reject(&self, order_id: Uuid, reason: &str, skus: &[String]) -> Result<Option<Order>, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+            "UPDATE orders SET status = 'rejected', rejection_reason = $2, unavailable_skus = $3, updated_at = now()
+             WHERE order_id = $1 AND status = 'pending' RETURNING {ORDER_COLUMNS}"
+        )))
+        .bind(order_id)
+        .bind(reason)
+        .bind(skus)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let order = with_lines(&mut tx, vec![row]).await?.pop().ok_or_else(|| missing(order_id))?;
+        let event = pb::OrderRejected {
+            order_id: order_id.to_string(),
+            user_id: order.row.user_id.to_string(),
+            reason: reason.into(),
+            unavailable_skus: skus.to_vec(),
+            reject_time: Some(timestamp(order.row.updated_at)),
+        };
+        outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &event.order_id, &event).await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        tracing::info!(order_id = %order_id, reason, "order rejected");
+        Ok(Some(order))
+    }
+
+    /// CONFIRMED → CANCELLED with the OrderCancelled event (inventory gives the
+    /// stock back from it). Cancelling a cancelled order returns it unchanged.
+    pub async fn cancel(&self, order_id: Uuid, reason: &str) -> Result<Order, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE");
+        let order = self.one(&mut tx, &sql, order_id).await?.ok_or_else(|| ApiError::NotFound {
+            resource: "order",
+            id: order_id.to_string(),
+        })?;
+        match order.status() {
+            Status::Cancelled => return Ok(order),
+            Status::Pending => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "order {order_id} is still pending; cancel it once it is confirmed"
+                )));
+            }
+            Status::Rejected => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "order {order_id} was rejected; there is nothing to cancel"
+                )));
+            }
+            Status::Confirmed => {}
+        }
+        let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+            "UPDATE orders SET status = 'cancelled', updated_at = now() WHERE order_id = $1 RETURNING {ORDER_COLUMNS}"
+        )))
+        .bind(order_id)
+        .fetch_one(&mut *tx)
+        .await?;
+        let cancelled = Order { row, lines: order.lines };
+        let event = pb::OrderCancelled {
+            order_id: order_id.to_string(),
+            user_id: cancelled.row.user_id.to_string(),
+            previous_status: pb::OrderStatus::Confirmed as i32,
+            total: cancelled.total(),
+            reason: reason.into(),
+            cancel_time: Some(timestamp(Utc::now())),
+        };
+        outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &event.order_id, &event).await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        tracing::info!(order_id = %order_id, "order cancelled");
+        Ok(cancelled)
+    }
+
+    /// Newest first, optionally one user's and one status's, after the token's order id.
+    pub async fn list(
+        &self,
+        user_id: Option<Uuid>,
+        status: Option<Status>,
+        page_size: i64,
+        before: Option<Uuid>,
+    ) -> Result<(Vec<Order>, bool), ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {ORDER_COLUMNS} FROM orders
+             WHERE ($1::uuid IS NULL OR user_id = $1) AND ($2::text IS NULL OR status = $2)
+               AND ($3::uuid IS NULL OR order_id < $3)
+             ORDER BY order_id DESC LIMIT $4"
+        )))
+        .bind(user_id)
+        .bind(status.map(Status::as_db))
+        .bind(before)
+        .bind(page_size + 1)
+        .fetch_all(&mut *conn)
+        .await?;
+        let more = rows.len() as i64 > page_size;
+        let rows = rows.into_iter().take(page_size as usize).collect();
+        Ok((with_lines(&mut conn, rows).await?, more))
+    }
+
+    /// Claims PENDING orders untouched for `idle` (bumping them so that other
+    /// replicas skip them for as long).
+    pub async fn claim_stuck(&self, idle: Duration, limit: i64) -> Result<Vec<Order>, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
+            "UPDATE orders SET updated_at = now(), recovery_attempts = recovery_attempts + 1
+             WHERE order_id IN (
+                 SELECT order_id FROM orders
+                 WHERE status = 'pending' AND updated_at < now() - make_interval(secs => $1)
+                 ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING {ORDER_COLUMNS}"
+        )))
+        .bind(idle.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        let orders = with_lines(&mut tx, rows).await?;
+        tx.commit().await?;
+        Ok(orders)
+    }
+
+    /// The order's status and last change, for watchers.
+    pub async fn version(&self, order_id: Uuid) -> Result<Option<(String, chrono::DateTime<Utc>)>, ApiError> {
+        Ok(sqlx::query_as("SELECT status, updated_at FROM orders WHERE order_id = $1")
+            .bind(order_id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
+
+fn missing(order_id: Uuid) -> ApiError {
+    ApiError::Internal(anyhow::anyhow!("order {order_id} has no row after its update"))
+}

@@ -1,0 +1,139 @@
+//! Calls to the user and inventory services: each with a deadline (the smaller of
+//! the per-call timeout and what is left of the caller's), the trace context, this
+//! service's identity token and the end user's token for audit; only idempotent
+//! calls are retried, a bounded number of times.
+
+use std::time::Duration;
+
+use shop_platform::auth::TokenSigner;
+use shop_platform::grpc::{self, Deadline, RetryPolicy};
+use shop_platform::auth::SERVICE_AUTHORIZATION;
+use shop_proto::inventory as inv;
+use shop_proto::inventory::inventory_service_client::InventoryServiceClient;
+use shop_proto::user as user_pb;
+use shop_proto::user::user_service_client::UserServiceClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::transport::Channel;
+use tonic::{Request, Status};
+
+#[derive(Clone)]
+pub struct Peers {
+    users: UserServiceClient<Channel>,
+    inventory: InventoryServiceClient<Channel>,
+    signer: TokenSigner,
+    identity: String,
+    rpc_timeout: Duration,
+}
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peers").field("identity", &self.identity).finish_non_exhaustive()
+    }
+}
+
+/// The end user a call is made for, to pass along.
+#[derive(Clone, Debug, Default)]
+pub struct OnBehalfOf(pub Option<AsciiMetadataValue>);
+
+impl Peers {
+    pub async fn connect(
+        user_addr: &str,
+        inventory_addr: &str,
+        signer: TokenSigner,
+        identity: &str,
+        rpc_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let connect_timeout = rpc_timeout.min(Duration::from_secs(1));
+        let users = UserServiceClient::new(grpc::channel(user_addr, connect_timeout).await?);
+        let inventory = InventoryServiceClient::new(grpc::channel(inventory_addr, connect_timeout).await?);
+        Ok(Self {
+            users,
+            inventory,
+            signer,
+            identity: identity.into(),
+            rpc_timeout,
+        })
+    }
+
+    fn request<M>(&self, message: M, user: &OnBehalfOf, deadline: &Deadline) -> Result<Request<M>, Status> {
+        let timeout = self.rpc_timeout.min(deadline.remaining()?);
+        let mut request = grpc::outgoing(message, timeout);
+        let token = self.signer.service_token(&self.identity)?;
+        let value: AsciiMetadataValue = MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| Status::internal("service token is not ASCII"))?;
+        request.metadata_mut().insert(SERVICE_AUTHORIZATION, value);
+        if let Some(auth) = &user.0 {
+            request.metadata_mut().insert("authorization", auth.clone());
+        }
+        Ok(request)
+    }
+
+    fn policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            first_backoff: Duration::from_millis(50),
+            attempt_timeout: self.rpc_timeout,
+        }
+    }
+
+    pub async fn get_user(&self, user_id: &str, user: &OnBehalfOf, deadline: &Deadline) -> Result<user_pb::User, Status> {
+        let client = self.users.clone();
+        let response = grpc::call_idempotent(
+            self.policy(),
+            || self.request(user_pb::GetUserRequest { user_id: user_id.into() }, user, deadline),
+            |req| {
+                let mut client = client.clone();
+                async move { client.get_user(req).await }
+            },
+        )
+        .await?;
+        response.user.ok_or_else(|| Status::internal("user service answered without a user"))
+    }
+
+    /// Idempotent per order id, so retried.
+    pub async fn reserve(
+        &self,
+        order_id: &str,
+        lines: &[(String, i64)],
+        user: &OnBehalfOf,
+        deadline: &Deadline,
+    ) -> Result<inv::Reservation, Status> {
+        let client = self.inventory.clone();
+        let message = inv::ReserveStockRequest {
+            order_id: order_id.into(),
+            lines: lines
+                .iter()
+                .map(|(sku, quantity)| inv::ReservationLine {
+                    sku: sku.clone(),
+                    quantity: *quantity,
+                    unit_price: None,
+                })
+                .collect(),
+        };
+        let response = grpc::call_idempotent(
+            self.policy(),
+            || self.request(message.clone(), user, deadline),
+            |req| {
+                let mut client = client.clone();
+                async move { client.reserve_stock(req).await }
+            },
+        )
+        .await?;
+        response.reservation.ok_or_else(|| Status::internal("inventory answered without a reservation"))
+    }
+
+    /// Idempotent, so retried.
+    pub async fn release(&self, order_id: &str, deadline: &Deadline) -> Result<inv::Reservation, Status> {
+        let client = self.inventory.clone();
+        let response = grpc::call_idempotent(
+            self.policy(),
+            || self.request(inv::ReleaseReservationRequest { order_id: order_id.into() }, &OnBehalfOf::default(), deadline),
+            |req| {
+                let mut client = client.clone();
+                async move { client.release_reservation(req).await }
+            },
+        )
+        .await?;
+        response.reservation.ok_or_else(|| Status::internal("inventory answered without a reservation"))
+    }
+}
