@@ -27,7 +27,7 @@ url = u.urlsplit(sys.argv[1])
 print(u.urlunsplit(url._replace(path="/" + sys.argv[2])))
 PY
 }
-for db in shop_user shop_inventory; do
+for db in shop_user shop_inventory shop_order; do
     psql "$server_url" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 \
         || psql "$server_url" -qc "CREATE DATABASE $db" >/dev/null
 done
@@ -62,8 +62,13 @@ DATABASE_URL=$(db_url shop_inventory) GRPC_PORT=50052 ADMIN_PORT=9102 \
     "$BIN/inventory-service" &
 pids+=($!)
 
+DATABASE_URL=$(db_url shop_order) GRPC_PORT=50053 ADMIN_PORT=9103 \
+    USER_SERVICE_ADDR=http://127.0.0.1:50051 INVENTORY_SERVICE_ADDR=http://127.0.0.1:50052 \
+    "$BIN/order-service" &
+pids+=($!)
+
 # Wait until every service answers grpc.health.v1.
-for port in 50051 50052; do
+for port in 50051 50052 50053; do
     for _ in $(seq 1 300); do
         grpcurl -plaintext -max-time 1 "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
             | grep -q SERVING && break
@@ -87,6 +92,7 @@ cat >&2 <<BANNER
   shopmesh is running (development mode)
     user service       grpc 127.0.0.1:50051   admin http://127.0.0.1:9101/metrics
     inventory service  grpc 127.0.0.1:50052   admin http://127.0.0.1:9102/metrics
+    order service      grpc 127.0.0.1:50053   admin http://127.0.0.1:9103/metrics
     PostgreSQL     $server_url
     Kafka          $KAFKA_BROKERS
   demo admin account:  $ADMIN_EMAIL / $ADMIN_PASSWORD

@@ -1,10 +1,10 @@
 //! The gRPC surface: who may see and change which orders, conversion at the edge.
 
 use shop_platform::ApiError;
+use shop_platform::Shutdown;
 use shop_platform::auth::{Authenticator, Caller, UserPrincipal};
 use shop_platform::grpc::Deadline;
 use shop_platform::pagination;
-use shop_platform::Shutdown;
 use shop_proto::order as pb;
 use shop_proto::order::order_service_server::OrderService;
 use tonic::{Request, Response, Status};
@@ -29,10 +29,15 @@ impl OrderApi {
     async fn visible_order(&self, caller: &Caller, raw_id: &str) -> Result<Order, ApiError> {
         let me = caller.require_user()?;
         let order_id = parse_order_id(raw_id)?;
-        let order = self.checkout.orders.get(order_id).await?.ok_or_else(|| ApiError::NotFound {
-            resource: "order",
-            id: order_id.to_string(),
-        })?;
+        let order =
+            self.checkout
+                .orders
+                .get(order_id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound {
+                    resource: "order",
+                    id: order_id.to_string(),
+                })?;
         check_owner(me, &order)?;
         Ok(order)
     }
@@ -52,7 +57,10 @@ fn check_owner(me: &UserPrincipal, order: &Order) -> Result<(), ApiError> {
 #[tonic::async_trait]
 impl OrderService for OrderApi {
     #[tracing::instrument(skip_all, fields(order_id))]
-    async fn create_order(&self, request: Request<pb::CreateOrderRequest>) -> Result<Response<pb::CreateOrderResponse>, Status> {
+    async fn create_order(
+        &self,
+        request: Request<pb::CreateOrderRequest>,
+    ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
         let me = caller.require_user()?.clone();
         let deadline = Deadline::from_metadata(request.metadata(), self.request_deadline);
@@ -65,18 +73,30 @@ impl OrderService for OrderApi {
         let new = NewOrder::parse(request.into_inner(), idempotency_key.as_deref())?;
         let order = self.checkout.create(&me, on_behalf, new, deadline).await?;
         tracing::Span::current().record("order_id", tracing::field::display(order.row.order_id));
-        Ok(Response::new(pb::CreateOrderResponse { order: Some(order.to_proto()) }))
+        Ok(Response::new(pb::CreateOrderResponse {
+            order: Some(order.to_proto()),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn get_order(&self, request: Request<pb::GetOrderRequest>) -> Result<Response<pb::GetOrderResponse>, Status> {
+    async fn get_order(
+        &self,
+        request: Request<pb::GetOrderRequest>,
+    ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        let order = self.visible_order(&caller, &request.get_ref().order_id).await?;
-        Ok(Response::new(pb::GetOrderResponse { order: Some(order.to_proto()) }))
+        let order = self
+            .visible_order(&caller, &request.get_ref().order_id)
+            .await?;
+        Ok(Response::new(pb::GetOrderResponse {
+            order: Some(order.to_proto()),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn list_orders(&self, request: Request<pb::ListOrdersRequest>) -> Result<Response<pb::ListOrdersResponse>, Status> {
+    async fn list_orders(
+        &self,
+        request: Request<pb::ListOrdersRequest>,
+    ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
         let me = caller.require_user()?;
         let req = request.into_inner();
@@ -87,7 +107,11 @@ impl OrderService for OrderApi {
             .transpose()
             .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))?;
         let owner = (!caller.is_admin()).then_some(me.user_id);
-        let (orders, more) = self.checkout.orders.list(owner, status, page_size, before).await?;
+        let (orders, more) = self
+            .checkout
+            .orders
+            .list(owner, status, page_size, before)
+            .await?;
         let next_page_token = match (more, orders.last()) {
             (true, Some(last)) => pagination::encode_token(&last.row.order_id.to_string()),
             _ => String::new(),
@@ -99,24 +123,44 @@ impl OrderService for OrderApi {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn cancel_order(&self, request: Request<pb::CancelOrderRequest>) -> Result<Response<pb::CancelOrderResponse>, Status> {
+    async fn cancel_order(
+        &self,
+        request: Request<pb::CancelOrderRequest>,
+    ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        let order = self.visible_order(&caller, &request.get_ref().order_id).await?;
+        let order = self
+            .visible_order(&caller, &request.get_ref().order_id)
+            .await?;
         let reason = request.get_ref().reason.trim();
         if reason.chars().count() > 500 {
             return Err(ApiError::invalid("reason", "must be at most 500 characters").into());
         }
-        let reason = if reason.is_empty() { "cancelled by request" } else { reason };
-        let order = self.checkout.orders.cancel(order.row.order_id, reason).await?;
-        Ok(Response::new(pb::CancelOrderResponse { order: Some(order.to_proto()) }))
+        let reason = if reason.is_empty() {
+            "cancelled by request"
+        } else {
+            reason
+        };
+        let order = self
+            .checkout
+            .orders
+            .cancel(order.row.order_id, reason)
+            .await?;
+        Ok(Response::new(pb::CancelOrderResponse {
+            order: Some(order.to_proto()),
+        }))
     }
 
     type WatchOrderStream = WatchStream;
 
     #[tracing::instrument(skip_all)]
-    async fn watch_order(&self, request: Request<pb::WatchOrderRequest>) -> Result<Response<Self::WatchOrderStream>, Status> {
+    async fn watch_order(
+        &self,
+        request: Request<pb::WatchOrderRequest>,
+    ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        let order = self.visible_order(&caller, &request.get_ref().order_id).await?;
+        let order = self
+            .visible_order(&caller, &request.get_ref().order_id)
+            .await?;
         Ok(Response::new(watch::watch(
             self.checkout.orders.clone(),
             order.row.order_id,

@@ -31,7 +31,9 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("runtime", &self.runtime).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("runtime", &self.runtime)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,7 +43,10 @@ impl Application {
         let signer = TokenSigner::for_service(settings.service.service_private_key.expose())?;
         let service = &settings.service;
         let saga = settings.saga.clone();
-        let pool = db::pool(service.database_url.expose(), service.database_max_connections)?;
+        let pool = db::pool(
+            service.database_url.expose(),
+            service.database_max_connections,
+        )?;
         tokio::time::timeout(
             Duration::from_secs(60),
             db::migrate(&pool, &MIGRATIONS, &Shutdown::new()),
@@ -106,8 +111,12 @@ impl Application {
             Duration::from_millis(self.saga.request_deadline_ms),
             shutdown.clone(),
         ));
-        let routes = Routes::new(OrderServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES));
+        let routes = Routes::new(
+            OrderServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+        );
         let no_consumers: EventWorkers = Box::new(|_| Ok(Vec::new()));
-        self.runtime.run(routes, vec![recovery], no_consumers, shutdown).await
+        self.runtime
+            .run(routes, vec![recovery], no_consumers, shutdown)
+            .await
     }
 }

@@ -48,7 +48,10 @@ fn outcome(order: Order) -> Result<Order, ApiError> {
                 })
                 .collect();
             Err(ApiError::Precondition {
-                message: format!("order {} rejected: {}", order.row.order_id, order.row.rejection_reason),
+                message: format!(
+                    "order {} rejected: {}",
+                    order.row.order_id, order.row.rejection_reason
+                ),
                 violations,
             })
         }
@@ -69,7 +72,10 @@ impl Checkout {
         deadline: Deadline,
     ) -> Result<Order, ApiError> {
         if let Some(request_id) = &new.request_id
-            && let Some(existing) = self.orders.find_by_request(user.user_id, request_id).await?
+            && let Some(existing) = self
+                .orders
+                .find_by_request(user.user_id, request_id)
+                .await?
         {
             return self.replay(existing, &new, &on_behalf, &deadline).await;
         }
@@ -82,9 +88,17 @@ impl Checkout {
         match account {
             Ok(_) => {}
             Err(status) if status.code() == Code::NotFound => {
-                return Err(ApiError::FailedPrecondition(format!("user {} no longer exists", user.user_id)));
+                return Err(ApiError::FailedPrecondition(format!(
+                    "user {} no longer exists",
+                    user.user_id
+                )));
             }
-            Err(status) if matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) => {
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::PermissionDenied | Code::Unauthenticated
+                ) =>
+            {
                 return Err(ApiError::Internal(anyhow::anyhow!(
                     "user service refused this service's identity: {}",
                     status.message()
@@ -102,11 +116,20 @@ impl Checkout {
     }
 
     /// A retried request: the first outcome, or the saga resumed where it stopped.
-    async fn replay(&self, order: Order, new: &NewOrder, on_behalf: &OnBehalfOf, deadline: &Deadline) -> Result<Order, ApiError> {
+    async fn replay(
+        &self,
+        order: Order,
+        new: &NewOrder,
+        on_behalf: &OnBehalfOf,
+        deadline: &Deadline,
+    ) -> Result<Order, ApiError> {
         if order.quantities() != new.lines {
             return Err(ApiError::invalid(
                 "request_id",
-                format!("was already used for order {} with different lines", order.row.order_id),
+                format!(
+                    "was already used for order {} with different lines",
+                    order.row.order_id
+                ),
             ));
         }
         let order = if order.status() == Status::Pending {
@@ -119,7 +142,12 @@ impl Checkout {
 
     /// Reserves stock for a PENDING order and records the result. Leaves the order
     /// PENDING (for the recovery loop) when inventory does not answer.
-    pub async fn resume(&self, order: Order, on_behalf: &OnBehalfOf, deadline: &Deadline) -> Result<Order, ApiError> {
+    pub async fn resume(
+        &self,
+        order: Order,
+        on_behalf: &OnBehalfOf,
+        deadline: &Deadline,
+    ) -> Result<Order, ApiError> {
         let order_id = order.row.order_id;
         let lines: Vec<(String, i64)> = order.quantities().into_iter().collect();
         let reserved = self
@@ -148,9 +176,18 @@ impl Checkout {
                     .resource_info()
                     .map(|r| r.resource_name.split(", ").map(str::to_owned).collect())
                     .unwrap_or_default();
-                self.orders.reject(order_id, &format!("unknown product {}", skus.join(", ")), &skus).await?
+                self.orders
+                    .reject(
+                        order_id,
+                        &format!("unknown product {}", skus.join(", ")),
+                        &skus,
+                    )
+                    .await?
             }
-            Err(status) if status.code() == Code::InvalidArgument || status.code() == Code::AlreadyExists => {
+            Err(status)
+                if status.code() == Code::InvalidArgument
+                    || status.code() == Code::AlreadyExists =>
+            {
                 self.orders.reject(order_id, status.message(), &[]).await?
             }
             Err(status) => {
@@ -161,16 +198,25 @@ impl Checkout {
         // None: another path (a retry, the recovery loop) settled it first.
         match finished {
             Some(order) => Ok(order),
-            None => self.orders.get(order_id).await?.ok_or_else(|| ApiError::NotFound {
-                resource: "order",
-                id: order_id.to_string(),
-            }),
+            None => self
+                .orders
+                .get(order_id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound {
+                    resource: "order",
+                    id: order_id.to_string(),
+                }),
         }
     }
 
     /// Confirms with the reservation's prices, or rejects (and releases) when the
     /// reservation cannot back the order.
-    async fn settle(&self, order: &Order, reservation: inv::Reservation, deadline: &Deadline) -> Result<Option<Order>, ApiError> {
+    async fn settle(
+        &self,
+        order: &Order,
+        reservation: inv::Reservation,
+        deadline: &Deadline,
+    ) -> Result<Option<Order>, ApiError> {
         let order_id = order.row.order_id;
         let held = matches!(
             inv::ReservationStatus::try_from(reservation.status),
@@ -179,7 +225,11 @@ impl Checkout {
         if !held {
             return self
                 .orders
-                .reject(order_id, "the stock reservation expired before the order was confirmed", &[])
+                .reject(
+                    order_id,
+                    "the stock reservation expired before the order was confirmed",
+                    &[],
+                )
                 .await;
         }
         let prices: BTreeMap<String, Price> = reservation
@@ -197,12 +247,17 @@ impl Checkout {
                 })
             })
             .collect();
-        let currencies: std::collections::BTreeSet<&str> = prices.values().map(|p| p.currency_code.as_str()).collect();
+        let currencies: std::collections::BTreeSet<&str> =
+            prices.values().map(|p| p.currency_code.as_str()).collect();
         if currencies.len() > 1 {
             let _ = self.peers.release(&order_id.to_string(), deadline).await;
             return self
                 .orders
-                .reject(order_id, "the products are priced in different currencies; order them separately", &[])
+                .reject(
+                    order_id,
+                    "the products are priced in different currencies; order them separately",
+                    &[],
+                )
                 .await;
         }
         self.orders.confirm(order_id, &prices).await
@@ -246,7 +301,11 @@ impl Checkout {
                     return;
                 }
             }
-            if let Err(err) = self.orders.reject(order_id, "the order could not be completed in time", &[]).await {
+            if let Err(err) = self
+                .orders
+                .reject(order_id, "the order could not be completed in time", &[])
+                .await
+            {
                 tracing::warn!(order_id = %order_id, error = %err, "rejecting a stale order failed");
             }
             return;

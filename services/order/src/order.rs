@@ -75,23 +75,41 @@ pub struct NewOrder {
 
 fn valid_sku(sku: &str) -> bool {
     (3..=32).contains(&sku.len())
-        && sku.chars().next().is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-        && sku.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
+        && sku
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        && sku
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
 }
 
 impl NewOrder {
     /// `idempotency_key` is the REST `Idempotency-Key` header (forwarded as gRPC
     /// metadata); the `request_id` field wins when both are set.
-    pub fn parse(req: pb::CreateOrderRequest, idempotency_key: Option<&str>) -> Result<Self, ApiError> {
+    pub fn parse(
+        req: pb::CreateOrderRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Self, ApiError> {
         let request_id = Some(req.request_id.trim().to_owned())
             .filter(|r| !r.is_empty())
-            .or_else(|| idempotency_key.map(|k| k.trim().to_owned()).filter(|k| !k.is_empty()));
+            .or_else(|| {
+                idempotency_key
+                    .map(|k| k.trim().to_owned())
+                    .filter(|k| !k.is_empty())
+            });
         if let Some(id) = &request_id {
             if id.chars().count() > MAX_REQUEST_ID_CHARS {
-                return Err(ApiError::invalid("request_id", "must be at most 128 characters"));
+                return Err(ApiError::invalid(
+                    "request_id",
+                    "must be at most 128 characters",
+                ));
             }
             if id.chars().any(char::is_control) {
-                return Err(ApiError::invalid("request_id", "must not contain control characters"));
+                return Err(ApiError::invalid(
+                    "request_id",
+                    "must not contain control characters",
+                ));
             }
         }
         if req.lines.is_empty() {
@@ -112,10 +130,16 @@ impl NewOrder {
                 ));
             }
             if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-                return Err(ApiError::invalid(format!("lines[{i}].quantity"), "must be between 1 and 1000"));
+                return Err(ApiError::invalid(
+                    format!("lines[{i}].quantity"),
+                    "must be between 1 and 1000",
+                ));
             }
             if lines.insert(line.sku, line.quantity).is_some() {
-                return Err(ApiError::invalid(format!("lines[{i}].sku"), "appears twice"));
+                return Err(ApiError::invalid(
+                    format!("lines[{i}].sku"),
+                    "appears twice",
+                ));
             }
         }
         Ok(Self { request_id, lines })
@@ -166,7 +190,10 @@ impl Order {
     }
 
     pub fn quantities(&self) -> BTreeMap<String, i64> {
-        self.lines.iter().map(|l| (l.sku.clone(), l.quantity)).collect()
+        self.lines
+            .iter()
+            .map(|l| (l.sku.clone(), l.quantity))
+            .collect()
     }
 
     pub fn total(&self) -> Option<Money> {
@@ -228,7 +255,10 @@ mod tests {
             request_id: String::new(),
             lines: lines
                 .iter()
-                .map(|(s, q)| pb::CreateOrderLine { sku: (*s).into(), quantity: *q })
+                .map(|(s, q)| pb::CreateOrderLine {
+                    sku: (*s).into(),
+                    quantity: *q,
+                })
                 .collect(),
         }
     }
@@ -241,7 +271,10 @@ mod tests {
             (req(&[("MUG-001", 0)]), "invalid lines[0].quantity"),
             (req(&[("MUG-001", 1001)]), "invalid lines[0].quantity"),
             (req(&[("MUG-001", 1), ("mug", 1)]), "invalid lines[1].sku"),
-            (req(&[("MUG-001", 1), ("MUG-001", 1)]), "invalid lines[1].sku: appears twice"),
+            (
+                req(&[("MUG-001", 1), ("MUG-001", 1)]),
+                "invalid lines[1].sku: appears twice",
+            ),
         ];
         for (r, expected) in cases {
             let err = NewOrder::parse(r, None).expect_err(expected);
@@ -252,9 +285,21 @@ mod tests {
     #[test]
     fn the_request_id_field_wins_over_the_header() {
         let mut r = req(&[("MUG-001", 1)]);
-        assert_eq!(NewOrder::parse(r.clone(), Some("hdr")).expect("ok").request_id.as_deref(), Some("hdr"));
+        assert_eq!(
+            NewOrder::parse(r.clone(), Some("hdr"))
+                .expect("ok")
+                .request_id
+                .as_deref(),
+            Some("hdr")
+        );
         r.request_id = "field".into();
-        assert_eq!(NewOrder::parse(r.clone(), Some("hdr")).expect("ok").request_id.as_deref(), Some("field"));
+        assert_eq!(
+            NewOrder::parse(r.clone(), Some("hdr"))
+                .expect("ok")
+                .request_id
+                .as_deref(),
+            Some("field")
+        );
         r.request_id = "x".repeat(129);
         assert!(NewOrder::parse(r, None).is_err());
     }

@@ -44,7 +44,10 @@ async fn load_lines(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<LineRow
     .await
 }
 
-async fn with_lines(conn: &mut PgConnection, rows: Vec<OrderRow>) -> Result<Vec<Order>, sqlx::Error> {
+async fn with_lines(
+    conn: &mut PgConnection,
+    rows: Vec<OrderRow>,
+) -> Result<Vec<Order>, sqlx::Error> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.order_id).collect();
     let mut lines: BTreeMap<Uuid, Vec<LineRow>> = BTreeMap::new();
     for line in load_lines(conn, &ids).await? {
@@ -60,7 +63,12 @@ async fn with_lines(conn: &mut PgConnection, rows: Vec<OrderRow>) -> Result<Vec<
 }
 
 impl Orders {
-    async fn one(&self, conn: &mut PgConnection, sql: &str, id: Uuid) -> Result<Option<Order>, sqlx::Error> {
+    async fn one(
+        &self,
+        conn: &mut PgConnection,
+        sql: &str,
+        id: Uuid,
+    ) -> Result<Option<Order>, sqlx::Error> {
         let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(sql.to_owned()))
             .bind(id)
             .fetch_optional(&mut *conn)
@@ -77,7 +85,11 @@ impl Orders {
         Ok(self.one(&mut conn, &sql, order_id).await?)
     }
 
-    pub async fn find_by_request(&self, user_id: Uuid, request_id: &str) -> Result<Option<Order>, ApiError> {
+    pub async fn find_by_request(
+        &self,
+        user_id: Uuid,
+        request_id: &str,
+    ) -> Result<Option<Order>, ApiError> {
         let mut conn = self.pool.acquire().await?;
         let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {ORDER_COLUMNS} FROM orders WHERE user_id = $1 AND request_id = $2"
@@ -94,7 +106,11 @@ impl Orders {
 
     /// Writes the order PENDING; when the user already has an order with this
     /// request id, returns that one instead (and false).
-    pub async fn insert_pending(&self, user_id: Uuid, new: &NewOrder) -> Result<(Order, bool), ApiError> {
+    pub async fn insert_pending(
+        &self,
+        user_id: Uuid,
+        new: &NewOrder,
+    ) -> Result<(Order, bool), ApiError> {
         let mut tx = self.pool.begin().await?;
         let order_id = Uuid::now_v7();
         let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
@@ -124,25 +140,35 @@ impl Orders {
         }
         let order = with_lines(&mut tx, vec![row]).await?.pop();
         tx.commit().await?;
-        let order = order.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("inserted order vanished")))?;
+        let order =
+            order.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("inserted order vanished")))?;
         Ok((order, true))
     }
 
     /// PENDING → CONFIRMED with inventory's prices and the OrderConfirmed event.
     /// None when the order had left PENDING already.
-    pub async fn confirm(&self, order_id: Uuid, prices: &BTreeMap<String, Price>) -> Result<Option<Order>, ApiError> {
-        let currency = prices.values().next().map(|p| p.currency_code.clone()).unwrap_or_default();
+    pub async fn confirm(
+        &self,
+        order_id: Uuid,
+        prices: &BTreeMap<String, Price>,
+    ) -> Result<Option<Order>, ApiError> {
+        let currency = prices
+            .values()
+            .next()
+            .map(|p| p.currency_code.clone())
+            .unwrap_or_default();
         let mut tx = self.pool.begin().await?;
-        let quantities: Vec<(String, i64)> =
-            sqlx::query_as("SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY sku")
-                .bind(order_id)
-                .fetch_all(&mut *tx)
-                .await?;
+        let quantities: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY sku",
+        )
+        .bind(order_id)
+        .fetch_all(&mut *tx)
+        .await?;
         let mut total: i64 = 0;
         for (sku, quantity) in &quantities {
-            let price = prices
-                .get(sku)
-                .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("reservation lacks a price for {sku}")))?;
+            let price = prices.get(sku).ok_or_else(|| {
+                ApiError::Internal(anyhow::anyhow!("reservation lacks a price for {sku}"))
+            })?;
             total = total.saturating_add(price.unit_price_minor.saturating_mul(*quantity));
             sqlx::query(
                 "UPDATE order_lines SET currency_code = $3, unit_price_minor = $4 WHERE order_id = $1 AND sku = $2",
@@ -166,7 +192,10 @@ impl Orders {
         let Some(row) = row else {
             return Ok(None);
         };
-        let order = with_lines(&mut tx, vec![row]).await?.pop().ok_or_else(|| missing(order_id))?;
+        let order = with_lines(&mut tx, vec![row])
+            .await?
+            .pop()
+            .ok_or_else(|| missing(order_id))?;
         let event = pb::OrderConfirmed {
             order_id: order_id.to_string(),
             user_id: order.row.user_id.to_string(),
@@ -182,7 +211,12 @@ impl Orders {
     }
 
     /// PENDING → REJECTED with the reason and the OrderRejected event.
-    pub async fn reject(&self, order_id: Uuid, reason: &str, skus: &[String]) -> Result<Option<Order>, ApiError> {
+    pub async fn reject(
+        &self,
+        order_id: Uuid,
+        reason: &str,
+        skus: &[String],
+    ) -> Result<Option<Order>, ApiError> {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
             "UPDATE orders SET status = 'rejected', rejection_reason = $2, unavailable_skus = $3, updated_at = now()
@@ -196,7 +230,10 @@ impl Orders {
         let Some(row) = row else {
             return Ok(None);
         };
-        let order = with_lines(&mut tx, vec![row]).await?.pop().ok_or_else(|| missing(order_id))?;
+        let order = with_lines(&mut tx, vec![row])
+            .await?
+            .pop()
+            .ok_or_else(|| missing(order_id))?;
         let event = pb::OrderRejected {
             order_id: order_id.to_string(),
             user_id: order.row.user_id.to_string(),
@@ -216,10 +253,13 @@ impl Orders {
     pub async fn cancel(&self, order_id: Uuid, reason: &str) -> Result<Order, ApiError> {
         let mut tx = self.pool.begin().await?;
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE");
-        let order = self.one(&mut tx, &sql, order_id).await?.ok_or_else(|| ApiError::NotFound {
-            resource: "order",
-            id: order_id.to_string(),
-        })?;
+        let order = self
+            .one(&mut tx, &sql, order_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                resource: "order",
+                id: order_id.to_string(),
+            })?;
         match order.status() {
             Status::Cancelled => return Ok(order),
             Status::Pending => {
@@ -240,7 +280,10 @@ impl Orders {
         .bind(order_id)
         .fetch_one(&mut *tx)
         .await?;
-        let cancelled = Order { row, lines: order.lines };
+        let cancelled = Order {
+            row,
+            lines: order.lines,
+        };
         let event = pb::OrderCancelled {
             order_id: order_id.to_string(),
             user_id: cancelled.row.user_id.to_string(),
@@ -304,14 +347,21 @@ impl Orders {
     }
 
     /// The order's status and last change, for watchers.
-    pub async fn version(&self, order_id: Uuid) -> Result<Option<(String, chrono::DateTime<Utc>)>, ApiError> {
-        Ok(sqlx::query_as("SELECT status, updated_at FROM orders WHERE order_id = $1")
-            .bind(order_id)
-            .fetch_optional(&self.pool)
-            .await?)
+    pub async fn version(
+        &self,
+        order_id: Uuid,
+    ) -> Result<Option<(String, chrono::DateTime<Utc>)>, ApiError> {
+        Ok(
+            sqlx::query_as("SELECT status, updated_at FROM orders WHERE order_id = $1")
+                .bind(order_id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 }
 
 fn missing(order_id: Uuid) -> ApiError {
-    ApiError::Internal(anyhow::anyhow!("order {order_id} has no row after its update"))
+    ApiError::Internal(anyhow::anyhow!(
+        "order {order_id} has no row after its update"
+    ))
 }

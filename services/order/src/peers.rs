@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use shop_platform::auth::SERVICE_AUTHORIZATION;
 use shop_platform::auth::TokenSigner;
 use shop_platform::grpc::{self, Deadline, RetryPolicy};
-use shop_platform::auth::SERVICE_AUTHORIZATION;
 use shop_proto::inventory as inv;
 use shop_proto::inventory::inventory_service_client::InventoryServiceClient;
 use shop_proto::user as user_pb;
@@ -27,7 +27,9 @@ pub struct Peers {
 
 impl std::fmt::Debug for Peers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peers").field("identity", &self.identity).finish_non_exhaustive()
+        f.debug_struct("Peers")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -45,7 +47,8 @@ impl Peers {
     ) -> anyhow::Result<Self> {
         let connect_timeout = rpc_timeout.min(Duration::from_secs(1));
         let users = UserServiceClient::new(grpc::channel(user_addr, connect_timeout).await?);
-        let inventory = InventoryServiceClient::new(grpc::channel(inventory_addr, connect_timeout).await?);
+        let inventory =
+            InventoryServiceClient::new(grpc::channel(inventory_addr, connect_timeout).await?);
         Ok(Self {
             users,
             inventory,
@@ -55,7 +58,12 @@ impl Peers {
         })
     }
 
-    fn request<M>(&self, message: M, user: &OnBehalfOf, deadline: &Deadline) -> Result<Request<M>, Status> {
+    fn request<M>(
+        &self,
+        message: M,
+        user: &OnBehalfOf,
+        deadline: &Deadline,
+    ) -> Result<Request<M>, Status> {
         let timeout = self.rpc_timeout.min(deadline.remaining()?);
         let mut request = grpc::outgoing(message, timeout);
         let token = self.signer.service_token(&self.identity)?;
@@ -76,18 +84,33 @@ impl Peers {
         }
     }
 
-    pub async fn get_user(&self, user_id: &str, user: &OnBehalfOf, deadline: &Deadline) -> Result<user_pb::User, Status> {
+    pub async fn get_user(
+        &self,
+        user_id: &str,
+        user: &OnBehalfOf,
+        deadline: &Deadline,
+    ) -> Result<user_pb::User, Status> {
         let client = self.users.clone();
         let response = grpc::call_idempotent(
             self.policy(),
-            || self.request(user_pb::GetUserRequest { user_id: user_id.into() }, user, deadline),
+            || {
+                self.request(
+                    user_pb::GetUserRequest {
+                        user_id: user_id.into(),
+                    },
+                    user,
+                    deadline,
+                )
+            },
             |req| {
                 let mut client = client.clone();
                 async move { client.get_user(req).await }
             },
         )
         .await?;
-        response.user.ok_or_else(|| Status::internal("user service answered without a user"))
+        response
+            .user
+            .ok_or_else(|| Status::internal("user service answered without a user"))
     }
 
     /// Idempotent per order id, so retried.
@@ -119,21 +142,37 @@ impl Peers {
             },
         )
         .await?;
-        response.reservation.ok_or_else(|| Status::internal("inventory answered without a reservation"))
+        response
+            .reservation
+            .ok_or_else(|| Status::internal("inventory answered without a reservation"))
     }
 
     /// Idempotent, so retried.
-    pub async fn release(&self, order_id: &str, deadline: &Deadline) -> Result<inv::Reservation, Status> {
+    pub async fn release(
+        &self,
+        order_id: &str,
+        deadline: &Deadline,
+    ) -> Result<inv::Reservation, Status> {
         let client = self.inventory.clone();
         let response = grpc::call_idempotent(
             self.policy(),
-            || self.request(inv::ReleaseReservationRequest { order_id: order_id.into() }, &OnBehalfOf::default(), deadline),
+            || {
+                self.request(
+                    inv::ReleaseReservationRequest {
+                        order_id: order_id.into(),
+                    },
+                    &OnBehalfOf::default(),
+                    deadline,
+                )
+            },
             |req| {
                 let mut client = client.clone();
                 async move { client.release_reservation(req).await }
             },
         )
         .await?;
-        response.reservation.ok_or_else(|| Status::internal("inventory answered without a reservation"))
+        response
+            .reservation
+            .ok_or_else(|| Status::internal("inventory answered without a reservation"))
     }
 }

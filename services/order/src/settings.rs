@@ -74,7 +74,10 @@ impl Settings {
             ));
         }
         if saga.pending_give_up_ms <= saga.recovery_after_ms {
-            return Err(ConfigError::missing("PENDING_GIVE_UP_MS", "must exceed RECOVERY_AFTER_MS"));
+            return Err(ConfigError::missing(
+                "PENDING_GIVE_UP_MS",
+                "must exceed RECOVERY_AFTER_MS",
+            ));
         }
         Ok(settings)
     }

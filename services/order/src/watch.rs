@@ -32,7 +32,9 @@ pub fn watch(orders: Orders, order_id: Uuid, shutdown: Shutdown) -> WatchStream 
                         }
                     };
                     let done = order.status().is_final();
-                    let message = pb::WatchOrderResponse { order: Some(order.to_proto()) };
+                    let message = pb::WatchOrderResponse {
+                        order: Some(order.to_proto()),
+                    };
                     if tx.send(Ok(message)).await.is_err() || done {
                         break;
                     }

@@ -153,9 +153,13 @@ impl Deadline {
 
     /// Time left, or DEADLINE_EXCEEDED when none is.
     pub fn remaining(&self) -> Result<Duration, Status> {
-        let left = self.0.saturating_duration_since(tokio::time::Instant::now());
+        let left = self
+            .0
+            .saturating_duration_since(tokio::time::Instant::now());
         if left.is_zero() {
-            Err(Status::deadline_exceeded("deadline exceeded before the call to a dependency"))
+            Err(Status::deadline_exceeded(
+                "deadline exceeded before the call to a dependency",
+            ))
         } else {
             Ok(left)
         }
@@ -228,7 +232,11 @@ mod tests {
             || Ok(outgoing((), policy.attempt_timeout)),
             |_req| {
                 calls += 1;
-                let outcome = if calls < 2 { Err(Status::unavailable("blip")) } else { Ok(tonic::Response::new(7)) };
+                let outcome = if calls < 2 {
+                    Err(Status::unavailable("blip"))
+                } else {
+                    Ok(tonic::Response::new(7))
+                };
                 async move { outcome }
             },
         )

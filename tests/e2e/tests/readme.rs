@@ -59,7 +59,12 @@ async fn make_dev_serves_the_readme_lines_and_stops_on_sigterm() {
     // The README's lines, run as written (with a unique email so reruns on a kept
     // database still register).
     let email = format!("ada-{}@example.com", std::process::id());
-    let script = readme_block("With `make dev` running:").replace("ada@example.com", &email);
+    let script = format!(
+        "{}\n{}",
+        readme_block("With `make dev` running:"),
+        readme_block("A whole order, as Ada")
+    )
+    .replace("ada@example.com", &email);
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
         .output()

@@ -48,16 +48,28 @@ pub async fn start_user(identity: &Identity, brokers: &str) -> Running {
     let mut settings = shop_user::Settings::default();
     settings.service = identity.settings(settings.service, &db, brokers);
     settings.accounts.auth_private_key = Secret::new(identity.auth.private_pem.clone());
-    let app = shop_user::Application::build(settings).await.expect("user service");
+    let app = shop_user::Application::build(settings)
+        .await
+        .expect("user service");
     let port = app.grpc_port();
     let shutdown = Shutdown::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     shop_testkit::wait_serving(port).await;
-    Running { port, db, shutdown, task }
+    Running {
+        port,
+        db,
+        shutdown,
+        task,
+    }
 }
 
 /// Inventory on `port` (fixed, so that a restart keeps the address the order service dials).
-pub async fn start_inventory(identity: &Identity, brokers: &str, port: u16, db: Option<TestDatabase>) -> Running {
+pub async fn start_inventory(
+    identity: &Identity,
+    brokers: &str,
+    port: u16,
+    db: Option<TestDatabase>,
+) -> Running {
     let db = match db {
         Some(db) => db,
         None => TestDatabase::create().await,
@@ -65,15 +77,28 @@ pub async fn start_inventory(identity: &Identity, brokers: &str, port: u16, db: 
     let mut settings = shop_inventory::Settings::default();
     settings.service = identity.settings(settings.service, &db, brokers);
     settings.service.grpc_port = port;
-    let app = shop_inventory::Application::build(settings).await.expect("inventory service");
+    let app = shop_inventory::Application::build(settings)
+        .await
+        .expect("inventory service");
     let shutdown = Shutdown::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     shop_testkit::wait_serving(port).await;
-    Running { port, db, shutdown, task }
+    Running {
+        port,
+        db,
+        shutdown,
+        task,
+    }
 }
 
 /// The order service's settings for this mesh (also used to start its binary).
-pub fn order_settings(identity: &Identity, brokers: &str, db: &TestDatabase, user_port: u16, inventory_port: u16) -> shop_order::Settings {
+pub fn order_settings(
+    identity: &Identity,
+    brokers: &str,
+    db: &TestDatabase,
+    user_port: u16,
+    inventory_port: u16,
+) -> shop_order::Settings {
     let mut settings = shop_order::Settings::default();
     settings.service = identity.settings(settings.service, db, brokers);
     settings.saga.user_service_addr = format!("http://127.0.0.1:{user_port}");
@@ -96,7 +121,9 @@ impl Mesh {
         let db = TestDatabase::create().await;
         let user_port = user.port;
         let settings = order_settings(&identity, &broker.brokers, &db, user_port, inventory_port);
-        let app = shop_order::Application::build(settings).await.expect("order service");
+        let app = shop_order::Application::build(settings)
+            .await
+            .expect("order service");
         let order_port = app.grpc_port();
         let shutdown = Shutdown::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
@@ -108,7 +135,12 @@ impl Mesh {
             user_port,
             inventory: Some(inventory),
             inventory_port,
-            order: Some(Running { port: order_port, db, shutdown, task }),
+            order: Some(Running {
+                port: order_port,
+                db,
+                shutdown,
+                task,
+            }),
             order_port,
         }
     }
@@ -137,14 +169,21 @@ impl Mesh {
         let email = format!("buyer-{}@example.com", uuid::Uuid::now_v7().simple());
         let mut users = self.users().await;
         let user = users
-            .register(user_pb::RegisterRequest { email: email.clone(), password: PASSWORD.into(), display_name: String::new() })
+            .register(user_pb::RegisterRequest {
+                email: email.clone(),
+                password: PASSWORD.into(),
+                display_name: String::new(),
+            })
             .await
             .expect("register")
             .into_inner()
             .user
             .expect("user");
         let token = users
-            .login(user_pb::LoginRequest { email, password: PASSWORD.into() })
+            .login(user_pb::LoginRequest {
+                email,
+                password: PASSWORD.into(),
+            })
             .await
             .expect("login")
             .into_inner()
@@ -157,11 +196,18 @@ impl Mesh {
             sku: sku.into(),
             name: format!("Product {sku}"),
             description: String::new(),
-            unit_price: Some(Money { currency_code: "EUR".into(), amount_minor: price_minor }),
+            unit_price: Some(Money {
+                currency_code: "EUR".into(),
+                amount_minor: price_minor,
+            }),
             initial_stock: stock,
         });
         bearer(&mut request, "authorization", &self.identity.admin_token());
-        self.inventory_client().await.create_product(request).await.expect("create product");
+        self.inventory_client()
+            .await
+            .create_product(request)
+            .await
+            .expect("create product");
     }
 
     pub async fn stock(&self, sku: &str) -> (i64, i64, i64) {
@@ -178,30 +224,69 @@ impl Mesh {
     }
 
     pub async fn user_stats(&self, user_id: &str, token: &str) -> user_pb::UserStats {
-        let mut request = Request::new(user_pb::GetUserRequest { user_id: user_id.into() });
-        bearer(&mut request, "authorization", token);
-        self.users().await.get_user(request).await.expect("get user").into_inner().user.expect("user").stats.expect("stats")
-    }
-
-    pub async fn create_order(&self, token: &str, request_id: &str, lines: &[(&str, i64)]) -> Result<pb::Order, Status> {
-        let mut request = Request::new(pb::CreateOrderRequest {
-            request_id: request_id.into(),
-            lines: lines.iter().map(|(s, q)| pb::CreateOrderLine { sku: (*s).into(), quantity: *q }).collect(),
+        let mut request = Request::new(user_pb::GetUserRequest {
+            user_id: user_id.into(),
         });
         bearer(&mut request, "authorization", token);
-        self.orders().await.create_order(request).await.map(|r| r.into_inner().order.expect("order"))
+        self.users()
+            .await
+            .get_user(request)
+            .await
+            .expect("get user")
+            .into_inner()
+            .user
+            .expect("user")
+            .stats
+            .expect("stats")
+    }
+
+    pub async fn create_order(
+        &self,
+        token: &str,
+        request_id: &str,
+        lines: &[(&str, i64)],
+    ) -> Result<pb::Order, Status> {
+        let mut request = Request::new(pb::CreateOrderRequest {
+            request_id: request_id.into(),
+            lines: lines
+                .iter()
+                .map(|(s, q)| pb::CreateOrderLine {
+                    sku: (*s).into(),
+                    quantity: *q,
+                })
+                .collect(),
+        });
+        bearer(&mut request, "authorization", token);
+        self.orders()
+            .await
+            .create_order(request)
+            .await
+            .map(|r| r.into_inner().order.expect("order"))
     }
 
     pub async fn get_order(&self, token: &str, order_id: &str) -> Result<pb::Order, Status> {
-        let mut request = Request::new(pb::GetOrderRequest { order_id: order_id.into() });
+        let mut request = Request::new(pb::GetOrderRequest {
+            order_id: order_id.into(),
+        });
         bearer(&mut request, "authorization", token);
-        self.orders().await.get_order(request).await.map(|r| r.into_inner().order.expect("order"))
+        self.orders()
+            .await
+            .get_order(request)
+            .await
+            .map(|r| r.into_inner().order.expect("order"))
     }
 
     pub async fn cancel(&self, token: &str, order_id: &str) -> Result<pb::Order, Status> {
-        let mut request = Request::new(pb::CancelOrderRequest { order_id: order_id.into(), reason: "changed my mind".into() });
+        let mut request = Request::new(pb::CancelOrderRequest {
+            order_id: order_id.into(),
+            reason: "changed my mind".into(),
+        });
         bearer(&mut request, "authorization", token);
-        self.orders().await.cancel_order(request).await.map(|r| r.into_inner().order.expect("order"))
+        self.orders()
+            .await
+            .cancel_order(request)
+            .await
+            .map(|r| r.into_inner().order.expect("order"))
     }
 
     /// Waits until `check` holds, failing with `what` after 30 s.
@@ -220,5 +305,8 @@ impl Mesh {
 }
 
 pub fn sku(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6].to_uppercase())
+    format!(
+        "{prefix}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..6].to_uppercase()
+    )
 }

@@ -7,9 +7,19 @@ use tonic::{Code, Request};
 use crate::mesh::{Mesh, sku, start_inventory};
 
 async fn count(mesh: &Mesh, token: &str, status: pb::OrderStatus) -> usize {
-    let mut request = Request::new(pb::ListOrdersRequest { status: status as i32, ..Default::default() });
+    let mut request = Request::new(pb::ListOrdersRequest {
+        status: status as i32,
+        ..Default::default()
+    });
     bearer(&mut request, "authorization", token);
-    mesh.orders().await.list_orders(request).await.expect("list").into_inner().orders.len()
+    mesh.orders()
+        .await
+        .list_orders(request)
+        .await
+        .expect("list")
+        .into_inner()
+        .orders
+        .len()
 }
 
 #[tokio::test]
@@ -21,22 +31,43 @@ async fn with_inventory_down_create_fails_fast_and_the_recovery_loop_settles_the
 
     let db = mesh.inventory.take().expect("inventory").stop().await;
     let started = Instant::now();
-    let err = mesh.create_order(&token, "out-1", &[(&s, 2)]).await.expect_err("inventory is down");
+    let err = mesh
+        .create_order(&token, "out-1", &[(&s, 2)])
+        .await
+        .expect_err("inventory is down");
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     assert!(err.message().contains("pending"), "{}", err.message());
-    assert!(started.elapsed() < Duration::from_secs(5), "failed fast: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
     assert_eq!(count(&mesh, &token, pb::OrderStatus::Pending).await, 1);
 
     // Inventory comes back on the same address and database; nobody retries, yet the
     // recovery loop resumes the saga.
-    mesh.inventory = Some(start_inventory(&mesh.identity, &mesh.broker.brokers, mesh.inventory_port, Some(db)).await);
+    mesh.inventory = Some(
+        start_inventory(
+            &mesh.identity,
+            &mesh.broker.brokers,
+            mesh.inventory_port,
+            Some(db),
+        )
+        .await,
+    );
     mesh.until("recovery confirmed the pending order", || async {
         count(&mesh, &token, pb::OrderStatus::Confirmed).await == 1
     })
     .await;
-    let order = mesh.create_order(&token, "out-1", &[(&s, 2)]).await.expect("the retry sees the outcome");
+    let order = mesh
+        .create_order(&token, "out-1", &[(&s, 2)])
+        .await
+        .expect("the retry sees the outcome");
     assert_eq!(order.status, pb::OrderStatus::Confirmed as i32);
-    mesh.until("stock committed once", || async { mesh.stock(&s).await == (3, 0, 2) }).await;
+    mesh.until("stock committed once", || async {
+        mesh.stock(&s).await == (3, 0, 2)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -49,11 +80,17 @@ async fn with_the_user_service_down_create_fails_fast_and_stores_nothing() {
     mesh.user.take().expect("user").stop().await;
     // The order service still dials the stopped service's port.
     let started = Instant::now();
-    let err = mesh.create_order(&token, "", &[(&s, 1)]).await.expect_err("user service is down");
+    let err = mesh
+        .create_order(&token, "", &[(&s, 1)])
+        .await
+        .expect_err("user service is down");
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     assert!(started.elapsed() < Duration::from_secs(5));
     let pool = sqlx::PgPool::connect(&order_db).await.expect("pool");
-    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&pool).await.expect("count");
+    let orders: i64 = sqlx::query_scalar("SELECT count(*) FROM orders")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
     assert_eq!(orders, 0, "nothing stored");
     assert_eq!(mesh.stock(&s).await, (5, 0, 0), "nothing held");
 }
