@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use shop_platform::auth::Authenticator;
 use shop_platform::inbox::InboxConsumer;
 use shop_platform::outbox::OutboxSignal;
@@ -43,16 +42,7 @@ impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let auth = Authenticator::from_settings(&settings.service)?;
         let service = &settings.service;
-        let pool = db::pool(
-            service.database_url.expose(),
-            service.database_max_connections,
-        )?;
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            db::migrate(&pool, &MIGRATIONS, &Shutdown::new()),
-        )
-        .await
-        .context("DATABASE_URL: database not reachable within 60 s")??;
+        let pool = db::connect_and_migrate(service, &MIGRATIONS).await?;
 
         let outbox = OutboxSignal::default();
         let low_threshold = settings.stock.stock_low_threshold;

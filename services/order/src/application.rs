@@ -43,16 +43,7 @@ impl Application {
         let signer = TokenSigner::for_service(settings.service.service_private_key.expose())?;
         let service = &settings.service;
         let saga = settings.saga.clone();
-        let pool = db::pool(
-            service.database_url.expose(),
-            service.database_max_connections,
-        )?;
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            db::migrate(&pool, &MIGRATIONS, &Shutdown::new()),
-        )
-        .await
-        .context("DATABASE_URL: database not reachable within 60 s")??;
+        let pool = db::connect_and_migrate(service, &MIGRATIONS).await?;
 
         let outbox = OutboxSignal::default();
         let peers = Peers::connect(

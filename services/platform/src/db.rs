@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 
+use crate::config::ServiceSettings;
 use crate::shutdown::Shutdown;
 
 /// The outbox and inbox tables (versions below 100; services number theirs from 100).
@@ -52,4 +53,14 @@ pub async fn migrate(pool: &PgPool, service: &Migrator, shutdown: &Shutdown) -> 
         }
         delay = (delay * 2).min(Duration::from_secs(5));
     }
+}
+
+/// The service's pool, with every migration applied; gives up when the database
+/// has not answered within a minute (the orchestrator restarts the process).
+pub async fn connect_and_migrate(settings: &ServiceSettings, service: &Migrator) -> anyhow::Result<PgPool> {
+    let pool = pool(settings.database_url.expose(), settings.database_max_connections)?;
+    tokio::time::timeout(Duration::from_secs(60), migrate(&pool, service, &Shutdown::new()))
+        .await
+        .context("DATABASE_URL: database not reachable within 60 s")??;
+    Ok(pool)
 }

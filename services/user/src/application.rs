@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
 use shop_platform::auth::{Authenticator, TokenSigner, generate_keypair};
 use shop_platform::config::{ConfigError, Environment, Secret};
 use shop_platform::inbox::InboxConsumer;
@@ -72,16 +71,7 @@ impl Application {
         let auth = Authenticator::from_settings(&settings.service)?;
         let service = &settings.service;
 
-        let pool = db::pool(
-            service.database_url.expose(),
-            service.database_max_connections,
-        )?;
-        tokio::time::timeout(
-            Duration::from_secs(60),
-            db::migrate(&pool, &MIGRATIONS, &Shutdown::new()),
-        )
-        .await
-        .context("DATABASE_URL: database not reachable within 60 s")??;
+        let pool = db::connect_and_migrate(service, &MIGRATIONS).await?;
 
         let outbox = OutboxSignal::default();
         let accounts = Accounts {
