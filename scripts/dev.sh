@@ -67,6 +67,12 @@ DATABASE_URL=$(db_url shop_order) GRPC_PORT=50053 ADMIN_PORT=9103 \
     "$BIN/order-service" &
 pids+=($!)
 
+AUTH_PUBLIC_KEY=$AUTH_PUBLIC_KEY HTTP_PORT=8080 \
+    USER_SERVICE_ADDR=http://127.0.0.1:50051 INVENTORY_SERVICE_ADDR=http://127.0.0.1:50052 \
+    ORDER_SERVICE_ADDR=http://127.0.0.1:50053 CORS_ALLOWED_ORIGINS=${CORS_ALLOWED_ORIGINS:-*} \
+    "$BIN/gateway" &
+pids+=($!)
+
 # Wait until every service answers grpc.health.v1.
 for port in 50051 50052 50053; do
     for _ in $(seq 1 300); do
@@ -74,6 +80,11 @@ for port in 50051 50052 50053; do
             | grep -q SERVING && break
         sleep 0.2
     done
+done
+
+for _ in $(seq 1 100); do
+    curl -fsS "http://127.0.0.1:8080/readyz" >/dev/null 2>&1 && break
+    sleep 0.2
 done
 
 # Demo products (kept when they exist already).
@@ -93,11 +104,13 @@ cat >&2 <<BANNER
     user service       grpc 127.0.0.1:50051   admin http://127.0.0.1:9101/metrics
     inventory service  grpc 127.0.0.1:50052   admin http://127.0.0.1:9102/metrics
     order service      grpc 127.0.0.1:50053   admin http://127.0.0.1:9103/metrics
+    gateway            http://127.0.0.1:8080  (REST, /docs, /openapi.json, /readyz, /metrics)
     PostgreSQL     $server_url
     Kafka          $KAFKA_BROKERS
   demo admin account:  $ADMIN_EMAIL / $ADMIN_PASSWORD
   demo products:       MUG-001, LAMP-001, BOOK-042
-  try:  grpcurl -plaintext 127.0.0.1:50051 list
+  try:  curl http://127.0.0.1:8080/v1/products
+        grpcurl -plaintext 127.0.0.1:50051 list
   Ctrl-C stops everything.
 
 BANNER

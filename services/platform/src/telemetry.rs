@@ -120,6 +120,11 @@ impl Injector for MetadataWriter<'_> {
     }
 }
 
+/// Makes `span` continue the trace that `headers` (W3C names) carry.
+pub fn set_span_parent(span: &tracing::Span, headers: &HashMap<String, String>) {
+    let _ = span.set_parent(context_from_headers(headers));
+}
+
 /// The trace context a caller sent in gRPC metadata.
 pub fn context_from_metadata(metadata: &MetadataMap) -> Context {
     global::get_text_map_propagator(|p| p.extract(&MetadataReader(metadata)))

@@ -1,0 +1,419 @@
+//! The gateway as a library: `Application::build` binds the HTTP port and reads the
+//! routes from the descriptor set; `run_until_stopped` serves until shutdown.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use futures::StreamExt;
+use prost_reflect::DescriptorPool;
+use shop_platform::auth::Authenticator;
+use shop_platform::grpc::parse_grpc_timeout;
+use shop_platform::{Shutdown, telemetry};
+use tokio::net::TcpListener;
+use tonic::Code;
+use tonic::metadata::MetadataMap;
+use tonic::transport::Channel;
+use tracing::Instrument;
+use tracing_opentelemetry_ext::set_parent;
+
+use crate::errors::RestError;
+use crate::limits::RateLimiter;
+use crate::metrics::Metrics;
+use crate::routes::{self, Resolved, Route};
+use crate::settings::Settings;
+use crate::transcode::{self, DynamicCodec};
+
+mod tracing_opentelemetry_ext {
+    /// Continues the caller's W3C trace in `span`.
+    pub fn set_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
+        let carried: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
+            .iter()
+            .filter_map(|k| headers.get(*k).and_then(|v| v.to_str().ok()).map(|v| ((*k).to_owned(), v.to_owned())))
+            .collect();
+        if !carried.is_empty() {
+            shop_platform::telemetry::set_span_parent(span, &carried);
+        }
+    }
+}
+
+/// Metadata forwarded from HTTP headers to the backend call.
+const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "idempotency-key", "accept-language"];
+
+struct Gateway {
+    routes: Vec<Route>,
+    /// Package prefix (`shop.user`) → channel.
+    backends: BTreeMap<String, Channel>,
+    auth: Authenticator,
+    public: BTreeSet<String>,
+    limiter: RateLimiter,
+    metrics: Metrics,
+    openapi: serde_json::Value,
+    settings: Settings,
+}
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application").field("addr", &self.addr).finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let pool = DescriptorPool::decode(shop_proto::FILE_DESCRIPTOR_SET).context("reading the descriptor set")?;
+        let routes = routes::from_descriptors(&pool).map_err(|e| anyhow::anyhow!("google.api.http: {e}"))?;
+        let auth = Authenticator::new(
+            settings.auth_public_key.expose(),
+            &settings.auth_issuer,
+            &settings.auth_audience,
+            None,
+        )?;
+        let public: BTreeSet<String> = settings
+            .public_methods
+            .split(',')
+            .map(|m| m.trim().to_owned())
+            .filter(|m| !m.is_empty())
+            .collect();
+        let connect = Duration::from_secs(1);
+        let mut backends = BTreeMap::new();
+        for (package, addr) in [
+            ("shop.user", &settings.user_service_addr),
+            ("shop.inventory", &settings.inventory_service_addr),
+            ("shop.order", &settings.order_service_addr),
+        ] {
+            let channel = shop_platform::grpc::channel(addr, connect)
+                .await
+                .with_context(|| format!("backend address for {package}: {addr}"))?;
+            backends.insert(package.to_owned(), channel);
+        }
+        let openapi = crate::openapi::document(&routes, &public);
+        let listener = TcpListener::bind((settings.bind_host.as_str(), settings.http_port))
+            .await
+            .with_context(|| format!("binding {}:{}", settings.bind_host, settings.http_port))?;
+        let addr = listener.local_addr()?;
+        tracing::info!(routes = routes.len(), "routes read from google.api.http annotations");
+        Ok(Self {
+            listener,
+            addr,
+            gateway: Arc::new(Gateway {
+                routes,
+                backends,
+                auth,
+                public,
+                limiter: RateLimiter::new(settings.rate_limit_per_sec, settings.rate_limit_burst),
+                metrics: Metrics::default(),
+                openapi,
+                settings,
+            }),
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let mut app = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/openapi.json", get(openapi))
+            .route("/docs", get(|| async { Html(include_str!("docs.html")) }))
+            .fallback(proxy)
+            .with_state(self.gateway.clone());
+        if let Some(cors) = cors(&self.gateway.settings.cors_allowed_origins) {
+            app = app.layer(cors);
+        }
+        tracing::info!(http = %self.addr, "gateway listening");
+        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await
+            .context("HTTP server failed")
+    }
+}
+
+fn cors(origins: &str) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let origins = origins.trim();
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.split(',').filter_map(|o| HeaderValue::from_str(o.trim()).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(tower_http::cors::Any)
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("idempotency-key"),
+                header::HeaderName::from_static("x-request-id"),
+                header::HeaderName::from_static("grpc-timeout"),
+            ])
+            .expose_headers([header::HeaderName::from_static("x-request-id")]),
+    )
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.metrics.render())
+}
+
+async fn openapi(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    axum::Json(gw.openapi.clone())
+}
+
+/// Ready when every backend answers grpc.health.v1 SERVING.
+async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut report = serde_json::Map::new();
+    let mut ready = true;
+    for (package, channel) in &gw.backends {
+        let mut client = HealthClient::new(channel.clone());
+        let check = client.check(HealthCheckRequest { service: String::new() });
+        let status = match tokio::time::timeout(Duration::from_secs(1), check).await {
+            Ok(Ok(r)) if r.get_ref().status == 1 => "SERVING".to_owned(),
+            Ok(Ok(r)) => format!("status {}", r.get_ref().status),
+            Ok(Err(s)) => format!("{:?}: {}", s.code(), s.message()),
+            Err(_) => "no answer within 1 s".to_owned(),
+        };
+        ready &= status == "SERVING";
+        report.insert(package.clone(), serde_json::Value::String(status));
+    }
+    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(serde_json::json!({ "ready": ready, "backends": report })))
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
+}
+
+async fn proxy(State(gw): State<Arc<Gateway>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request<Body>) -> Response {
+    let started = Instant::now();
+    let id = request_id(request.headers());
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = tracing::field::Empty,
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %path,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %id,
+    );
+    set_parent(&span, request.headers());
+    let (route_label, mut response) = handle(&gw, peer, request).instrument(span.clone()).await;
+    span.record("otel.name", format!("{method} {route_label}"));
+    span.record("http.route", route_label.as_str());
+    span.record("http.response.status_code", response.status().as_u16());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    gw.metrics.observe(method.as_str(), &route_label, response.status().as_u16(), started.elapsed());
+    response
+}
+
+async fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Body>) -> (String, Response) {
+    let (parts, body) = request.into_parts();
+    let (route, vars) = match routes::resolve(&gw.routes, &parts.method, parts.uri.path()) {
+        Resolved::Found(route, vars) => (route, vars),
+        Resolved::WrongMethod(allowed) => {
+            let mut err = RestError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                format!("{} is not allowed on {}", parts.method, parts.uri.path()),
+            );
+            err.allow = Some(allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", "));
+            return ("unmatched".into(), err.into_response());
+        }
+        Resolved::NotFound => {
+            let err = RestError::new(
+                StatusCode::NOT_FOUND,
+                Code::NotFound,
+                format!("no route for {} {}", parts.method, parts.uri.path()),
+            );
+            return ("unmatched".into(), err.into_response());
+        }
+    };
+    let label = route.template.clone();
+    match call(gw, peer, route, vars, parts, body).await {
+        Ok(response) => (label, response),
+        Err(err) => (label, err.into_response()),
+    }
+}
+
+fn too_many(seconds: u64, who: &str) -> RestError {
+    let mut err = RestError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+        format!("rate limit exceeded for this {who}; retry in {seconds} s"),
+    );
+    err.retry_after = Some(seconds);
+    err
+}
+
+async fn call(
+    gw: &Gateway,
+    peer: SocketAddr,
+    route: &Route,
+    vars: Vec<(String, String)>,
+    parts: http::request::Parts,
+    body: Body,
+) -> Result<Response, RestError> {
+    gw.limiter
+        .check(&format!("ip:{}", peer.ip()))
+        .map_err(|s| too_many(s, "client"))?;
+
+    let metadata = MetadataMap::from_headers(parts.headers.clone());
+    let caller = gw
+        .auth
+        .caller(&metadata)
+        .map_err(|e| RestError::from_status(&tonic::Status::from(e)))?;
+    let rpc_name = format!("{}/{}", route.rpc.parent_service().full_name(), route.rpc.name());
+    if !gw.public.contains(&rpc_name) && caller.user.is_none() {
+        return Err(RestError::new(
+            StatusCode::UNAUTHORIZED,
+            Code::Unauthenticated,
+            "missing bearer token in authorization header",
+        ));
+    }
+    if let Some(user) = &caller.user {
+        gw.limiter
+            .check(&format!("user:{}", user.user_id))
+            .map_err(|s| too_many(s, "user"))?;
+    }
+
+    let limit = gw.settings.max_body_bytes;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        RestError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Code::ResourceExhausted,
+            format!("request body exceeds {limit} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
+    if !bytes.is_empty() {
+        let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !content_type.is_empty() && !content_type.starts_with("application/json") {
+            return Err(RestError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Code::InvalidArgument,
+                format!("content-type must be application/json, not {content_type}"),
+            ));
+        }
+    }
+    let message = transcode::build_request(route, &bytes, &vars, parts.uri.query())
+        .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
+
+    let default_timeout = Duration::from_millis(gw.settings.request_timeout_ms);
+    let timeout = parts
+        .headers
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_grpc_timeout)
+        .map_or(default_timeout, |t| t.min(default_timeout));
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    for name in FORWARDED {
+        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok())
+            && let Ok(value) = value.parse()
+        {
+            request.metadata_mut().insert(name, value);
+        }
+    }
+    telemetry::inject_into_metadata(request.metadata_mut());
+
+    let package = route.rpc.parent_service().package_name().rsplit_once('.').map_or("", |(p, _)| p).to_owned();
+    let channel = gw.backends.get(&package).cloned().ok_or_else(|| {
+        RestError::new(StatusCode::NOT_IMPLEMENTED, Code::Unimplemented, format!("no backend for {package}"))
+    })?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    let unavailable = |e: tonic::transport::Error| {
+        RestError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, format!("backend unavailable: {e}"))
+    };
+    tokio::time::timeout(timeout, grpc.ready())
+        .await
+        .map_err(|_| deadline())?
+        .map_err(unavailable)?;
+    let grpc_path: http::uri::PathAndQuery = route
+        .grpc_path()
+        .parse()
+        .map_err(|_| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, "bad gRPC path"))?;
+    let codec = DynamicCodec { output: route.rpc.output() };
+
+    if route.rpc.is_server_streaming() {
+        let response = grpc
+            .server_streaming(request, grpc_path, codec)
+            .await
+            .map_err(|s| RestError::from_status(&s))?;
+        return Ok(stream_response(route.clone(), response.into_inner(), &parts.headers));
+    }
+    let response = tokio::time::timeout(timeout + Duration::from_millis(250), grpc.unary(request, grpc_path, codec))
+        .await
+        .map_err(|_| deadline())?
+        .map_err(|s| RestError::from_status(&s))?;
+    Ok(axum::Json(transcode::response_json(route, response.get_ref())).into_response())
+}
+
+fn deadline() -> RestError {
+    RestError::new(StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded, "the backend did not answer within the deadline")
+}
+
+/// A server stream as Server-Sent Events, or newline-delimited JSON when asked
+/// (`Accept: application/x-ndjson`).
+fn stream_response(
+    route: Route,
+    stream: tonic::codec::Streaming<prost_reflect::DynamicMessage>,
+    headers: &HeaderMap,
+) -> Response {
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
+    let to_json = move |item: Result<prost_reflect::DynamicMessage, tonic::Status>| match item {
+        Ok(message) => (false, transcode::response_json(&route, &message).to_string()),
+        Err(status) => (true, RestError::from_status(&status).body.to_string()),
+    };
+    if ndjson {
+        let lines = stream.map(move |item| Ok::<_, Infallible>(format!("{}\n", to_json(item).1)));
+        return ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response();
+    }
+    let events = stream.map(move |item| {
+        let (is_error, data) = to_json(item);
+        Ok::<_, Infallible>(Event::default().event(if is_error { "error" } else { "message" }).data(data))
+    });
+    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+}

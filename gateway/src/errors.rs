@@ -1,0 +1,94 @@
+//! Errors as REST clients see them: the HTTP status grpc-gateway and Envoy use for
+//! each gRPC code, and a `google.rpc.Status` JSON body with the details the
+//! service attached.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic_types::{ErrorDetail, StatusExt};
+
+/// `google.rpc.Status` as JSON, with the matching HTTP status.
+#[derive(Debug)]
+pub struct RestError {
+    pub http: StatusCode,
+    pub body: Value,
+    pub retry_after: Option<u64>,
+    pub allow: Option<String>,
+}
+
+impl RestError {
+    pub fn new(http: StatusCode, code: Code, message: impl Into<String>) -> Self {
+        Self {
+            http,
+            body: json!({ "code": code as i32, "message": message.into(), "details": [] }),
+            retry_after: None,
+            allow: None,
+        }
+    }
+
+    /// 400 naming the field, with a BadRequest detail.
+    pub fn bad_request(field: &str, description: &str) -> Self {
+        let mut err = Self::new(
+            StatusCode::BAD_REQUEST,
+            Code::InvalidArgument,
+            format!("invalid {field}: {description}"),
+        );
+        err.body["details"] = json!([{
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": [{ "field": field, "description": description }],
+        }]);
+        err
+    }
+
+    pub fn from_status(status: &tonic::Status) -> Self {
+        let http = StatusCode::from_u16(shop_platform::error::http_status(status.code()))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut err = Self::new(http, status.code(), status.message());
+        err.body["details"] = Value::Array(status.get_error_details_vec().iter().filter_map(detail_json).collect());
+        err
+    }
+}
+
+fn detail_json(detail: &ErrorDetail) -> Option<Value> {
+    Some(match detail {
+        ErrorDetail::BadRequest(b) => json!({
+            "@type": "type.googleapis.com/google.rpc.BadRequest",
+            "fieldViolations": b.field_violations.iter()
+                .map(|v| json!({ "field": v.field, "description": v.description })).collect::<Vec<_>>(),
+        }),
+        ErrorDetail::PreconditionFailure(p) => json!({
+            "@type": "type.googleapis.com/google.rpc.PreconditionFailure",
+            "violations": p.violations.iter()
+                .map(|v| json!({ "type": v.r#type, "subject": v.subject, "description": v.description }))
+                .collect::<Vec<_>>(),
+        }),
+        ErrorDetail::ResourceInfo(r) => json!({
+            "@type": "type.googleapis.com/google.rpc.ResourceInfo",
+            "resourceType": r.resource_type, "resourceName": r.resource_name,
+            "owner": r.owner, "description": r.description,
+        }),
+        ErrorDetail::ErrorInfo(i) => json!({
+            "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": i.reason, "domain": i.domain, "metadata": i.metadata,
+        }),
+        ErrorDetail::RetryInfo(r) => json!({
+            "@type": "type.googleapis.com/google.rpc.RetryInfo",
+            "retryDelay": r.retry_delay.map(|d| format!("{}s", d.as_secs_f64())),
+        }),
+        _ => return None,
+    })
+}
+
+impl IntoResponse for RestError {
+    fn into_response(self) -> Response {
+        let mut response = (self.http, axum::Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            response.headers_mut().insert(header::ALLOW, allow);
+        }
+        response
+    }
+}

@@ -1,0 +1,15 @@
+//! The HTTP/JSON edge of shopmesh. Routes come from the `google.api.http`
+//! annotations in the compiled descriptor set, not from hand-written handlers:
+//! an annotated RPC added to a .proto appears on REST and in /openapi.json.
+
+pub mod application;
+pub mod errors;
+pub mod limits;
+pub mod metrics;
+pub mod openapi;
+pub mod routes;
+pub mod settings;
+pub mod transcode;
+
+pub use application::Application;
+pub use settings::Settings;

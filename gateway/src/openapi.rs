@@ -1,0 +1,173 @@
+//! The OpenAPI 3.1 document, generated from the same routes and descriptors that
+//! drive the gateway: paths, parameters, request and response schemas, the
+//! bearer security scheme and the google.rpc.Status error schema.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use serde_json::{Map, Value, json};
+
+use crate::routes::{Route, Segment};
+
+fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
+    match field.kind() {
+        Kind::String => json!({"type": "string"}),
+        Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
+        Kind::Bool => json!({"type": "boolean"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
+        Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "uint32"}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
+        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+        Kind::Double | Kind::Float => json!({"type": "number"}),
+        Kind::Enum(e) => json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()}),
+        Kind::Message(m) => message_ref(&m, refs),
+    }
+}
+
+fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Value {
+    match message.full_name() {
+        "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
+        "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"}),
+        name => {
+            refs.insert(name.to_owned());
+            json!({"$ref": format!("#/components/schemas/{name}")})
+        }
+    }
+}
+
+fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
+    if field.is_map() {
+        if let Kind::Message(entry) = field.kind() {
+            let value = entry.map_entry_value_field();
+            return json!({"type": "object", "additionalProperties": scalar_schema(&value, refs)});
+        }
+    }
+    let item = scalar_schema(field, refs);
+    if field.is_list() { json!({"type": "array", "items": item}) } else { item }
+}
+
+fn message_schema(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Value {
+    let mut properties = Map::new();
+    for field in message.fields() {
+        properties.insert(field.json_name().to_owned(), field_schema(&field, refs));
+    }
+    json!({"type": "object", "properties": properties, "additionalProperties": false})
+}
+
+fn openapi_path(route: &Route) -> String {
+    let mut path = String::new();
+    for segment in &route.segments {
+        path.push('/');
+        match segment {
+            Segment::Literal(l) => path.push_str(l),
+            Segment::Variable { field, .. } => path.push_str(&format!("{{{field}}}")),
+        }
+    }
+    if let Some(verb) = &route.verb {
+        path.push(':');
+        path.push_str(verb);
+    }
+    path
+}
+
+fn status_schema() -> Value {
+    json!({
+        "type": "object",
+        "description": "google.rpc.Status: the gRPC code, a message naming the problem, and typed details.",
+        "properties": {
+            "code": {"type": "integer", "format": "int32"},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": {"type": "object", "properties": {"@type": {"type": "string"}}, "additionalProperties": true}}
+        }
+    })
+}
+
+pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
+    let mut refs = BTreeSet::new();
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for route in routes {
+        let rpc = &route.rpc;
+        let input = rpc.input();
+        let bound: Vec<String> = route
+            .segments
+            .iter()
+            .filter_map(|s| match s {
+                Segment::Variable { field, .. } => Some(field.clone()),
+                Segment::Literal(_) => None,
+            })
+            .collect();
+        let mut parameters: Vec<Value> = bound
+            .iter()
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if route.body != "*" {
+            for field in input.fields() {
+                let taken = bound.contains(&field.name().to_owned()) || field.name() == route.body;
+                if taken || matches!(field.kind(), Kind::Message(_)) {
+                    continue;
+                }
+                parameters.push(json!({"name": field.json_name(), "in": "query", "required": false, "schema": field_schema(&field, &mut refs)}));
+            }
+        }
+        let mut operation = json!({
+            "operationId": format!("{}_{}", rpc.parent_service().name(), rpc.name()),
+            "tags": [rpc.parent_service().name()],
+            "summary": format!("{} ({})", rpc.name(), rpc.full_name()),
+            "parameters": parameters,
+            "responses": {
+                "default": {"description": "An error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/google.rpc.Status"}}}}
+            }
+        });
+        let body_schema = match route.body.as_str() {
+            "" => None,
+            "*" => Some(message_ref(&input, &mut refs)),
+            name => input.get_field_by_name(name).map(|f| field_schema(&f, &mut refs)),
+        };
+        if let Some(schema) = body_schema {
+            operation["requestBody"] = json!({"required": route.body == "*", "content": {"application/json": {"schema": schema}}});
+        }
+        let output = rpc.output();
+        let out_schema = if route.response_body.is_empty() {
+            message_ref(&output, &mut refs)
+        } else {
+            output.get_field_by_name(&route.response_body).map_or(json!({}), |f| field_schema(&f, &mut refs))
+        };
+        let content = if rpc.is_server_streaming() {
+            json!({"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events; each data line is one JSON message"}, "x-message-schema": out_schema},
+                   "application/x-ndjson": {"schema": out_schema}})
+        } else {
+            json!({"application/json": {"schema": out_schema}})
+        };
+        operation["responses"]["200"] = json!({"description": "OK", "content": content});
+        if !public.contains(&format!("{}/{}", rpc.parent_service().full_name(), rpc.name())) {
+            operation["security"] = json!([{"bearerAuth": []}]);
+        }
+        paths
+            .entry(openapi_path(route))
+            .or_default()
+            .insert(route.method.as_str().to_lowercase(), operation);
+    }
+
+    // Schemas for every message reachable from the operations.
+    let pool = routes.first().map(|r| r.rpc.parent_pool().clone());
+    let mut schemas = Map::new();
+    schemas.insert("google.rpc.Status".into(), status_schema());
+    let mut done = BTreeSet::new();
+    while let Some(name) = refs.iter().find(|n| !done.contains(*n)).cloned() {
+        done.insert(name.clone());
+        if let Some(message) = pool.as_ref().and_then(|p| p.get_message_by_name(&name)) {
+            let schema = message_schema(&message, &mut refs);
+            schemas.insert(name, schema);
+        }
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "shopmesh", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "REST/JSON API of the shopmesh services, generated from the google.api.http annotations."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
+        }
+    })
+}
