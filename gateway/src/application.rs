@@ -39,7 +39,12 @@ mod tracing_opentelemetry_ext {
     pub fn set_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
         let carried: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
             .iter()
-            .filter_map(|k| headers.get(*k).and_then(|v| v.to_str().ok()).map(|v| ((*k).to_owned(), v.to_owned())))
+            .filter_map(|k| {
+                headers
+                    .get(*k)
+                    .and_then(|v| v.to_str().ok())
+                    .map(|v| ((*k).to_owned(), v.to_owned()))
+            })
             .collect();
         if !carried.is_empty() {
             shop_platform::telemetry::set_span_parent(span, &carried);
@@ -48,7 +53,12 @@ mod tracing_opentelemetry_ext {
 }
 
 /// Metadata forwarded from HTTP headers to the backend call.
-const FORWARDED: [&str; 4] = ["authorization", "x-request-id", "idempotency-key", "accept-language"];
+const FORWARDED: [&str; 4] = [
+    "authorization",
+    "x-request-id",
+    "idempotency-key",
+    "accept-language",
+];
 
 struct Gateway {
     routes: Vec<Route>,
@@ -70,14 +80,18 @@ pub struct Application {
 
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application").field("addr", &self.addr).finish_non_exhaustive()
+        f.debug_struct("Application")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
     }
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = DescriptorPool::decode(shop_proto::FILE_DESCRIPTOR_SET).context("reading the descriptor set")?;
-        let routes = routes::from_descriptors(&pool).map_err(|e| anyhow::anyhow!("google.api.http: {e}"))?;
+        let pool = DescriptorPool::decode(shop_proto::FILE_DESCRIPTOR_SET)
+            .context("reading the descriptor set")?;
+        let routes =
+            routes::from_descriptors(&pool).map_err(|e| anyhow::anyhow!("google.api.http: {e}"))?;
         let auth = Authenticator::new(
             settings.auth_public_key.expose(),
             &settings.auth_issuer,
@@ -107,7 +121,10 @@ impl Application {
             .await
             .with_context(|| format!("binding {}:{}", settings.bind_host, settings.http_port))?;
         let addr = listener.local_addr()?;
-        tracing::info!(routes = routes.len(), "routes read from google.api.http annotations");
+        tracing::info!(
+            routes = routes.len(),
+            "routes read from google.api.http annotations"
+        );
         Ok(Self {
             listener,
             addr,
@@ -141,10 +158,13 @@ impl Application {
             app = app.layer(cors);
         }
         tracing::info!(http = %self.addr, "gateway listening");
-        axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await
-            .context("HTTP server failed")
+        axum::serve(
+            self.listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { shutdown.wait().await })
+        .await
+        .context("HTTP server failed")
     }
 }
 
@@ -157,7 +177,11 @@ fn cors(origins: &str) -> Option<tower_http::cors::CorsLayer> {
     let allow = if origins == "*" {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(origins.split(',').filter_map(|o| HeaderValue::from_str(o.trim()).ok()))
+        AllowOrigin::list(
+            origins
+                .split(',')
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
     };
     Some(
         CorsLayer::new()
@@ -175,7 +199,10 @@ fn cors(origins: &str) -> Option<tower_http::cors::CorsLayer> {
 }
 
 async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], gw.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gw.metrics.render(),
+    )
 }
 
 async fn openapi(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
@@ -189,7 +216,9 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     let mut ready = true;
     for (package, channel) in &gw.backends {
         let mut client = HealthClient::new(channel.clone());
-        let check = client.check(HealthCheckRequest { service: String::new() });
+        let check = client.check(HealthCheckRequest {
+            service: String::new(),
+        });
         let status = match tokio::time::timeout(Duration::from_secs(1), check).await {
             Ok(Ok(r)) if r.get_ref().status == 1 => "SERVING".to_owned(),
             Ok(Ok(r)) => format!("status {}", r.get_ref().status),
@@ -199,8 +228,15 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
         ready &= status == "SERVING";
         report.insert(package.clone(), serde_json::Value::String(status));
     }
-    let code = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (code, axum::Json(serde_json::json!({ "ready": ready, "backends": report })))
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        code,
+        axum::Json(serde_json::json!({ "ready": ready, "backends": report })),
+    )
 }
 
 fn request_id(headers: &HeaderMap) -> String {
@@ -211,7 +247,11 @@ fn request_id(headers: &HeaderMap) -> String {
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned)
 }
 
-async fn proxy(State(gw): State<Arc<Gateway>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request<Body>) -> Response {
+async fn proxy(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request<Body>,
+) -> Response {
     let started = Instant::now();
     let id = request_id(request.headers());
     let method = request.method().clone();
@@ -234,7 +274,12 @@ async fn proxy(State(gw): State<Arc<Gateway>>, ConnectInfo(peer): ConnectInfo<So
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    gw.metrics.observe(method.as_str(), &route_label, response.status().as_u16(), started.elapsed());
+    gw.metrics.observe(
+        method.as_str(),
+        &route_label,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -248,7 +293,13 @@ async fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Body>) -> (Stri
                 Code::Unimplemented,
                 format!("{} is not allowed on {}", parts.method, parts.uri.path()),
             );
-            err.allow = Some(allowed.iter().map(http::Method::as_str).collect::<Vec<_>>().join(", "));
+            err.allow = Some(
+                allowed
+                    .iter()
+                    .map(http::Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
             return ("unmatched".into(), err.into_response());
         }
         Resolved::NotFound => {
@@ -294,7 +345,11 @@ async fn call(
         .auth
         .caller(&metadata)
         .map_err(|e| RestError::from_status(&tonic::Status::from(e)))?;
-    let rpc_name = format!("{}/{}", route.rpc.parent_service().full_name(), route.rpc.name());
+    let rpc_name = format!(
+        "{}/{}",
+        route.rpc.parent_service().full_name(),
+        route.rpc.name()
+    );
     if !gw.public.contains(&rpc_name) && caller.user.is_none() {
         return Err(RestError::new(
             StatusCode::UNAUTHORIZED,
@@ -324,17 +379,11 @@ async fn call(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| too_large())?;
-    if !bytes.is_empty() {
-        let content_type = parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        if !content_type.is_empty() && !content_type.starts_with("application/json") {
-            return Err(RestError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                Code::InvalidArgument,
-                format!("content-type must be application/json, not {content_type}"),
-            ));
-        }
-    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    // Bodies are read as JSON whatever Content-Type says (curl -d sends a form type),
+    // as grpc-gateway's default marshaler does.
     let message = transcode::build_request(route, &bytes, &vars, parts.uri.query())
         .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
 
@@ -356,40 +405,70 @@ async fn call(
     }
     telemetry::inject_into_metadata(request.metadata_mut());
 
-    let package = route.rpc.parent_service().package_name().rsplit_once('.').map_or("", |(p, _)| p).to_owned();
+    let package = route
+        .rpc
+        .parent_service()
+        .package_name()
+        .rsplit_once('.')
+        .map_or("", |(p, _)| p)
+        .to_owned();
     let channel = gw.backends.get(&package).cloned().ok_or_else(|| {
-        RestError::new(StatusCode::NOT_IMPLEMENTED, Code::Unimplemented, format!("no backend for {package}"))
+        RestError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            Code::Unimplemented,
+            format!("no backend for {package}"),
+        )
     })?;
     let mut grpc = tonic::client::Grpc::new(channel);
     let unavailable = |e: tonic::transport::Error| {
-        RestError::new(StatusCode::SERVICE_UNAVAILABLE, Code::Unavailable, format!("backend unavailable: {e}"))
+        RestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            format!("backend unavailable: {e}"),
+        )
     };
     tokio::time::timeout(timeout, grpc.ready())
         .await
         .map_err(|_| deadline())?
         .map_err(unavailable)?;
-    let grpc_path: http::uri::PathAndQuery = route
-        .grpc_path()
-        .parse()
-        .map_err(|_| RestError::new(StatusCode::INTERNAL_SERVER_ERROR, Code::Internal, "bad gRPC path"))?;
-    let codec = DynamicCodec { output: route.rpc.output() };
+    let grpc_path: http::uri::PathAndQuery = route.grpc_path().parse().map_err(|_| {
+        RestError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Internal,
+            "bad gRPC path",
+        )
+    })?;
+    let codec = DynamicCodec {
+        output: route.rpc.output(),
+    };
 
     if route.rpc.is_server_streaming() {
         let response = grpc
             .server_streaming(request, grpc_path, codec)
             .await
             .map_err(|s| RestError::from_status(&s))?;
-        return Ok(stream_response(route.clone(), response.into_inner(), &parts.headers));
+        return Ok(stream_response(
+            route.clone(),
+            response.into_inner(),
+            &parts.headers,
+        ));
     }
-    let response = tokio::time::timeout(timeout + Duration::from_millis(250), grpc.unary(request, grpc_path, codec))
-        .await
-        .map_err(|_| deadline())?
-        .map_err(|s| RestError::from_status(&s))?;
+    let response = tokio::time::timeout(
+        timeout + Duration::from_millis(250),
+        grpc.unary(request, grpc_path, codec),
+    )
+    .await
+    .map_err(|_| deadline())?
+    .map_err(|s| RestError::from_status(&s))?;
     Ok(axum::Json(transcode::response_json(route, response.get_ref())).into_response())
 }
 
 fn deadline() -> RestError {
-    RestError::new(StatusCode::GATEWAY_TIMEOUT, Code::DeadlineExceeded, "the backend did not answer within the deadline")
+    RestError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        Code::DeadlineExceeded,
+        "the backend did not answer within the deadline",
+    )
 }
 
 /// A server stream as Server-Sent Events, or newline-delimited JSON when asked
@@ -404,16 +483,29 @@ fn stream_response(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/x-ndjson"));
     let to_json = move |item: Result<prost_reflect::DynamicMessage, tonic::Status>| match item {
-        Ok(message) => (false, transcode::response_json(&route, &message).to_string()),
+        Ok(message) => (
+            false,
+            transcode::response_json(&route, &message).to_string(),
+        ),
         Err(status) => (true, RestError::from_status(&status).body.to_string()),
     };
     if ndjson {
         let lines = stream.map(move |item| Ok::<_, Infallible>(format!("{}\n", to_json(item).1)));
-        return ([(header::CONTENT_TYPE, "application/x-ndjson")], Body::from_stream(lines)).into_response();
+        return (
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            Body::from_stream(lines),
+        )
+            .into_response();
     }
     let events = stream.map(move |item| {
         let (is_error, data) = to_json(item);
-        Ok::<_, Infallible>(Event::default().event(if is_error { "error" } else { "message" }).data(data))
+        Ok::<_, Infallible>(
+            Event::default()
+                .event(if is_error { "error" } else { "message" })
+                .data(data),
+        )
     });
-    Sse::new(events).keep_alive(KeepAlive::default()).into_response()
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
 }

@@ -45,7 +45,13 @@ impl RestError {
         let http = StatusCode::from_u16(shop_platform::error::http_status(status.code()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut err = Self::new(http, status.code(), status.message());
-        err.body["details"] = Value::Array(status.get_error_details_vec().iter().filter_map(detail_json).collect());
+        err.body["details"] = Value::Array(
+            status
+                .get_error_details_vec()
+                .iter()
+                .filter_map(detail_json)
+                .collect(),
+        );
         err
     }
 }
@@ -84,7 +90,9 @@ impl IntoResponse for RestError {
     fn into_response(self) -> Response {
         let mut response = (self.http, axum::Json(self.body)).into_response();
         if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             response.headers_mut().insert(header::ALLOW, allow);

@@ -34,7 +34,9 @@ impl RateLimiter {
         if buckets.len() > 100_000 {
             // Forget full buckets so that many one-off clients cannot grow the map forever.
             let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst);
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
+            });
         }
         let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
             tokens: self.burst,

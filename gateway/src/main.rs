@@ -7,5 +7,8 @@ async fn main() -> anyhow::Result<()> {
     let _telemetry = telemetry::init("gateway")?;
     let shutdown = Shutdown::new();
     shutdown.trigger_on_signals();
-    Application::build(settings).await?.run_until_stopped(shutdown).await
+    Application::build(settings)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
 }

@@ -14,12 +14,16 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value 
         Kind::String => json!({"type": "string"}),
         Kind::Bytes => json!({"type": "string", "contentEncoding": "base64"}),
         Kind::Bool => json!({"type": "boolean"}),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => json!({"type": "integer", "format": "int32"}),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            json!({"type": "integer", "format": "int32"})
+        }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "uint32"}),
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
         Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
         Kind::Double | Kind::Float => json!({"type": "number"}),
-        Kind::Enum(e) => json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()}),
+        Kind::Enum(e) => {
+            json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
+        }
         Kind::Message(m) => message_ref(&m, refs),
     }
 }
@@ -27,7 +31,9 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value 
 fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Value {
     match message.full_name() {
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
-        "google.protobuf.Duration" => json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"}),
+        "google.protobuf.Duration" => {
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+        }
         name => {
             refs.insert(name.to_owned());
             json!({"$ref": format!("#/components/schemas/{name}")})
@@ -36,14 +42,18 @@ fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Valu
 }
 
 fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
-    if field.is_map() {
-        if let Kind::Message(entry) = field.kind() {
-            let value = entry.map_entry_value_field();
-            return json!({"type": "object", "additionalProperties": scalar_schema(&value, refs)});
-        }
+    if field.is_map()
+        && let Kind::Message(entry) = field.kind()
+    {
+        let value = entry.map_entry_value_field();
+        return json!({"type": "object", "additionalProperties": scalar_schema(&value, refs)});
     }
     let item = scalar_schema(field, refs);
-    if field.is_list() { json!({"type": "array", "items": item}) } else { item }
+    if field.is_list() {
+        json!({"type": "array", "items": item})
+    } else {
+        item
+    }
 }
 
 fn message_schema(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Value {
@@ -121,7 +131,9 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         let body_schema = match route.body.as_str() {
             "" => None,
             "*" => Some(message_ref(&input, &mut refs)),
-            name => input.get_field_by_name(name).map(|f| field_schema(&f, &mut refs)),
+            name => input
+                .get_field_by_name(name)
+                .map(|f| field_schema(&f, &mut refs)),
         };
         if let Some(schema) = body_schema {
             operation["requestBody"] = json!({"required": route.body == "*", "content": {"application/json": {"schema": schema}}});
@@ -130,7 +142,9 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         let out_schema = if route.response_body.is_empty() {
             message_ref(&output, &mut refs)
         } else {
-            output.get_field_by_name(&route.response_body).map_or(json!({}), |f| field_schema(&f, &mut refs))
+            output
+                .get_field_by_name(&route.response_body)
+                .map_or(json!({}), |f| field_schema(&f, &mut refs))
         };
         let content = if rpc.is_server_streaming() {
             json!({"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events; each data line is one JSON message"}, "x-message-schema": out_schema},
@@ -139,7 +153,11 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             json!({"application/json": {"schema": out_schema}})
         };
         operation["responses"]["200"] = json!({"description": "OK", "content": content});
-        if !public.contains(&format!("{}/{}", rpc.parent_service().full_name(), rpc.name())) {
+        if !public.contains(&format!(
+            "{}/{}",
+            rpc.parent_service().full_name(),
+            rpc.name()
+        )) {
             operation["security"] = json!([{"bearerAuth": []}]);
         }
         paths

@@ -11,7 +11,10 @@ pub enum Segment {
     Literal(String),
     /// A variable bound to a request field path (`sku`, `shelf.name`), matching
     /// one segment (`*`), any number (`**`), or a fixed sub-pattern.
-    Variable { field: String, pattern: Vec<String> },
+    Variable {
+        field: String,
+        pattern: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -30,7 +33,11 @@ pub struct Route {
 impl Route {
     /// The gRPC path, e.g. `/shop.user.v1.UserService/Register`.
     pub fn grpc_path(&self) -> String {
-        format!("/{}/{}", self.rpc.parent_service().full_name(), self.rpc.name())
+        format!(
+            "/{}/{}",
+            self.rpc.parent_service().full_name(),
+            self.rpc.name()
+        )
     }
 
     /// The path variables' values when `path` matches this route's template.
@@ -40,11 +47,20 @@ impl Route {
             Some(verb) => (path.strip_suffix(&format!(":{verb}"))?, Some(verb)),
             None => (path, None),
         };
-        if verb.is_none() && path.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+        if verb.is_none()
+            && path
+                .rsplit('/')
+                .next()
+                .is_some_and(|last| last.contains(':'))
+        {
             // A custom verb this route does not have.
             return None;
         }
-        let parts: Vec<&str> = if path.is_empty() { Vec::new() } else { path.split('/').collect() };
+        let parts: Vec<&str> = if path.is_empty() {
+            Vec::new()
+        } else {
+            path.split('/').collect()
+        };
         let mut bound = Vec::new();
         let mut i = 0;
         for (n, segment) in self.segments.iter().enumerate() {
@@ -153,7 +169,11 @@ pub fn parse_template(template: &str) -> Result<(Vec<Segment>, Option<String>), 
     Ok((segments, verb))
 }
 
-fn rule_routes(rpc: &MethodDescriptor, rule: &DynamicMessage, out: &mut Vec<Route>) -> Result<(), String> {
+fn rule_routes(
+    rpc: &MethodDescriptor,
+    rule: &DynamicMessage,
+    out: &mut Vec<Route>,
+) -> Result<(), String> {
     let text = |name: &str| match rule.get_field_by_name(name).as_deref() {
         Some(Value::String(s)) => s.clone(),
         _ => String::new(),
@@ -239,7 +259,7 @@ pub fn resolve<'a>(routes: &'a [Route], method: &http::Method, path: &str) -> Re
     let mut allowed = Vec::new();
     for route in routes {
         if let Some(bound) = route.matches(path) {
-            if &route.method == method {
+            if route.method == *method {
                 return Resolved::Found(route, bound);
             }
             allowed.push(route.method.clone());
@@ -269,7 +289,10 @@ mod tests {
         assert_eq!(verb, None);
         assert_eq!(
             segments[1],
-            Segment::Variable { field: "name".into(), pattern: vec!["shelves".into(), "*".into(), "books".into(), "**".into()] }
+            Segment::Variable {
+                field: "name".into(),
+                pattern: vec!["shelves".into(), "*".into(), "books".into(), "**".into()]
+            }
         );
     }
 
@@ -283,15 +306,36 @@ mod tests {
         assert_eq!(find(http::Method::POST, "/v1/users").0, "Register");
         assert_eq!(find(http::Method::POST, "/v1/auth:login").0, "Login");
         let (rpc, bound) = find(http::Method::GET, "/v1/products/MUG-001");
-        assert_eq!((rpc.as_str(), bound), ("GetProduct", vec![("sku".to_owned(), "MUG-001".to_owned())]));
+        assert_eq!(
+            (rpc.as_str(), bound),
+            ("GetProduct", vec![("sku".to_owned(), "MUG-001".to_owned())])
+        );
         let (rpc, bound) = find(http::Method::POST, "/v1/products/MUG-001:adjustStock");
-        assert_eq!((rpc.as_str(), bound[0].1.as_str()), ("AdjustStock", "MUG-001"));
-        assert_eq!(find(http::Method::POST, "/v1/orders/abc:cancel").0, "CancelOrder");
-        assert_eq!(find(http::Method::GET, "/v1/orders/abc:watch").0, "WatchOrder");
+        assert_eq!(
+            (rpc.as_str(), bound[0].1.as_str()),
+            ("AdjustStock", "MUG-001")
+        );
+        assert_eq!(
+            find(http::Method::POST, "/v1/orders/abc:cancel").0,
+            "CancelOrder"
+        );
+        assert_eq!(
+            find(http::Method::GET, "/v1/orders/abc:watch").0,
+            "WatchOrder"
+        );
         assert_eq!(find(http::Method::GET, "/v1/orders/abc").0, "GetOrder");
-        assert!(matches!(resolve(&routes, &http::Method::DELETE, "/v1/users"), Resolved::WrongMethod(_)));
-        assert!(matches!(resolve(&routes, &http::Method::GET, "/v1/nothing"), Resolved::NotFound));
-        assert!(matches!(resolve(&routes, &http::Method::POST, "/v1/orders/abc:explode"), Resolved::NotFound));
+        assert!(matches!(
+            resolve(&routes, &http::Method::DELETE, "/v1/users"),
+            Resolved::WrongMethod(_)
+        ));
+        assert!(matches!(
+            resolve(&routes, &http::Method::GET, "/v1/nothing"),
+            Resolved::NotFound
+        ));
+        assert!(matches!(
+            resolve(&routes, &http::Method::POST, "/v1/orders/abc:explode"),
+            Resolved::NotFound
+        ));
         // Internal RPCs have no annotation and no route.
         assert!(!routes.iter().any(|r| r.rpc.name() == "ReserveStock"));
     }
@@ -299,7 +343,13 @@ mod tests {
     #[test]
     fn wildcards_bind_several_segments() {
         let (segments, verb) = parse_template("/v1/{name=shelves/*}/books").expect("parse");
-        let rpc = pool().services().next().expect("service").methods().next().expect("method");
+        let rpc = pool()
+            .services()
+            .next()
+            .expect("service")
+            .methods()
+            .next()
+            .expect("method");
         let route = Route {
             method: http::Method::GET,
             template: String::new(),
@@ -309,8 +359,14 @@ mod tests {
             response_body: String::new(),
             rpc,
         };
-        assert_eq!(route.matches("/v1/shelves/s1/books"), Some(vec![("name".into(), "shelves/s1".into())]));
+        assert_eq!(
+            route.matches("/v1/shelves/s1/books"),
+            Some(vec![("name".into(), "shelves/s1".into())])
+        );
         assert_eq!(route.matches("/v1/racks/s1/books"), None);
-        assert_eq!(route.matches("/v1/shelves/a%20b/books"), Some(vec![("name".into(), "shelves/a b".into())]));
+        assert_eq!(
+            route.matches("/v1/shelves/a%20b/books"),
+            Some(vec![("name".into(), "shelves/a b".into())])
+        );
     }
 }

@@ -57,10 +57,19 @@ pub async fn migrate(pool: &PgPool, service: &Migrator, shutdown: &Shutdown) -> 
 
 /// The service's pool, with every migration applied; gives up when the database
 /// has not answered within a minute (the orchestrator restarts the process).
-pub async fn connect_and_migrate(settings: &ServiceSettings, service: &Migrator) -> anyhow::Result<PgPool> {
-    let pool = pool(settings.database_url.expose(), settings.database_max_connections)?;
-    tokio::time::timeout(Duration::from_secs(60), migrate(&pool, service, &Shutdown::new()))
-        .await
-        .context("DATABASE_URL: database not reachable within 60 s")??;
+pub async fn connect_and_migrate(
+    settings: &ServiceSettings,
+    service: &Migrator,
+) -> anyhow::Result<PgPool> {
+    let pool = pool(
+        settings.database_url.expose(),
+        settings.database_max_connections,
+    )?;
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        migrate(&pool, service, &Shutdown::new()),
+    )
+    .await
+    .context("DATABASE_URL: database not reachable within 60 s")??;
     Ok(pool)
 }

@@ -1,0 +1,182 @@
+//! Starting and stopping `make dev` (scripts/dev.sh) for a test, and plain HTTP with curl.
+
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const GATEWAY: &str = "http://127.0.0.1:8080";
+
+/// Tests in one process take turns (nextest runs each in its own process and
+/// serialises them with the `make-dev` test group in .config/nextest.toml).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+pub fn readme_block(after: &str) -> String {
+    let readme =
+        std::fs::read_to_string(shop_testkit::workspace_root().join("README.md")).expect("README");
+    let rest = readme.split(after).nth(1).expect("README section");
+    let block = rest.split("```sh").nth(1).expect("code block");
+    block.split("```").next().expect("block end").to_owned()
+}
+
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+pub struct DevMesh {
+    child: Child,
+    pub banner: String,
+    stopped: bool,
+}
+
+impl Drop for DevMesh {
+    fn drop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        if let Some(pid) = self.child.id() {
+            let group = format!("-{pid}");
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", "--", &group])
+                .status();
+            std::thread::sleep(Duration::from_secs(3));
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &group])
+                .status();
+        }
+    }
+}
+
+impl DevMesh {
+    /// Runs scripts/dev.sh on the test run's PostgreSQL and broker, with extra environment.
+    pub async fn start(env: &[(&str, &str)]) -> Self {
+        let root = shop_testkit::workspace_root();
+        let mut child = Command::new(root.join("scripts/dev.sh"))
+            .current_dir(&root)
+            .env("DATABASE_URL", shop_testkit::admin_database_url())
+            .env("KAFKA_BROKERS", shop_testkit::kafka_brokers())
+            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group: a failing test can stop everything it started.
+            .process_group(0)
+            .spawn()
+            .expect("scripts/dev.sh");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr")).lines();
+        let mut banner = String::new();
+        let ready = tokio::time::timeout(Duration::from_secs(120), async {
+            while let Ok(Some(line)) = stderr.next_line().await {
+                banner.push_str(&line);
+                banner.push('\n');
+                if line.contains("Ctrl-C stops everything") {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert!(
+            matches!(ready, Ok(true)),
+            "make dev never printed its banner:\n{banner}"
+        );
+        // Keep draining its output so the services never block on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = stderr.next_line().await {} });
+        Self {
+            child,
+            banner,
+            stopped: false,
+        }
+    }
+
+    /// SIGTERM, as a supervisor would send it; returns how it exited.
+    pub async fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("pid").to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .await
+                .expect("kill")
+                .success()
+        );
+        let status = tokio::time::timeout(Duration::from_secs(30), self.child.wait())
+            .await
+            .expect("make dev stops within 30 s")
+            .expect("wait");
+        self.stopped = true;
+        status
+    }
+}
+
+/// One HTTP exchange with curl.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+pub async fn curl(
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[&str],
+) -> Reply {
+    let dir = std::env::temp_dir().join(format!("shopmesh-curl-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let (head_file, body_file) = (dir.join("head"), dir.join("body"));
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-X", method, "-D"])
+        .arg(&head_file)
+        .arg("-o")
+        .arg(&body_file);
+    cmd.args(["-w", "%{http_code}", "--max-time", "20"]);
+    if let Some(token) = token {
+        cmd.args(["-H", &format!("authorization: Bearer {token}")]);
+    }
+    for h in headers {
+        cmd.args(["-H", h]);
+    }
+    if let Some(body) = body {
+        let file = dir.join("request");
+        std::fs::write(&file, body).expect("request body");
+        cmd.args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(format!("@{}", file.display()));
+    }
+    cmd.arg(format!("{GATEWAY}{path}"));
+    let out = cmd.output().await.expect("curl must be installed");
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    let reply = Reply {
+        status,
+        headers: std::fs::read_to_string(&head_file).unwrap_or_default(),
+        body: std::fs::read_to_string(&body_file).unwrap_or_default(),
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    reply
+}
