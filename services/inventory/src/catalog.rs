@@ -292,9 +292,21 @@ impl Catalog {
     /// Applies an adjustment once per request id.
     pub async fn adjust(&self, adjustment: Adjustment) -> Result<pb::Product, ApiError> {
         let mut tx = self.pool.begin().await?;
+        // The product row first (as every path locks it): concurrent adjustments queue
+        // here instead of deadlocking on the adjustment's foreign key.
+        let before: Option<i64> =
+            sqlx::query_scalar("SELECT available FROM products WHERE sku = $1 FOR UPDATE")
+                .bind(&adjustment.sku)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(before) = before else {
+            return Err(ApiError::NotFound {
+                resource: "product",
+                id: adjustment.sku,
+            });
+        };
         let first = sqlx::query(
-            "INSERT INTO stock_adjustments (request_id, sku, delta, reason)
-             SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM products WHERE sku = $2)
+            "INSERT INTO stock_adjustments (request_id, sku, delta, reason) VALUES ($1, $2, $3, $4)
              ON CONFLICT (request_id) DO NOTHING",
         )
         .bind(&adjustment.request_id)
@@ -312,25 +324,16 @@ impl Catalog {
                     .fetch_optional(&mut *tx)
                     .await?;
             return match earlier {
-                None => Err(ApiError::NotFound {
-                    resource: "product",
-                    id: adjustment.sku,
-                }),
                 Some((sku, delta)) if sku == adjustment.sku && delta == adjustment.delta => {
                     tx.rollback().await?;
                     self.get(&sku).await
                 }
-                Some(_) => Err(ApiError::invalid(
+                _ => Err(ApiError::invalid(
                     "request_id",
                     "was already used for a different adjustment",
                 )),
             };
         }
-        let before: i64 =
-            sqlx::query_scalar("SELECT available FROM products WHERE sku = $1 FOR UPDATE")
-                .bind(&adjustment.sku)
-                .fetch_one(&mut *tx)
-                .await?;
         if before + adjustment.delta < 0 {
             return Err(ApiError::Precondition {
                 message: format!(

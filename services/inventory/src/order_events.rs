@@ -16,7 +16,7 @@ pub struct OrderEventsHandler {
     pub reservations: Reservations,
 }
 
-fn rejected(err: ApiError) -> HandlerError {
+fn rejected_err(err: ApiError) -> HandlerError {
     HandlerError::Rejected(err.to_string())
 }
 
@@ -31,12 +31,12 @@ impl EventHandler for OrderEventsHandler {
         };
         let database = |e: ApiError| match e {
             ApiError::Unavailable(m) => HandlerError::Unavailable(m),
-            other => rejected(other),
+            other => rejected_err(other),
         };
         if event.event_type == pb::OrderConfirmed::full_name() {
             let confirmed =
                 pb::OrderConfirmed::decode(event.payload.as_slice()).map_err(undecodable)?;
-            let order_id = parse_order_id(&confirmed.order_id).map_err(rejected)?;
+            let order_id = parse_order_id(&confirmed.order_id).map_err(rejected_err)?;
             self.reservations
                 .commit_in(conn, &order_id)
                 .await
@@ -44,13 +44,22 @@ impl EventHandler for OrderEventsHandler {
         } else if event.event_type == pb::OrderCancelled::full_name() {
             let cancelled =
                 pb::OrderCancelled::decode(event.payload.as_slice()).map_err(undecodable)?;
-            let order_id = parse_order_id(&cancelled.order_id).map_err(rejected)?;
+            let order_id = parse_order_id(&cancelled.order_id).map_err(rejected_err)?;
+            self.reservations
+                .give_back(conn, &order_id)
+                .await
+                .map_err(database)?;
+        } else if event.event_type == pb::OrderRejected::full_name() {
+            // Usually nothing was held; but a saga that gave up or refused mixed
+            // currencies may have left a hold behind.
+            let rejected =
+                pb::OrderRejected::decode(event.payload.as_slice()).map_err(undecodable)?;
+            let order_id = parse_order_id(&rejected.order_id).map_err(rejected_err)?;
             self.reservations
                 .give_back(conn, &order_id)
                 .await
                 .map_err(database)?;
         }
-        // OrderRejected needs nothing: a rejected order never kept a reservation.
         Ok(())
     }
 }

@@ -377,11 +377,64 @@ impl Reservations {
         match r.status {
             Status::Held => self.apply(conn, r, Status::Committed).await.map(|_| ()),
             Status::Committed | Status::Returned => Ok(()),
-            Status::Released | Status::Expired => Err(ApiError::FailedPrecondition(format!(
-                "reservation for order {order_id} was {} before the order was confirmed",
-                r.status.as_db()
-            ))),
+            Status::Released | Status::Expired => self.reclaim(conn, r).await,
         }
+    }
+
+    /// A confirmed order whose hold lapsed (its commit arrived after the expiry):
+    /// takes the stock again if it is still there, straight into sold; otherwise
+    /// refuses, so the event is dead-lettered and someone looks at it.
+    async fn reclaim(&self, conn: &mut PgConnection, mut r: Locked) -> Result<(), ApiError> {
+        let skus: Vec<String> = r.lines.iter().map(|l| l.sku.clone()).collect();
+        let available: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT sku, available FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
+        )
+        .bind(&skus)
+        .fetch_all(&mut *conn)
+        .await?;
+        let short: Vec<&str> = r
+            .lines
+            .iter()
+            .filter(|l| {
+                !available
+                    .iter()
+                    .any(|(sku, a)| *sku == l.sku && *a >= l.quantity)
+            })
+            .map(|l| l.sku.as_str())
+            .collect();
+        if !short.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "reservation for order {} was {} before the order was confirmed, and {} no longer has the stock",
+                r.order_id,
+                r.status.as_db(),
+                short.join(", ")
+            )));
+        }
+        for line in &r.lines {
+            let (before, after): (i64, i64) = sqlx::query_as(
+                "UPDATE products SET available = available - $2, sold = sold + $2, updated_at = now()
+                 WHERE sku = $1 RETURNING available + $2, available",
+            )
+            .bind(&line.sku)
+            .bind(line.quantity)
+            .fetch_one(&mut *conn)
+            .await?;
+            note_stock_level(conn, &line.sku, before, after, self.low_threshold).await?;
+        }
+        sqlx::query(
+            "UPDATE reservations SET status = 'committed', updated_at = now() WHERE order_id = $1",
+        )
+        .bind(&r.order_id)
+        .execute(&mut *conn)
+        .await?;
+        tracing::warn!(order_id = %r.order_id, "lapsed reservation taken again for a confirmed order");
+        r.status = Status::Committed;
+        let e = pb::ReservationCommitted {
+            order_id: r.order_id.clone(),
+            lines: proto_lines(&r.lines),
+        };
+        outbox::enqueue(conn, INVENTORY_EVENTS_TOPIC, &r.order_id, &e).await?;
+        Ok(())
     }
 
     async fn transition(&self, order_id: &str, to: Status) -> Result<pb::Reservation, ApiError> {
@@ -443,25 +496,29 @@ impl Reservations {
     /// Expires held reservations past their time; returns how many. Rows another
     /// replica is working on are skipped.
     pub async fn expire_due(&self, limit: i64) -> Result<usize, ApiError> {
-        let mut tx = self.pool.begin().await?;
-        let due: Vec<String> = sqlx::query_scalar(
-            "SELECT order_id FROM reservations WHERE status = 'held' AND expires_at <= now()
-             ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED",
-        )
-        .bind(limit)
-        .fetch_all(&mut *tx)
-        .await?;
-        for order_id in &due {
-            if let Some(r) = lock(&mut tx, order_id).await? {
+        // One reservation per transaction: its products are locked in SKU order like
+        // every other path, so expiry never deadlocks with reservations or commits.
+        let mut expired = 0;
+        while expired < limit {
+            let mut tx = self.pool.begin().await?;
+            let due: Option<String> = sqlx::query_scalar(
+                "SELECT order_id FROM reservations WHERE status = 'held' AND expires_at <= now()
+                 ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(order_id) = due else {
+                break;
+            };
+            if let Some(r) = lock(&mut tx, &order_id).await? {
                 tracing::warn!(order_id = %order_id, "reservation expired");
                 self.apply(&mut tx, r, Status::Expired).await?;
             }
-        }
-        tx.commit().await?;
-        if !due.is_empty() {
+            tx.commit().await?;
             self.outbox.notify();
+            expired += 1;
         }
-        Ok(due.len())
+        Ok(expired as usize)
     }
 
     /// Runs `expire_due` every `every` until shutdown.

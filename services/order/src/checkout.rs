@@ -250,17 +250,30 @@ impl Checkout {
         let currencies: std::collections::BTreeSet<&str> =
             prices.values().map(|p| p.currency_code.as_str()).collect();
         if currencies.len() > 1 {
-            let _ = self.peers.release(&order_id.to_string(), deadline).await;
-            return self
+            let rejected = self
                 .orders
                 .reject(
                     order_id,
                     "the products are priced in different currencies; order them separately",
                     &[],
                 )
-                .await;
+                .await?;
+            if rejected.is_some() {
+                // Also released by inventory on OrderRejected; this is just sooner.
+                let _ = self.peers.release(&order_id.to_string(), deadline).await;
+            }
+            return Ok(rejected);
         }
-        self.orders.confirm(order_id, &prices).await
+        let confirmed = self.orders.confirm(order_id, &prices).await?;
+        if confirmed.is_some() {
+            // Turn the hold into sold stock now rather than only when inventory reads
+            // OrderConfirmed (which also commits, idempotently): a lagging consumer must
+            // not let the hold lapse under a confirmed order.
+            if let Err(status) = self.peers.commit(&order_id.to_string(), deadline).await {
+                tracing::warn!(order_id = %order_id, code = ?status.code(), "commit deferred to the OrderConfirmed event");
+            }
+        }
+        Ok(confirmed)
     }
 
     /// Resolves orders left PENDING (by a crash or an outage) until shutdown.
@@ -292,21 +305,27 @@ impl Checkout {
         let age = chrono::Utc::now() - order.row.created_at;
         let deadline = Deadline::after(call_budget);
         if age.to_std().unwrap_or_default() > self.give_up_after {
-            // Compensate: give the stock back (if any was held), then reject.
-            match self.peers.release(&order_id.to_string(), &deadline).await {
-                Ok(_) => {}
-                Err(s) if s.code() == Code::NotFound => {}
-                Err(s) => {
-                    tracing::warn!(order_id = %order_id, code = ?s.code(), "release failed; will retry");
-                    return;
-                }
-            }
-            if let Err(err) = self
+            // Compensate: reject first (only a still-PENDING order), then give back any
+            // hold. Rejecting first means a concurrent retry cannot confirm an order whose
+            // stock was just released; OrderRejected makes inventory release it too.
+            match self
                 .orders
                 .reject(order_id, "the order could not be completed in time", &[])
                 .await
             {
-                tracing::warn!(order_id = %order_id, error = %err, "rejecting a stale order failed");
+                Ok(Some(_)) => {}
+                Ok(None) => return, // settled meanwhile
+                Err(err) => {
+                    tracing::warn!(order_id = %order_id, error = %err, "rejecting a stale order failed");
+                    return;
+                }
+            }
+            match self.peers.release(&order_id.to_string(), &deadline).await {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::NotFound => {}
+                Err(s) => {
+                    tracing::warn!(order_id = %order_id, code = ?s.code(), "release deferred to the OrderRejected event")
+                }
             }
             return;
         }

@@ -148,6 +148,35 @@ impl Peers {
     }
 
     /// Idempotent, so retried.
+    pub async fn commit(
+        &self,
+        order_id: &str,
+        deadline: &Deadline,
+    ) -> Result<inv::Reservation, Status> {
+        let client = self.inventory.clone();
+        let response = grpc::call_idempotent(
+            self.policy(),
+            || {
+                self.request(
+                    inv::CommitReservationRequest {
+                        order_id: order_id.into(),
+                    },
+                    &OnBehalfOf::default(),
+                    deadline,
+                )
+            },
+            |req| {
+                let mut client = client.clone();
+                async move { client.commit_reservation(req).await }
+            },
+        )
+        .await?;
+        response
+            .reservation
+            .ok_or_else(|| Status::internal("inventory answered without a reservation"))
+    }
+
+    /// Idempotent, so retried.
     pub async fn release(
         &self,
         order_id: &str,

@@ -14,6 +14,24 @@ use crate::shutdown::Shutdown;
 /// The outbox and inbox tables (versions below 100; services number theirs from 100).
 pub static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
+/// Whether a database error is worth retrying: the connection or pool failed, or
+/// the server aborted the transaction (deadlock, serialization failure, shutdown,
+/// out of resources) rather than refusing the statement itself.
+pub fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            ["40", "08", "53", "57"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => false,
+    }
+}
+
 /// A pool that connects lazily, so a service starts (NOT_SERVING) while its
 /// database is still coming up.
 pub fn pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {

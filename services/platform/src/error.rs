@@ -123,12 +123,11 @@ impl From<ApiError> for Status {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                tracing::warn!(error = %err, "database unavailable");
-                Self::Unavailable("database unavailable, retry later".into())
-            }
-            other => Self::Internal(anyhow::Error::new(other).context("database query failed")),
+        if crate::db::is_transient(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            Self::Unavailable("database unavailable, retry later".into())
+        } else {
+            Self::Internal(anyhow::Error::new(err).context("database query failed"))
         }
     }
 }

@@ -102,7 +102,7 @@ impl Health {
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
-        self.set(false).await;
+        // The runtime's shutdown sequence reports NOT_SERVING and closes the watches.
     }
 }
 

@@ -178,8 +178,12 @@ impl<H: EventHandler> InboxConsumer<H> {
 
     async fn process_event(&self, event: &InboundEvent, shutdown: &Shutdown) -> Option<Outcome> {
         if event.event_id.is_empty() {
-            self.dead_letter(event, &format!("missing {HEADER_EVENT_ID} header"))
-                .await;
+            self.dead_letter(
+                event,
+                &format!("missing {HEADER_EVENT_ID} header"),
+                shutdown,
+            )
+            .await?;
             return Some(Outcome::DeadLettered);
         }
         let mut attempt = 0;
@@ -191,10 +195,24 @@ impl<H: EventHandler> InboxConsumer<H> {
                 Err(HandlerError::Rejected(reason)) => {
                     attempt += 1;
                     if attempt >= self.max_attempts {
-                        self.dead_letter(event, &reason).await;
+                        self.dead_letter(event, &reason, shutdown).await?;
                         return Some(Outcome::DeadLettered);
                     }
                     tracing::warn!(event_id = %event.event_id, attempt, %reason, "event rejected; retrying");
+                }
+                Err(HandlerError::Database(err)) if !crate::db::is_transient(&err) => {
+                    // The statement itself failed (a constraint, bad data): as bad as a rejection.
+                    attempt += 1;
+                    if attempt >= self.max_attempts {
+                        self.dead_letter(
+                            event,
+                            &format!("database refused the event: {err}"),
+                            shutdown,
+                        )
+                        .await?;
+                        return Some(Outcome::DeadLettered);
+                    }
+                    tracing::warn!(event_id = %event.event_id, attempt, error = %err, "event failed; retrying");
                 }
                 Err(err @ (HandlerError::Database(_) | HandlerError::Unavailable(_))) => {
                     tracing::warn!(event_id = %event.event_id, error = %err, "cannot apply event yet; retrying");
@@ -233,7 +251,14 @@ impl<H: EventHandler> InboxConsumer<H> {
         Ok(true)
     }
 
-    async fn dead_letter(&self, event: &InboundEvent, error: &str) {
+    /// Publishes to the dead-letter topic, retrying until the broker takes it; None
+    /// when shutdown came first (the offset then stays uncommitted).
+    async fn dead_letter(
+        &self,
+        event: &InboundEvent,
+        error: &str,
+        shutdown: &Shutdown,
+    ) -> Option<()> {
         let topic = kafka::dead_letter_topic(&self.topic, &self.name);
         tracing::error!(event_id = %event.event_id, dlq = %topic, %error, "event dead-lettered");
         let partition = event.partition.to_string();
@@ -250,20 +275,30 @@ impl<H: EventHandler> InboxConsumer<H> {
             ("dlq_source_partition", partition.as_str()),
             ("dlq_source_offset", offset.as_str()),
         ]);
-        let mut record = FutureRecord::to(&topic)
-            .payload(&event.payload)
-            .headers(kafka::headers(pairs));
-        if let Some(key) = &event.key {
-            record = record.key(key);
-        }
-        // The broker's outage must not drop the message: the producer retries without a
-        // time limit, and the offset is committed only after this returns.
-        if let Err((err, _)) = self
-            .dead_letters
-            .send(record, Duration::from_secs(30))
-            .await
-        {
-            tracing::error!(event_id = %event.event_id, error = %err, "dead-letter publish failed");
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            let mut record = FutureRecord::to(&topic)
+                .payload(&event.payload)
+                .headers(kafka::headers(pairs.clone()));
+            if let Some(key) = &event.key {
+                record = record.key(key);
+            }
+            // The offset is committed only once the dead letter is stored: nothing is dropped.
+            let sent = tokio::select! {
+                _ = shutdown.wait() => return None,
+                r = self.dead_letters.send(record, Duration::from_secs(30)) => r,
+            };
+            match sent {
+                Ok(_) => return Some(()),
+                Err((err, _)) => {
+                    tracing::error!(event_id = %event.event_id, error = %err, "dead-letter publish failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.wait() => return None,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

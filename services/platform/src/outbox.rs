@@ -133,7 +133,10 @@ impl OutboxRelay {
         }
         // Deliver what is already handed to the producer; what is not stamped is
         // published again after a restart (consumers drop the duplicate by event id).
-        if let Err(err) = self.producer.flush(Duration::from_secs(5)) {
+        let producer = self.producer.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5))).await;
+        if let Ok(Err(err)) = flushed {
             tracing::warn!(error = %err, "producer flush at shutdown failed");
         }
         tracing::info!("outbox relay stopped");
@@ -161,6 +164,9 @@ impl OutboxRelay {
         }
 
         let deliveries = join_all(events.iter().map(|e| self.publish(e))).await;
+        // Only the unbroken run of successes in id order is stamped: after a failure,
+        // later events (perhaps of the same aggregate) go again, so consumers never
+        // see them out of order; the repeats are dropped by their inbox.
         let mut published = Vec::new();
         for (event, result) in events.iter().zip(deliveries) {
             match result {
@@ -172,6 +178,7 @@ impl OutboxRelay {
                         .bind(&error)
                         .execute(&mut *tx)
                         .await?;
+                    break;
                 }
             }
         }

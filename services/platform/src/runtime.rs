@@ -160,13 +160,18 @@ impl ServiceRuntime {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), stop);
-        let server = tokio::spawn(server);
+        let mut server = tokio::spawn(server);
         shutdown.wait().await;
         let limit = drain_delay + Duration::from_millis(settings.shutdown_timeout_ms);
-        match tokio::time::timeout(limit, server).await {
+        match tokio::time::timeout(limit, &mut server).await {
             Ok(Ok(result)) => result.context("gRPC server failed")?,
             Ok(Err(join)) => return Err(join.into()),
-            Err(_) => tracing::warn!("in-flight calls did not finish before SHUTDOWN_TIMEOUT_MS"),
+            Err(_) => {
+                tracing::warn!(
+                    "in-flight calls did not finish before SHUTDOWN_TIMEOUT_MS; cutting them off"
+                );
+                server.abort();
+            }
         }
         let stopping = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), stopping)
@@ -174,8 +179,14 @@ impl ServiceRuntime {
             .is_err()
         {
             tracing::warn!("background tasks did not stop in time");
+            tasks.abort_all();
         }
-        self.pool.close().await;
+        if tokio::time::timeout(Duration::from_secs(5), self.pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still busy at exit");
+        }
         tracing::info!(process = self.process, "stopped");
         Ok(())
     }
