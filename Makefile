@@ -2,13 +2,14 @@
 # toolchain: it installs what is missing and starts what the tests need.
 SHELL := /bin/bash
 
-.PHONY: help build test lint fmt dev up down logs tools clean
+.PHONY: help build test lint fmt dev up down logs tools clean bench
 
 help:
 	@echo "make dev    - the whole mesh natively, in the foreground (Ctrl-C stops it)"
 	@echo "make test   - the whole test suite (installs tools, starts PostgreSQL and a broker)"
 	@echo "make lint   - cargo fmt --check, clippy -D warnings, buf lint"
 	@echo "make build  - build every binary"
+	@echo "make bench  - benchmarks of the running mesh; rewrites docs/benchmarks.md"
 	@echo "make up / make down - docker compose up -d --build / docker compose down"
 
 tools:
@@ -30,6 +31,9 @@ fmt:
 
 dev: tools build
 	scripts/dev.sh
+
+bench: tools
+	scripts/with-infra.sh scripts/bench.sh
 
 up:
 	docker compose up -d --build

@@ -10,7 +10,7 @@ if [ -z "${SHOPMESH_INFRA_READY:-}" ]; then
 fi
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
-BIN=${CARGO_TARGET_DIR:-target}/debug
+BIN=${CARGO_TARGET_DIR:-target}/${SHOPMESH_BUILD_PROFILE:-debug}
 DEV=.dev
 mkdir -p "$DEV"
 

@@ -21,12 +21,19 @@ async fn make_dev_serves_the_readme_lines_and_stops_on_sigterm() {
     // The README's lines, run as written (with a unique email so reruns on a kept
     // database still register).
     let email = format!("ada-{}@example.com", std::process::id());
+    let rest_email = format!("rest-{}@example.com", std::process::id());
     let script = format!(
-        "{}\n{}",
+        "{}\n{}\n{}",
         readme_block("With `make dev` running:"),
-        readme_block("A whole order, as Ada")
+        readme_block("A whole order, as Ada"),
+        readme_block("errors as `google.rpc.Status` JSON"),
     )
-    .replace("ada@example.com", &email);
+    .replace("ada@example.com", &email)
+    .replace("rest@example.com", &rest_email)
+    .replace(
+        "rest-first-order",
+        &format!("rest-first-order-{}", std::process::id()),
+    );
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
         .output()
