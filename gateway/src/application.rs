@@ -29,7 +29,6 @@ use tracing_opentelemetry_ext::set_parent;
 
 use crate::errors::RestError;
 use crate::limits::RateLimiter;
-use crate::metrics::Metrics;
 use crate::routes::{self, Resolved, Route};
 use crate::settings::Settings;
 use crate::transcode::{self, DynamicCodec};
@@ -67,7 +66,6 @@ struct Gateway {
     auth: Authenticator,
     public: BTreeSet<String>,
     limiter: RateLimiter,
-    metrics: Metrics,
     openapi: serde_json::Value,
     settings: Settings,
 }
@@ -134,7 +132,6 @@ impl Application {
                 auth,
                 public,
                 limiter: RateLimiter::new(settings.rate_limit_per_sec, settings.rate_limit_burst),
-                metrics: Metrics::default(),
                 openapi,
                 settings,
             }),
@@ -198,10 +195,10 @@ fn cors(origins: &str) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-async fn metrics(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
+async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gw.metrics.render(),
+        shop_platform::metrics::registry().render(&[("service", "gateway")]),
     )
 }
 
@@ -256,9 +253,13 @@ async fn proxy(
     let id = request_id(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let label = match routes::resolve(&gw.routes, &method, &path) {
+        Resolved::Found(route, _) => route.template.clone(),
+        _ => "unmatched".to_owned(),
+    };
     let span = tracing::info_span!(
         "http.server",
-        otel.name = tracing::field::Empty,
+        otel.name = %format!("{method} {label}"),
         otel.kind = "server",
         http.request.method = %method,
         url.path = %path,
@@ -268,16 +269,27 @@ async fn proxy(
     );
     set_parent(&span, request.headers());
     let (route_label, mut response) = handle(&gw, peer, request).instrument(span.clone()).await;
-    span.record("otel.name", format!("{method} {route_label}"));
     span.record("http.route", route_label.as_str());
     span.record("http.response.status_code", response.status().as_u16());
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    gw.metrics.observe(
-        method.as_str(),
-        &route_label,
-        response.status().as_u16(),
+    let status = response.status().as_u16().to_string();
+    let labels = [
+        ("method", method.as_str()),
+        ("route", route_label.as_str()),
+        ("status", status.as_str()),
+    ];
+    let registry = shop_platform::metrics::registry();
+    registry.inc(
+        "gateway_http_requests_total",
+        "HTTP requests by method, route and status.",
+        &labels,
+    );
+    registry.observe(
+        "gateway_http_request_duration_seconds",
+        "Time to answer an HTTP request (to the first byte for streams).",
+        &labels,
         started.elapsed(),
     );
     response

@@ -5,7 +5,6 @@
 pub mod application;
 pub mod errors;
 pub mod limits;
-pub mod metrics;
 pub mod openapi;
 pub mod routes;
 pub mod settings;

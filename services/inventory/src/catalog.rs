@@ -204,6 +204,7 @@ pub struct Catalog {
 }
 
 impl Catalog {
+    #[tracing::instrument(name = "db products.create", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "create"))]
     pub async fn create(&self, product: NewProduct) -> Result<pb::Product, ApiError> {
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query_as::<_, ProductRow>(sqlx::AssertSqlSafe(format!(
@@ -250,6 +251,7 @@ impl Catalog {
         Ok(row.into())
     }
 
+    #[tracing::instrument(name = "db products.get", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "get"))]
     pub async fn get(&self, sku: &str) -> Result<pb::Product, ApiError> {
         sqlx::query_as::<_, ProductRow>(sqlx::AssertSqlSafe(format!(
             "SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = $1"
@@ -265,6 +267,7 @@ impl Catalog {
     }
 
     /// Products by SKU after the token's SKU: a page never shifts when products are added.
+    #[tracing::instrument(name = "db products.list", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "list"))]
     pub async fn list(
         &self,
         page_size: i64,
@@ -290,6 +293,7 @@ impl Catalog {
     }
 
     /// Applies an adjustment once per request id.
+    #[tracing::instrument(name = "db products.adjust", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "adjust"))]
     pub async fn adjust(&self, adjustment: Adjustment) -> Result<pb::Product, ApiError> {
         let mut tx = self.pool.begin().await?;
         // The product row first (as every path locks it): concurrent adjustments queue

@@ -221,6 +221,7 @@ pub struct Reservations {
 impl Reservations {
     /// Holds stock for every line or none. A retry with the same lines returns the
     /// same reservation; different lines for the same order are refused.
+    #[tracing::instrument(name = "db reservations.reserve", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "reservations", db.operation.name = "reserve"))]
     pub async fn reserve(&self, request: ReservationRequest) -> Result<pb::Reservation, ApiError> {
         let mut tx = self.pool.begin().await?;
         let expires_at = Utc::now() + chrono::Duration::from_std(self.ttl).unwrap_or_default();
@@ -355,6 +356,7 @@ impl Reservations {
     }
 
     /// Gives back what an order took: releases a held reservation, returns committed stock.
+    #[tracing::instrument(name = "db reservations.give_back", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "reservations", db.operation.name = "give_back"))]
     pub async fn give_back(&self, conn: &mut PgConnection, order_id: &str) -> Result<(), ApiError> {
         let Some(r) = lock(conn, order_id).await? else {
             return Ok(());
@@ -367,6 +369,7 @@ impl Reservations {
     }
 
     /// Commits inside the caller's transaction (the order-event consumer's).
+    #[tracing::instrument(name = "db reservations.commit_in", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "reservations", db.operation.name = "commit_in"))]
     pub async fn commit_in(&self, conn: &mut PgConnection, order_id: &str) -> Result<(), ApiError> {
         let r = lock(conn, order_id)
             .await?
@@ -437,6 +440,7 @@ impl Reservations {
         Ok(())
     }
 
+    #[tracing::instrument(name = "db reservations.transition", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "reservations", db.operation.name = "transition"))]
     async fn transition(&self, order_id: &str, to: Status) -> Result<pb::Reservation, ApiError> {
         let mut tx = self.pool.begin().await?;
         let r = lock(&mut tx, order_id)

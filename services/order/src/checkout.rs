@@ -29,6 +29,11 @@ pub struct Checkout {
 
 /// Where the saga left an order.
 fn outcome(order: Order) -> Result<Order, ApiError> {
+    shop_platform::metrics::registry().inc(
+        "shop_saga_outcomes_total",
+        "CreateOrder answers, by the state the order was left in.",
+        &[("status", order.status().as_db())],
+    );
     match order.status() {
         Status::Confirmed | Status::Cancelled => Ok(order),
         Status::Pending => Err(ApiError::Unavailable(format!(
@@ -83,7 +88,14 @@ impl Checkout {
         let account = self
             .peers
             .get_user(&user.user_id.to_string(), &on_behalf, &deadline)
-            .instrument(tracing::info_span!("saga.get_user"))
+            .instrument(tracing::info_span!(
+                "saga.get_user",
+                otel.name = "shop.user.v1.UserService/GetUser",
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.service = "shop.user.v1.UserService",
+                rpc.method = "GetUser",
+            ))
             .await;
         match account {
             Ok(_) => {}
@@ -153,7 +165,15 @@ impl Checkout {
         let reserved = self
             .peers
             .reserve(&order_id.to_string(), &lines, on_behalf, deadline)
-            .instrument(tracing::info_span!("saga.reserve_stock", order_id = %order_id))
+            .instrument(tracing::info_span!(
+                "saga.reserve_stock",
+                otel.name = "shop.inventory.v1.InventoryService/ReserveStock",
+                otel.kind = "client",
+                rpc.system = "grpc",
+                rpc.service = "shop.inventory.v1.InventoryService",
+                rpc.method = "ReserveStock",
+                order_id = %order_id,
+            ))
             .await;
         let finished = match reserved {
             Ok(reservation) => self.settle(&order, reservation, deadline).await?,

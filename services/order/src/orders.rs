@@ -79,12 +79,14 @@ impl Orders {
         })
     }
 
+    #[tracing::instrument(name = "db orders.get", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "get"))]
     pub async fn get(&self, order_id: Uuid) -> Result<Option<Order>, ApiError> {
         let mut conn = self.pool.acquire().await?;
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1");
         Ok(self.one(&mut conn, &sql, order_id).await?)
     }
 
+    #[tracing::instrument(name = "db orders.find_by_request", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "find_by_request"))]
     pub async fn find_by_request(
         &self,
         user_id: Uuid,
@@ -106,6 +108,7 @@ impl Orders {
 
     /// Writes the order PENDING; when the user already has an order with this
     /// request id, returns that one instead (and false).
+    #[tracing::instrument(name = "db orders.insert_pending", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "insert_pending"))]
     pub async fn insert_pending(
         &self,
         user_id: Uuid,
@@ -147,6 +150,7 @@ impl Orders {
 
     /// PENDING → CONFIRMED with inventory's prices and the OrderConfirmed event.
     /// None when the order had left PENDING already.
+    #[tracing::instrument(name = "db orders.confirm", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "confirm"))]
     pub async fn confirm(
         &self,
         order_id: Uuid,
@@ -211,6 +215,7 @@ impl Orders {
     }
 
     /// PENDING → REJECTED with the reason and the OrderRejected event.
+    #[tracing::instrument(name = "db orders.reject", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "reject"))]
     pub async fn reject(
         &self,
         order_id: Uuid,
@@ -250,6 +255,7 @@ impl Orders {
 
     /// CONFIRMED → CANCELLED with the OrderCancelled event (inventory gives the
     /// stock back from it). Cancelling a cancelled order returns it unchanged.
+    #[tracing::instrument(name = "db orders.cancel", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "cancel"))]
     pub async fn cancel(&self, order_id: Uuid, reason: &str) -> Result<Order, ApiError> {
         let mut tx = self.pool.begin().await?;
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE");
@@ -300,6 +306,7 @@ impl Orders {
     }
 
     /// Newest first, optionally one user's and one status's, after the token's order id.
+    #[tracing::instrument(name = "db orders.list", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "list"))]
     pub async fn list(
         &self,
         user_id: Option<Uuid>,

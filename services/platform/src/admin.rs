@@ -1,7 +1,6 @@
 //! The admin HTTP port: `/healthz` (the process and its database) and `/metrics`
 //! in Prometheus text format.
 
-use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -57,24 +56,20 @@ async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let mut body = String::new();
-    let _ = writeln!(
-        body,
-        "# HELP shop_up Whether the service is serving (1) or not (0)."
-    );
-    let _ = writeln!(body, "# TYPE shop_up gauge");
-    let _ = writeln!(
-        body,
-        "shop_up{{service=\"{}\"}} {}",
-        state.service,
-        u8::from(state.health.is_serving())
+    let registry = crate::metrics::registry();
+    registry.set(
+        "shop_up",
+        "Whether the service is serving (1) or not (0).",
+        &[],
+        f64::from(u8::from(state.health.is_serving())),
     );
     for (name, help, gauge) in state.gauges.iter() {
         if let Some(value) = gauge().await {
-            let _ = writeln!(body, "# HELP {name} {help}");
-            let _ = writeln!(body, "# TYPE {name} gauge");
-            let _ = writeln!(body, "{name}{{service=\"{}\"}} {value}", state.service);
+            registry.set(name, help, &[], value);
         }
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        registry.render(&[("service", state.service)]),
+    )
 }

@@ -19,6 +19,53 @@ use crate::kafka::{self, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
+/// Every few seconds: how far each assigned partition's committed position is
+/// behind its high watermark.
+async fn report_lag(consumer: std::sync::Arc<StreamConsumer>, name: String, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => break,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        let consumer = consumer.clone();
+        let lags = tokio::task::spawn_blocking(move || {
+            let Ok(positions) = consumer.position() else {
+                return Vec::new();
+            };
+            positions
+                .elements()
+                .iter()
+                .filter_map(|p| {
+                    let (_, high) = consumer
+                        .fetch_watermarks(p.topic(), p.partition(), Duration::from_secs(1))
+                        .ok()?;
+                    let position = p.offset().to_raw().filter(|o| *o >= 0).unwrap_or(0);
+                    Some((
+                        p.topic().to_owned(),
+                        p.partition(),
+                        (high - position).max(0),
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (topic, partition, lag) in lags {
+            let partition = partition.to_string();
+            crate::metrics::registry().set(
+                "shop_consumer_lag_messages",
+                "Messages between a consumer's position and the partition's end.",
+                &[
+                    ("consumer", name.as_str()),
+                    ("topic", topic.as_str()),
+                    ("partition", partition.as_str()),
+                ],
+                lag as f64,
+            );
+        }
+    }
+}
+
 /// One event as a handler sees it.
 #[derive(Debug, Clone)]
 pub struct InboundEvent {
@@ -61,7 +108,7 @@ pub struct InboxConsumer<H> {
     name: String,
     topic: String,
     pool: PgPool,
-    consumer: StreamConsumer,
+    consumer: std::sync::Arc<StreamConsumer>,
     dead_letters: FutureProducer,
     handler: H,
     max_attempts: u32,
@@ -99,7 +146,7 @@ impl<H: EventHandler> InboxConsumer<H> {
             name: name.into(),
             topic: topic.into(),
             pool,
-            consumer,
+            consumer: std::sync::Arc::new(consumer),
             dead_letters: kafka::producer(brokers)?,
             handler,
             max_attempts: 3,
@@ -107,6 +154,11 @@ impl<H: EventHandler> InboxConsumer<H> {
     }
 
     pub async fn run(self, shutdown: Shutdown) {
+        tokio::spawn(report_lag(
+            self.consumer.clone(),
+            self.name.clone(),
+            shutdown.clone(),
+        ));
         loop {
             let message = tokio::select! {
                 _ = shutdown.wait() => break,
@@ -123,13 +175,23 @@ impl<H: EventHandler> InboxConsumer<H> {
             let Some(outcome) = self.process(&message, &shutdown).await else {
                 break; // shutdown mid-retry: the offset stays uncommitted
             };
-            match outcome {
-                Outcome::Applied => {}
+            let outcome = match outcome {
+                Outcome::Applied => "applied",
                 Outcome::Duplicate => {
-                    tracing::debug!(consumer = %self.name, "duplicate event skipped")
+                    tracing::debug!(consumer = %self.name, "duplicate event skipped");
+                    "duplicate"
                 }
-                Outcome::DeadLettered => {}
-            }
+                Outcome::DeadLettered => "dead_lettered",
+            };
+            crate::metrics::registry().inc(
+                "shop_consumer_events_total",
+                "Events a consumer handled, by outcome.",
+                &[
+                    ("consumer", self.name.as_str()),
+                    ("topic", message.topic()),
+                    ("outcome", outcome),
+                ],
+            );
             if let Err(err) = self.consumer.commit_message(&message, CommitMode::Async) {
                 tracing::warn!(consumer = %self.name, error = %err, "offset commit failed");
             }

@@ -12,6 +12,7 @@ pub mod grpc;
 pub mod health;
 pub mod inbox;
 pub mod kafka;
+pub mod metrics;
 pub mod outbox;
 pub mod pagination;
 pub mod runtime;

@@ -182,6 +182,13 @@ impl OutboxRelay {
                 }
             }
         }
+        for event in events.iter().take(published.len()) {
+            crate::metrics::registry().inc(
+                "shop_outbox_published_total",
+                "Events the relay published, by topic.",
+                &[("topic", event.topic.as_str())],
+            );
+        }
         sqlx::query("UPDATE outbox_events SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)")
             .bind(&published)
             .execute(&mut *tx)
@@ -231,6 +238,16 @@ impl OutboxRelay {
         .instrument(span)
         .await
     }
+}
+
+/// Seconds since the oldest unpublished event was written (0 when none).
+pub async fn oldest_unsent_age(pool: &PgPool) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8
+         FROM outbox_events WHERE published_at IS NULL",
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Events written but not yet published.

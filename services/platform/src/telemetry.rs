@@ -37,11 +37,16 @@ impl Drop for TelemetryGuard {
 pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
 
+    let environment = std::env::var("APP_ENV").unwrap_or_else(|_| "production".into());
     let resource = Resource::builder()
         .with_service_name(service_name)
         .with_attribute(opentelemetry::KeyValue::new(
             "service.version",
             env!("CARGO_PKG_VERSION"),
+        ))
+        .with_attribute(opentelemetry::KeyValue::new(
+            "deployment.environment.name",
+            environment,
         ))
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
@@ -57,23 +62,99 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     global::set_tracer_provider(provider.clone());
     let tracer = provider.tracer(service_name);
 
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // RUST_LOG filters the log lines only; spans go to the trace pipeline at info and
+    // above (OTEL_TRACES_FILTER to change that), whatever the log level.
+    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let trace_filter = std::env::var("OTEL_TRACES_FILTER")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let fmt = if std::io::stdout().is_terminal() {
-        tracing_subscriber::fmt::layer().boxed()
+        tracing_subscriber::fmt::layer()
+            .with_filter(log_filter)
+            .boxed()
     } else {
         tracing_subscriber::fmt::layer()
-            .json()
-            .with_current_span(true)
-            .flatten_event(true)
+            .event_format(JsonWithTrace)
+            .with_filter(log_filter)
             .boxed()
     };
     tracing_subscriber::registry()
-        .with(filter)
         .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(trace_filter),
+        )
         .try_init()
         .ok();
     Ok(TelemetryGuard { provider })
+}
+
+/// One JSON object per line, with the trace and span ids of the span the event
+/// happened in, so that a log line leads to its trace.
+struct JsonWithTrace;
+
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl tracing::field::Visit for JsonFields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(
+            field.name().to_owned(),
+            serde_json::Value::String(format!("{value:?}")),
+        );
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(
+            field.name().to_owned(),
+            serde_json::Value::String(value.to_owned()),
+        );
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().to_owned(), value.into());
+    }
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonWithTrace
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use opentelemetry::trace::TraceContextExt;
+        let mut line = serde_json::Map::new();
+        line.insert("timestamp".into(), chrono::Utc::now().to_rfc3339().into());
+        line.insert("level".into(), event.metadata().level().as_str().into());
+        line.insert("target".into(), event.metadata().target().into());
+        event.record(&mut JsonFields(&mut line));
+        if let Some(span) = ctx.lookup_current() {
+            line.insert("span".into(), span.name().into());
+            let cx = tracing::Span::current().context();
+            let span_context = cx.span().span_context().clone();
+            if span_context.is_valid() {
+                line.insert(
+                    "trace_id".into(),
+                    span_context.trace_id().to_string().into(),
+                );
+                line.insert("span_id".into(), span_context.span_id().to_string().into());
+            }
+        }
+        writeln!(writer, "{}", serde_json::Value::Object(line))
+    }
 }
 
 /// The W3C headers (`traceparent`, `tracestate`) of the current span.

@@ -40,6 +40,7 @@ pub struct Accounts {
 }
 
 impl Accounts {
+    #[tracing::instrument(name = "db users.register", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "users", db.operation.name = "register"))]
     pub async fn register(
         &self,
         registration: Registration,
@@ -89,6 +90,7 @@ impl Accounts {
 
     /// A token for matching credentials; the same error whether the email is
     /// unknown or the password wrong.
+    #[tracing::instrument(name = "db users.login", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "users", db.operation.name = "login"))]
     pub async fn login(&self, attempt: LoginAttempt) -> Result<pb::LoginResponse, ApiError> {
         let found: Option<(UserRow, String)> = sqlx::query_as::<_, (Uuid, String, String, String, DateTime<Utc>, String)>(
             "SELECT user_id, email, display_name, role, created_at, password_hash FROM users WHERE email = $1",
@@ -142,6 +144,7 @@ impl Accounts {
         })
     }
 
+    #[tracing::instrument(name = "db users.get", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "users", db.operation.name = "get"))]
     pub async fn get(&self, user_id: Uuid) -> Result<pb::User, ApiError> {
         let row = sqlx::query_as::<_, UserRow>(
             "SELECT user_id, email, display_name, role, created_at FROM users WHERE user_id = $1",
@@ -162,6 +165,7 @@ impl Accounts {
     }
 
     /// Users in id order (UUIDv7: registration order), after the token's key.
+    #[tracing::instrument(name = "db users.list", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "users", db.operation.name = "list"))]
     pub async fn list(
         &self,
         page_size: i64,
