@@ -11,7 +11,6 @@ use std::time::Duration;
 use anyhow::Context as _;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::Routes;
 
 use crate::admin::{self, Gauge};
@@ -151,7 +150,12 @@ impl ServiceRuntime {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.grpc_listener), stop);
+            .serve_with_incoming_shutdown(
+                // Small responses must not wait for the peer's delayed ACK (Nagle).
+                tonic::transport::server::TcpIncoming::from(self.grpc_listener)
+                    .with_nodelay(Some(true)),
+                stop,
+            );
         let mut server = tokio::spawn(server);
         shutdown.wait().await;
         let limit = drain_delay + Duration::from_millis(settings.shutdown_timeout_ms);
