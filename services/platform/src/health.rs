@@ -28,6 +28,11 @@ impl std::fmt::Debug for Health {
     }
 }
 
+/// The health name that says only "this process is alive and not stopping": SERVING
+/// while the database is down too, so that a liveness probe does not restart pods
+/// for a dependency's outage (readiness uses the service's own name).
+pub const LIVENESS: &str = "liveness";
+
 pub type HealthService =
     tonic_health::pb::health_server::HealthServer<tonic_health::server::HealthService>;
 
@@ -44,7 +49,13 @@ impl Health {
             serving: Arc::new(AtomicBool::new(false)),
         };
         health.set(false).await;
+        health.reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
         (health, service)
+    }
+
+    /// The process is stopping: liveness goes too (readiness already has).
+    pub async fn set_stopping(&self) {
+        self.reporter.set_service_status(LIVENESS, ServingStatus::NotServing).await;
     }
 
     pub async fn set(&self, serving: bool) {
@@ -65,6 +76,7 @@ impl Health {
         let mut reporter = self.reporter.clone();
         reporter.clear_service_status(self.service_name).await;
         reporter.clear_service_status("").await;
+        reporter.clear_service_status(LIVENESS).await;
     }
 
     pub fn is_serving(&self) -> bool {

@@ -141,6 +141,7 @@ impl ServiceRuntime {
             async move {
                 shutdown.wait().await;
                 health.set(false).await;
+                health.set_stopping().await;
                 tokio::time::sleep(drain_delay).await;
                 health.close_watches().await;
             }

@@ -25,7 +25,7 @@ async fn grpcurl_lists_services_checks_health_and_runs_the_account_flow() {
         "only the services this port serves:\n{services}"
     );
 
-    for service in ["", "shop.user.v1.UserService"] {
+    for service in ["", "shop.user.v1.UserService", "liveness"] {
         let body = format!(r#"{{"service":"{service}"}}"#);
         let out = grpcurl_ok(&[
             "-plaintext",

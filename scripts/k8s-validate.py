@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""`make k8s-validate`: render every overlay with `kubectl kustomize`, validate the
+result against the Kubernetes schemas (kubernetes-validate, strict), and check
+what the project promises of each workload: probes, limits, a hardened pod, and
+gRPC probe names that the services really register in grpc.health.v1."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OVERLAYS = ["dev", "prod", "scale-out"]
+# Custom resources of operators (Strimzi, CloudNativePG): no core schema to check against.
+CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/")
+
+
+def registered_health_names():
+    names = {"", "liveness"}
+    for app in ROOT.glob("services/*/src/application.rs"):
+        m = re.search(r'pub const SERVICE_NAME: &str = "([^"]+)"', app.read_text())
+        if m:
+            names.add(m.group(1))
+    platform = (ROOT / "services/platform/src/health.rs").read_text()
+    m = re.search(r'pub const LIVENESS: &str = "([^"]+)"', platform)
+    assert m and m.group(1) == "liveness", "the liveness health name changed in health.rs"
+    return names
+
+
+def check_workload(doc, health_names, config, problems):
+    kind, name = doc["kind"], doc["metadata"]["name"]
+    where = f"{kind}/{name}"
+    pod = doc["spec"]["template"]["spec"]
+    pod_sc = pod.get("securityContext", {})
+    if pod.get("automountServiceAccountToken") is not False:
+        problems.append(f"{where}: automountServiceAccountToken must be false")
+    if pod_sc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append(f"{where}: pod seccompProfile must be RuntimeDefault")
+    drain = int(config.get("DRAIN_DELAY_MS", "0")) + int(config.get("SHUTDOWN_TIMEOUT_MS", "0"))
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    if grace * 1000 <= drain:
+        problems.append(f"{where}: terminationGracePeriodSeconds {grace} s does not cover the drain ({drain} ms)")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        cw = f"{where} container {c['name']}"
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            if probe not in c:
+                problems.append(f"{cw}: no {probe}")
+            grpc = c.get(probe, {}).get("grpc")
+            if grpc is not None and grpc.get("service", "") not in health_names:
+                problems.append(f"{cw}: {probe} asks grpc.health.v1 for {grpc.get('service')!r}, which no service registers")
+        readiness = c.get("readinessProbe", {}).get("grpc")
+        if readiness is not None and readiness.get("service") in ("", "liveness", None):
+            problems.append(f"{cw}: readiness must ask for the service's own name, not the overall status")
+        res = c.get("resources", {})
+        for part in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                if r not in res.get(part, {}):
+                    problems.append(f"{cw}: no {part}.{r}")
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{cw}: allowPrivilegeEscalation must be false")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{cw}: readOnlyRootFilesystem must be true")
+        if "ALL" not in sc.get("capabilities", {}).get("drop", []):
+            problems.append(f"{cw}: capabilities must drop ALL")
+        if not (sc.get("runAsNonRoot") or pod_sc.get("runAsNonRoot")):
+            problems.append(f"{cw}: must run as non-root")
+
+
+def self_test(health_names):
+    """The checks must catch what they are for: a bare workload fails each of them."""
+    bare = {
+        "kind": "Deployment",
+        "metadata": {"name": "bare"},
+        "spec": {"template": {"spec": {"containers": [{
+            "name": "c",
+            "readinessProbe": {"grpc": {"port": 1, "service": "shop.nothing.v1.Nope"}},
+        }]}}},
+    }
+    found = []
+    check_workload(bare, health_names, {"DRAIN_DELAY_MS": "40000"}, found)
+    expected = ["automountServiceAccountToken", "seccompProfile", "terminationGracePeriodSeconds",
+                "no livenessProbe", "no startupProbe", "which no service registers", "no limits.memory",
+                "allowPrivilegeEscalation", "readOnlyRootFilesystem", "drop ALL", "non-root"]
+    missed = [e for e in expected if not any(e in f for f in found)]
+    assert not missed, f"the checks missed: {missed}"
+
+
+def main():
+    health_names = registered_health_names()
+    self_test(health_names)
+    problems, counts = [], {}
+    for overlay in OVERLAYS:
+        rendered = subprocess.run(
+            ["kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        docs = [d for d in yaml.safe_load_all(rendered) if d]
+        config = next((d.get("data", {}) for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "shopmesh-config"), {})
+        validated = custom = 0
+        for doc in docs:
+            if doc["apiVersion"].startswith(CRD_GROUPS):
+                custom += 1
+                if not doc.get("spec"):
+                    problems.append(f"{overlay}: {doc['kind']}/{doc['metadata']['name']} has no spec")
+                continue
+            try:
+                kubernetes_validate.validate(doc, kubernetes_validate.latest_version(), strict=True)
+                validated += 1
+            except Exception as err:  # the library raises several error types
+                problems.append(f"{overlay}: {doc['kind']}/{doc['metadata'].get('name')}: {err}")
+            if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
+                check_workload(doc, health_names, config, problems)
+        counts[overlay] = (len(docs), validated, custom)
+    for overlay, (total, validated, custom) in counts.items():
+        print(f"{overlay}: {total} resources rendered, {validated} valid against the Kubernetes schemas, {custom} custom resources")
+    if problems:
+        print("\n".join(["problems:"] + [f"  - {p}" for p in problems]))
+        return 1
+    print(f"every workload has probes, limits and a hardened pod; gRPC probes ask for {sorted(health_names - {''})}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
