@@ -21,28 +21,24 @@ CONCURRENCY=${BENCH_CONCURRENCY:-16}
 SECONDS_PER_ROUND=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
 mkdir -p docs
-table=$(target/release/shop-bench gateway-overhead "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS")
+report=$(target/release/shop-bench report "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS")
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 cat > docs/benchmarks.md <<REPORT
 # Benchmarks
 
 Written by \`make bench\` on $(date -u +%Y-%m-%d): $(nproc) cores ($cpu), $(free -g | awk '/Mem:/{print $2}') GiB.
-The services, the gateway, PostgreSQL, the broker and the load generator all share
-this machine (loopback only), so the numbers are a comparison made in one run, not
-capacity figures. Release builds.
+Release builds of the mesh run as \`make dev\` runs them (throwaway PostgreSQL and tansu broker),
+and the load generator (\`target/release/shop-bench report $CONCURRENCY $SECONDS_PER_ROUND $ROUNDS\`,
+the project's own Rust client) shares the same 2 cores over loopback: the figures compare paths
+measured in one run; they are not capacity figures for a real deployment.
 
-## Gateway overhead
+$report
+## Notes
 
-Command: \`target/release/shop-bench gateway-overhead $CONCURRENCY $SECONDS_PER_ROUND $ROUNDS\`
-(one Rust load generator drives both paths with $CONCURRENCY workers, each on a connection
-of its own: a tonic client (HTTP/2) for gRPC, a keep-alive HTTP/1.1 connection for REST).
-
-$table
-
-What the first runs of this benchmark found: the services accepted gRPC connections without
-TCP_NODELAY, so a small response could wait for the client's delayed ACK. Direct GetProduct
-measured 4,958 requests/s with a p99 of 44.2 ms; with TCP_NODELAY on every accepted socket
-(services and gateway) the same command measured 8,016 requests/s with a p99 of 4.8 ms.
+- The first runs of section 1 found that the services accepted gRPC connections without
+  TCP_NODELAY, so a small response could wait for the client's delayed ACK: direct GetProduct
+  measured 4,958 requests/s with a p99 of 44.2 ms; with TCP_NODELAY on every accepted socket
+  (services and gateway) the same command measured 8,016 requests/s with a p99 of 4.8 ms.
 REPORT
 echo "wrote docs/benchmarks.md" >&2
 cat docs/benchmarks.md
