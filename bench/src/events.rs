@@ -12,16 +12,24 @@ use sqlx::PgPool;
 use crate::stats::{self, Summary};
 
 pub fn database(server_url: &str, name: &str) -> String {
-    let (base, query) = server_url.split_once('?').map_or((server_url, String::new()), |(b, q)| (b, format!("?{q}")));
+    let (base, query) = server_url
+        .split_once('?')
+        .map_or((server_url, String::new()), |(b, q)| (b, format!("?{q}")));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = base[scheme_end..].find('/').map_or(base, |i| &base[..scheme_end + i]);
+    let base = base[scheme_end..]
+        .find('/')
+        .map_or(base, |i| &base[..scheme_end + i]);
     format!("{base}/{name}{query}")
 }
 
 /// Commit-to-consumed for every OrderConfirmed the user service has applied.
 pub async fn commit_to_consumed(server_url: &str) -> anyhow::Result<Summary> {
-    let orders = PgPool::connect(&database(server_url, "shop_order")).await.context("shop_order")?;
-    let users = PgPool::connect(&database(server_url, "shop_user")).await.context("shop_user")?;
+    let orders = PgPool::connect(&database(server_url, "shop_order"))
+        .await
+        .context("shop_order")?;
+    let users = PgPool::connect(&database(server_url, "shop_user"))
+        .await
+        .context("shop_user")?;
     let committed: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT event_id::text, created_at FROM outbox_events WHERE event_type = 'shop.order.v1.OrderConfirmed'",
     )
@@ -67,14 +75,19 @@ pub async fn relay_throughput(server_url: &str, brokers: &str, count: i64) -> an
     .await?;
     let started = Instant::now();
     loop {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox_events WHERE published_at IS NULL AND topic = $1")
-            .bind(topic)
-            .fetch_one(&orders)
-            .await?;
+        let left: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM outbox_events WHERE published_at IS NULL AND topic = $1",
+        )
+        .bind(topic)
+        .fetch_one(&orders)
+        .await?;
         if left == 0 {
             break;
         }
-        anyhow::ensure!(started.elapsed() < Duration::from_secs(180), "{left} events still unpublished after 180 s");
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(180),
+            "{left} events still unpublished after 180 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())

@@ -5,7 +5,12 @@ use std::time::{Duration, Instant};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
-pub const PROCESSES: [(&str, u16); 4] = [("user-service", 9101), ("inventory-service", 9102), ("order-service", 9103), ("gateway", 8080)];
+pub const PROCESSES: [(&str, u16); 4] = [
+    ("user-service", 9101),
+    ("inventory-service", 9102),
+    ("order-service", 9103),
+    ("gateway", 8080),
+];
 
 /// Resident memory (MiB) of each process, from its /metrics.
 pub async fn resident() -> Vec<(String, f64)> {
@@ -25,8 +30,12 @@ pub async fn resident() -> Vec<(String, f64)> {
 /// Starts a fresh inventory-service (its database already migrated) and times how
 /// long until grpc.health.v1 says SERVING.
 pub async fn time_to_serving(server_url: &str, brokers: &str) -> anyhow::Result<Duration> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let keys = std::path::Path::new(".dev/keys");
     let started = Instant::now();
     let mut child = tokio::process::Command::new("target/release/inventory-service")
@@ -34,19 +43,39 @@ pub async fn time_to_serving(server_url: &str, brokers: &str) -> anyhow::Result<
         .env("BIND_HOST", "127.0.0.1")
         .env("GRPC_PORT", port.to_string())
         .env("ADMIN_PORT", admin.to_string())
-        .env("DATABASE_URL", crate::events::database(server_url, "shop_inventory"))
+        .env(
+            "DATABASE_URL",
+            crate::events::database(server_url, "shop_inventory"),
+        )
         .env("KAFKA_BROKERS", brokers)
-        .env("KAFKA_GROUP_ID", format!("bench-{}", uuid::Uuid::new_v4().simple()))
-        .env("AUTH_PUBLIC_KEY", std::fs::read_to_string(keys.join("auth.pub"))?)
-        .env("SERVICE_PUBLIC_KEY", std::fs::read_to_string(keys.join("service.pub"))?)
+        .env(
+            "KAFKA_GROUP_ID",
+            format!("bench-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .env(
+            "AUTH_PUBLIC_KEY",
+            std::fs::read_to_string(keys.join("auth.pub"))?,
+        )
+        .env(
+            "SERVICE_PUBLIC_KEY",
+            std::fs::read_to_string(keys.join("service.pub"))?,
+        )
         .env("RUST_LOG", "error")
         .kill_on_drop(true)
         .spawn()?;
     let deadline = started + Duration::from_secs(30);
     let elapsed = loop {
         anyhow::ensure!(Instant::now() < deadline, "not SERVING within 30 s");
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await {
-            let answer = HealthClient::new(channel).check(HealthCheckRequest { service: String::new() }).await;
+        if let Ok(channel) =
+            tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?
+                .connect()
+                .await
+        {
+            let answer = HealthClient::new(channel)
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
             if answer.is_ok_and(|r| r.get_ref().status == 1) {
                 break started.elapsed();
             }
@@ -60,11 +89,21 @@ pub async fn time_to_serving(server_url: &str, brokers: &str) -> anyhow::Result<
 /// `docker images` sizes of the project's images, if any were built here.
 pub async fn image_sizes() -> String {
     let out = tokio::process::Command::new("docker")
-        .args(["images", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}", "--filter", "reference=shopmesh/*"])
+        .args([
+            "images",
+            "--format",
+            "{{.Repository}}:{{.Tag}} {{.Size}}",
+            "--filter",
+            "reference=shopmesh/*",
+        ])
         .output()
         .await;
     match out {
-        Ok(o) if o.status.success() && !o.stdout.is_empty() => String::from_utf8_lossy(&o.stdout).into_owned(),
-        _ => "none built on this machine yet (the Docker images come with the compose issue)".into(),
+        Ok(o) if o.status.success() && !o.stdout.is_empty() => {
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        }
+        _ => {
+            "none built on this machine yet (the Docker images come with the compose issue)".into()
+        }
     }
 }

@@ -13,7 +13,9 @@ pub struct Connection {
 
 impl Connection {
     pub async fn open(host: &str) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(host).await.with_context(|| format!("connect {host}"))?;
+        let stream = TcpStream::connect(host)
+            .await
+            .with_context(|| format!("connect {host}"))?;
         stream.set_nodelay(true)?;
         Ok(Self {
             host: host.to_owned(),
@@ -23,8 +25,18 @@ impl Connection {
     }
 
     /// Sends a request; returns the status and the body.
-    pub async fn call(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> anyhow::Result<(u16, String)> {
-        let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n", self.host, body.len());
+    pub async fn call(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> anyhow::Result<(u16, String)> {
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n",
+            self.host,
+            body.len()
+        );
         for (k, v) in headers {
             request.push_str(&format!("{k}: {v}\r\n"));
         }
@@ -35,10 +47,17 @@ impl Connection {
             *self = Self::open(&self.host.clone()).await?;
             self.exchange(request.as_bytes()).await.context(err)?;
         }
-        let end = self.buf.windows(4).position(|w| w == b"\r\n\r\n").context("no header end")?;
+        let end = self
+            .buf
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .context("no header end")?;
         let head = std::str::from_utf8(&self.buf[..end])?;
         let status: u16 = head.split_whitespace().nth(1).context("status")?.parse()?;
-        Ok((status, String::from_utf8_lossy(&self.buf[end + 4..]).into_owned()))
+        Ok((
+            status,
+            String::from_utf8_lossy(&self.buf[end + 4..]).into_owned(),
+        ))
     }
 
     async fn exchange(&mut self, request: &[u8]) -> anyhow::Result<()> {
@@ -55,7 +74,10 @@ impl Connection {
                 let head = std::str::from_utf8(&self.buf[..end])?.to_ascii_lowercase();
                 let length: usize = head
                     .lines()
-                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                    .find_map(|l| {
+                        l.strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
                     .context("content-length")?
                     .parse()?;
                 while self.buf.len() < end + 4 + length {

@@ -121,17 +121,35 @@ async fn main() -> anyhow::Result<()> {
         grpc.push(grpc_round(grpc_addr, sku, plan).await?);
         rest.push(http_round(orders::GATEWAY, sku, plan).await?);
     }
-    let pick = |rounds: &[Summary], f: fn(&Summary) -> f64| stats::median(rounds.iter().map(f).collect());
+    let pick =
+        |rounds: &[Summary], f: fn(&Summary) -> f64| stats::median(rounds.iter().map(f).collect());
     let (g_rps, h_rps) = (pick(&grpc, |r| r.per_second), pick(&rest, |r| r.per_second));
-    let (g50, h50) = (pick(&grpc, |r| r.p50.as_secs_f64()), pick(&rest, |r| r.p50.as_secs_f64()));
-    let (g99, h99) = (pick(&grpc, |r| r.p99.as_secs_f64()), pick(&rest, |r| r.p99.as_secs_f64()));
+    let (g50, h50) = (
+        pick(&grpc, |r| r.p50.as_secs_f64()),
+        pick(&rest, |r| r.p50.as_secs_f64()),
+    );
+    let (g99, h99) = (
+        pick(&grpc, |r| r.p99.as_secs_f64()),
+        pick(&rest, |r| r.p99.as_secs_f64()),
+    );
     let errors: usize = grpc.iter().chain(&rest).map(|r| r.errors).sum();
 
     println!("## 1. Gateway overhead\n");
-    println!("GET /v1/products/{{sku}} through the gateway against GetProduct straight to inventory over gRPC: {} workers, each on a connection of its own, {} rounds of {} s per path, alternating; medians over the rounds.\n", plan.concurrency, plan.rounds, plan.seconds);
+    println!(
+        "GET /v1/products/{{sku}} through the gateway against GetProduct straight to inventory over gRPC: {} workers, each on a connection of its own, {} rounds of {} s per path, alternating; medians over the rounds.\n",
+        plan.concurrency, plan.rounds, plan.seconds
+    );
     println!("| path | requests/s | p50 (ms) | p99 (ms) |\n|---|---:|---:|---:|");
-    println!("| gRPC GetProduct, direct to :50052 | {g_rps:.0} | {} | {} |", stats::ms_f(g50), stats::ms_f(g99));
-    println!("| REST GET /v1/products/{{sku}} via gateway :8080 | {h_rps:.0} | {} | {} |\n", stats::ms_f(h50), stats::ms_f(h99));
+    println!(
+        "| gRPC GetProduct, direct to :50052 | {g_rps:.0} | {} | {} |",
+        stats::ms_f(g50),
+        stats::ms_f(g99)
+    );
+    println!(
+        "| REST GET /v1/products/{{sku}} via gateway :8080 | {h_rps:.0} | {} | {} |\n",
+        stats::ms_f(h50),
+        stats::ms_f(h99)
+    );
     println!(
         "Gateway throughput = **{:.2}×** direct gRPC (goal ≥ 0.5×: {}); the gateway adds **{} ms** at p50 (goal ≤ 1 ms: {}) and {} ms at p99; {errors} failed requests.\n",
         h_rps / g_rps,
@@ -144,15 +162,32 @@ async fn main() -> anyhow::Result<()> {
     // 2. Transports side by side.
     let (kafka_rt, kafka_rate) = transport::round_trip(&brokers, plan.seconds).await?;
     println!("## 2. The same small request over REST, gRPC and Kafka\n");
-    println!("REST and gRPC: section 1's medians ({} concurrent requests). Kafka: a 17-byte message produced (idempotent, acks=all) and consumed back by a reader on this machine — one at a time for latency ({} round trips in {} s), then 20,000 pipelined for throughput.\n", plan.concurrency, kafka_rt.count, plan.seconds);
+    println!(
+        "REST and gRPC: section 1's medians ({} concurrent requests). Kafka: a 17-byte message produced (idempotent, acks=all) and consumed back by a reader on this machine — one at a time for latency ({} round trips in {} s), then 20,000 pipelined for throughput.\n",
+        plan.concurrency, kafka_rt.count, plan.seconds
+    );
     println!("| transport | throughput (messages/s) | p50 (ms) | p99 (ms) |\n|---|---:|---:|---:|");
-    println!("| REST/JSON via the gateway | {h_rps:.0} | {} | {} |", stats::ms_f(h50), stats::ms_f(h99));
-    println!("| gRPC/protobuf direct | {g_rps:.0} | {} | {} |", stats::ms_f(g50), stats::ms_f(g99));
-    println!("| Kafka produce → consume | {kafka_rate:.0} (pipelined) | {} | {} |\n", stats::ms(kafka_rt.p50), stats::ms(kafka_rt.p99));
+    println!(
+        "| REST/JSON via the gateway | {h_rps:.0} | {} | {} |",
+        stats::ms_f(h50),
+        stats::ms_f(h99)
+    );
+    println!(
+        "| gRPC/protobuf direct | {g_rps:.0} | {} | {} |",
+        stats::ms_f(g50),
+        stats::ms_f(g99)
+    );
+    println!(
+        "| Kafka produce → consume | {kafka_rate:.0} (pipelined) | {} | {} |\n",
+        stats::ms(kafka_rt.p50),
+        stats::ms(kafka_rt.p99)
+    );
 
     // 3. CreateOrder end to end.
-    let admin_email = std::env::var("BOOTSTRAP_ADMIN_EMAIL").unwrap_or_else(|_| "admin@shopmesh.dev".into());
-    let admin_password = std::env::var("BOOTSTRAP_ADMIN_PASSWORD").unwrap_or_else(|_| "dev-admin-password".into());
+    let admin_email =
+        std::env::var("BOOTSTRAP_ADMIN_EMAIL").unwrap_or_else(|_| "admin@shopmesh.dev".into());
+    let admin_password =
+        std::env::var("BOOTSTRAP_ADMIN_PASSWORD").unwrap_or_else(|_| "dev-admin-password".into());
     let shop = std::sync::Arc::new(orders::setup(&admin_email, &admin_password).await?);
     let mut ladder = Vec::new();
     for concurrency in [1usize, 2, 4, 8, 16, 32] {
@@ -183,10 +218,21 @@ async fn main() -> anyhow::Result<()> {
         after.insert(port, orders::scrape(port).await);
     }
     println!("## 3. CreateOrder end to end through the gateway\n");
-    println!("Each request: POST /v1/orders with a fresh Idempotency-Key, one line, one of 8 signed-in customers; saga = GetUser, PENDING, ReserveStock, CONFIRMED with its event, CommitReservation. Closed loop at rising concurrency, {} s per step:\n", plan.seconds);
-    println!("| concurrency | orders/s | p50 (ms) | p99 (ms) | errors |\n|---:|---:|---:|---:|---:|");
+    println!(
+        "Each request: POST /v1/orders with a fresh Idempotency-Key, one line, one of 8 signed-in customers; saga = GetUser, PENDING, ReserveStock, CONFIRMED with its event, CommitReservation. Closed loop at rising concurrency, {} s per step:\n",
+        plan.seconds
+    );
+    println!(
+        "| concurrency | orders/s | p50 (ms) | p99 (ms) | errors |\n|---:|---:|---:|---:|---:|"
+    );
     for (c, s) in &ladder {
-        println!("| {c} | {:.0} | {} | {} | {} |", s.per_second, stats::ms(s.p50), stats::ms(s.p99), s.errors);
+        println!(
+            "| {c} | {:.0} | {} | {} | {} |",
+            s.per_second,
+            stats::ms(s.p50),
+            stats::ms(s.p99),
+            s.errors
+        );
     }
     println!(
         "\nHighest sustained rate with no errors: **{best:.0} orders/s** (goal ≥ 500: {}). At 70% of it ({target:.0}/s, open loop for {} s, latency from when each request was due): p50 **{} ms**, p99 **{} ms** (goal ≤ 50 ms: {}), {} errors.\n",
@@ -197,7 +243,9 @@ async fn main() -> anyhow::Result<()> {
         goal(steady.p99 <= Duration::from_millis(50)),
         steady.errors
     );
-    println!("Where the time goes at that rate (mean per call, from each process's RED histograms):\n");
+    println!(
+        "Where the time goes at that rate (mean per call, from each process's RED histograms):\n"
+    );
     println!("| hop | calls | mean (ms) |\n|---|---:|---:|");
     for (hop, calls, mean) in orders::hops(&before, &after) {
         println!("| {hop} | {calls:.0} | {} |", stats::ms_f(mean));
@@ -224,15 +272,24 @@ async fn main() -> anyhow::Result<()> {
     // 5. Footprint.
     let mut startups = Vec::new();
     for _ in 0..3 {
-        startups.push(footprint::time_to_serving(&server_url, &brokers).await?.as_secs_f64());
+        startups.push(
+            footprint::time_to_serving(&server_url, &brokers)
+                .await?
+                .as_secs_f64(),
+        );
     }
     let startup = stats::median(startups);
     println!("## 5. Footprint\n");
-    println!("| process | resident idle (MiB) | resident under section 3's load (MiB) |\n|---|---:|---:|");
+    println!(
+        "| process | resident idle (MiB) | resident under section 3's load (MiB) |\n|---|---:|---:|"
+    );
     for ((name, idle), (_, loaded)) in idle.iter().zip(&under_load) {
         println!("| {name} | {idle:.1} | {loaded:.1} |");
     }
-    let services_idle_ok = idle.iter().filter(|(n, _)| n != "gateway").all(|(_, m)| *m <= 30.0);
+    let services_idle_ok = idle
+        .iter()
+        .filter(|(n, _)| n != "gateway")
+        .all(|(_, m)| *m <= 30.0);
     println!(
         "\nEach service ≤ 30 MB resident when idle: {}. From start to SERVING (inventory-service, database reachable, median of 3): **{} ms** (goal ≤ 1 s: {}). Images: {}\n",
         goal(services_idle_ok),

@@ -20,7 +20,13 @@ pub struct Shop {
     pub tokens: Vec<String>,
 }
 
-async fn json(conn: &mut Connection, method: &str, path: &str, token: Option<&str>, body: &str) -> anyhow::Result<serde_json::Value> {
+async fn json(
+    conn: &mut Connection,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> anyhow::Result<serde_json::Value> {
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
     let (status, body) = conn.call(method, path, &headers, body).await?;
@@ -36,7 +42,10 @@ pub async fn setup(admin_email: &str, admin_password: &str) -> anyhow::Result<Sh
         .as_str()
         .context("admin token")?
         .to_owned();
-    let sku = format!("BENCH-{}", &uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase());
+    let sku = format!(
+        "BENCH-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8].to_uppercase()
+    );
     let product = format!(
         r#"{{"sku":"{sku}","name":"Benchmark item","unitPrice":{{"currencyCode":"EUR","amountMinor":"100"}},"initialStock":"1000000000"}}"#
     );
@@ -48,7 +57,12 @@ pub async fn setup(admin_email: &str, admin_password: &str) -> anyhow::Result<Sh
             uuid::Uuid::new_v4().simple()
         );
         json(&mut conn, "POST", "/v1/users", None, &creds).await?;
-        tokens.push(json(&mut conn, "POST", "/v1/auth:login", None, &creds).await?["accessToken"].as_str().context("token")?.to_owned());
+        tokens.push(
+            json(&mut conn, "POST", "/v1/auth:login", None, &creds).await?["accessToken"]
+                .as_str()
+                .context("token")?
+                .to_owned(),
+        );
     }
     Ok(Shop { sku, tokens })
 }
@@ -58,13 +72,23 @@ async fn place(conn: &mut Connection, shop: &Shop, n: usize) -> bool {
     let key = uuid::Uuid::new_v4().to_string();
     let body = format!(r#"{{"lines":[{{"sku":"{}","quantity":1}}]}}"#, shop.sku);
     matches!(
-        conn.call("POST", "/v1/orders", &[("Authorization", &auth), ("Idempotency-Key", &key)], &body).await,
+        conn.call(
+            "POST",
+            "/v1/orders",
+            &[("Authorization", &auth), ("Idempotency-Key", &key)],
+            &body
+        )
+        .await,
         Ok((200, _))
     )
 }
 
 /// Closed loop at `concurrency` for `seconds`.
-pub async fn closed_loop(shop: Arc<Shop>, concurrency: usize, seconds: u64) -> anyhow::Result<Summary> {
+pub async fn closed_loop(
+    shop: Arc<Shop>,
+    concurrency: usize,
+    seconds: u64,
+) -> anyhow::Result<Summary> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let counter = Arc::new(AtomicUsize::new(0));
@@ -96,7 +120,12 @@ pub async fn closed_loop(shop: Arc<Shop>, concurrency: usize, seconds: u64) -> a
 }
 
 /// Open loop at `rate` per second for `seconds`, on up to `connections` connections.
-pub async fn open_loop(shop: Arc<Shop>, rate: f64, seconds: u64, connections: usize) -> anyhow::Result<Summary> {
+pub async fn open_loop(
+    shop: Arc<Shop>,
+    rate: f64,
+    seconds: u64,
+    connections: usize,
+) -> anyhow::Result<Summary> {
     let (tx, rx) = tokio::sync::mpsc::channel::<Instant>(100_000);
     let rx = Arc::new(tokio::sync::Mutex::new(rx));
     let counter = Arc::new(AtomicUsize::new(0));
@@ -153,26 +182,64 @@ pub fn histogram_totals(metrics: &str, name: &str, filter: &str) -> (f64, f64) {
 
 pub async fn scrape(port: u16) -> String {
     match Connection::open(&format!("127.0.0.1:{port}")).await {
-        Ok(mut conn) => conn.call("GET", "/metrics", &[], "").await.map(|(_, b)| b).unwrap_or_default(),
+        Ok(mut conn) => conn
+            .call("GET", "/metrics", &[], "")
+            .await
+            .map(|(_, b)| b)
+            .unwrap_or_default(),
         Err(_) => String::new(),
     }
 }
 
 /// Mean time per call at each hop over a window: (hop, calls, mean seconds).
-pub fn hops(before: &BTreeMap<u16, String>, after: &BTreeMap<u16, String>) -> Vec<(String, f64, f64)> {
+pub fn hops(
+    before: &BTreeMap<u16, String>,
+    after: &BTreeMap<u16, String>,
+) -> Vec<(String, f64, f64)> {
     let spec = [
-        (8080, "gateway_http_request_duration_seconds", r#"route="/v1/orders",status="200""#, "gateway: POST /v1/orders"),
-        (9103, "rpc_server_duration_seconds", r#"rpc_method="CreateOrder""#, "order: CreateOrder"),
-        (9101, "rpc_server_duration_seconds", r#"rpc_method="GetUser""#, "user: GetUser"),
-        (9102, "rpc_server_duration_seconds", r#"rpc_method="ReserveStock""#, "inventory: ReserveStock"),
-        (9102, "rpc_server_duration_seconds", r#"rpc_method="CommitReservation""#, "inventory: CommitReservation"),
+        (
+            8080,
+            "gateway_http_request_duration_seconds",
+            r#"route="/v1/orders",status="200""#,
+            "gateway: POST /v1/orders",
+        ),
+        (
+            9103,
+            "rpc_server_duration_seconds",
+            r#"rpc_method="CreateOrder""#,
+            "order: CreateOrder",
+        ),
+        (
+            9101,
+            "rpc_server_duration_seconds",
+            r#"rpc_method="GetUser""#,
+            "user: GetUser",
+        ),
+        (
+            9102,
+            "rpc_server_duration_seconds",
+            r#"rpc_method="ReserveStock""#,
+            "inventory: ReserveStock",
+        ),
+        (
+            9102,
+            "rpc_server_duration_seconds",
+            r#"rpc_method="CommitReservation""#,
+            "inventory: CommitReservation",
+        ),
     ];
     spec.iter()
         .map(|(port, name, filter, label)| {
-            let (s0, c0) = histogram_totals(before.get(port).map_or("", String::as_str), name, filter);
-            let (s1, c1) = histogram_totals(after.get(port).map_or("", String::as_str), name, filter);
+            let (s0, c0) =
+                histogram_totals(before.get(port).map_or("", String::as_str), name, filter);
+            let (s1, c1) =
+                histogram_totals(after.get(port).map_or("", String::as_str), name, filter);
             let calls = c1 - c0;
-            ((*label).to_owned(), calls, if calls > 0.0 { (s1 - s0) / calls } else { 0.0 })
+            (
+                (*label).to_owned(),
+                calls,
+                if calls > 0.0 { (s1 - s0) / calls } else { 0.0 },
+            )
         })
         .collect()
 }

@@ -16,9 +16,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::stats::{self, Summary};
 
 pub async fn create_topic(brokers: &str, topic: &str) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
     let _ = admin
-        .create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &AdminOptions::new())
+        .create_topics(
+            &[NewTopic::new(topic, 1, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
         .await?;
     Ok(())
 }
@@ -52,7 +57,10 @@ pub async fn round_trip(brokers: &str, seconds: u64) -> anyhow::Result<(Summary,
     let payload = br#"{"sku":"MUG-001"}"#;
     // Warm up: the first message pays for metadata and connections.
     producer
-        .send(FutureRecord::to(&topic).key("warm").payload(&payload[..]), Duration::from_secs(10))
+        .send(
+            FutureRecord::to(&topic).key("warm").payload(&payload[..]),
+            Duration::from_secs(10),
+        )
         .await
         .map_err(|(e, _)| e)?;
     let blocking = move |consumer: BaseConsumer, wanted: usize| {
@@ -77,7 +85,10 @@ pub async fn round_trip(brokers: &str, seconds: u64) -> anyhow::Result<(Summary,
     while Instant::now() < stop {
         let t = Instant::now();
         producer
-            .send(FutureRecord::to(&topic).key("rt").payload(&payload[..]), Duration::from_secs(10))
+            .send(
+                FutureRecord::to(&topic).key("rt").payload(&payload[..]),
+                Duration::from_secs(10),
+            )
             .await
             .map_err(|(e, _)| e)?;
         let (c, got) = blocking(consumer, 1).await?;
@@ -100,6 +111,9 @@ pub async fn round_trip(brokers: &str, seconds: u64) -> anyhow::Result<(Summary,
     }
     producer.flush(Duration::from_secs(30)).context("flush")?;
     let (_, got) = receiving.await?;
-    anyhow::ensure!(got == total, "only {got} of {total} pipelined messages came back");
+    anyhow::ensure!(
+        got == total,
+        "only {got} of {total} pipelined messages came back"
+    );
     Ok((sequential, total as f64 / started.elapsed().as_secs_f64()))
 }

@@ -286,12 +286,19 @@ impl Checkout {
         }
         let confirmed = self.orders.confirm(order_id, &prices).await?;
         if confirmed.is_some() {
-            // Turn the hold into sold stock now rather than only when inventory reads
+            // Turn the hold into sold stock soon rather than only when inventory reads
             // OrderConfirmed (which also commits, idempotently): a lagging consumer must
-            // not let the hold lapse under a confirmed order.
-            if let Err(status) = self.peers.commit(&order_id.to_string(), deadline).await {
-                tracing::warn!(order_id = %order_id, code = ?status.code(), "commit deferred to the OrderConfirmed event");
-            }
+            // not let the hold lapse under a confirmed order. The client need not wait.
+            let peers = self.peers.clone();
+            let deadline = *deadline;
+            tokio::spawn(
+                async move {
+                    if let Err(status) = peers.commit(&order_id.to_string(), &deadline).await {
+                        tracing::warn!(order_id = %order_id, code = ?status.code(), "commit left to the OrderConfirmed event");
+                    }
+                }
+                .in_current_span(),
+            );
         }
         Ok(confirmed)
     }

@@ -49,13 +49,18 @@ impl Health {
             serving: Arc::new(AtomicBool::new(false)),
         };
         health.set(false).await;
-        health.reporter.set_service_status(LIVENESS, ServingStatus::Serving).await;
+        health
+            .reporter
+            .set_service_status(LIVENESS, ServingStatus::Serving)
+            .await;
         (health, service)
     }
 
     /// The process is stopping: liveness goes too (readiness already has).
     pub async fn set_stopping(&self) {
-        self.reporter.set_service_status(LIVENESS, ServingStatus::NotServing).await;
+        self.reporter
+            .set_service_status(LIVENESS, ServingStatus::NotServing)
+            .await;
     }
 
     pub async fn set(&self, serving: bool) {

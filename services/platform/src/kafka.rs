@@ -54,6 +54,10 @@ pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "10000")
+        // Long-polling fetches otherwise wait up to 500 ms for more data; events should
+        // arrive in milliseconds (make bench, section 4).
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.min.bytes", "1")
         .create()
         .context("KAFKA_BROKERS: cannot create a consumer")
 }
