@@ -33,6 +33,7 @@ the project's own Rust client) shares the same 2 cores over loopback: the figure
 measured in one run; they are not capacity figures for a real deployment.
 
 $report
+
 ## Notes
 
 - The first runs of section 1 found that the services accepted gRPC connections without
