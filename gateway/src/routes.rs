@@ -96,7 +96,8 @@ impl Route {
     }
 }
 
-fn decode_percent(raw: &str) -> Option<String> {
+/// `%XX` escapes decoded; None when they do not make UTF-8.
+pub(crate) fn decode_percent(raw: &str) -> Option<String> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -202,21 +202,7 @@ fn strip_position(message: &str) -> String {
 }
 
 fn decode_query(raw: &str) -> Option<String> {
-    let raw = raw.replace('+', " ");
-    let bytes = raw.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::routes::decode_percent(&raw.replace('+', " "))
 }
 
 /// The JSON of a response (or of its `response_body` field).

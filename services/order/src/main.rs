@@ -1,14 +1,12 @@
 use shop_order::{Application, Settings};
-use shop_platform::{Shutdown, telemetry};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let settings = Settings::load()?;
-    let _telemetry = telemetry::init("order-service")?;
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
-    Application::build(settings)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
+    shop_platform::runtime::main(
+        "order-service",
+        Settings::load,
+        Application::build,
+        Application::run_until_stopped,
+    )
+    .await
 }

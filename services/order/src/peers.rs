@@ -84,33 +84,47 @@ impl Peers {
         }
     }
 
+    /// An idempotent call on `client`, retried per `policy` with a fresh request each time.
+    async fn idempotent<C, Req, Resp, Fut>(
+        &self,
+        client: &C,
+        message: Req,
+        user: &OnBehalfOf,
+        deadline: &Deadline,
+        call: impl Fn(C, Request<Req>) -> Fut,
+    ) -> Result<Resp, Status>
+    where
+        C: Clone,
+        Req: Clone,
+        Fut: std::future::Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        grpc::call_idempotent(
+            self.policy(),
+            || self.request(message.clone(), user, deadline),
+            |req| call(client.clone(), req),
+        )
+        .await
+    }
+
     pub async fn get_user(
         &self,
         user_id: &str,
         user: &OnBehalfOf,
         deadline: &Deadline,
     ) -> Result<user_pb::User, Status> {
-        let client = self.users.clone();
-        let response = grpc::call_idempotent(
-            self.policy(),
-            || {
-                self.request(
-                    user_pb::GetUserRequest {
-                        user_id: user_id.into(),
-                    },
-                    user,
-                    deadline,
-                )
-            },
-            |req| {
-                let mut client = client.clone();
-                async move { client.get_user(req).await }
-            },
+        let message = user_pb::GetUserRequest {
+            user_id: user_id.into(),
+        };
+        self.idempotent(
+            &self.users,
+            message,
+            user,
+            deadline,
+            |mut c, r| async move { c.get_user(r).await },
         )
-        .await?;
-        response
-            .user
-            .ok_or_else(|| Status::internal("user service answered without a user"))
+        .await?
+        .user
+        .ok_or_else(|| Status::internal("user service answered without a user"))
     }
 
     /// Idempotent per order id, so retried.
@@ -121,7 +135,6 @@ impl Peers {
         user: &OnBehalfOf,
         deadline: &Deadline,
     ) -> Result<inv::Reservation, Status> {
-        let client = self.inventory.clone();
         let message = inv::ReserveStockRequest {
             order_id: order_id.into(),
             lines: lines
@@ -133,18 +146,16 @@ impl Peers {
                 })
                 .collect(),
         };
-        let response = grpc::call_idempotent(
-            self.policy(),
-            || self.request(message.clone(), user, deadline),
-            |req| {
-                let mut client = client.clone();
-                async move { client.reserve_stock(req).await }
-            },
+        self.idempotent(
+            &self.inventory,
+            message,
+            user,
+            deadline,
+            |mut c, r| async move { c.reserve_stock(r).await },
         )
-        .await?;
-        response
-            .reservation
-            .ok_or_else(|| Status::internal("inventory answered without a reservation"))
+        .await?
+        .reservation
+        .ok_or_else(|| Status::internal("inventory answered without a reservation"))
     }
 
     /// Idempotent, so retried.
@@ -153,27 +164,19 @@ impl Peers {
         order_id: &str,
         deadline: &Deadline,
     ) -> Result<inv::Reservation, Status> {
-        let client = self.inventory.clone();
-        let response = grpc::call_idempotent(
-            self.policy(),
-            || {
-                self.request(
-                    inv::CommitReservationRequest {
-                        order_id: order_id.into(),
-                    },
-                    &OnBehalfOf::default(),
-                    deadline,
-                )
-            },
-            |req| {
-                let mut client = client.clone();
-                async move { client.commit_reservation(req).await }
-            },
+        let message = inv::CommitReservationRequest {
+            order_id: order_id.into(),
+        };
+        self.idempotent(
+            &self.inventory,
+            message,
+            &OnBehalfOf::default(),
+            deadline,
+            |mut c, r| async move { c.commit_reservation(r).await },
         )
-        .await?;
-        response
-            .reservation
-            .ok_or_else(|| Status::internal("inventory answered without a reservation"))
+        .await?
+        .reservation
+        .ok_or_else(|| Status::internal("inventory answered without a reservation"))
     }
 
     /// Idempotent, so retried.
@@ -182,26 +185,18 @@ impl Peers {
         order_id: &str,
         deadline: &Deadline,
     ) -> Result<inv::Reservation, Status> {
-        let client = self.inventory.clone();
-        let response = grpc::call_idempotent(
-            self.policy(),
-            || {
-                self.request(
-                    inv::ReleaseReservationRequest {
-                        order_id: order_id.into(),
-                    },
-                    &OnBehalfOf::default(),
-                    deadline,
-                )
-            },
-            |req| {
-                let mut client = client.clone();
-                async move { client.release_reservation(req).await }
-            },
+        let message = inv::ReleaseReservationRequest {
+            order_id: order_id.into(),
+        };
+        self.idempotent(
+            &self.inventory,
+            message,
+            &OnBehalfOf::default(),
+            deadline,
+            |mut c, r| async move { c.release_reservation(r).await },
         )
-        .await?;
-        response
-            .reservation
-            .ok_or_else(|| Status::internal("inventory answered without a reservation"))
+        .await?
+        .reservation
+        .ok_or_else(|| Status::internal("inventory answered without a reservation"))
     }
 }

@@ -19,6 +19,25 @@ use crate::health::{self, Health};
 use crate::outbox::{self, OutboxRelay, OutboxSignal};
 use crate::{Shutdown, grpc, kafka};
 
+/// The body of every binary's `main`: settings (a bad one stops here, naming the
+/// key), telemetry, signals, build, serve until SIGTERM or SIGINT.
+pub async fn main<Settings, App, Built, Ran>(
+    process: &'static str,
+    load: impl FnOnce() -> Result<Settings, crate::config::ConfigError>,
+    build: impl FnOnce(Settings) -> Built,
+    run: impl FnOnce(App, Shutdown) -> Ran,
+) -> anyhow::Result<()>
+where
+    Built: Future<Output = anyhow::Result<App>>,
+    Ran: Future<Output = anyhow::Result<()>>,
+{
+    let settings = load()?;
+    let _telemetry = crate::telemetry::init(process)?;
+    let shutdown = Shutdown::new();
+    shutdown.trigger_on_signals();
+    run(build(settings).await?, shutdown).await
+}
+
 /// A background task that runs until shutdown.
 pub type Worker = Pin<Box<dyn Future<Output = ()> + Send>>;
 

@@ -1,5 +1,4 @@
 use anyhow::Context as _;
-use shop_platform::{Shutdown, telemetry};
 use shop_user::{Application, Settings};
 
 #[tokio::main]
@@ -17,10 +16,11 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("unknown command {other:?}; commands: serve, generate-keys DIR")
         }
     }
-    let settings = Settings::load()?;
-    let _telemetry = telemetry::init("user-service")?;
-    let shutdown = Shutdown::new();
-    shutdown.trigger_on_signals();
-    let app = Application::build(settings).await?;
-    app.run_until_stopped(shutdown).await
+    shop_platform::runtime::main(
+        "user-service",
+        Settings::load,
+        Application::build,
+        Application::run_until_stopped,
+    )
+    .await
 }
