@@ -142,6 +142,9 @@ impl ServiceRuntime {
                 tracing::error!(error = %err, "admin server failed");
             }
         });
+        // The relay and the consumers stop only after the in-flight calls have finished,
+        // so that events those calls commit during the drain are still published.
+        let events_stop = Shutdown::new();
         tasks.spawn(run_events(
             self.process,
             settings.clone(),
@@ -149,7 +152,7 @@ impl ServiceRuntime {
             self.outbox.clone(),
             self.topics,
             event_workers,
-            shutdown.clone(),
+            events_stop.clone(),
         ));
 
         let (reflection_v1, reflection_v1alpha) = health::reflection(&[self.health_name])?;
@@ -189,6 +192,7 @@ impl ServiceRuntime {
                 server.abort();
             }
         }
+        events_stop.trigger();
         let stopping = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), stopping)
             .await
