@@ -4,6 +4,9 @@ use shop_inventory::{Application, Settings};
 async fn main() -> anyhow::Result<()> {
     shop_platform::runtime::main(
         "inventory-service",
+        shop_platform::runtime::Probe::Grpc {
+            default_port: shop_inventory::settings::GRPC_PORT,
+        },
         Settings::load,
         Application::build,
         Application::run_until_stopped,

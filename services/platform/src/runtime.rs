@@ -19,10 +19,80 @@ use crate::health::{self, Health};
 use crate::outbox::{self, OutboxRelay, OutboxSignal};
 use crate::{Shutdown, grpc, kafka};
 
-/// The body of every binary's `main`: settings (a bad one stops here, naming the
-/// key), telemetry, signals, build, serve until SIGTERM or SIGINT.
+/// How `BINARY healthcheck` asks a running process whether it is healthy (for
+/// container healthchecks that have no probe tool in the image).
+#[derive(Clone, Copy, Debug)]
+pub enum Probe {
+    /// grpc.health.v1 Check (overall status) on `GRPC_PORT` or the default.
+    Grpc { default_port: u16 },
+    /// An HTTP GET answering 200 on `HTTP_PORT` or the default.
+    Http {
+        default_port: u16,
+        path: &'static str,
+    },
+}
+
+/// Exits 0 when the local process answers healthy within 2 s, 1 otherwise.
+async fn healthcheck(probe: Probe) -> anyhow::Result<()> {
+    let port = |key: &str, default: u16| {
+        std::env::var(key)
+            .ok()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default)
+    };
+    let check = async {
+        match probe {
+            Probe::Grpc { default_port } => {
+                use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+                let url = format!("http://127.0.0.1:{}", port("GRPC_PORT", default_port));
+                let channel = tonic::transport::Endpoint::from_shared(url)?
+                    .connect()
+                    .await?;
+                let status = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await?
+                    .into_inner()
+                    .status;
+                anyhow::ensure!(status == 1, "health status {status} (1 is SERVING)");
+                Ok(())
+            }
+            Probe::Http { default_port, path } => {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut stream =
+                    tokio::net::TcpStream::connect(("127.0.0.1", port("HTTP_PORT", default_port)))
+                        .await?;
+                let request =
+                    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+                stream.write_all(request.as_bytes()).await?;
+                let mut response = String::new();
+                stream.read_to_string(&mut response).await?;
+                let status = response.split_whitespace().nth(1).unwrap_or("");
+                anyhow::ensure!(status == "200", "{path} answered {status}");
+                Ok(())
+            }
+        }
+    };
+    match tokio::time::timeout(std::time::Duration::from_secs(2), check).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => {
+            eprintln!("unhealthy: {err:#}");
+            std::process::exit(1)
+        }
+        Err(_) => {
+            eprintln!("unhealthy: no answer within 2 s");
+            std::process::exit(1)
+        }
+    }
+}
+
+/// The body of every binary's `main`: `BINARY healthcheck` asks the running
+/// process; otherwise settings (a bad one stops here, naming the key), telemetry,
+/// signals, build, serve until SIGTERM or SIGINT.
 pub async fn main<Settings, App, Built, Ran>(
     process: &'static str,
+    probe: Probe,
     load: impl FnOnce() -> Result<Settings, crate::config::ConfigError>,
     build: impl FnOnce(Settings) -> Built,
     run: impl FnOnce(App, Shutdown) -> Ran,
@@ -31,6 +101,9 @@ where
     Built: Future<Output = anyhow::Result<App>>,
     Ran: Future<Output = anyhow::Result<()>>,
 {
+    if std::env::args().nth(1).as_deref() == Some("healthcheck") {
+        return healthcheck(probe).await;
+    }
     let settings = load()?;
     let _telemetry = crate::telemetry::init(process)?;
     let shutdown = Shutdown::new();

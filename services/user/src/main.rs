@@ -5,7 +5,7 @@ use shop_user::{Application, Settings};
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
-        None | Some("serve") => {}
+        None | Some("serve" | "healthcheck") => {}
         Some("generate-keys") => {
             let dir = args
                 .next()
@@ -13,11 +13,16 @@ async fn main() -> anyhow::Result<()> {
             return shop_platform::auth::write_keypairs(std::path::Path::new(&dir));
         }
         Some(other) => {
-            anyhow::bail!("unknown command {other:?}; commands: serve, generate-keys DIR")
+            anyhow::bail!(
+                "unknown command {other:?}; commands: serve, healthcheck, generate-keys DIR"
+            )
         }
     }
     shop_platform::runtime::main(
         "user-service",
+        shop_platform::runtime::Probe::Grpc {
+            default_port: shop_user::settings::GRPC_PORT,
+        },
         Settings::load,
         Application::build,
         Application::run_until_stopped,

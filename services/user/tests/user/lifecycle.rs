@@ -100,6 +100,18 @@ async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
     })
     .await;
     let mut health = health.expect("SERVING within 30 s");
+    // What a container healthcheck runs: no probe tool needed in the image.
+    let probe = |port: u16| {
+        Command::new(BIN)
+            .arg("healthcheck")
+            .env("GRPC_PORT", port.to_string())
+            .output()
+            .expect("healthcheck")
+    };
+    assert!(probe(port).status.success(), "healthcheck passes while SERVING");
+    let down = probe(free_port());
+    assert!(!down.status.success(), "healthcheck fails when nothing answers");
+    assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
     let mut watch = health
         .watch(HealthCheckRequest {
             service: "shop.user.v1.UserService".into(),
