@@ -108,9 +108,15 @@ async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
             .output()
             .expect("healthcheck")
     };
-    assert!(probe(port).status.success(), "healthcheck passes while SERVING");
+    assert!(
+        probe(port).status.success(),
+        "healthcheck passes while SERVING"
+    );
     let down = probe(free_port());
-    assert!(!down.status.success(), "healthcheck fails when nothing answers");
+    assert!(
+        !down.status.success(),
+        "healthcheck fails when nothing answers"
+    );
     assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
     let mut watch = health
         .watch(HealthCheckRequest {
