@@ -49,8 +49,9 @@ $report
 - Still missed: the 2 cores are saturated near 220 orders/s, shared by the load generator, four
   processes, PostgreSQL and the broker. Each order is about six database transactions across
   three services, plus two consumer transactions. The user service's idle resident memory
-  (54 MiB) is the Argon2id working memory (19 MiB per hash, OWASP minimum) that glibc keeps after
-  the bootstrap admin and the decoy hash at start; the other processes stay under 20 MiB.
+  (54 MiB, measured when start-up still computed a decoy hash too) is the Argon2id working
+  memory (19 MiB per hash, OWASP minimum) that glibc keeps after hashing; the other processes
+  stay under 20 MiB.
 REPORT
 echo "wrote docs/benchmarks.md" >&2
 cat docs/benchmarks.md

@@ -11,23 +11,12 @@ use sqlx::PgPool;
 
 use crate::stats::{self, Summary};
 
-pub fn database(server_url: &str, name: &str) -> String {
-    let (base, query) = server_url
-        .split_once('?')
-        .map_or((server_url, String::new()), |(b, q)| (b, format!("?{q}")));
-    let scheme_end = base.find("://").map_or(0, |i| i + 3);
-    let base = base[scheme_end..]
-        .find('/')
-        .map_or(base, |i| &base[..scheme_end + i]);
-    format!("{base}/{name}{query}")
-}
-
 /// Commit-to-consumed for every OrderConfirmed the user service has applied.
 pub async fn commit_to_consumed(server_url: &str) -> anyhow::Result<Summary> {
-    let orders = PgPool::connect(&database(server_url, "shop_order"))
+    let orders = PgPool::connect(&shop_testkit::with_database(server_url, "shop_order"))
         .await
         .context("shop_order")?;
-    let users = PgPool::connect(&database(server_url, "shop_user"))
+    let users = PgPool::connect(&shop_testkit::with_database(server_url, "shop_user"))
         .await
         .context("shop_user")?;
     let committed: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
@@ -63,7 +52,7 @@ pub async fn commit_to_consumed(server_url: &str) -> anyhow::Result<Summary> {
 pub async fn relay_throughput(server_url: &str, brokers: &str, count: i64) -> anyhow::Result<f64> {
     let topic = "shop.bench.v1.noise";
     crate::transport::create_topic(brokers, topic).await?;
-    let orders = PgPool::connect(&database(server_url, "shop_order")).await?;
+    let orders = PgPool::connect(&shop_testkit::with_database(server_url, "shop_order")).await?;
     sqlx::query(
         "INSERT INTO outbox_events (event_id, topic, event_key, event_type, payload)
          SELECT gen_random_uuid(), $1, 'k' || g, 'shop.bench.v1.Noise', '\\x0a03616263'::bytea

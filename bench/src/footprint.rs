@@ -45,7 +45,7 @@ pub async fn time_to_serving(server_url: &str, brokers: &str) -> anyhow::Result<
         .env("ADMIN_PORT", admin.to_string())
         .env(
             "DATABASE_URL",
-            crate::events::database(server_url, "shop_inventory"),
+            shop_testkit::with_database(server_url, "shop_inventory"),
         )
         .env("KAFKA_BROKERS", brokers)
         .env(

@@ -25,31 +25,12 @@ use tonic::Code;
 use tonic::metadata::MetadataMap;
 use tonic::transport::Channel;
 use tracing::Instrument;
-use tracing_opentelemetry_ext::set_parent;
 
 use crate::errors::RestError;
 use crate::limits::RateLimiter;
 use crate::routes::{self, Resolved, Route};
 use crate::settings::Settings;
 use crate::transcode::{self, DynamicCodec};
-
-mod tracing_opentelemetry_ext {
-    /// Continues the caller's W3C trace in `span`.
-    pub fn set_parent(span: &tracing::Span, headers: &axum::http::HeaderMap) {
-        let carried: std::collections::HashMap<String, String> = ["traceparent", "tracestate"]
-            .iter()
-            .filter_map(|k| {
-                headers
-                    .get(*k)
-                    .and_then(|v| v.to_str().ok())
-                    .map(|v| ((*k).to_owned(), v.to_owned()))
-            })
-            .collect();
-        if !carried.is_empty() {
-            shop_platform::telemetry::set_span_parent(span, &carried);
-        }
-    }
-}
 
 /// Metadata forwarded from HTTP headers to the backend call.
 const FORWARDED: [&str; 4] = [
@@ -253,13 +234,14 @@ async fn proxy(
     let id = request_id(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
-    let label = match routes::resolve(&gw.routes, &method, &path) {
+    let resolved = routes::resolve(&gw.routes, &method, &path);
+    let route_label = match &resolved {
         Resolved::Found(route, _) => route.template.clone(),
         _ => "unmatched".to_owned(),
     };
     let span = tracing::info_span!(
         "http.server",
-        otel.name = %format!("{method} {label}"),
+        otel.name = %format!("{method} {route_label}"),
         otel.kind = "server",
         http.request.method = %method,
         url.path = %path,
@@ -267,8 +249,10 @@ async fn proxy(
         http.response.status_code = tracing::field::Empty,
         request_id = %id,
     );
-    set_parent(&span, request.headers());
-    let (route_label, mut response) = handle(&gw, peer, request).instrument(span.clone()).await;
+    telemetry::set_parent_from_http(&span, request.headers());
+    let mut response = handle(&gw, peer, resolved, request)
+        .instrument(span.clone())
+        .await;
     span.record("http.route", route_label.as_str());
     span.record("http.response.status_code", response.status().as_u16());
     if let Ok(value) = HeaderValue::from_str(&id) {
@@ -295,9 +279,14 @@ async fn proxy(
     response
 }
 
-async fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Body>) -> (String, Response) {
+async fn handle(
+    gw: &Gateway,
+    peer: SocketAddr,
+    resolved: Resolved<'_>,
+    request: Request<Body>,
+) -> Response {
     let (parts, body) = request.into_parts();
-    let (route, vars) = match routes::resolve(&gw.routes, &parts.method, parts.uri.path()) {
+    let (route, vars) = match resolved {
         Resolved::Found(route, vars) => (route, vars),
         Resolved::WrongMethod(allowed) => {
             let mut err = RestError::new(
@@ -312,22 +301,16 @@ async fn handle(gw: &Gateway, peer: SocketAddr, request: Request<Body>) -> (Stri
                     .collect::<Vec<_>>()
                     .join(", "),
             );
-            return ("unmatched".into(), err.into_response());
+            return err.into_response();
         }
         Resolved::NotFound => {
-            let err = RestError::new(
-                StatusCode::NOT_FOUND,
-                Code::NotFound,
-                format!("no route for {} {}", parts.method, parts.uri.path()),
-            );
-            return ("unmatched".into(), err.into_response());
+            let message = format!("no route for {} {}", parts.method, parts.uri.path());
+            return RestError::new(StatusCode::NOT_FOUND, Code::NotFound, message).into_response();
         }
     };
-    let label = route.template.clone();
-    match call(gw, peer, route, vars, parts, body).await {
-        Ok(response) => (label, response),
-        Err(err) => (label, err.into_response()),
-    }
+    call(gw, peer, route, vars, parts, body)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn too_many(seconds: u64, who: &str) -> RestError {

@@ -148,6 +148,34 @@ impl Orders {
         Ok((order, true))
     }
 
+    /// Finishes a guarded state change: when `row` came back (the order was still in
+    /// the state the UPDATE required), writes its event and commits; None otherwise.
+    async fn settle<M: prost::Name>(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        row: Option<OrderRow>,
+        event: impl FnOnce(&Order) -> M,
+    ) -> Result<Option<Order>, ApiError> {
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let order_id = row.order_id;
+        let order = with_lines(&mut tx, vec![row])
+            .await?
+            .pop()
+            .ok_or_else(|| missing(order_id))?;
+        outbox::enqueue(
+            &mut tx,
+            ORDER_EVENTS_TOPIC,
+            &order_id.to_string(),
+            &event(&order),
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        Ok(Some(order))
+    }
+
     /// PENDING → CONFIRMED with inventory's prices and the OrderConfirmed event.
     /// None when the order had left PENDING already.
     #[tracing::instrument(name = "db orders.confirm", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "confirm"))]
@@ -193,25 +221,19 @@ impl Orders {
         .bind(total)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let order = with_lines(&mut tx, vec![row])
-            .await?
-            .pop()
-            .ok_or_else(|| missing(order_id))?;
-        let event = pb::OrderConfirmed {
-            order_id: order_id.to_string(),
-            user_id: order.row.user_id.to_string(),
-            lines: order.proto_lines(),
-            total: order.total(),
-            confirm_time: Some(timestamp(order.row.updated_at)),
-        };
-        outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &event.order_id, &event).await?;
-        tx.commit().await?;
-        self.outbox.notify();
-        tracing::info!(order_id = %order_id, total, currency = %currency, "order confirmed");
-        Ok(Some(order))
+        let settled = self
+            .settle(tx, row, |order| pb::OrderConfirmed {
+                order_id: order_id.to_string(),
+                user_id: order.row.user_id.to_string(),
+                lines: order.proto_lines(),
+                total: order.total(),
+                confirm_time: Some(timestamp(order.row.updated_at)),
+            })
+            .await?;
+        if settled.is_some() {
+            tracing::info!(order_id = %order_id, total, currency = %currency, "order confirmed");
+        }
+        Ok(settled)
     }
 
     /// PENDING → REJECTED with the reason and the OrderRejected event.
@@ -232,25 +254,19 @@ impl Orders {
         .bind(skus)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let order = with_lines(&mut tx, vec![row])
-            .await?
-            .pop()
-            .ok_or_else(|| missing(order_id))?;
-        let event = pb::OrderRejected {
-            order_id: order_id.to_string(),
-            user_id: order.row.user_id.to_string(),
-            reason: reason.into(),
-            unavailable_skus: skus.to_vec(),
-            reject_time: Some(timestamp(order.row.updated_at)),
-        };
-        outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &event.order_id, &event).await?;
-        tx.commit().await?;
-        self.outbox.notify();
-        tracing::info!(order_id = %order_id, reason, "order rejected");
-        Ok(Some(order))
+        let settled = self
+            .settle(tx, row, |order| pb::OrderRejected {
+                order_id: order_id.to_string(),
+                user_id: order.row.user_id.to_string(),
+                reason: reason.into(),
+                unavailable_skus: skus.to_vec(),
+                reject_time: Some(timestamp(order.row.updated_at)),
+            })
+            .await?;
+        if settled.is_some() {
+            tracing::info!(order_id = %order_id, reason, "order rejected");
+        }
+        Ok(settled)
     }
 
     /// CONFIRMED → CANCELLED with the OrderCancelled event (inventory gives the

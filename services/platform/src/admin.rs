@@ -1,10 +1,6 @@
 //! The admin HTTP port: `/healthz` (the process and its database) and `/metrics`
 //! in Prometheus text format.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -12,17 +8,17 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
-use crate::health::Health;
-use crate::shutdown::Shutdown;
+use sqlx::PgPool;
 
-/// A gauge read at scrape time.
-pub type Gauge = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<f64>> + Send>> + Send + Sync>;
+use crate::health::Health;
+use crate::outbox;
+use crate::shutdown::Shutdown;
 
 #[derive(Clone)]
 struct AdminState {
     service: &'static str,
     health: Health,
-    gauges: Arc<Vec<(&'static str, &'static str, Gauge)>>,
+    pool: PgPool,
 }
 
 /// Serves the admin port until shutdown.
@@ -30,13 +26,13 @@ pub async fn serve(
     listener: TcpListener,
     service: &'static str,
     health: Health,
-    gauges: Vec<(&'static str, &'static str, Gauge)>,
+    pool: PgPool,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let state = AdminState {
         service,
         health,
-        gauges: Arc::new(gauges),
+        pool,
     };
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -63,11 +59,35 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         &[],
         f64::from(u8::from(state.health.is_serving())),
     );
-    for (name, help, gauge) in state.gauges.iter() {
-        if let Some(value) = gauge().await {
-            registry.set(name, help, &[], value);
-        }
+    // Read at scrape time: the outbox backlog and its age, the pool's connections.
+    if let Ok(n) = outbox::backlog(&state.pool).await {
+        registry.set(
+            "shop_outbox_backlog_events",
+            "Events written to the outbox and not yet published.",
+            &[],
+            n as f64,
+        );
     }
+    if let Ok(age) = outbox::oldest_unsent_age(&state.pool).await {
+        registry.set(
+            "shop_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest event not yet published (0 when none).",
+            &[],
+            age,
+        );
+    }
+    registry.set(
+        "shop_db_pool_connections",
+        "Open database connections in the pool.",
+        &[],
+        f64::from(state.pool.size()),
+    );
+    registry.set(
+        "shop_db_pool_idle_connections",
+        "Idle database connections in the pool.",
+        &[],
+        state.pool.num_idle() as f64,
+    );
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         registry.render(&[("service", state.service)]),

@@ -13,10 +13,10 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
-use crate::admin::{self, Gauge};
+use crate::admin;
 use crate::config::ServiceSettings;
 use crate::health::{self, Health};
-use crate::outbox::{self, OutboxRelay, OutboxSignal};
+use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::{Shutdown, grpc, kafka};
 
 /// How `BINARY healthcheck` asks a running process whether it is healthy (for
@@ -202,12 +202,11 @@ impl ServiceRuntime {
         for worker in workers {
             tasks.spawn(worker);
         }
-        let gauges = outbox_and_pool_gauges(&self.pool);
         let admin_task = admin::serve(
             self.admin_listener,
             self.process,
             health.clone(),
-            gauges,
+            self.pool.clone(),
             shutdown.clone(),
         );
         tasks.spawn(async move {
@@ -283,46 +282,6 @@ impl ServiceRuntime {
         tracing::info!(process = self.process, "stopped");
         Ok(())
     }
-}
-
-/// Outbox backlog and the age of its oldest unsent event; the pool's connections.
-fn outbox_and_pool_gauges(pool: &PgPool) -> Vec<(&'static str, &'static str, Gauge)> {
-    let (backlog_pool, age_pool, size_pool, idle_pool) =
-        (pool.clone(), pool.clone(), pool.clone(), pool.clone());
-    vec![
-        (
-            "shop_outbox_backlog_events",
-            "Events written to the outbox and not yet published.",
-            std::sync::Arc::new(move || {
-                let pool = backlog_pool.clone();
-                Box::pin(async move { outbox::backlog(&pool).await.ok().map(|n| n as f64) })
-            }),
-        ),
-        (
-            "shop_outbox_oldest_unsent_age_seconds",
-            "Age of the oldest event not yet published (0 when none).",
-            std::sync::Arc::new(move || {
-                let pool = age_pool.clone();
-                Box::pin(async move { outbox::oldest_unsent_age(&pool).await.ok() })
-            }),
-        ),
-        (
-            "shop_db_pool_connections",
-            "Open database connections in the pool.",
-            std::sync::Arc::new(move || {
-                let pool = size_pool.clone();
-                Box::pin(async move { Some(f64::from(pool.size())) })
-            }),
-        ),
-        (
-            "shop_db_pool_idle_connections",
-            "Idle database connections in the pool.",
-            std::sync::Arc::new(move || {
-                let pool = idle_pool.clone();
-                Box::pin(async move { Some(pool.num_idle() as f64) })
-            }),
-        ),
-    ]
 }
 
 /// Creates the topics, then runs the outbox relay and the event workers until shutdown.

@@ -201,9 +201,18 @@ impl Injector for MetadataWriter<'_> {
     }
 }
 
-/// Makes `span` continue the trace that `headers` (W3C names) carry.
-pub fn set_span_parent(span: &tracing::Span, headers: &HashMap<String, String>) {
-    let _ = span.set_parent(context_from_headers(headers));
+/// Makes `span` continue the W3C trace that HTTP request headers carry, if any.
+pub fn set_parent_from_http(span: &tracing::Span, headers: &http::HeaderMap) {
+    let carried: HashMap<String, String> = ["traceparent", "tracestate"]
+        .iter()
+        .filter_map(|k| {
+            let value = headers.get(*k)?.to_str().ok()?;
+            Some(((*k).to_owned(), value.to_owned()))
+        })
+        .collect();
+    if !carried.is_empty() {
+        let _ = span.set_parent(context_from_headers(&carried));
+    }
 }
 
 /// The trace context a caller sent in gRPC metadata.
@@ -233,18 +242,6 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
         rpc.service = %service,
         rpc.method = %method,
     );
-    let headers: HashMap<String, String> = ["traceparent", "tracestate"]
-        .iter()
-        .filter_map(|k| {
-            request
-                .headers()
-                .get(*k)
-                .and_then(|v| v.to_str().ok())
-                .map(|v| ((*k).to_owned(), v.to_owned()))
-        })
-        .collect();
-    if !headers.is_empty() {
-        let _ = span.set_parent(context_from_headers(&headers));
-    }
+    set_parent_from_http(&span, request.headers());
     span
 }

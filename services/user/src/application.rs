@@ -76,7 +76,7 @@ impl Application {
         let outbox = OutboxSignal::default();
         let accounts = Accounts {
             pool: pool.clone(),
-            hasher: PasswordHasherPool::new()?,
+            hasher: PasswordHasherPool::new(),
             signer,
             token_ttl: Duration::from_secs(settings.accounts.access_token_ttl_secs),
             outbox: outbox.clone(),

@@ -14,11 +14,14 @@ use tokio::sync::Semaphore;
 /// At most this many hashes at once (each holds 19 MiB).
 const CONCURRENT_HASHES: usize = 8;
 
+/// Verified against when the email is unknown, so both cases take as long: a
+/// well-formed hash with the same parameters, which no password produces.
+const DECOY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$c2hvcG1lc2hkZWNveQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+
 #[derive(Clone, Debug)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
-    /// Verified against when the email is unknown, so both cases take as long.
-    decoy_hash: Arc<String>,
 }
 
 fn argon2() -> Argon2<'static> {
@@ -26,13 +29,17 @@ fn argon2() -> Argon2<'static> {
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
 }
 
+impl Default for PasswordHasherPool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl PasswordHasherPool {
-    pub fn new() -> anyhow::Result<Self> {
-        let decoy = hash_blocking("decoy password that matches nothing")?;
-        Ok(Self {
+    pub fn new() -> Self {
+        Self {
             permits: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
-            decoy_hash: Arc::new(decoy),
-        })
+        }
     }
 
     pub async fn hash(&self, password: String) -> anyhow::Result<String> {
@@ -47,7 +54,7 @@ impl PasswordHasherPool {
     pub async fn verify(&self, password: String, stored: Option<String>) -> anyhow::Result<bool> {
         let _permit = self.permits.acquire().await.context("hasher closed")?;
         let known = stored.is_some();
-        let hash = stored.unwrap_or_else(|| self.decoy_hash.as_ref().clone());
+        let hash = stored.unwrap_or_else(|| DECOY_HASH.to_owned());
         let matches = tokio::task::spawn_blocking(move || {
             PasswordHash::new(&hash)
                 .map(|parsed| {
@@ -77,7 +84,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
-        let pool = PasswordHasherPool::new().expect("pool");
+        let pool = PasswordHasherPool::new();
         let hash = pool
             .hash("correct horse battery".into())
             .await
@@ -103,5 +110,15 @@ mod tests {
                 .await
                 .expect("verify")
         );
+    }
+
+    #[test]
+    fn the_decoy_costs_what_a_real_hash_costs() {
+        let decoy = PasswordHash::new(DECOY_HASH).expect("a well-formed hash");
+        let real = hash_blocking("any password at all").expect("hash");
+        let real = PasswordHash::new(&real).expect("parse");
+        assert_eq!(decoy.algorithm, real.algorithm);
+        assert_eq!(decoy.params, real.params);
+        assert_eq!(decoy.hash.map(|h| h.len()), real.hash.map(|h| h.len()));
     }
 }

@@ -29,6 +29,14 @@ struct UserRow {
     created_at: DateTime<Utc>,
 }
 
+/// A user row with its password hash, for sign-in only.
+#[derive(sqlx::FromRow)]
+struct Credentials {
+    #[sqlx(flatten)]
+    user: UserRow,
+    password_hash: String,
+}
+
 /// What the gRPC layer needs to serve accounts.
 #[derive(Clone, Debug)]
 pub struct Accounts {
@@ -92,26 +100,17 @@ impl Accounts {
     /// unknown or the password wrong.
     #[tracing::instrument(name = "db users.login", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "users", db.operation.name = "login"))]
     pub async fn login(&self, attempt: LoginAttempt) -> Result<pb::LoginResponse, ApiError> {
-        let found: Option<(UserRow, String)> = sqlx::query_as::<_, (Uuid, String, String, String, DateTime<Utc>, String)>(
+        let found = sqlx::query_as::<_, Credentials>(
             "SELECT user_id, email, display_name, role, created_at, password_hash FROM users WHERE email = $1",
         )
         .bind(&attempt.email)
         .fetch_optional(&self.pool)
-        .await?
-        .map(|(user_id, email, display_name, role, created_at, hash)| {
-            (
-                UserRow {
-                    user_id,
-                    email,
-                    display_name,
-                    role,
-                    created_at,
-                },
-                hash,
-            )
-        });
+        .await?;
         let (row, hash) = match found {
-            Some((row, hash)) => (Some(row), Some(hash)),
+            Some(Credentials {
+                user,
+                password_hash,
+            }) => (Some(user), Some(password_hash)),
             None => (None, None),
         };
         let matches = self

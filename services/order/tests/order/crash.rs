@@ -68,16 +68,12 @@ async fn sigkill_under_load_loses_no_confirmed_order_and_keeps_every_invariant()
     let mesh = Mesh {
         broker,
         identity,
+        user_port: user.port,
         user: Some(user),
-        user_port: 0,
         inventory: Some(inventory),
         inventory_port,
         order: None,
         order_port: port,
-    };
-    let mesh = Mesh {
-        user_port: mesh.user.as_ref().expect("user").port,
-        ..mesh
     };
 
     let skus: Vec<String> = (0..3).map(|_| sku("CRASH")).collect();
