@@ -481,3 +481,42 @@ pub fn telemetry() {
         std::sync::OnceLock::new();
     GUARD.get_or_init(|| shop_platform::telemetry::init("test").ok());
 }
+
+/// Produces one event with the headers the outbox relay writes (CloudEvents
+/// binding), for consumer tests.
+pub async fn produce_event(
+    brokers: &str,
+    topic: &str,
+    key: &str,
+    event_id: &str,
+    event_type: &str,
+    payload: &[u8],
+) {
+    produce(
+        brokers,
+        topic,
+        key,
+        payload,
+        &[
+            ("ce_id", event_id),
+            ("ce_type", event_type),
+            ("content-type", "application/protobuf"),
+        ],
+    )
+    .await;
+}
+
+/// Whether the single number `sql` selects reaches `n` within `timeout`.
+pub async fn count_reaches(
+    pool: &sqlx::PgPool,
+    sql: &'static str,
+    n: i64,
+    timeout: Duration,
+) -> bool {
+    eventually(timeout, || async move {
+        let count: i64 = sqlx::query_scalar(sql).fetch_one(pool).await.ok()?;
+        (count == n).then_some(())
+    })
+    .await
+    .is_some()
+}

@@ -8,16 +8,13 @@ use shop_testkit::{Broker, read_topic};
 use crate::helpers::{order_id, sku, spawn_app_with};
 
 async fn send(brokers: &str, event_id: &str, key: &str, event_type: &str, payload: &[u8]) {
-    shop_testkit::produce(
+    shop_testkit::produce_event(
         brokers,
         "shop.order.v1.events",
         key,
+        event_id,
+        event_type,
         payload,
-        &[
-            ("ce_id", event_id),
-            ("ce_type", event_type),
-            ("content-type", "application/protobuf"),
-        ],
     )
     .await;
 }
@@ -82,18 +79,14 @@ async fn order_events_commit_and_give_back_stock_and_replays_change_nothing() {
             send(&broker.brokers, id, key, event_type, payload).await;
         }
         let pool = app.pool().await;
-        let done = shop_testkit::eventually(Duration::from_secs(30), || {
-            let pool = pool.clone();
-            async move {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox_events")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n == 4).then_some(())
-            }
-        })
+        let done = shop_testkit::count_reaches(
+            &pool,
+            "SELECT count(*) FROM inbox_events",
+            4,
+            Duration::from_secs(30),
+        )
         .await;
-        assert!(done.is_some(), "round {round}: all four events applied");
+        assert!(done, "round {round}: all four events applied");
         if round == 1 {
             tokio::time::sleep(Duration::from_secs(2)).await;
         }

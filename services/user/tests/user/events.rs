@@ -136,18 +136,7 @@ fn confirmed(order_id: &str, user_id: &str, amount_minor: i64) -> Vec<u8> {
 }
 
 async fn send(brokers: &str, key: &str, event_id: &str, event_type: &str, payload: &[u8]) {
-    shop_testkit::produce(
-        brokers,
-        ORDER_TOPIC,
-        key,
-        payload,
-        &[
-            ("ce_id", event_id),
-            ("ce_type", event_type),
-            ("content-type", "application/protobuf"),
-        ],
-    )
-    .await;
+    shop_testkit::produce_event(brokers, ORDER_TOPIC, key, event_id, event_type, payload).await;
 }
 
 #[tokio::test]
@@ -187,21 +176,14 @@ async fn order_events_keep_user_figures_and_replays_change_nothing() {
             send(&broker.brokers, key, event_id, event_type, payload).await;
         }
         let pool = app.pool().await;
-        let processed = shop_testkit::eventually(Duration::from_secs(30), || {
-            let pool = pool.clone();
-            async move {
-                let n: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox_events")
-                    .fetch_one(&pool)
-                    .await
-                    .ok()?;
-                (n == 3).then_some(())
-            }
-        })
+        let processed = shop_testkit::count_reaches(
+            &pool,
+            "SELECT count(*) FROM inbox_events",
+            3,
+            Duration::from_secs(30),
+        )
         .await;
-        assert!(
-            processed.is_some(),
-            "round {round}: three distinct events processed"
-        );
+        assert!(processed, "round {round}: three distinct events processed");
         if round == 1 {
             // Let the duplicates reach the consumer before reading the figures.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -273,19 +255,12 @@ async fn undecodable_order_events_go_to_the_dead_letter_topic() {
     assert_eq!(dead[0].headers["dlq_source_topic"], ORDER_TOPIC);
 
     let pool = app.pool().await;
-    let applied = shop_testkit::eventually(Duration::from_secs(20), || {
-        let pool = pool.clone();
-        async move {
-            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM user_orders")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-            (n == 1).then_some(())
-        }
-    })
+    let applied = shop_testkit::count_reaches(
+        &pool,
+        "SELECT count(*) FROM user_orders",
+        1,
+        Duration::from_secs(20),
+    )
     .await;
-    assert!(
-        applied.is_some(),
-        "the good event after the poison one was applied"
-    );
+    assert!(applied, "the good event after the poison one was applied");
 }
