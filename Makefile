@@ -2,7 +2,11 @@
 # toolchain: it installs what is missing and starts what the tests need.
 SHELL := /bin/bash
 
-.PHONY: help build test lint fmt dev up down logs tools clean bench k8s-validate
+.PHONY: help build test lint fmt dev up up-core down logs tools clean bench k8s-validate compose-test
+
+# Compose v2 where it is installed, otherwise Debian's docker-compose 1.29.
+COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+PY_SCRIPTS = $$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 
 help:
 	@echo "make dev    - the whole mesh natively, in the foreground (Ctrl-C stops it)"
@@ -11,7 +15,9 @@ help:
 	@echo "make build  - build every binary"
 	@echo "make bench  - benchmarks of the running mesh; rewrites docs/benchmarks.md"
 	@echo "make k8s-validate - render every kustomize overlay and validate it"
-	@echo "make up / make down - docker compose up -d --build / docker compose down"
+	@echo "make up      - the whole mesh in containers, with Jaeger, Prometheus, Grafana (docker compose up -d --build)"
+	@echo "make up-core - the core mesh alone; make down / make logs"
+	@echo "make compose-test - build every image locally (no registry needed), bring compose up, smoke, teardown"
 
 tools:
 	scripts/install-tools.sh
@@ -25,7 +31,8 @@ test: tools
 lint: tools
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cd proto && PATH="$$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$$PATH" buf lint
+	cd proto && PATH="$(PY_SCRIPTS):$$PATH" buf lint
+	PATH="$(PY_SCRIPTS):$$PATH" hadolint deploy/docker/Dockerfile deploy/docker/offline/*.Dockerfile
 
 fmt:
 	cargo fmt --all
@@ -34,19 +41,25 @@ dev: tools build
 	scripts/dev.sh
 
 k8s-validate: tools
-	PATH="$$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$$PATH" scripts/k8s-validate.py
+	PATH="$(PY_SCRIPTS):$$PATH" scripts/k8s-validate.py
 
 bench: tools
 	scripts/with-infra.sh scripts/bench.sh
 
 up:
-	docker compose up -d --build
+	$(COMPOSE) up -d --build
+
+up-core:
+	OTEL_EXPORTER_OTLP_ENDPOINT= $(COMPOSE) up -d --build gateway
 
 down:
-	docker compose down
+	$(COMPOSE) down
 
 logs:
-	docker compose logs -f
+	$(COMPOSE) logs -f
+
+compose-test: tools
+	scripts/compose-test.sh
 
 clean:
 	cargo clean

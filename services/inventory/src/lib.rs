@@ -6,6 +6,7 @@ pub mod application;
 pub mod catalog;
 pub mod order_events;
 pub mod reservation;
+pub mod seed;
 pub mod settings;
 
 pub use application::{Application, SERVICE_NAME};

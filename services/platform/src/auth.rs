@@ -330,9 +330,16 @@ pub fn generate_keypair() -> (Secret, String) {
 }
 
 /// Writes two key pairs into `dir` for development: `auth.key`/`auth.pub` (user
-/// access tokens) and `service.key`/`service.pub` (service identity).
+/// access tokens) and `service.key`/`service.pub` (service identity), unless all
+/// four files are there already.
 pub fn write_keypairs(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
+    // Kept when complete, so a restarted key job never invalidates issued tokens.
+    let files = ["auth.key", "auth.pub", "service.key", "service.pub"];
+    if files.iter().all(|f| dir.join(f).is_file()) {
+        eprintln!("keys already present in {}; kept", dir.display());
+        return Ok(());
+    }
     for name in ["auth", "service"] {
         let (private, public) = generate_keypair();
         let key = dir.join(format!("{name}.key"));

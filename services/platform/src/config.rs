@@ -1,6 +1,8 @@
 //! Typed settings: defaults, then an optional TOML file named by `CONFIG_FILE`,
 //! then environment variables (the names docker compose and Kubernetes set, e.g.
 //! `DATABASE_URL`). A value of the wrong type stops startup with the key's name.
+//! Any key can instead be read from a file named by `<KEY>_FILE` (how Docker and
+//! Kubernetes hand over secrets), e.g. `AUTH_PRIVATE_KEY_FILE=/run/secrets/auth.key`.
 
 use std::fmt;
 
@@ -21,8 +23,34 @@ where
         }
         figment = figment.merge(Toml::file(path));
     }
+    let known = Figment::from(Serialized::defaults(defaults));
+    for (key, value) in file_values(std::env::vars(), |key| known.contains(key))? {
+        figment = figment.merge((key, value));
+    }
     figment = figment.merge(Env::raw().ignore(&["config_file"]));
     figment.extract().map_err(|err| ConfigError(describe(&err)))
+}
+
+/// The settings given as `<KEY>_FILE=path` for keys that `is_key` knows and that
+/// are not also set directly; the file's trailing newline is not part of the value.
+fn file_values(
+    vars: impl Iterator<Item = (String, String)>,
+    is_key: impl Fn(&str) -> bool,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let vars: Vec<(String, String)> = vars.collect();
+    let mut values = Vec::new();
+    for (var, path) in &vars {
+        let Some(key) = var.strip_suffix("_FILE").map(str::to_lowercase) else {
+            continue;
+        };
+        if !is_key(&key) || vars.iter().any(|(k, _)| k.eq_ignore_ascii_case(&key)) {
+            continue;
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|err| ConfigError(format!("{var}: cannot read {path}: {err}")))?;
+        values.push((key, text.trim_end_matches(['\n', '\r']).to_owned()));
+    }
+    Ok(values)
 }
 
 fn describe(err: &figment::Error) -> String {
@@ -176,5 +204,52 @@ impl ServiceSettings {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> std::vec::IntoIter<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn file_values_read_known_keys_without_the_trailing_newline() {
+        let dir = std::env::temp_dir().join(format!("shop-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("secret");
+        std::fs::write(&path, "s3cret\n").expect("write");
+        let path = path.to_str().expect("utf-8 path");
+
+        let known = |key: &str| key == "database_url";
+        let read = file_values(vars(&[("DATABASE_URL_FILE", path)]), known).expect("read");
+        assert_eq!(read, vec![("database_url".to_owned(), "s3cret".to_owned())]);
+
+        // Set directly, the key wins; unknown keys are not read at all.
+        let both = vars(&[("DATABASE_URL_FILE", path), ("DATABASE_URL", "direct")]);
+        assert!(file_values(both, known).expect("read").is_empty());
+        let unknown = vars(&[("HISTORY_FILE", "/nonexistent")]);
+        assert!(file_values(unknown, known).expect("ignored").is_empty());
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn an_unreadable_file_names_the_variable() {
+        let err = file_values(
+            vars(&[("DATABASE_URL_FILE", "/nonexistent/db-url")]),
+            |key| key == "database_url",
+        )
+        .expect_err("missing file");
+        assert!(
+            err.0
+                .starts_with("DATABASE_URL_FILE: cannot read /nonexistent/db-url"),
+            "{err}"
+        );
     }
 }

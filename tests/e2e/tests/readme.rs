@@ -24,7 +24,7 @@ async fn make_dev_serves_the_readme_lines_and_stops_on_sigterm() {
     let rest_email = format!("rest-{}@example.com", std::process::id());
     let script = format!(
         "{}\n{}\n{}",
-        readme_block("With `make dev` running:"),
+        readme_block("With `make dev` or `docker compose up` running:"),
         readme_block("A whole order, as Ada"),
         readme_block("errors as `google.rpc.Status` JSON"),
     )

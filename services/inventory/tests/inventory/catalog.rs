@@ -292,3 +292,30 @@ async fn grpcurl_reads_products_without_a_token_and_is_refused_the_rest() {
         "nothing was reserved"
     );
 }
+
+#[tokio::test]
+async fn the_seed_command_creates_the_demo_catalogue_once() {
+    let app = spawn_app().await;
+    let mut settings = shop_inventory::Settings::default();
+    settings.service =
+        app.identity
+            .settings(settings.service, &app.db, &shop_testkit::kafka_brokers());
+    let catalogue = shop_testkit::workspace_root().join("deploy/demo/catalog.json");
+
+    let first = shop_inventory::seed::seed(&settings, &catalogue)
+        .await
+        .expect("first seed");
+    assert_eq!(first.created, ["MUG-001", "LAMP-001", "BOOK-042"]);
+    assert!(first.kept.is_empty());
+    let mug = app.product("MUG-001").await;
+    assert_eq!((mug.available, mug.unit_price), (100, eur(1299)));
+
+    // Run again (a restarted seed job): nothing is created twice or overwritten.
+    app.adjust("MUG-001", -10, "fair-1").await.expect("adjust");
+    let second = shop_inventory::seed::seed(&settings, &catalogue)
+        .await
+        .expect("second seed");
+    assert!(second.created.is_empty());
+    assert_eq!(second.kept, ["MUG-001", "LAMP-001", "BOOK-042"]);
+    assert_eq!(app.product("MUG-001").await.available, 90);
+}
