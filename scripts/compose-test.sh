@@ -63,7 +63,7 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 
 log "stand-in images (built once, then reused)"
-eval "$(deploy/docker/offline/images.sh 2> >(grep -v -e 'legacy builder' -e buildx -e 'docs.docker.com' >&2))"
+eval "$(deploy/docker/offline/images.sh)"
 export RUST_IMAGE POSTGRES_IMAGE TANSU_IMAGE
 cat >&2 <<EOF
     postgres     -> $POSTGRES_IMAGE (Debian's postgresql-15)
@@ -82,8 +82,14 @@ if ! compose build user-service inventory-service order-service gateway >"$build
     tail -60 "$build_log" >&2
     exit 1
 fi
-log "images built in $(($(date +%s) - build_started)) s" \
-    "($(grep -c 'Using cache' "$build_log") of $(grep -c '^Step ' "$build_log") build steps from cache)"
+# The first cargo step compiles only the dependencies (deploy/docker/skeleton.sh).
+if grep -A1 -m1 '^Step [0-9/]* : RUN cargo build' "$build_log" | grep -q 'Using cache'; then
+    deps="the dependency layer came from the cache"
+else
+    deps="the dependency layer was compiled"
+fi
+log "images built in $(($(date +%s) - build_started)) s;" \
+    "$(grep -c 'Using cache' "$build_log") of $(grep -c '^Step ' "$build_log") steps cached; $deps"
 for binary in user-service inventory-service order-service gateway; do
     image=shopmesh/$binary:0.1.0
     bytes=$(docker image inspect -f '{{.Size}}' "$image")

@@ -15,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# The engine's client warns on every legacy (non-BuildKit) build; nothing to act on.
+quiet_build() { docker build -q "$@" 2> >(grep -v -e '^$' -e 'legacy builder' -e buildx -e 'docs.docker.com' >&2); }
 have_image() { docker image inspect "$1" >/dev/null 2>&1; }
 label_of() { docker image inspect -f "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true; }
 
@@ -82,7 +84,7 @@ build_rust() {
     rm -rf "$context/toolchain/lib/rustlib/src" "$context/toolchain/lib/rustlib/rustc-src"
     cp "$cabundle" "$context/ca-certificates.crt"
     cp rust.Dockerfile "$context/Dockerfile"
-    docker build -q --build-arg "BASE_IMAGE=$BASE" --label "org.shopmesh.inputs=$sum" \
+    quiet_build --build-arg "BASE_IMAGE=$BASE" --label "org.shopmesh.inputs=$sum" \
         -t "$RUST_IMAGE" "$context" >/dev/null
     log "built $RUST_IMAGE"
 }
@@ -93,7 +95,7 @@ build_postgres() {
     sum=$(cat postgres.Dockerfile postgres-entrypoint.sh | sha256sum | cut -c1-16)
     [ "$(label_of "$POSTGRES_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
     log "building $POSTGRES_IMAGE (Debian's postgresql-15)"
-    docker build -q -f postgres.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
+    quiet_build -f postgres.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
         --label "org.shopmesh.inputs=$sum" -t "$POSTGRES_IMAGE" . >/dev/null
 }
 
@@ -110,7 +112,7 @@ build_tansu() {
     mkdir -p "$context"
     cp "$tansu" "$context/tansu"
     cp tansu.Dockerfile "$context/Dockerfile"
-    docker build -q --build-arg "BASE_IMAGE=$BASE" --label "org.shopmesh.inputs=$sum" \
+    quiet_build --build-arg "BASE_IMAGE=$BASE" --label "org.shopmesh.inputs=$sum" \
         -t "$TANSU_IMAGE" "$context" >/dev/null
 }
 
