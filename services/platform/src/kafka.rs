@@ -53,7 +53,11 @@ pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("session.timeout.ms", "10000")
+        // Outlives a broker outage of tens of seconds without a rebalance: a rejoin while
+        // the broker is unresponsive can leave a phantom member leading the group on
+        // tansu 0.6, which then never assigns partitions again (make chaos found it).
+        // A crashed member's partitions move after this long.
+        .set("session.timeout.ms", "30000")
         // Long-polling fetches otherwise wait up to 500 ms for more data; events should
         // arrive in milliseconds (make bench, section 4).
         .set("fetch.wait.max.ms", "10")
