@@ -121,3 +121,40 @@ async fn grpcurl_lists_services_checks_health_and_runs_the_account_flow() {
     .await;
     assert!(!out.status.success());
 }
+
+/// Bytes that are not the message they claim to be are the caller's fault:
+/// INVALID_ARGUMENT naming the field, not INTERNAL (shop_proto::codec).
+#[tokio::test]
+async fn malformed_protobuf_is_invalid_argument_naming_the_field() {
+    let app = spawn_app().await;
+    // A LoginRequest whose email says 16 bytes follow and then carries 11.
+    let message = b"\x0a\x10ada@example";
+    let mut frame = vec![0u8];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend(message);
+    let path = std::env::temp_dir().join(format!("shop-truncated-{}", std::process::id()));
+    std::fs::write(&path, &frame).expect("frame file");
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "-H",
+            "content-type: application/grpc",
+            "-H",
+            "te: trailers",
+            "--data-binary",
+            &format!("@{}", path.display()),
+            &format!("http://{}/shop.user.v1.UserService/Login", app.addr()),
+        ])
+        .output()
+        .await
+        .expect("curl");
+    std::fs::remove_file(&path).ok();
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(headers.contains("grpc-status: 3"), "{headers}");
+    assert!(headers.contains("loginrequest.email"), "{headers}");
+}
