@@ -2,7 +2,7 @@
 # toolchain: it installs what is missing and starts what the tests need.
 SHELL := /bin/bash
 
-.PHONY: help build test lint fmt dev up up-core down logs tools clean bench k8s-validate compose-test chaos
+.PHONY: help build test lint fmt dev up up-core down logs tools clean bench k8s-validate compose-test chaos fuzz
 
 # Compose v2 where it is installed, otherwise Debian's docker-compose 1.29.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -18,6 +18,7 @@ help:
 	@echo "make up      - the whole mesh in containers, with Jaeger, Prometheus, Grafana (docker compose up -d --build)"
 	@echo "make up-core - the core mesh alone; make down / make logs"
 	@echo "make chaos  - faults, load and hostile input, then the invariant checker; writes docs/reliability.md"
+	@echo "make fuzz   - cargo fuzz (nightly) on the gateway's transcoding and the services' request checks"
 	@echo "make compose-test - build every image locally (no registry needed), bring compose up, smoke, teardown"
 
 tools:
@@ -64,6 +65,9 @@ compose-test: tools
 
 chaos: tools build
 	scripts/with-infra.sh python3 scripts/chaos.py
+
+fuzz:
+	scripts/fuzz.sh
 
 clean:
 	cargo clean
