@@ -64,7 +64,7 @@ compose-test: tools
 	scripts/compose-test.sh
 
 chaos: tools build
-	scripts/with-infra.sh python3 scripts/chaos.py
+	env -u DATABASE_URL -u KAFKA_BROKERS scripts/with-infra.sh python3 scripts/chaos.py
 
 fuzz:
 	scripts/fuzz.sh

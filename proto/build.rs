@@ -29,7 +29,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .codec_path("crate::codec::ShopCodec")
         .compile_fds_with_config(compiler.file_descriptor_set(), {
             // Name impls give each event its fully qualified type for the ce_type header.
             let mut config = prost_build::Config::new();

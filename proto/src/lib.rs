@@ -8,8 +8,6 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/shop_descriptor.bin"));
 
-pub mod codec;
-
 pub mod google {
     pub mod api {
         tonic::include_proto!("google.api");

@@ -42,6 +42,10 @@ apt_mirror() {
 
 build_base() {
     have_image "$BASE" && return 0
+    # debootstrap of bookworm from this machine's mirror: a Debian host, as root.
+    grep -qs '^ID=debian' /etc/os-release \
+        || { log "the stand-in images are made on a Debian host (its apt mirror); this is not one"; return 1; }
+    [ "$(id -u)" -eq 0 ] || { log "debootstrap needs root"; return 1; }
     command -v debootstrap >/dev/null || {
         log "installing debootstrap (Debian package)"
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null

@@ -1,7 +1,7 @@
 //! Typed settings: defaults, then an optional TOML file named by `CONFIG_FILE`,
 //! then environment variables (the names docker compose and Kubernetes set, e.g.
 //! `DATABASE_URL`). A value of the wrong type stops startup with the key's name.
-//! Any key can instead be read from a file named by `<KEY>_FILE` (how Docker and
+//! A text setting can instead be read from a file named by `<KEY>_FILE` (how Docker and
 //! Kubernetes hand over secrets), e.g. `AUTH_PRIVATE_KEY_FILE=/run/secrets/auth.key`.
 
 use std::fmt;

@@ -252,6 +252,26 @@ mod tests {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RedLayer;
 
+/// tonic answers a request body that does not decode as its message (truncated,
+/// invalid UTF-8, a wrong wire type) with INTERNAL, as gRPC libraries do. The
+/// fault is the caller's bytes, so servers answer INVALID_ARGUMENT naming the
+/// field instead; clients keep tonic's mapping for responses they cannot decode.
+fn malformed_request_is_invalid_argument(headers: &mut http::HeaderMap) {
+    const DECODE_ERROR: &str = "failed to decode Protobuf message";
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let Some(message) = headers.get("grpc-message").and_then(|v| v.to_str().ok()) else {
+        return;
+    };
+    if !internal || !message.replace("%20", " ").starts_with(DECODE_ERROR) {
+        return;
+    }
+    let rewritten = format!("malformed%20protobuf%20message%3A%20{message}");
+    if let Ok(value) = http::HeaderValue::from_str(&rewritten) {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+        headers.insert("grpc-message", value);
+    }
+}
+
 impl<S> tower::Layer<S> for RedLayer {
     type Service = Red<S>;
 
@@ -286,7 +306,10 @@ where
         let started = std::time::Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
-            let result = future.await;
+            let mut result = future.await;
+            if let Ok(response) = &mut result {
+                malformed_request_is_invalid_argument(response.headers_mut());
+            }
             let (service, method) = path
                 .trim_start_matches('/')
                 .split_once('/')

@@ -123,7 +123,7 @@ async fn grpcurl_lists_services_checks_health_and_runs_the_account_flow() {
 }
 
 /// Bytes that are not the message they claim to be are the caller's fault:
-/// INVALID_ARGUMENT naming the field, not INTERNAL (shop_proto::codec).
+/// INVALID_ARGUMENT naming the field, not INTERNAL (shop_platform::grpc).
 #[tokio::test]
 async fn malformed_protobuf_is_invalid_argument_naming_the_field() {
     let app = spawn_app().await;
