@@ -32,7 +32,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = os.environ.get("SHOPMESH_BUILD_PROFILE", "debug")
@@ -738,8 +738,9 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
 # --- the invariant checker --------------------------------------------------------
 
 def read_topics(brokers):
-    """Every record on every event topic, from the start to the current end:
-    (topic, key, headers)."""
+    """Every record on every event topic, from the beginning: (topic, key, headers).
+    Reads past the high watermarks until nothing more arrives for 5 s, so a stale
+    watermark cannot hide the last records."""
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-check-{uuid.uuid4()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     records = []
@@ -747,25 +748,27 @@ def read_topics(brokers):
         ends, assignment = {}, []
         for topic in TOPICS:
             for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                if high > low:
-                    ends[(topic, p)] = high
-                    assignment.append(TopicPartition(topic, p, low))
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                ends[(topic, p)] = high
+                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
         consumer.assign(assignment)
-        deadline = time.monotonic() + 120
-        while ends:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"could not read the topics to their end: {ends}")
-            message = consumer.poll(1)
+        reached = {where: 0 for where in ends}
+        deadline = time.monotonic() + 180
+        last_record = time.monotonic()
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
             if message is None or message.error():
+                caught_up = all(reached[w] >= ends[w] for w in ends)
+                if caught_up and time.monotonic() - last_record > 5:
+                    break
                 continue
+            last_record = time.monotonic()
             where = (message.topic(), message.partition())
-            if where not in ends or message.offset() >= ends[where]:
-                continue
+            reached[where] = max(reached.get(where, 0), message.offset() + 1)
             headers = {k: (v or b"").decode() for k, v in (message.headers() or [])}
             records.append((message.topic(), (message.key() or b"").decode(), headers))
-            if message.offset() + 1 >= ends[where]:
-                del ends[where]
+        else:
+            raise SystemExit(f"could not read the topics to their end: {reached} of {ends}")
     finally:
         consumer.close()
     return records
@@ -798,7 +801,8 @@ def check_invariants(mesh, load):
     stray = [e for e in on_topics if e not in published]
     if stray:
         violations.append(f"{len(stray)} events on topics have no outbox row (a rolled-back write?): {stray[:3]}")
-    unsent = [f"{e} ({t})" for e, (_, t, u) in published.items() if u or e not in on_topics]
+    unsent = [f"{e} ({t}, {'not stamped' if u else 'stamped sent'})"
+              for e, (_, t, u) in published.items() if u or e not in on_topics]
     if unsent:
         violations.append(f"{len(unsent)} outbox events never reached their topic: {unsent[:3]}")
 
