@@ -532,10 +532,6 @@ class Chaos:
             time.sleep(5)
         first, last = samples[1] if len(samples) > 2 else samples[0], samples[-1]
         growth = {n: last[0][n] - first[0][n] for n in first[0]}
-        self.soak_summary = {
-            "seconds": SOAK_SECS, "requests": self.load.sent[self.load.phase],
-            "rss_first": first[0], "rss_last": last[0], "backlog": [b for _, b in samples],
-        }
         self.note("resident MiB first → last: " + ", ".join(
             f"{n} {first[0][n]:.0f} → {last[0][n]:.0f}" for n in first[0])
             + f"; outbox backlog samples {[b for _, b in samples]}")

@@ -4,42 +4,41 @@
 use prost::Message;
 use shop_proto::{inventory, order, user};
 
+/// Decodes `bytes` as `M` and, when that works, puts it through `convert`.
+fn decode_then<M: Message + Default, R>(bytes: &[u8], convert: impl FnOnce(M) -> R) {
+    if let Ok(message) = M::decode(bytes) {
+        let _ = convert(message);
+    }
+}
+
 pub fn service_checks(rpc: &str, bytes: &[u8]) {
     match rpc {
-        "Register" => {
-            if let Ok(req) = user::RegisterRequest::decode(bytes) {
-                let _ = shop_user::account::Registration::try_from(req);
-            }
-        }
+        "Register" => decode_then::<user::RegisterRequest, _>(
+            bytes,
+            shop_user::account::Registration::try_from,
+        ),
         "Login" => {
-            if let Ok(req) = user::LoginRequest::decode(bytes) {
-                let _ = shop_user::account::LoginAttempt::try_from(req);
-            }
+            decode_then::<user::LoginRequest, _>(bytes, shop_user::account::LoginAttempt::try_from)
         }
-        "CreateProduct" => {
-            if let Ok(req) = inventory::CreateProductRequest::decode(bytes) {
-                let _ = shop_inventory::catalog::NewProduct::try_from(req);
-            }
-        }
-        "AdjustStock" => {
-            if let Ok(req) = inventory::AdjustStockRequest::decode(bytes) {
-                let _ = shop_inventory::catalog::Adjustment::try_from(req);
-            }
-        }
-        "ReserveStock" => {
-            if let Ok(req) = inventory::ReserveStockRequest::decode(bytes) {
-                let _ = shop_inventory::reservation::ReservationRequest::try_from(req);
-            }
-        }
-        "CreateOrder" => {
-            if let Ok(req) = order::CreateOrderRequest::decode(bytes) {
-                let _ = shop_order::order::NewOrder::parse(req, Some("fuzz-key"));
-            }
-        }
+        "CreateProduct" => decode_then::<inventory::CreateProductRequest, _>(
+            bytes,
+            shop_inventory::catalog::NewProduct::try_from,
+        ),
+        "AdjustStock" => decode_then::<inventory::AdjustStockRequest, _>(
+            bytes,
+            shop_inventory::catalog::Adjustment::try_from,
+        ),
+        "ReserveStock" => decode_then::<inventory::ReserveStockRequest, _>(
+            bytes,
+            shop_inventory::reservation::ReservationRequest::try_from,
+        ),
+        "CreateOrder" => decode_then(bytes, |req: order::CreateOrderRequest| {
+            shop_order::order::NewOrder::parse(req, Some("fuzz-key"))
+        }),
         "GetOrder" | "CancelOrder" | "WatchOrder" => {
-            if let Ok(req) = order::GetOrderRequest::decode(bytes) {
-                let _ = shop_order::order::parse_order_id(&req.order_id);
-            }
+            decode_then(bytes, |req: order::GetOrderRequest| {
+                shop_order::order::parse_order_id(&req.order_id)
+            })
         }
         _ => {}
     }
