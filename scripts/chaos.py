@@ -2,12 +2,14 @@
 """`make chaos`: faults, load and hostile input against the mesh, then DESIGN.md's
 invariants checked by reading every database and every topic.
 
-Runs under scripts/with-infra.sh, which provides PostgreSQL and the tansu broker
-and tells this script how to restart the one (SHOPMESH_PGDATA, SHOPMESH_PG_BIN)
-and pause the other (SHOPMESH_BROKER_PID). It starts the services and the gateway
-itself, from target/<profile>, on free ports, with the order service reaching
-inventory through a TCP proxy it can slow down or cut. Mixed traffic runs through
-the gateway the whole time; the report goes to docs/reliability.md.
+    chaos.py            the native mesh (scripts/with-infra.sh provides PostgreSQL and
+                        tansu and says how to restart the one and pause the other)
+    chaos.py --compose  docker-compose.yml's containers (run by `scripts/compose-test.sh
+                        chaos`, which brings the stack up and tears it down)
+
+scripts/chaos_mesh.py holds the two forms of the mesh and the faults each can cause.
+Mixed traffic runs through the gateway the whole time; the report for each form
+goes into its own section of docs/reliability.md.
 """
 
 import base64
@@ -15,28 +17,22 @@ import datetime
 import json
 import os
 import random
-import shlex
-import signal
-import socket
+import re
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from chaos_mesh import SERVICES, ComposeMesh, NativeMesh, http
 
 ROOT = Path(__file__).resolve().parents[1]
-PROFILE = os.environ.get("SHOPMESH_BUILD_PROFILE", "debug")
-BIN = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / PROFILE
 BROKER_OUTAGE_SECS = int(os.environ.get("CHAOS_BROKER_OUTAGE_SECS", "15"))
 SOAK_SECS = int(os.environ.get("CHAOS_SOAK_SECS", "60"))
 SEED = int(os.environ.get("CHAOS_SEED", "20261127"))
@@ -47,228 +43,12 @@ ALL_SCENARIOS = ["sigkill_each", "relay_mid_batch", "broker_outage", "postgres_r
 SCENARIOS = [s for s in os.environ.get("CHAOS_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",") if s]
 SKUS = ["CHAOS-A", "CHAOS-B", "CHAOS-C", "CHAOS-D"]
 STOCK = 1_000_000
-ADMIN = ("admin@chaos.test", "chaos-admin-password")
-TOPICS = ["shop.user.v1.events", "shop.inventory.v1.events", "shop.order.v1.events"]
 ORDER_CONFIRMED = "shop.order.v1.OrderConfirmed"
+REPORT = ROOT / "docs" / "reliability.md"
 
 
 def log(message):
     print(f"\033[1m==> {message}\033[0m", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def psql(url, sql):
-    out = subprocess.run(["psql", url, "-qtAX", "-F", "\t", "-c", sql], capture_output=True,
-                         text=True, check=True).stdout
-    return [line.split("\t") for line in out.splitlines() if line]
-
-
-def db_url(server, name):
-    parts = urllib.parse.urlsplit(server)
-    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
-
-
-# --- the TCP proxy between the order service and inventory ---------------------
-
-class Proxy:
-    """Forwards a port to another; can add latency to every chunk or drop everything."""
-
-    def __init__(self, target_port):
-        self.target_port = target_port
-        self.delay = 0.0
-        self.partitioned = False
-        self.conns = []
-        self.lock = threading.Lock()
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(128)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            client, _ = self.listener.accept()
-            if self.partitioned:
-                # A partition: the connection is accepted and then nothing ever answers.
-                with self.lock:
-                    self.conns.append(client)
-                continue
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.conns += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, source, sink):
-        try:
-            while True:
-                data = source.recv(65536)
-                if not data:
-                    break
-                while self.partitioned:
-                    time.sleep(0.05)
-                if self.delay:
-                    time.sleep(self.delay)
-                sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (source, sink):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def heal(self):
-        self.delay, self.partitioned = 0.0, False
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for c in conns:
-            try:
-                c.close()
-            except OSError:
-                pass
-
-
-# --- the mesh as child processes ------------------------------------------------
-
-class Mesh:
-    def __init__(self, work):
-        self.work = work
-        self.server = os.environ["DATABASE_URL"]
-        self.brokers = os.environ["KAFKA_BROKERS"]
-        self.keys = work / "keys"
-        subprocess.run([BIN / "user-service", "generate-keys", self.keys], check=True,
-                       capture_output=True)
-        self.dbs = {}
-        for name in ("user", "inventory", "order"):
-            db = f"chaos_{name}"
-            psql(self.server, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-            psql(self.server, f"CREATE DATABASE {db}")
-            self.dbs[name] = db_url(self.server, db)
-        self.ports = {name: free_port() for name in ("user", "inventory", "order", "gateway")}
-        self.admin_ports = {name: free_port() for name in ("user", "inventory", "order")}
-        self.proxy = Proxy(self.ports["inventory"])
-        self.procs = {}
-        self.gateway = f"http://127.0.0.1:{self.ports['gateway']}"
-
-    def env(self, name):
-        key = lambda f: (self.keys / f).read_text()
-        env = {
-            "PATH": os.environ["PATH"], "RUST_LOG": os.environ.get("CHAOS_RUST_LOG", "warn"),
-            "BIND_HOST": "127.0.0.1",
-            "KAFKA_BROKERS": self.brokers, "AUTH_PUBLIC_KEY": key("auth.pub"),
-            "SERVICE_PUBLIC_KEY": key("service.pub"), "SERVICE_PRIVATE_KEY": key("service.key"),
-            "DRAIN_DELAY_MS": "300",
-        }
-        if name == "gateway":
-            env.update(HTTP_PORT=str(self.ports["gateway"]),
-                       USER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['user']}",
-                       INVENTORY_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['inventory']}",
-                       ORDER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['order']}",
-                       # The load comes from one address; the flood test has its own limits.
-                       RATE_LIMIT_PER_SEC="5000", RATE_LIMIT_BURST="5000")
-            return env
-        env.update(DATABASE_URL=self.dbs[name], GRPC_PORT=str(self.ports[name]),
-                   ADMIN_PORT=str(self.admin_ports[name]))
-        if name == "user":
-            env.update(AUTH_PRIVATE_KEY=key("auth.key"), BOOTSTRAP_ADMIN_EMAIL=ADMIN[0],
-                       BOOTSTRAP_ADMIN_PASSWORD=ADMIN[1])
-        if name == "order":
-            env.update(USER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['user']}",
-                       INVENTORY_SERVICE_ADDR=f"http://127.0.0.1:{self.proxy.port}",
-                       RPC_TIMEOUT_MS="1000", REQUEST_DEADLINE_MS="4000",
-                       RECOVERY_AFTER_MS="3000", RECOVERY_INTERVAL_MS="500")
-        return env
-
-    def binary(self, name):
-        return BIN / ("gateway" if name == "gateway" else f"{name}-service")
-
-    def start(self, name):
-        logfile = open(self.work / f"{name}.log", "a")
-        self.procs[name] = subprocess.Popen([self.binary(name)], env=self.env(name),
-                                            stdout=logfile, stderr=logfile)
-        self.wait_serving(name)
-
-    def wait_serving(self, name, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.healthy(name):
-                return
-            time.sleep(0.1)
-        raise SystemExit(f"{name} did not become healthy in {timeout} s (see {self.work}/{name}.log)")
-
-    def healthy(self, name):
-        if name == "gateway":
-            return http_status(f"{self.gateway}/readyz") == 200
-        done = subprocess.run(["grpcurl", "-plaintext", "-max-time", "1",
-                               f"127.0.0.1:{self.ports[name]}", "grpc.health.v1.Health/Check"],
-                              capture_output=True, text=True)
-        return '"SERVING"' in done.stdout
-
-    def kill(self, name, sig=signal.SIGKILL):
-        proc = self.procs[name]
-        proc.send_signal(sig)
-        return proc.wait(timeout=30)
-
-    def stop_all(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-    def rss_mib(self, name):
-        try:
-            for line in Path(f"/proc/{self.procs[name].pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return 0.0
-
-    def backlog(self):
-        return {name: int(psql(url, "SELECT count(*) FROM outbox_events WHERE published_at IS NULL")[0][0])
-                for name, url in self.dbs.items()}
-
-
-# --- HTTP through the gateway -----------------------------------------------------
-
-def http(method, url, body=None, headers=None, timeout=15, raw=None):
-    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("content-type", "application/json")
-    for k, v in (headers or {}).items():
-        request.add_header(k, v)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            text = response.read()
-            return response.status, (json.loads(text) if text else {})
-    except urllib.error.HTTPError as err:
-        text = err.read()
-        try:
-            return err.code, json.loads(text) if text else {}
-        except ValueError:
-            return err.code, {"raw": text[:200].decode(errors="replace")}
-    except (urllib.error.URLError, OSError, TimeoutError) as err:
-        return 0, {"error": str(err)}
-
-
-def http_status(url):
-    return http("GET", url, timeout=2)[0]
 
 
 def bearer(token):
@@ -398,41 +178,39 @@ class Chaos:
         for name in ("user", "inventory", "order", "gateway"):
             self.phase(f"sigkill {name}", 2)
             self.mesh.kill(name)
+            killed = time.monotonic()
             time.sleep(1)
-            started = time.monotonic()
-            self.mesh.start(name)
-            self.note(f"{name}: SIGKILL, restarted, SERVING again {time.monotonic() - started:.1f} s after start")
+            self.mesh.revive(name)
+            self.note(f"{name}: SIGKILL, restarted, SERVING again {time.monotonic() - killed:.1f} s after the kill")
             time.sleep(3)
 
     def relay_mid_batch(self):
         self.phase("sigkill order relay mid-batch", 1)
-        pid = int(os.environ["SHOPMESH_BROKER_PID"])
-        os.kill(pid, signal.SIGSTOP)
+        self.mesh.pause_broker()
         time.sleep(6)
         backlog = self.mesh.backlog()["order"]
-        os.kill(pid, signal.SIGCONT)
+        self.mesh.resume_broker()
         # The relay's batch was waiting for the broker's acknowledgements: kill it
         # while they arrive, before it can stamp the rows as sent.
         wait_ms = random.Random(SEED).randint(10, 50)
         time.sleep(wait_ms / 1000)
         self.mesh.kill("order")
         left = self.mesh.backlog()["order"]
-        self.mesh.start("order")
+        self.mesh.revive("order")
         self.note(f"broker paused 6 s while the order outbox grew to {backlog} events; SIGKILL "
                   f"{wait_ms} ms after it came back, {left} events not yet stamped as sent")
         time.sleep(3)
 
     def broker_outage(self):
         self.phase("broker stopped", 0)
-        pid = int(os.environ["SHOPMESH_BROKER_PID"])
         before = len(self.load.confirmed)
-        os.kill(pid, signal.SIGSTOP)
+        self.mesh.pause_broker()
         # Shorter than the consumers' 30 s session timeout: no rebalance, they resume
         # (a rebalance while the broker is unresponsive wedges tansu 0.6; see README).
         time.sleep(BROKER_OUTAGE_SECS)
         during = len(self.load.confirmed) - before
         backlog = self.mesh.backlog()
-        os.kill(pid, signal.SIGCONT)
+        self.mesh.resume_broker()
         self.note(f"broker paused {BROKER_OUTAGE_SECS} s: {during} orders confirmed meanwhile; outbox backlog then {backlog}")
         if during == 0:
             self.violations.append("no order was confirmed while the broker was away")
@@ -441,26 +219,16 @@ class Chaos:
 
     def postgres_restart(self):
         self.phase("postgresql restarted", 2)
-        pgdata, pg_bin = os.environ.get("SHOPMESH_PGDATA"), os.environ.get("SHOPMESH_PG_BIN")
-        if not pgdata:
+        if not self.mesh.can_restart_postgres:
             self.note("skipped: PostgreSQL is not this run's own (DATABASE_URL was given)")
             return
-        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        pg_ctl = as_postgres + [f"{pg_bin}/pg_ctl", "-D", pgdata, "-w"]
-        # Started again with the options it was started with (postmaster.opts),
-        # logging to a file so that it holds none of this process's pipes.
-        opts = shlex.split(Path(pgdata, "postmaster.opts").read_text())[1:]
-        while "-D" in opts:
-            i = opts.index("-D")
-            del opts[i:i + 2]
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "timeout": 60,
-                 "check": True}
+        pids = self.mesh.pids()
         seen_down = set()
         stop = threading.Event()
 
         def watch():
             while not stop.is_set():
-                for name in ("user", "inventory", "order"):
+                for name in SERVICES:
                     if not self.mesh.healthy(name):
                         seen_down.add(name)
                 time.sleep(0.1)
@@ -468,15 +236,14 @@ class Chaos:
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         started = time.monotonic()
-        subprocess.run(pg_ctl + ["-m", "fast", "stop"], **quiet)
+        self.mesh.stop_postgres()
         time.sleep(5)
-        subprocess.run(pg_ctl + ["-l", f"{pgdata}/../postgres.log", "-o", shlex.join(opts), "start"],
-                       **quiet)
+        self.mesh.start_postgres()
         self.wait("every service SERVING again on its own",
-                  lambda: all(self.mesh.healthy(n) for n in ("user", "inventory", "order")), 60)
+                  lambda: all(self.mesh.healthy(n) for n in SERVICES), 60)
         stop.set()
         watcher.join()
-        exited = [n for n, p in self.mesh.procs.items() if p.poll() is not None]
+        exited = [n for n, pid in pids.items() if self.mesh.pids().get(n) != pid]
         if exited:
             self.violations.append(f"processes exited during the PostgreSQL restart: {exited}")
         self.note(f"server stopped for 5 s, then started; NOT_SERVING seen on {sorted(seen_down) or 'none'}; "
@@ -486,29 +253,29 @@ class Chaos:
         time.sleep(2)
 
     def slow_and_partitioned(self):
-        self.phase("inventory slow (3 s per hop)", 0)
-        self.mesh.proxy.delay = 3.0
+        slow, cut = self.mesh.slow_phase, self.mesh.partition_phase
+        self.phase(slow, 0)
+        self.mesh.slow_inventory()
         time.sleep(6)
-        self.mesh.proxy.heal()
-        self.phase("inventory partitioned", 0)
-        self.mesh.proxy.partitioned = True
+        self.mesh.heal_inventory()
+        self.phase(cut, 0)
+        self.mesh.partition_inventory()
         time.sleep(6)
-        self.mesh.proxy.heal()
-        worst = max(self.load.latency_max["inventory slow (3 s per hop)"],
-                    self.load.latency_max["inventory partitioned"])
+        self.mesh.heal_inventory()
+        worst = max(self.load.latency_max[slow], self.load.latency_max[cut])
         self.note(f"slowest single request while inventory was slow or cut off: {worst:.1f} s "
                   "(order deadline 4 s, RPC timeout 1 s)")
         if worst > 8:
             self.violations.append(f"a request hung for {worst:.1f} s behind a slow dependency")
         self.phase("after the partition healed", 0)
-        self.wait("no order left pending after the partition", lambda: int(psql(
-            self.mesh.dbs["order"], "SELECT count(*) FROM orders WHERE status = 'pending'")[0][0]) == 0, 90)
+        self.wait("no order left pending after the partition", lambda: int(self.mesh.sql(
+            "order", self.mesh.pending_sql)[0][0]) == 0, 90)
 
     def rolling_restart(self):
         self.phase("rolling restart", 1)
         for name in ("user", "inventory", "order", "gateway"):
             started = time.monotonic()
-            code = self.mesh.kill(name, signal.SIGTERM)
+            code = self.mesh.stop(name)
             stopped = time.monotonic() - started
             self.mesh.start(name)
             self.note(f"{name}: SIGTERM → exit {code} in {stopped:.1f} s, SERVING again after "
@@ -527,7 +294,7 @@ class Chaos:
         samples = []
         end = time.monotonic() + SOAK_SECS
         while time.monotonic() < end:
-            samples.append(({n: self.mesh.rss_mib(n) for n in self.mesh.procs},
+            samples.append(({n: self.mesh.rss_mib(n) for n in self.mesh.pids()},
                             sum(self.mesh.backlog().values())))
             time.sleep(5)
         first, last = samples[1] if len(samples) > 2 else samples[0], samples[-1]
@@ -594,10 +361,10 @@ def grpc_raw(port, method, message):
 def stored_state(mesh):
     """Everything hostile input must leave as it was."""
     return {
-        "users": psql(mesh.dbs["user"], "SELECT user_id, email, role FROM users ORDER BY user_id"),
-        "products": psql(mesh.dbs["inventory"],
+        "users": mesh.sql("user", "SELECT user_id, email, role FROM users ORDER BY user_id"),
+        "products": mesh.sql("inventory",
                          "SELECT sku, name, available, reserved, sold, adjusted FROM products ORDER BY sku"),
-        "orders": psql(mesh.dbs["order"], "SELECT order_id, status FROM orders ORDER BY order_id"),
+        "orders": mesh.sql("order", "SELECT order_id, status FROM orders ORDER BY order_id"),
     }
 
 
@@ -605,7 +372,7 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
     """Every case must get a 4xx (or a gRPC client-error code) naming the problem,
     never a 5xx, and the stored data must not change."""
     gw = mesh.gateway
-    key = (mesh.keys / "auth.key").read_bytes()
+    key = mesh.auth_key()
     now = int(time.time())
     victim_id, victim_token = customers[0]
     other_id, other_token = customers[1]
@@ -694,22 +461,9 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
         code, text = grpc_raw(port, method, message)
         results.append((name, f"gRPC {code}", text[:110], code in client_errors and bool(text)))
 
-    # A flood above the rate limit, on a gateway with the default limits.
-    flood_port = free_port()
-    env = mesh.env("gateway")
-    env.update(HTTP_PORT=str(flood_port), RATE_LIMIT_PER_SEC="20", RATE_LIMIT_BURST="20")
-    flood = subprocess.Popen([mesh.binary("gateway")], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if http_status(f"http://127.0.0.1:{flood_port}/readyz") == 200:
-                break
-            time.sleep(0.1)
-        statuses = Counter(http("GET", f"http://127.0.0.1:{flood_port}/v1/products/CHAOS-A")[0]
-                           for _ in range(150))
-    finally:
-        flood.terminate()
-        flood.wait(timeout=15)
+    # A flood above the rate limit, on a gateway of its own with low limits.
+    with mesh.flood_gateway(per_sec=20, burst=20) as flood:
+        statuses = Counter(http("GET", f"{flood}/v1/products/CHAOS-A")[0] for _ in range(150))
     results.append(("flood above the rate limit (150 requests, burst 20)",
                     ", ".join(f"{s}×{n}" for s, n in sorted(statuses.items())),
                     "429 with Retry-After once the bucket is empty",
@@ -733,49 +487,10 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
 
 # --- the invariant checker --------------------------------------------------------
 
-def read_topics(brokers):
-    """Every record on every event topic, from the beginning: (topic, key, headers).
-    Reads past the high watermarks until nothing more arrives for 5 s, so a stale
-    watermark cannot hide the last records."""
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-check-{uuid.uuid4()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    records = []
-    try:
-        ends, assignment = {}, []
-        for topic in TOPICS:
-            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                ends[(topic, p)] = high
-                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
-        consumer.assign(assignment)
-        reached = {where: 0 for where in ends}
-        deadline = time.monotonic() + 180
-        last_record = time.monotonic()
-        while time.monotonic() < deadline:
-            message = consumer.poll(0.5)
-            if message is None or message.error():
-                caught_up = all(reached[w] >= ends[w] for w in ends)
-                if caught_up and time.monotonic() - last_record > 5:
-                    break
-                continue
-            last_record = time.monotonic()
-            where = (message.topic(), message.partition())
-            reached[where] = max(reached.get(where, 0), message.offset() + 1)
-            headers = {k: (v or b"").decode() for k, v in (message.headers() or [])}
-            records.append((message.topic(), (message.key() or b"").decode(), headers))
-        else:
-            raise SystemExit(f"could not read the topics to their end: {reached} of {ends}")
-    finally:
-        consumer.close()
-    return records
-
-
 def check_invariants(mesh, load):
     violations = []
     facts = {}
-    order_db, inventory_db, user_db = mesh.dbs["order"], mesh.dbs["inventory"], mesh.dbs["user"]
-
-    orders = {o: (u, s) for o, u, s in psql(order_db, "SELECT order_id, user_id, status FROM orders")}
+    orders = {o: (u, s) for o, u, s in mesh.sql("order", "SELECT order_id, user_id, status FROM orders")}
     facts["orders"] = len(orders)
     facts["confirmed"] = sum(1 for _, s in orders.values() if s in ("confirmed", "cancelled"))
     missing = [o for o in load.confirmed if orders.get(o, (None, None))[1] not in ("confirmed", "cancelled")]
@@ -785,12 +500,12 @@ def check_invariants(mesh, load):
     if pending:
         violations.append(f"{len(pending)} orders still pending")
 
-    records = read_topics(mesh.brokers)
+    records = mesh.read_topics()
     facts["events"] = len(records)
     published = {}
-    for name, url in mesh.dbs.items():
-        for event_id, topic, unpublished in psql(
-                url, "SELECT event_id, topic, published_at IS NULL FROM outbox_events"):
+    for name in SERVICES:
+        for event_id, topic, unpublished in mesh.sql(
+                name, "SELECT event_id, topic, published_at IS NULL FROM outbox_events"):
             published[event_id] = (name, topic, unpublished == "t")
     on_topics = Counter(h.get("ce_id") for _, _, h in records)
     facts["duplicate deliveries"] = sum(n - 1 for n in on_topics.values() if n > 1)
@@ -816,18 +531,18 @@ def check_invariants(mesh, load):
 
     # Consumers applied each order event once: their inbox holds every event id exactly once.
     order_event_ids = {h["ce_id"] for t, _, h in records if t == "shop.order.v1.events"}
-    for name, url in (("inventory", inventory_db), ("user", user_db)):
-        seen = Counter(e for (e,) in psql(
-            url, "SELECT event_id FROM inbox_events WHERE topic = 'shop.order.v1.events'"))
+    for name in ("inventory", "user"):
+        seen = Counter(e for (e,) in mesh.sql(
+            name, "SELECT event_id FROM inbox_events WHERE topic = 'shop.order.v1.events'"))
         if set(seen) != order_event_ids or any(n > 1 for n in seen.values()):
             violations.append(f"{name} consumer: inbox holds {len(seen)} of {len(order_event_ids)} order events")
 
     # Stock: the four counters add up, and sold is what live confirmed orders hold.
-    sold_by_orders = dict(psql(order_db, """
+    sold_by_orders = dict(mesh.sql("order", """
         SELECT l.sku, sum(l.quantity) FROM order_lines l JOIN orders o USING (order_id)
         WHERE o.status = 'confirmed' GROUP BY l.sku"""))
-    for sku, initial, adjusted, available, reserved, sold in psql(
-            inventory_db, "SELECT sku, initial_stock, adjusted, available, reserved, sold FROM products"):
+    for sku, initial, adjusted, available, reserved, sold in mesh.sql(
+            "inventory", "SELECT sku, initial_stock, adjusted, available, reserved, sold FROM products"):
         initial, adjusted, available, reserved, sold = map(int, (initial, adjusted, available, reserved, sold))
         if initial + adjusted != available + reserved + sold or available < 0:
             violations.append(f"{sku}: {initial}+{adjusted} != {available}+{reserved}+{sold}")
@@ -837,8 +552,8 @@ def check_invariants(mesh, load):
 
     # Users: figures equal what their orders say.
     want = Counter(u for u, s in orders.values() if s == "confirmed")
-    have = Counter({u: int(n) for u, n in psql(
-        user_db, "SELECT user_id, count(*) FROM user_orders WHERE cancelled_at IS NULL GROUP BY user_id")})
+    have = Counter({u: int(n) for u, n in mesh.sql(
+        "user", "SELECT user_id, count(*) FROM user_orders WHERE cancelled_at IS NULL GROUP BY user_id")})
     if want != have:
         violations.append(f"user figures differ from orders for {len(set(want) ^ set(have)) or len(want)} users")
     return facts, violations
@@ -850,13 +565,12 @@ def settle(mesh, timeout=120):
     deadline = time.monotonic() + timeout
     quiet_since = None
     while time.monotonic() < deadline:
-        pending = int(psql(mesh.dbs["order"], "SELECT count(*) FROM orders WHERE status = 'pending'")[0][0])
-        held = int(psql(mesh.dbs["inventory"], "SELECT count(*) FROM reservations WHERE status = 'held'")[0][0])
+        pending = int(mesh.sql("order", mesh.pending_sql)[0][0])
+        held = int(mesh.sql("inventory", "SELECT count(*) FROM reservations WHERE status = 'held'")[0][0])
         if pending == 0 and held == 0 and sum(mesh.backlog().values()) == 0:
             lag = 0
             for name in ("inventory", "user"):
-                metrics = urllib.request.urlopen(
-                    f"http://127.0.0.1:{mesh.admin_ports[name]}/metrics", timeout=5).read().decode()
+                metrics = mesh.metrics(name)
                 lag += sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                            if line.startswith("shop_consumer_lag_messages"))
             if lag == 0:
@@ -873,20 +587,29 @@ def settle(mesh, timeout=120):
 
 # --- report -------------------------------------------------------------------------
 
-def write_report(chaos, load, facts, violations, hostile, unchanged, elapsed):
+REPORT_HEAD = """# Reliability
+
+Written by `make chaos` (scripts/chaos.py): the same scenarios, load, hostile input and
+invariant checker, run once against the native mesh and once against docker-compose.yml's
+containers. Each run rewrites its own section below and keeps the other's.
+"""
+TITLES = {"native": "Native mesh (`make chaos-native`)", "compose": "Compose mesh (`make chaos-compose`)"}
+
+
+def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elapsed):
+    """This run's section of docs/reliability.md; the other form's section is kept."""
     confirmed_seen = len(load.confirmed)
     lines = [
-        "# Reliability",
+        f"<!-- chaos run: {mesh.target} -->",
+        f"## {TITLES[mesh.target]}",
         "",
-        "Written by `make chaos` (scripts/chaos.py) on "
-        f"{datetime.date.today().isoformat()}, seed {SEED}, {WORKERS} client threads, "
-        f"{elapsed / 60:.1f} minutes. The mesh ran from `target/{PROFILE}` against this run's own "
-        "PostgreSQL and tansu broker (scripts/with-infra.sh); traffic went through the gateway the "
+        f"Run on {datetime.date.today().isoformat()}, seed {SEED}, {WORKERS} client threads, "
+        f"{elapsed / 60:.1f} minutes. {mesh.describe} Traffic went through the gateway the "
         "whole time: 60 % CreateOrder (1–2 lines), 15 % GetOrder, 15 % ListProducts, 10 % CancelOrder. "
         "Writes carry an Idempotency-Key; a client retries a connection error or 502/503/504 with the "
         "same key for up to 10 s, and a request counts as failed only when it still fails after that.",
         "",
-        "## Summary",
+        "### Summary",
         "",
         "| figure | value |",
         "|---|---|",
@@ -904,7 +627,7 @@ def write_report(chaos, load, facts, violations, hostile, unchanged, elapsed):
         f"{sum(1 for r in hostile if r[3])} of {len(hostile)}; stored data unchanged: "
         f"{'yes' if unchanged else '**no**'} |",
         "",
-        "## Scenarios",
+        "### Scenarios",
         "",
         "| scenario | requests | failed (after retries) | what happened |",
         "|---|---|---|---|",
@@ -921,7 +644,7 @@ def write_report(chaos, load, facts, violations, hostile, unchanged, elapsed):
         "service cannot answer. What must hold is that nothing a client was told is lost and "
         "every effect happens once; the checker below reads every database and topic for that.",
         "",
-        "## Invariants (DESIGN.md), checked after everything settled",
+        "### Invariants (DESIGN.md), checked after everything settled",
         "",
         "- every order a client saw confirmed exists, confirmed (or cancelled later by its client);",
         "- every confirmed order has exactly one OrderConfirmed event id on `shop.order.v1.events`, "
@@ -937,27 +660,32 @@ def write_report(chaos, load, facts, violations, hostile, unchanged, elapsed):
     ]
     lines += [f"**Violations: {len(violations)}**" + (":" if violations else ".")]
     lines += [f"- {v}" for v in violations]
-    lines += ["", "## Hostile input", "",
+    lines += ["", "### Hostile input", "",
               "Sent while the load was paused; the stored users, products and orders were "
               "compared before and after.", "",
               "| input | answer | message | ok |", "|---|---|---|---|"]
     for name, answer, message, ok in hostile:
         message = message.replace("|", "\\\\|").replace("\n", " ")
         lines.append(f"| {name} | {answer} | {message} | {'yes' if ok else '**no**'} |")
-    (ROOT / "docs" / "reliability.md").write_text("\n".join(lines) + "\n")
+    sections = {}
+    if REPORT.exists():
+        for target, body in re.findall(r"<!-- chaos run: (\w+) -->\n(.*?)(?=<!-- chaos run: |\Z)",
+                                       REPORT.read_text(), re.S):
+            sections[target] = f"<!-- chaos run: {target} -->\n{body.rstrip()}\n"
+    sections[mesh.target] = "\n".join(lines) + "\n"
+    REPORT.write_text(REPORT_HEAD + "".join(
+        "\n" + sections[t] for t in TITLES if t in sections))
 
 
 def main():
     started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="shopmesh-chaos."))
-    mesh = Mesh(work)
+    mesh = ComposeMesh(work) if sys.argv[1:] == ["--compose"] else NativeMesh(work)
     chaos = load = None
     try:
-        for name in ("user", "inventory", "order", "gateway"):
-            mesh.start(name)
-        log(f"mesh up: gateway {mesh.gateway}; logs in {work}")
+        log(f"{mesh.target} mesh up: {mesh.start_all()}")
         admin = http("POST", mesh.gateway + "/v1/auth:login",
-                     {"email": ADMIN[0], "password": ADMIN[1]})[1]["accessToken"]
+                     {"email": mesh.admin[0], "password": mesh.admin[1]})[1]["accessToken"]
         for sku in SKUS:
             http("POST", mesh.gateway + "/v1/products", {
                 "sku": sku, "name": f"Chaos {sku}", "initialStock": str(STOCK),
@@ -1002,19 +730,19 @@ def main():
             chaos.violations.append("the mesh did not settle within 120 s")
         facts, violations = check_invariants(mesh, load)
         violations = chaos.violations + violations
-        write_report(chaos, load, facts, violations, hostile, unchanged, time.monotonic() - started)
+        write_report(mesh, chaos, load, facts, violations, hostile, unchanged, time.monotonic() - started)
         log(f"scenarios: {len(chaos.phases) - 1}; requests sent: {sum(load.sent.values())}; "
             f"orders confirmed: {facts['confirmed']}; events checked: {facts['events']}; "
             f"violations: {len(violations)}; failed requests during the rolling restart: "
             f"{load.failed['rolling restart']}")
         for v in violations:
             log(f"VIOLATION: {v}")
-        log("report written to docs/reliability.md")
+        log(f"report written to docs/reliability.md ({mesh.target} section)")
         return 1 if violations or load.failed["rolling restart"] else 0
     finally:
         if load:
             load.running = False
-        mesh.stop_all()
+        mesh.close()
 
 
 if __name__ == "__main__":

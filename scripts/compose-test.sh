@@ -1,17 +1,28 @@
 #!/usr/bin/env bash
-# `make compose-test`: docker-compose.yml brought up for real on a machine whose
-# Docker engine can pull no image. Builds the stand-in images and the project's
-# own (deploy/compose/offline.yml says which), starts the core mesh, waits for
-# health, runs the smoke suite through the published ports, SIGKILLs a service
-# container's process and checks that it restarts and the mesh recovers, then
-# removes every container, network and volume it made. Built images are kept, so
-# a second run reuses them and the cached dependency layer.
+# docker-compose.yml brought up for real on a machine whose Docker engine can pull
+# no image. Builds the stand-in images and the project's own (deploy/compose/
+# offline.yml says which), starts the core mesh and waits for health, then
+#
+#   compose-test.sh [smoke]  (`make compose-test`) runs the smoke suite through the
+#                            published ports, SIGKILLs a service container's process
+#                            and checks that it restarts and the mesh recovers;
+#   compose-test.sh chaos    (`make chaos-compose`) adds deploy/compose/chaos.yml and
+#                            runs `scripts/chaos.py --compose` against the stack;
+#
+# and finally removes every container, network and volume it made. Built images
+# are kept, so a second run reuses them and the cached dependency layer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+MODE=${1:-smoke}
+case "$MODE" in
+    smoke) PROJECT=shopmesh-compose-test; OVERRIDES=(); PORTS=(8080 50051 50052 50053) ;;
+    chaos) PROJECT=shopmesh-compose-chaos; OVERRIDES=(-f deploy/compose/chaos.yml)
+           PORTS=(8080 50051 50052 50053 9101 9102 9103) ;;
+    *) echo "usage: $0 [smoke|chaos]" >&2; exit 2 ;;
+esac
 PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 export PATH="$HOME/.cargo/bin:$PY_SCRIPTS:$PATH"
-PROJECT=shopmesh-compose-test
 LIMIT_MB=100
 started=$(date +%s)
 
@@ -22,11 +33,14 @@ docker info >/dev/null 2>&1 || { log "no Docker engine answers: nothing to test"
 if docker compose version >/dev/null 2>&1; then COMPOSE=(docker compose); else COMPOSE=(docker-compose); fi
 command -v "${COMPOSE[0]}" >/dev/null || { log "neither docker compose nor docker-compose is installed"; exit 1; }
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shopmesh-compose-test.XXXXXX")
-compose() { "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f deploy/compose/offline.yml "$@"; }
+compose() {
+    "${COMPOSE[@]}" -p "$PROJECT" -f docker-compose.yml -f deploy/compose/offline.yml \
+        "${OVERRIDES[@]}" "$@"
+}
 
-for port in 8080 50051 50052 50053; do
+for port in "${PORTS[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-        log "port $port is in use (make dev or make up running?): the smoke suite needs it"
+        log "port $port is in use (make dev or make up running?): the $MODE run needs it"
         exit 1
     fi
 done
@@ -56,14 +70,16 @@ teardown() {
         log "nothing left behind ($left)"
     fi
     rm -rf "$WORK"
-    [ $status -eq 0 ] && log "compose-test passed in $(elapsed)"
+    [ $status -eq 0 ] && log "compose $MODE run passed in $(elapsed)"
     exit $status
 }
 trap teardown EXIT
 trap 'exit 130' INT TERM
 
 log "stand-in images (built once, then reused)"
-images=$(deploy/docker/offline/images.sh)
+standins=(base rust postgres tansu)
+[ "$MODE" = chaos ] && standins+=(reader)
+images=$(deploy/docker/offline/images.sh "${standins[@]}")
 eval "$images"
 export BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE TANSU_IMAGE
 cat >&2 <<EOF
@@ -134,6 +150,13 @@ for service in "${long_running[@]}" "${one_shot[@]}"; do
 done
 [ $ready -eq 1 ] || { log "not every container became healthy"; exit 1; }
 log "all healthy after $(elapsed)"
+
+if [ "$MODE" = chaos ]; then
+    log "make chaos against the compose stack"
+    SHOPMESH_COMPOSE_PROJECT=$PROJECT READER_IMAGE=$READER_IMAGE BASE_IMAGE=$BASE_IMAGE \
+        python3 scripts/chaos.py --compose
+    exit 0
+fi
 
 log "smoke suite through the published ports"
 python3 deploy/compose/smoke.py readme

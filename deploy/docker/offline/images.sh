@@ -10,6 +10,11 @@
 #                                    official image's init-script convention
 #   shopmesh-local/tansu:<version>   the tansu broker binary, standing in for Kafka
 #
+# and, for `make chaos-compose` only (`images.sh base rust postgres tansu reader`):
+#
+#   shopmesh-local/topic-reader      Python with confluent-kafka, which reads the
+#                                    topics on the compose network for the checker
+#
 # Each image is kept and reused on the next run while its inputs are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -120,16 +125,24 @@ build_tansu() {
         -t "$TANSU_IMAGE" "$context" >/dev/null
 }
 
+build_reader() {
+    READER_IMAGE=shopmesh-local/topic-reader:1
+    local sum
+    sum=$(sha256sum <topic-reader.Dockerfile | cut -c1-16)
+    [ "$(label_of "$READER_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
+    log "building $READER_IMAGE (python3-confluent-kafka)"
+    quiet_build -f topic-reader.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
+        --label "org.shopmesh.inputs=$sum" -t "$READER_IMAGE" . >/dev/null
+}
+
 # Prerequisites first; `images.sh rust` builds one (and what it needs).
 steps=("$@")
 [ $# -eq 0 ] && steps=(base rust postgres tansu)
 for step in base "${steps[@]}"; do "build_$step"; done
 
-# For the caller (scripts/compose-test.sh): the image names, as shell assignments.
-[ $# -eq 0 ] || exit 0
-cat <<EOF
+# For the caller (scripts/compose-test.sh): the names of the images built, as
+# shell assignments.
 BASE_IMAGE=$BASE
-RUST_IMAGE=$RUST_IMAGE
-POSTGRES_IMAGE=$POSTGRES_IMAGE
-TANSU_IMAGE=$TANSU_IMAGE
-EOF
+for name in BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE TANSU_IMAGE READER_IMAGE; do
+    [ -z "${!name:-}" ] || echo "$name=${!name}"
+done

@@ -1,13 +1,15 @@
 //! gRPC plumbing shared by services: the server builder (timeouts, tracing,
 //! message limits) and client channels with deadlines, connection reuse,
-//! balancing over every address a name resolves to, and bounded retries for
-//! idempotent calls.
+//! balancing over every address a name resolves to (looked up again as peers
+//! move), and bounded retries for idempotent calls.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tonic::transport::channel::Change;
 use tonic::transport::{Channel, Endpoint, Server};
 use tonic::{Code, Request, Status};
 
@@ -37,37 +39,155 @@ pub async fn bind(host: &str, port: u16) -> anyhow::Result<(TcpListener, SocketA
     Ok((listener, addr))
 }
 
-/// A channel to `target` (`http://host:port`, several comma-separated): each
-/// address resolved once at start, calls balanced across them, connections kept.
+/// How often a channel resolves its peers' names again, so that a peer which comes
+/// back on a new address (a recreated container, a pod rescheduled behind a
+/// headless service) is reached without restarting the caller.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// A channel to `target` (`http://host:port`, several comma-separated): calls
+/// balanced across every address the names resolve to, connections kept, and the
+/// names resolved again every `RESOLVE_EVERY`.
 pub async fn channel(target: &str, connect_timeout: Duration) -> anyhow::Result<Channel> {
+    channel_resolved_by(
+        target,
+        connect_timeout,
+        RESOLVE_EVERY,
+        |authority| async move {
+            tokio::net::lookup_host(authority)
+                .await
+                .map(Iterator::collect)
+                .unwrap_or_default()
+        },
+    )
+    .await
+}
+
+/// `channel` with its name lookup and period given (tests resolve names by hand).
+/// A name that resolves to nothing is dialled as written, which resolves it again
+/// on every connection attempt.
+pub async fn channel_resolved_by<R, F>(
+    target: &str,
+    connect_timeout: Duration,
+    every: Duration,
+    resolve: R,
+) -> anyhow::Result<Channel>
+where
+    R: Fn(String) -> F + Send + Sync + 'static,
+    F: Future<Output = Vec<SocketAddr>> + Send,
+{
     use anyhow::Context as _;
-    let mut endpoints = Vec::new();
-    for uri in target.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    let targets: Vec<String> = target
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(!targets.is_empty(), "no gRPC address in {target:?}");
+    for uri in &targets {
+        peer_endpoint(uri, connect_timeout)
+            .with_context(|| format!("not a valid gRPC address: {uri}"))?;
+    }
+    let (channel, changes) = Channel::balance_channel::<String>(1024);
+    let mut peers = PeerSet::default();
+    peers
+        .update(
+            &changes,
+            addresses(&targets, &resolve).await,
+            connect_timeout,
+        )
+        .await;
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if changes.is_closed() {
+                break;
+            }
+            let now = addresses(&targets, &resolve).await;
+            if !peers.update(&changes, now, connect_timeout).await {
+                break;
+            }
+        }
+    });
+    Ok(channel)
+}
+
+fn peer_endpoint(
+    address: &str,
+    connect_timeout: Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(address.to_owned())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
+}
+
+/// Every address `targets` stand for now, as `http://ip:port`.
+async fn addresses<R, F>(targets: &[String], resolve: &R) -> BTreeSet<String>
+where
+    R: Fn(String) -> F,
+    F: Future<Output = Vec<SocketAddr>>,
+{
+    let mut out = BTreeSet::new();
+    for uri in targets {
         let authority = uri
             .strip_prefix("http://")
             .or_else(|| uri.strip_prefix("https://"))
             .unwrap_or(uri);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(authority)
-            .await
-            .map(Iterator::collect)
-            .unwrap_or_default();
-        let resolved: Vec<String> = if addrs.is_empty() {
-            vec![uri.to_owned()]
+        let found = resolve(authority.to_owned()).await;
+        if found.is_empty() {
+            out.insert(uri.clone());
         } else {
-            addrs.iter().map(|a| format!("http://{a}")).collect()
-        };
-        for address in resolved {
-            let endpoint = Endpoint::from_shared(address)
-                .with_context(|| format!("not a valid gRPC address: {uri}"))?
-                .connect_timeout(connect_timeout)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true);
-            endpoints.push(endpoint);
+            out.extend(found.iter().map(|a| format!("http://{a}")));
         }
     }
-    anyhow::ensure!(!endpoints.is_empty(), "no gRPC address in {target:?}");
-    Ok(Channel::balance_list(endpoints.into_iter()))
+    out
+}
+
+/// The addresses a balanced channel holds, changed only by what a lookup changed.
+#[derive(Default)]
+struct PeerSet {
+    addresses: BTreeSet<String>,
+}
+
+impl PeerSet {
+    /// Adds the new addresses before removing the gone ones, so that a channel is
+    /// never left with none. False once the channel has been dropped.
+    async fn update(
+        &mut self,
+        changes: &tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
+        now: BTreeSet<String>,
+        connect_timeout: Duration,
+    ) -> bool {
+        if now == self.addresses {
+            return true;
+        }
+        for address in now.difference(&self.addresses) {
+            let Ok(endpoint) = peer_endpoint(address, connect_timeout) else {
+                continue;
+            };
+            if changes
+                .send(Change::Insert(address.clone(), endpoint))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        for address in self.addresses.difference(&now) {
+            if changes.send(Change::Remove(address.clone())).await.is_err() {
+                return false;
+            }
+        }
+        if !self.addresses.is_empty() {
+            tracing::info!(was = ?self.addresses, now = ?now, "peer addresses changed");
+        }
+        self.addresses = now;
+        true
+    }
 }
 
 /// Bounded retries with exponential backoff for calls that are safe to repeat.
@@ -205,6 +325,95 @@ mod tests {
         assert!(!retryable(Code::DeadlineExceeded));
         assert!(!retryable(Code::FailedPrecondition));
         assert!(!retryable(Code::InvalidArgument));
+    }
+
+    type Stop = (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    );
+
+    /// A health server on a free port, and what stops it.
+    async fn peer() -> (SocketAddr, Stop) {
+        let (listener, addr) = bind("127.0.0.1", 0).await.expect("bind");
+        let (_health, service) = crate::health::Health::new("peer").await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            );
+        let task = tokio::spawn(async move {
+            server.await.expect("peer serves");
+        });
+        (addr, (stop, task))
+    }
+
+    async fn alive(channel: &Channel) -> bool {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: crate::health::LIVENESS.into(),
+        };
+        tokio::time::timeout(Duration::from_millis(500), client.check(request))
+            .await
+            .is_ok_and(|reply| reply.is_ok())
+    }
+
+    #[tokio::test]
+    async fn a_channel_follows_its_peer_to_a_new_address() {
+        let (old, stop_old) = peer().await;
+        let (new, _keep_new) = peer().await;
+        let current = std::sync::Arc::new(std::sync::Mutex::new(old));
+        let lookup = current.clone();
+        let channel = channel_resolved_by(
+            "http://peer.test:50051",
+            Duration::from_millis(200),
+            Duration::from_millis(100),
+            move |authority| {
+                assert_eq!(authority, "peer.test:50051");
+                let now = *lookup.lock().expect("lock");
+                async move { vec![now] }
+            },
+        )
+        .await
+        .expect("channel");
+        assert!(alive(&channel).await, "the first address answers");
+
+        // The peer moves: the old address goes away and the name points elsewhere.
+        let (stop, stopped) = stop_old;
+        drop(stop);
+        tokio::time::timeout(Duration::from_secs(5), stopped)
+            .await
+            .expect("old peer stops")
+            .expect("old peer task");
+        assert!(
+            tokio::net::TcpStream::connect(old).await.is_err(),
+            "nothing listens at the old address"
+        );
+        *current.lock().expect("lock") = new;
+        let mut reached = false;
+        for _ in 0..50 {
+            if alive(&channel).await {
+                reached = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(reached, "the channel reaches the peer at its new address");
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_are_named() {
+        let err = channel("http://bad host:1", Duration::from_secs(1))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("http://bad host:1"), "{err}");
+        let err = channel(" , ", Duration::from_secs(1))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("no gRPC address"), "{err}");
     }
 
     #[tokio::test]

@@ -1,0 +1,505 @@
+"""The mesh that `make chaos` acts on, in its two forms.
+
+NativeMesh   the services and the gateway as child processes from target/<profile>,
+             against scripts/with-infra.sh's PostgreSQL and tansu; the order service
+             reaches inventory through a TCP proxy that can slow or cut the link.
+ComposeMesh  docker-compose.yml's containers, brought up by `scripts/compose-test.sh
+             chaos`; faults are the engine's own: SIGKILL of a container's process,
+             `docker pause`, `docker network disconnect`, `docker stop` / `start`.
+
+Both offer the same operations, so the scenarios and the checker in chaos.py read
+the same whichever form runs.
+"""
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVICES = ("user", "inventory", "order")
+NAMES = SERVICES + ("gateway",)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def psql(url, sql):
+    out = subprocess.run(["psql", url, "-qtAX", "-F", "\t", "-c", sql], capture_output=True,
+                         text=True, check=True).stdout
+    return rows(out)
+
+
+def rows(out):
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def db_url(server, name):
+    parts = urllib.parse.urlsplit(server)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
+def http(method, url, body=None, headers=None, timeout=15, raw=None):
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("content-type", "application/json")
+    for k, v in (headers or {}).items():
+        request.add_header(k, v)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read()
+            return response.status, (json.loads(text) if text else {})
+    except urllib.error.HTTPError as err:
+        text = err.read()
+        try:
+            return err.code, json.loads(text) if text else {}
+        except ValueError:
+            return err.code, {"raw": text[:200].decode(errors="replace")}
+    except (urllib.error.URLError, OSError, TimeoutError) as err:
+        return 0, {"error": str(err)}
+
+
+def http_status(url):
+    return http("GET", url, timeout=2)[0]
+
+
+def wait_for(what, check, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{what}: not within {timeout} s")
+
+
+class Mesh:
+    """What both forms share: health through the published ports, memory and backlog."""
+
+    gateway = ports = admin_ports = None
+    pending_sql = "SELECT count(*) FROM orders WHERE status = 'pending'"
+
+    def healthy(self, name):
+        if name == "gateway":
+            return http_status(f"{self.gateway}/readyz") == 200
+        done = subprocess.run(["grpcurl", "-plaintext", "-max-time", "1",
+                               f"127.0.0.1:{self.ports[name]}", "grpc.health.v1.Health/Check"],
+                              capture_output=True, text=True)
+        return '"SERVING"' in done.stdout
+
+    def wait_serving(self, name, timeout=60):
+        wait_for(f"{name} SERVING", lambda: self.healthy(name), timeout)
+
+    def rss_mib(self, name):
+        try:
+            for line in Path(f"/proc/{self.pids()[name]}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except (OSError, KeyError):
+            pass
+        return 0.0
+
+    def backlog(self):
+        return {name: int(self.sql(name, "SELECT count(*) FROM outbox_events WHERE published_at IS NULL")[0][0])
+                for name in SERVICES}
+
+    def metrics(self, name):
+        return urllib.request.urlopen(f"http://127.0.0.1:{self.admin_ports[name]}/metrics",
+                                      timeout=5).read().decode()
+
+
+# --- native: child processes ------------------------------------------------------
+
+class Proxy:
+    """Forwards a port to another; can add latency to every chunk or drop everything."""
+
+    def __init__(self, target_port):
+        self.target_port = target_port
+        self.delay = 0.0
+        self.partitioned = False
+        self.conns = []
+        self.lock = threading.Lock()
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(128)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            client, _ = self.listener.accept()
+            if self.partitioned:
+                # A partition: the connection is accepted and then nothing ever answers.
+                with self.lock:
+                    self.conns.append(client)
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=2)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, source, sink):
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                while self.partitioned:
+                    time.sleep(0.05)
+                if self.delay:
+                    time.sleep(self.delay)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def heal(self):
+        self.delay, self.partitioned = 0.0, False
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+class NativeMesh(Mesh):
+    target = "native"
+    slow_phase = "inventory slow (3 s per hop)"
+    partition_phase = "inventory partitioned"
+    admin = ("admin@chaos.test", "chaos-admin-password")
+
+    def __init__(self, work):
+        profile = os.environ.get("SHOPMESH_BUILD_PROFILE", "debug")
+        self.bin = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / profile
+        self.work = work
+        self.server = os.environ["DATABASE_URL"]
+        self.brokers = os.environ["KAFKA_BROKERS"]
+        self.keys = work / "keys"
+        subprocess.run([self.bin / "user-service", "generate-keys", self.keys], check=True,
+                       capture_output=True)
+        self.dbs = {}
+        for name in SERVICES:
+            db = f"chaos_{name}"
+            psql(self.server, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            psql(self.server, f"CREATE DATABASE {db}")
+            self.dbs[name] = db_url(self.server, db)
+        self.ports = {name: free_port() for name in NAMES}
+        self.admin_ports = {name: free_port() for name in SERVICES}
+        self.proxy = Proxy(self.ports["inventory"])
+        self.procs = {}
+        self.gateway = f"http://127.0.0.1:{self.ports['gateway']}"
+        self.broker_pid = int(os.environ["SHOPMESH_BROKER_PID"])
+        self.pgdata = os.environ.get("SHOPMESH_PGDATA")
+        self.can_restart_postgres = bool(self.pgdata)
+        self.describe = (
+            f"The mesh ran from `target/{profile}` against this run's own PostgreSQL and tansu "
+            "broker (scripts/with-infra.sh); the order service reached inventory through a TCP "
+            "proxy that added latency or cut the link.")
+
+    def env(self, name):
+        key = lambda f: (self.keys / f).read_text()
+        env = {
+            "PATH": os.environ["PATH"], "RUST_LOG": os.environ.get("CHAOS_RUST_LOG", "warn"),
+            "BIND_HOST": "127.0.0.1",
+            "KAFKA_BROKERS": self.brokers, "AUTH_PUBLIC_KEY": key("auth.pub"),
+            "SERVICE_PUBLIC_KEY": key("service.pub"), "SERVICE_PRIVATE_KEY": key("service.key"),
+            "DRAIN_DELAY_MS": "300",
+        }
+        if name == "gateway":
+            env.update(HTTP_PORT=str(self.ports["gateway"]),
+                       USER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['user']}",
+                       INVENTORY_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['inventory']}",
+                       ORDER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['order']}",
+                       # The load comes from one address; the flood test has its own limits.
+                       RATE_LIMIT_PER_SEC="5000", RATE_LIMIT_BURST="5000")
+            return env
+        env.update(DATABASE_URL=self.dbs[name], GRPC_PORT=str(self.ports[name]),
+                   ADMIN_PORT=str(self.admin_ports[name]))
+        if name == "user":
+            env.update(AUTH_PRIVATE_KEY=key("auth.key"), BOOTSTRAP_ADMIN_EMAIL=self.admin[0],
+                       BOOTSTRAP_ADMIN_PASSWORD=self.admin[1])
+        if name == "order":
+            env.update(USER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['user']}",
+                       INVENTORY_SERVICE_ADDR=f"http://127.0.0.1:{self.proxy.port}",
+                       RPC_TIMEOUT_MS="1000", REQUEST_DEADLINE_MS="4000",
+                       RECOVERY_AFTER_MS="3000", RECOVERY_INTERVAL_MS="500")
+        return env
+
+    def binary(self, name):
+        return self.bin / ("gateway" if name == "gateway" else f"{name}-service")
+
+    def start_all(self):
+        for name in NAMES:
+            self.start(name)
+        return f"gateway {self.gateway}; logs in {self.work}"
+
+    def start(self, name):
+        logfile = open(self.work / f"{name}.log", "a")
+        self.procs[name] = subprocess.Popen([self.binary(name)], env=self.env(name),
+                                            stdout=logfile, stderr=logfile)
+        self.wait_serving(name)
+
+    def kill(self, name):
+        self.procs[name].send_signal(signal.SIGKILL)
+        self.procs[name].wait(timeout=30)
+
+    def revive(self, name):
+        self.start(name)
+
+    def stop(self, name):
+        self.procs[name].send_signal(signal.SIGTERM)
+        return self.procs[name].wait(timeout=30)
+
+    def pids(self):
+        return {n: p.pid for n, p in self.procs.items() if p.poll() is None}
+
+    def sql(self, name, query):
+        return psql(self.dbs[name], query)
+
+    def auth_key(self):
+        return (self.keys / "auth.key").read_bytes()
+
+    def read_topics(self):
+        from chaos_topics import read_topics
+        return read_topics(self.brokers)
+
+    def pause_broker(self):
+        os.kill(self.broker_pid, signal.SIGSTOP)
+
+    def resume_broker(self):
+        os.kill(self.broker_pid, signal.SIGCONT)
+
+    def _pg_ctl(self, *args):
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        pg_bin = os.environ["SHOPMESH_PG_BIN"]
+        subprocess.run(as_postgres + [f"{pg_bin}/pg_ctl", "-D", self.pgdata, "-w", *args],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60, check=True)
+
+    def stop_postgres(self):
+        self._pg_ctl("-m", "fast", "stop")
+
+    def start_postgres(self):
+        # Started again with the options it was started with (postmaster.opts),
+        # logging to a file so that it holds none of this process's pipes.
+        opts = shlex.split(Path(self.pgdata, "postmaster.opts").read_text())[1:]
+        while "-D" in opts:
+            i = opts.index("-D")
+            del opts[i:i + 2]
+        self._pg_ctl("-l", f"{self.pgdata}/../postgres.log", "-o", shlex.join(opts), "start")
+
+    def slow_inventory(self):
+        self.proxy.delay = 3.0
+
+    def partition_inventory(self):
+        self.proxy.partitioned = True
+
+    def heal_inventory(self):
+        self.proxy.heal()
+
+    @contextlib.contextmanager
+    def flood_gateway(self, per_sec, burst):
+        port = free_port()
+        env = self.env("gateway")
+        env.update(HTTP_PORT=str(port), RATE_LIMIT_PER_SEC=str(per_sec), RATE_LIMIT_BURST=str(burst))
+        flood = subprocess.Popen([self.binary("gateway")], env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for("the flood gateway ready", lambda: http_status(f"{url}/readyz") == 200, 10)
+            yield url
+        finally:
+            flood.terminate()
+            flood.wait(timeout=15)
+
+    def close(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# --- compose: the containers of docker-compose.yml --------------------------------
+
+def docker(*args, check=True):
+    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check).stdout.strip()
+
+
+class ComposeMesh(Mesh):
+    """Run by `scripts/compose-test.sh chaos`, which brings the stack up with
+    deploy/compose/chaos.yml (admin ports published, the same saga timings and load
+    rate limit as the native run) and tears it down afterwards."""
+
+    target = "compose"
+    slow_phase = "inventory frozen (docker pause)"
+    partition_phase = "inventory partitioned (docker network disconnect)"
+
+    def __init__(self, work):
+        self.work = work
+        self.project = os.environ["SHOPMESH_COMPOSE_PROJECT"]
+        self.reader_image = os.environ["READER_IMAGE"]
+        self.base_image = os.environ.get("BASE_IMAGE", "")
+        port = lambda var, default: int(os.environ.get(var) or default)
+        self.ports = {"user": port("USER_GRPC_PORT", 50051), "inventory": port("INVENTORY_GRPC_PORT", 50052),
+                      "order": port("ORDER_GRPC_PORT", 50053)}
+        self.admin_ports = {"user": port("USER_ADMIN_PORT", 9101), "inventory": port("INVENTORY_ADMIN_PORT", 9102),
+                            "order": port("ORDER_ADMIN_PORT", 9103)}
+        self.gateway = f"http://127.0.0.1:{port('GATEWAY_PORT', 8080)}"
+        self.admin = (os.environ.get("SHOPMESH_ADMIN_EMAIL") or "admin@shopmesh.dev",
+                      os.environ.get("SHOPMESH_ADMIN_PASSWORD") or "dev-admin-password")
+        self.can_restart_postgres = True
+        self.network = next(iter(json.loads(docker(
+            "inspect", "-f", "{{json .NetworkSettings.Networks}}", self.container("gateway")))))
+        self.disconnected = self.paused = False
+        self.describe = (
+            "The mesh ran as docker-compose.yml's containers (the images deploy/docker/Dockerfile "
+            "builds, with deploy/compose/offline.yml's PostgreSQL and tansu stand-ins and "
+            "deploy/compose/chaos.yml's settings), brought up by `scripts/compose-test.sh chaos`; "
+            "faults were the engine's own: SIGKILL of a container's process (its restart policy "
+            "brought it back), `docker pause`, `docker network disconnect`, `docker stop` / `start`.")
+
+    @staticmethod
+    def service(name):
+        return name if name in ("gateway", "postgres", "kafka") else f"{name}-service"
+
+    def container(self, name):
+        ids = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
+                     "--filter", f"label=com.docker.compose.service={self.service(name)}").split()
+        if not ids:
+            raise SystemExit(f"no container for {self.service(name)} in compose project {self.project}")
+        return ids[0]
+
+    def inspect(self, name, template):
+        return docker("inspect", "-f", template, self.container(name))
+
+    def start_all(self):
+        for name in NAMES:
+            self.wait_serving(name)
+        return f"gateway {self.gateway}; compose project {self.project} on network {self.network}"
+
+    def kill(self, name):
+        self.restarts_before = int(self.inspect(name, "{{.RestartCount}}"))
+        pid = int(self.inspect(name, "{{.State.Pid}}"))
+        # Killed from the host as a crash would be (`docker kill` counts as a
+        # deliberate stop and would not exercise the restart policy).
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except PermissionError:
+            docker("run", "--rm", "--pid=host", self.base_image, "kill", "-KILL", str(pid))
+        wait_for(f"{name}'s process gone",
+                 lambda: self.inspect(name, "{{.State.Pid}}") != str(pid), 30)
+
+    def revive(self, name):
+        """Waits for the restart policy to bring the container back, healthy."""
+        wait_for(f"{name} restarted by its restart policy", lambda: int(
+            self.inspect(name, "{{.RestartCount}}")) > self.restarts_before, 60)
+        self.wait_serving(name)
+
+    def stop(self, name):
+        docker("stop", "-t", "30", self.container(name))
+        return int(self.inspect(name, "{{.State.ExitCode}}"))
+
+    def start(self, name):
+        docker("start", self.container(name))
+        self.wait_serving(name)
+
+    def pids(self):
+        return {n: int(self.inspect(n, "{{.State.Pid}}")) for n in NAMES}
+
+    def sql(self, name, query):
+        out = docker("exec", self.container("postgres"), "sh", "-c",
+                     'PGPASSWORD="$POSTGRES_PASSWORD" exec psql -h 127.0.0.1 -U postgres -qtAX '
+                     '-F "$2" -d "$0" -c "$1"', f"shop_{name}", query, "\t")
+        return rows(out)
+
+    def auth_key(self):
+        target = self.work / "auth.key"
+        docker("cp", f"{self.container('user')}:/var/lib/shopmesh/keys/auth.key", str(target))
+        return target.read_bytes()
+
+    def read_topics(self):
+        # The broker advertises its compose name, so the reader runs on the compose network.
+        out = docker("run", "--rm", "--network", self.network,
+                     "-v", f"{ROOT / 'scripts' / 'chaos_topics.py'}:/chaos_topics.py:ro",
+                     self.reader_image, "python3", "/chaos_topics.py", "kafka:9092")
+        return [tuple(json.loads(line)) for line in out.splitlines() if line.startswith("[")]
+
+    def pause_broker(self):
+        docker("pause", self.container("kafka"))
+
+    def resume_broker(self):
+        docker("unpause", self.container("kafka"))
+
+    def stop_postgres(self):
+        docker("stop", "-t", "30", self.container("postgres"))
+
+    def start_postgres(self):
+        docker("start", self.container("postgres"))
+
+    def slow_inventory(self):
+        # Frozen: connections are accepted by the kernel and nothing answers.
+        docker("pause", self.container("inventory"))
+        self.paused = True
+
+    def partition_inventory(self):
+        docker("network", "disconnect", "-f", self.network, self.container("inventory"))
+        self.disconnected = True
+
+    def heal_inventory(self):
+        if self.paused:
+            docker("unpause", self.container("inventory"))
+            self.paused = False
+        if self.disconnected:
+            docker("network", "connect", "--alias", self.service("inventory"), self.network,
+                   self.container("inventory"))
+            self.disconnected = False
+
+    @contextlib.contextmanager
+    def flood_gateway(self, per_sec, burst):
+        """A second gateway container from the same image and settings, with its own limits."""
+        env = json.loads(self.inspect("gateway", "{{json .Config.Env}}"))
+        env = [e for e in env if not e.startswith(("RATE_LIMIT_", "OTEL_EXPORTER_OTLP_ENDPOINT="))]
+        env += [f"RATE_LIMIT_PER_SEC={per_sec}", f"RATE_LIMIT_BURST={burst}", "OTEL_EXPORTER_OTLP_ENDPOINT="]
+        port = free_port()
+        args = ["run", "-d", "--rm", "--network", self.network, "--volumes-from",
+                f"{self.container('gateway')}:ro", "-p", f"127.0.0.1:{port}:8080",
+                "--label", f"com.docker.compose.project={self.project}"]
+        for e in env:
+            args += ["-e", e]
+        flood = docker(*args, self.inspect("gateway", "{{.Config.Image}}"))
+        try:
+            url = f"http://127.0.0.1:{port}"
+            wait_for("the flood gateway ready", lambda: http_status(f"{url}/readyz") == 200, 30)
+            yield url
+        finally:
+            docker("rm", "-f", flood, check=False)
+
+    def close(self):
+        self.heal_inventory()

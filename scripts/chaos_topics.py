@@ -1,0 +1,58 @@
+#!/usr/bin/env python3
+"""Every record on shopmesh's event topics, for `make chaos`'s invariant checker.
+
+Imported by scripts/chaos.py when the broker is reachable from this machine; run
+as `chaos_topics.py BROKERS` inside a container on the compose network when it is
+not (the broker advertises its compose name), printing one JSON record per line.
+"""
+
+import json
+import sys
+import time
+import uuid
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+TOPICS = ["shop.user.v1.events", "shop.inventory.v1.events", "shop.order.v1.events"]
+
+
+def read_topics(brokers):
+    """(topic, key, headers) of every record, from the beginning. Reads past the
+    high watermarks until nothing more arrives for 5 s, so a stale watermark
+    cannot hide the last records."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-check-{uuid.uuid4()}",
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    records = []
+    try:
+        ends, assignment = {}, []
+        for topic in TOPICS:
+            for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                ends[(topic, p)] = high
+                assignment.append(TopicPartition(topic, p, OFFSET_BEGINNING))
+        consumer.assign(assignment)
+        reached = {where: 0 for where in ends}
+        deadline = time.monotonic() + 180
+        last_record = time.monotonic()
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is None or message.error():
+                caught_up = all(reached[w] >= ends[w] for w in ends)
+                if caught_up and time.monotonic() - last_record > 5:
+                    break
+                continue
+            last_record = time.monotonic()
+            where = (message.topic(), message.partition())
+            reached[where] = max(reached.get(where, 0), message.offset() + 1)
+            headers = {k: (v or b"").decode() for k, v in (message.headers() or [])}
+            records.append((message.topic(), (message.key() or b"").decode(), headers))
+        else:
+            raise SystemExit(f"could not read the topics to their end: {reached} of {ends}")
+    finally:
+        consumer.close()
+    return records
+
+
+if __name__ == "__main__":
+    for record in read_topics(sys.argv[1]):
+        print(json.dumps(record))
