@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from chaos_mesh import SERVICES, ComposeMesh, NativeMesh, http
+from chaos_mesh import SERVICES, ComposeMesh, NativeMesh, http, http_status
 
 ROOT = Path(__file__).resolve().parents[1]
 BROKER_OUTAGE_SECS = int(os.environ.get("CHAOS_BROKER_OUTAGE_SECS", "15"))
@@ -262,6 +262,12 @@ class Chaos:
         self.mesh.partition_inventory()
         time.sleep(6)
         self.mesh.heal_inventory()
+        healed = time.monotonic()
+        self.wait("inventory answering through the gateway after the partition",
+                  lambda: http_status(f"{self.mesh.gateway}/v1/products/{SKUS[0]}") == 200, 60)
+        moved = getattr(self.mesh, "moved", None)
+        self.note((f"inventory came back at {moved[1]} (was {moved[0]}); " if moved else "")
+                  + f"GetProduct through the gateway answered {time.monotonic() - healed:.1f} s after the heal")
         worst = max(self.load.latency_max[slow], self.load.latency_max[cut])
         self.note(f"slowest single request while inventory was slow or cut off: {worst:.1f} s "
                   "(order deadline 4 s, RPC timeout 1 s)")

@@ -378,6 +378,7 @@ class ComposeMesh(Mesh):
         self.network = next(iter(json.loads(docker(
             "inspect", "-f", "{{json .NetworkSettings.Networks}}", self.container("gateway")))))
         self.disconnected = self.paused = False
+        self.moved = None
         self.describe = (
             "The mesh ran as docker-compose.yml's containers (the images deploy/docker/Dockerfile "
             "builds, with deploy/compose/offline.yml's PostgreSQL and tansu stand-ins and "
@@ -468,7 +469,12 @@ class ComposeMesh(Mesh):
         docker("pause", self.container("inventory"))
         self.paused = True
 
+    def address(self, container):
+        return docker("inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}',
+                      container)
+
     def partition_inventory(self):
+        self.old_address = self.address(self.container("inventory"))
         docker("network", "disconnect", "-f", self.network, self.container("inventory"))
         self.disconnected = True
 
@@ -477,9 +483,23 @@ class ComposeMesh(Mesh):
             docker("unpause", self.container("inventory"))
             self.paused = False
         if self.disconnected:
-            docker("network", "connect", "--alias", self.service("inventory"), self.network,
-                   self.container("inventory"))
+            # Back on another address, as a recreated container would be: placeholder
+            # containers take free addresses until one holds the old one.
+            holders = []
+            try:
+                for _ in range(16):
+                    holders.append(docker("run", "-d", "--network", self.network, "--label",
+                                          f"com.docker.compose.project={self.project}",
+                                          self.base_image, "sleep", "300"))
+                    if self.address(holders[-1]) == self.old_address:
+                        break
+                docker("network", "connect", "--alias", self.service("inventory"), self.network,
+                       self.container("inventory"))
+            finally:
+                if holders:
+                    docker("rm", "-f", *holders, check=False)
             self.disconnected = False
+            self.moved = (self.old_address, self.address(self.container("inventory")))
 
     @contextlib.contextmanager
     def flood_gateway(self, per_sec, burst):
