@@ -189,6 +189,8 @@ class Proxy:
 class NativeMesh(Mesh):
     target = "native"
     slow_phase = "inventory slow (3 s per hop)"
+    # Every process keeps its loopback address.
+    can_move = False
     partition_phase = "inventory partitioned"
     admin = ("admin@chaos.test", "chaos-admin-password")
 
@@ -349,7 +351,10 @@ class NativeMesh(Mesh):
 # --- compose: the containers of docker-compose.yml --------------------------------
 
 def docker(*args, check=True):
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check).stdout.strip()
+    done = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise SystemExit(f"docker {' '.join(args[:3])} ... failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+    return done.stdout.strip()
 
 
 class ComposeMesh(Mesh):
@@ -378,7 +383,6 @@ class ComposeMesh(Mesh):
         self.network = next(iter(json.loads(docker(
             "inspect", "-f", "{{json .NetworkSettings.Networks}}", self.container("gateway")))))
         self.disconnected = self.paused = False
-        self.moved = None
         self.describe = (
             "The mesh ran as docker-compose.yml's containers (the images deploy/docker/Dockerfile "
             "builds, with deploy/compose/offline.yml's PostgreSQL and tansu stand-ins and "
@@ -474,7 +478,6 @@ class ComposeMesh(Mesh):
                       container)
 
     def partition_inventory(self):
-        self.old_address = self.address(self.container("inventory"))
         docker("network", "disconnect", "-f", self.network, self.container("inventory"))
         self.disconnected = True
 
@@ -483,23 +486,32 @@ class ComposeMesh(Mesh):
             docker("unpause", self.container("inventory"))
             self.paused = False
         if self.disconnected:
-            # Back on another address, as a recreated container would be: placeholder
-            # containers take free addresses until one holds the old one.
-            holders = []
-            try:
-                for _ in range(16):
-                    holders.append(docker("run", "-d", "--network", self.network, "--label",
-                                          f"com.docker.compose.project={self.project}",
-                                          self.base_image, "sleep", "300"))
-                    if self.address(holders[-1]) == self.old_address:
-                        break
-                docker("network", "connect", "--alias", self.service("inventory"), self.network,
-                       self.container("inventory"))
-            finally:
-                if holders:
-                    docker("rm", "-f", *holders, check=False)
+            docker("network", "connect", "--alias", self.service("inventory"), self.network,
+                   self.container("inventory"))
             self.disconnected = False
-            self.moved = (self.old_address, self.address(self.container("inventory")))
+
+    can_move = True
+
+    def move(self, name):
+        """Stops the container and starts it again on another address, as a recreated
+        container would come back: placeholder containers take free addresses until
+        one holds the old one. Returns (old address, new address)."""
+        container = self.container(name)
+        old = self.address(container)
+        docker("stop", "-t", "30", container)
+        holders = []
+        try:
+            for _ in range(16):
+                holders.append(docker("run", "-d", "--network", self.network, "--label",
+                                      f"com.docker.compose.project={self.project}",
+                                      self.base_image, "sleep", "300"))
+                if self.address(holders[-1]) == old:
+                    break
+            docker("start", container)
+        finally:
+            if holders:
+                docker("rm", "-f", *holders, check=False)
+        return old, self.address(container)
 
     @contextlib.contextmanager
     def flood_gateway(self, per_sec, burst):

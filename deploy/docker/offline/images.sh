@@ -12,8 +12,8 @@
 #
 # and, for `make chaos-compose` only (`images.sh base rust postgres tansu reader`):
 #
-#   shopmesh-local/topic-reader      Python with confluent-kafka, which reads the
-#                                    topics on the compose network for the checker
+#   shopmesh-local/topic-reader:1    Python with confluent-kafka (PyPI), which reads
+#                                    the topics on the compose network for the checker
 #
 # Each image is kept and reused on the next run while its inputs are unchanged.
 set -euo pipefail
@@ -127,12 +127,16 @@ build_tansu() {
 
 build_reader() {
     READER_IMAGE=shopmesh-local/topic-reader:1
-    local sum
-    sum=$(sha256sum <topic-reader.Dockerfile | cut -c1-16)
+    local cabundle=${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt} context sum
+    sum=$(cat topic-reader.Dockerfile "$cabundle" | sha256sum | cut -c1-16)
     [ "$(label_of "$READER_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
-    log "building $READER_IMAGE (python3-confluent-kafka)"
-    quiet_build -f topic-reader.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
-        --label "org.shopmesh.inputs=$sum" -t "$READER_IMAGE" . >/dev/null
+    log "building $READER_IMAGE (confluent-kafka from PyPI)"
+    context=$WORK/reader
+    mkdir -p "$context"
+    cp "$cabundle" "$context/ca-certificates.crt"
+    cp topic-reader.Dockerfile "$context/Dockerfile"
+    quiet_build --build-arg "BASE_IMAGE=$BASE" --label "org.shopmesh.inputs=$sum" \
+        -t "$READER_IMAGE" "$context" >/dev/null
 }
 
 # Prerequisites first; `images.sh rust` builds one (and what it needs).
