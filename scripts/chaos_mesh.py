@@ -285,9 +285,9 @@ class NativeMesh(Mesh):
     def auth_key(self):
         return (self.keys / "auth.key").read_bytes()
 
-    def read_topics(self):
-        from chaos_topics import read_topics
-        return read_topics(self.brokers)
+    def read_topics(self, groups):
+        from chaos_topics import read
+        return read(self.brokers, groups)
 
     def pause_broker(self):
         os.kill(self.broker_pid, signal.SIGSTOP)
@@ -449,12 +449,12 @@ class ComposeMesh(Mesh):
         docker("cp", f"{self.container('user')}:/var/lib/shopmesh/keys/auth.key", str(target))
         return target.read_bytes()
 
-    def read_topics(self):
+    def read_topics(self, groups):
         # The broker advertises its compose name, so the reader runs on the compose network.
         out = docker("run", "--rm", "--network", self.network,
                      "-v", f"{ROOT / 'scripts' / 'chaos_topics.py'}:/chaos_topics.py:ro",
-                     self.reader_image, "python3", "/chaos_topics.py", "kafka:9092")
-        return [tuple(json.loads(line)) for line in out.splitlines() if line.startswith("[")]
+                     self.reader_image, "python3", "/chaos_topics.py", "kafka:9092", *groups)
+        return json.loads(out.splitlines()[-1])
 
     def pause_broker(self):
         docker("pause", self.container("kafka"))

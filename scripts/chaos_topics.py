@@ -2,8 +2,9 @@
 """Every record on shopmesh's event topics, for `make chaos`'s invariant checker.
 
 Imported by scripts/chaos.py when the broker is reachable from this machine; run
-as `chaos_topics.py BROKERS` inside a container on the compose network when it is
-not (the broker advertises its compose name), printing one JSON record per line.
+as `chaos_topics.py BROKERS GROUP...` inside a container on the compose network
+when it is not (the broker advertises its compose name), printing what `read`
+returns as JSON.
 """
 
 import json
@@ -16,16 +17,47 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 TOPICS = ["shop.user.v1.events", "shop.inventory.v1.events", "shop.order.v1.events"]
 
 
-def read_topics(brokers):
-    """(topic, key, headers) of every record, from the beginning. Reads past the
-    high watermarks until nothing more arrives for 5 s, so a stale watermark
-    cannot hide the last records."""
+def read(brokers, groups):
+    """Every record, every dead letter and, for each consumer group, where it
+    stands on each partition."""
+    return {"records": read_topics(brokers, TOPICS),
+            "dead_letters": read_topics(brokers, dead_letter_topics(brokers)),
+            "groups": {g: committed(brokers, g) for g in groups}}
+
+
+def dead_letter_topics(brokers):
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-check-{uuid.uuid4()}"})
+    try:
+        return sorted(t for t in consumer.list_topics(timeout=10).topics if t.endswith(".dlq"))
+    finally:
+        consumer.close()
+
+
+def committed(brokers, group):
+    """{"topic/partition": committed offset} of `group`, read without joining it
+    (-1001 where it has committed nothing)."""
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
+    try:
+        partitions = [TopicPartition(topic, p) for topic in TOPICS
+                      for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
+        return {f"{tp.topic}/{tp.partition}": tp.offset
+                for tp in consumer.committed(partitions, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def read_topics(brokers, topics):
+    """(topic, partition, offset, key, headers) of every record, from the beginning.
+    Reads past the high watermarks until nothing more arrives for 5 s, so a stale
+    watermark cannot hide the last records."""
+    records = []
+    if not topics:
+        return records
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-check-{uuid.uuid4()}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    records = []
     try:
         ends, assignment = {}, []
-        for topic in TOPICS:
+        for topic in topics:
             for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions:
                 _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
                 ends[(topic, p)] = high
@@ -45,7 +77,8 @@ def read_topics(brokers):
             where = (message.topic(), message.partition())
             reached[where] = max(reached.get(where, 0), message.offset() + 1)
             headers = {k: (v or b"").decode() for k, v in (message.headers() or [])}
-            records.append((message.topic(), (message.key() or b"").decode(), headers))
+            records.append((message.topic(), message.partition(), message.offset(),
+                            (message.key() or b"").decode(), headers))
         else:
             raise SystemExit(f"could not read the topics to their end: {reached} of {ends}")
     finally:
@@ -54,5 +87,4 @@ def read_topics(brokers):
 
 
 if __name__ == "__main__":
-    for record in read_topics(sys.argv[1]):
-        print(json.dumps(record))
+    print(json.dumps(read(sys.argv[1], sys.argv[2:])))

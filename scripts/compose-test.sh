@@ -59,6 +59,11 @@ teardown() {
         log "failed; the last lines of each container's log:"
         compose logs --no-color --tail=25 2>&1 | tail -200 >&2 || true
     fi
+    if [ $status -ne 0 ] && [ -n "${KEEP_STACK:-}" ]; then
+        log "KEEP_STACK is set: the stack is left up (project $PROJECT); remove it with:" \
+            "docker-compose -p $PROJECT -f docker-compose.yml -f deploy/compose/offline.yml down -v"
+        exit $status
+    fi
     log "tearing down"
     compose down -v --remove-orphans --timeout 20 >/dev/null 2>&1 || true
     local left
