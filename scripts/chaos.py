@@ -575,6 +575,15 @@ def check_invariants(mesh, load):
                                f"{committed.get(tp)}" for tp, o in sorted(gaps.items()))
             violations.append(f"{name} consumer: inbox holds {len(seen)} of {len(where)} order events"
                               + (f" ({detail})" if detail else ""))
+        # And the group has committed every order event, whatever its lag gauge said.
+        ends = Counter()
+        for tp, offset in where.values():
+            ends[tp] = max(ends[tp], offset + 1)
+        committed = topics["groups"].get(f"{name}-service", {})
+        behind = {tp: (committed.get(tp), end) for tp, end in ends.items() if (committed.get(tp) or 0) < end}
+        if behind:
+            violations.append(f"{name}-service group has not committed to the end of "
+                              + ", ".join(f"{tp} ({c} of {e})" for tp, (c, e) in sorted(behind.items())))
 
     # Stock: the four counters add up, and sold is what live confirmed orders hold.
     sold_by_orders = dict(mesh.sql("order", """
