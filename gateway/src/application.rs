@@ -441,7 +441,7 @@ async fn call(
         let response = grpc
             .server_streaming(request, grpc_path, codec)
             .await
-            .map_err(|s| RestError::from_status(&s))?;
+            .map_err(|s| RestError::from_backend(&s))?;
         return Ok(stream_response(
             route.clone(),
             response.into_inner(),
@@ -454,7 +454,7 @@ async fn call(
     )
     .await
     .map_err(|_| deadline())?
-    .map_err(|s| RestError::from_status(&s))?;
+    .map_err(|s| RestError::from_backend(&s))?;
     Ok(axum::Json(transcode::response_json(route, response.get_ref())).into_response())
 }
 

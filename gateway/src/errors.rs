@@ -41,6 +41,23 @@ impl RestError {
         err
     }
 
+    /// What a backend call failed with. A status the backend sent maps by its code;
+    /// one that tonic made from a broken connection (a reset or an HTTP/2 error while
+    /// the backend drains) maps to 503 UNAVAILABLE, which clients may retry, rather
+    /// than to the 500 its INTERNAL or UNKNOWN code would give.
+    pub fn from_backend(status: &tonic::Status) -> Self {
+        let transport = std::error::Error::source(status).is_some()
+            && matches!(status.code(), Code::Internal | Code::Unknown);
+        if transport {
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                format!("backend connection failed: {}", status.message()),
+            );
+        }
+        Self::from_status(status)
+    }
+
     pub fn from_status(status: &tonic::Status) -> Self {
         let http = StatusCode::from_u16(shop_platform::error::http_status(status.code()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
@@ -98,5 +115,33 @@ impl IntoResponse for RestError {
             response.headers_mut().insert(header::ALLOW, allow);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_backend_connection_is_503_and_a_backend_error_keeps_its_code() {
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::other("connection reset")));
+        let err = RestError::from_backend(&broken);
+        assert_eq!(err.http, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(err.body["code"], Code::Unavailable as i32);
+        assert!(
+            err.body["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("backend connection failed")),
+            "{}",
+            err.body
+        );
+
+        let sent = tonic::Status::internal("invariant broken");
+        assert_eq!(
+            RestError::from_backend(&sent).http,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        let sent = tonic::Status::not_found("no such order");
+        assert_eq!(RestError::from_backend(&sent).http, StatusCode::NOT_FOUND);
     }
 }
