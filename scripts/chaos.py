@@ -177,7 +177,7 @@ class Chaos:
     def sigkill_each(self):
         for name in ("user", "inventory", "order", "gateway"):
             self.phase(f"sigkill {name}", 2)
-            self.mesh.kill(name)
+            self.mesh.killer(name)()
             killed = time.monotonic()
             time.sleep(1)
             self.mesh.revive(name)
@@ -189,16 +189,18 @@ class Chaos:
         self.mesh.pause_broker()
         time.sleep(6)
         backlog = self.mesh.backlog()["order"]
+        kill = self.mesh.killer("order")
         self.mesh.resume_broker()
+        resumed = time.monotonic()
         # The relay's batch was waiting for the broker's acknowledgements: kill it
         # while they arrive, before it can stamp the rows as sent.
-        wait_ms = random.Random(SEED).randint(10, 50)
-        time.sleep(wait_ms / 1000)
-        self.mesh.kill("order")
+        time.sleep(random.Random(SEED).randint(10, 50) / 1000)
+        kill()
+        after_ms = (time.monotonic() - resumed) * 1000
         left = self.mesh.backlog()["order"]
         self.mesh.revive("order")
         self.note(f"broker paused 6 s while the order outbox grew to {backlog} events; SIGKILL "
-                  f"{wait_ms} ms after it came back, {left} events not yet stamped as sent")
+                  f"{after_ms:.0f} ms after it came back, {left} events not yet stamped as sent")
         time.sleep(3)
 
     def broker_outage(self):
@@ -272,9 +274,8 @@ class Chaos:
         time.sleep(6)
         self.mesh.heal_inventory()
         healed = time.monotonic()
-        self.wait("inventory answering through the gateway after the partition",
-                  lambda: http_status(f"{self.mesh.gateway}/v1/products/{SKUS[0]}") == 200, 60)
-        self.note(f"GetProduct through the gateway answered {time.monotonic() - healed:.1f} s after the heal")
+        self.wait("an order confirmed through inventory after the partition", self.order_confirmed, 60)
+        self.note(f"a new order was confirmed {time.monotonic() - healed:.1f} s after the heal")
         worst = max(self.load.latency_max[slow], self.load.latency_max[cut])
         self.note(f"slowest single request while inventory was slow or cut off: {worst:.1f} s "
                   "(order deadline 4 s, RPC timeout 1 s)")
@@ -294,15 +295,18 @@ class Chaos:
         self.wait("inventory answering through the gateway at its new address",
                   lambda: http_status(f"{self.mesh.gateway}/v1/products/{SKUS[0]}") == 200, 60)
         via_gateway = time.monotonic() - started
-        token = self.load.customers[0][1]
-        self.wait("an order confirmed through inventory's new address", lambda: http(
-            "POST", f"{self.mesh.gateway}/v1/orders", {"lines": [{"sku": SKUS[0], "quantity": 1}]},
-            bearer(token))[1].get("order", {}).get("status") == "ORDER_STATUS_CONFIRMED", 60)
+        self.wait("an order confirmed through inventory's new address", self.order_confirmed, 60)
         self.note(f"stopped and started again at {new} (was {old}): GetProduct through the gateway "
                   f"answered {via_gateway:.1f} s after the stop, a new order was confirmed "
                   f"{time.monotonic() - started:.1f} s after it (names are resolved again every 5 s)")
         if old == new:
             self.violations.append("inventory came back on its old address: the move was not exercised")
+
+    def order_confirmed(self):
+        """One order through the gateway, the order service and inventory."""
+        status, reply = http("POST", f"{self.mesh.gateway}/v1/orders",
+                             {"lines": [{"sku": SKUS[0], "quantity": 1}]}, bearer(self.load.customers[0][1]))
+        return reply.get("order", {}).get("status") == "ORDER_STATUS_CONFIRMED"
 
     def rolling_restart(self):
         self.phase("rolling restart", 1)

@@ -265,9 +265,14 @@ class NativeMesh(Mesh):
                                             stdout=logfile, stderr=logfile)
         self.wait_serving(name)
 
-    def kill(self, name):
-        self.procs[name].send_signal(signal.SIGKILL)
-        self.procs[name].wait(timeout=30)
+    def killer(self, name):
+        """A SIGKILL of `name`, ready to fire at once."""
+        proc = self.procs[name]
+
+        def kill():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        return kill
 
     def revive(self, name):
         self.start(name)
@@ -383,6 +388,7 @@ class ComposeMesh(Mesh):
         self.network = next(iter(json.loads(docker(
             "inspect", "-f", "{{json .NetworkSettings.Networks}}", self.container("gateway")))))
         self.disconnected = self.paused = False
+        self.broker_paused = self.postgres_stopped = False
         self.describe = (
             "The mesh ran as docker-compose.yml's containers (the images deploy/docker/Dockerfile "
             "builds, with deploy/compose/offline.yml's PostgreSQL and tansu stand-ins and "
@@ -409,17 +415,23 @@ class ComposeMesh(Mesh):
             self.wait_serving(name)
         return f"gateway {self.gateway}; compose project {self.project} on network {self.network}"
 
-    def kill(self, name):
+    def killer(self, name):
+        """A SIGKILL of `name`'s process, ready to fire at once (what it needs from the
+        engine is looked up now). Sent from the host as a crash would be: `docker
+        kill` counts as a deliberate stop and would not exercise the restart policy."""
         self.restarts_before = int(self.inspect(name, "{{.RestartCount}}"))
         pid = int(self.inspect(name, "{{.State.Pid}}"))
-        # Killed from the host as a crash would be (`docker kill` counts as a
-        # deliberate stop and would not exercise the restart policy).
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except PermissionError:
-            docker("run", "--rm", "--pid=host", self.base_image, "kill", "-KILL", str(pid))
-        wait_for(f"{name}'s process gone",
-                 lambda: self.inspect(name, "{{.State.Pid}}") != str(pid), 30)
+
+        def kill():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (PermissionError, ProcessLookupError):
+                # Not root, or the engine's process ids are not this host's.
+                docker("run", "--rm", "--pid=host", self.base_image, "sh", "-c",
+                       'kill -KILL "$0"', str(pid))
+            wait_for(f"{name}'s process gone",
+                     lambda: self.inspect(name, "{{.State.Pid}}") != str(pid), 30)
+        return kill
 
     def revive(self, name):
         """Waits for the restart policy to bring the container back, healthy."""
@@ -458,15 +470,19 @@ class ComposeMesh(Mesh):
 
     def pause_broker(self):
         docker("pause", self.container("kafka"))
+        self.broker_paused = True
 
     def resume_broker(self):
         docker("unpause", self.container("kafka"))
+        self.broker_paused = False
 
     def stop_postgres(self):
+        self.postgres_stopped = True
         docker("stop", "-t", "30", self.container("postgres"))
 
     def start_postgres(self):
         docker("start", self.container("postgres"))
+        self.postgres_stopped = False
 
     def slow_inventory(self):
         # Frozen: connections are accepted by the kernel and nothing answers.
@@ -534,4 +550,9 @@ class ComposeMesh(Mesh):
             docker("rm", "-f", flood, check=False)
 
     def close(self):
+        """Undoes any fault a failed scenario left in place (KEEP_STACK keeps the stack)."""
         self.heal_inventory()
+        if self.broker_paused:
+            self.resume_broker()
+        if self.postgres_stopped:
+            self.start_postgres()

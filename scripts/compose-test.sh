@@ -61,7 +61,9 @@ teardown() {
     fi
     if [ $status -ne 0 ] && [ -n "${KEEP_STACK:-}" ]; then
         log "KEEP_STACK is set: the stack is left up (project $PROJECT); remove it with:" \
-            "docker-compose -p $PROJECT -f docker-compose.yml -f deploy/compose/offline.yml down -v"
+            "${COMPOSE[*]} -p $PROJECT -f docker-compose.yml -f deploy/compose/offline.yml" \
+            "${OVERRIDES[*]} down -v --remove-orphans"
+        rm -rf "$WORK"
         exit $status
     fi
     log "tearing down"

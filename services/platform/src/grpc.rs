@@ -3,7 +3,7 @@
 //! balancing over every address a name resolves to (looked up again as peers
 //! move), and bounded retries for idempotent calls.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -56,15 +56,15 @@ pub async fn channel(target: &str, connect_timeout: Duration) -> anyhow::Result<
             tokio::net::lookup_host(authority)
                 .await
                 .map(Iterator::collect)
-                .unwrap_or_default()
         },
     )
     .await
 }
 
 /// `channel` with its name lookup and period given (tests resolve names by hand).
-/// A name that resolves to nothing is dialled as written, which resolves it again
-/// on every connection attempt.
+/// A name that resolves to no usable address is dialled as written, which resolves
+/// it again on every connection attempt; a lookup that fails or hangs keeps the
+/// addresses the name had.
 pub async fn channel_resolved_by<R, F>(
     target: &str,
     connect_timeout: Duration,
@@ -73,7 +73,7 @@ pub async fn channel_resolved_by<R, F>(
 ) -> anyhow::Result<Channel>
 where
     R: Fn(String) -> F + Send + Sync + 'static,
-    F: Future<Output = Vec<SocketAddr>> + Send,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
 {
     use anyhow::Context as _;
     let targets: Vec<String> = target
@@ -88,25 +88,21 @@ where
             .with_context(|| format!("not a valid gRPC address: {uri}"))?;
     }
     let (channel, changes) = Channel::balance_channel::<String>(1024);
-    let mut peers = PeerSet::default();
-    peers
-        .update(
-            &changes,
-            addresses(&targets, &resolve).await,
-            connect_timeout,
-        )
-        .await;
+    let mut peers = PeerSet {
+        targets,
+        connect_timeout,
+        lookup_timeout: every.max(Duration::from_secs(1)),
+        by_target: BTreeMap::new(),
+        inserted: BTreeSet::new(),
+    };
+    peers.refresh(&changes, &resolve).await;
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         loop {
             ticks.tick().await;
-            if changes.is_closed() {
-                break;
-            }
-            let now = addresses(&targets, &resolve).await;
-            if !peers.update(&changes, now, connect_timeout).await {
+            if changes.is_closed() || !peers.refresh(&changes, &resolve).await {
                 break;
             }
         }
@@ -125,48 +121,63 @@ fn peer_endpoint(
         .keep_alive_while_idle(true))
 }
 
-/// Every address `targets` stand for now, as `http://ip:port`.
-async fn addresses<R, F>(targets: &[String], resolve: &R) -> BTreeSet<String>
-where
-    R: Fn(String) -> F,
-    F: Future<Output = Vec<SocketAddr>>,
-{
-    let mut out = BTreeSet::new();
-    for uri in targets {
-        let authority = uri
-            .strip_prefix("http://")
-            .or_else(|| uri.strip_prefix("https://"))
-            .unwrap_or(uri);
-        let found = resolve(authority.to_owned()).await;
-        if found.is_empty() {
-            out.insert(uri.clone());
-        } else {
-            out.extend(found.iter().map(|a| format!("http://{a}")));
-        }
-    }
-    out
-}
-
-/// The addresses a balanced channel holds, changed only by what a lookup changed.
-#[derive(Default)]
+/// The addresses a balanced channel holds, per target, changed only by what a
+/// lookup changed.
 struct PeerSet {
-    addresses: BTreeSet<String>,
+    targets: Vec<String>,
+    connect_timeout: Duration,
+    lookup_timeout: Duration,
+    by_target: BTreeMap<String, BTreeSet<String>>,
+    inserted: BTreeSet<String>,
 }
 
 impl PeerSet {
-    /// Adds the new addresses before removing the gone ones, so that a channel is
-    /// never left with none. False once the channel has been dropped.
-    async fn update(
+    /// Looks every target up and applies the difference, adding new addresses
+    /// before removing gone ones so that the channel is never left with none.
+    /// False once the channel has been dropped.
+    async fn refresh<R, F>(
         &mut self,
         changes: &tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
-        now: BTreeSet<String>,
-        connect_timeout: Duration,
-    ) -> bool {
-        if now == self.addresses {
+        resolve: &R,
+    ) -> bool
+    where
+        R: Fn(String) -> F,
+        F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+    {
+        for uri in &self.targets {
+            let authority = uri
+                .strip_prefix("http://")
+                .or_else(|| uri.strip_prefix("https://"))
+                .unwrap_or(uri);
+            let looked_up =
+                tokio::time::timeout(self.lookup_timeout, resolve(authority.to_owned())).await;
+            let usable = |addrs: Vec<SocketAddr>| -> BTreeSet<String> {
+                addrs
+                    .iter()
+                    .map(|a| format!("http://{a}"))
+                    .filter(|a| peer_endpoint(a, self.connect_timeout).is_ok())
+                    .collect()
+            };
+            let found = match looked_up {
+                Ok(Ok(addrs)) => usable(addrs),
+                // A failed or hung lookup says nothing about where the peer is.
+                _ if self.by_target.contains_key(uri) => continue,
+                _ => BTreeSet::new(),
+            };
+            let found = if found.is_empty() {
+                BTreeSet::from([uri.clone()])
+            } else {
+                found
+            };
+            self.by_target.insert(uri.clone(), found);
+        }
+        let now: BTreeSet<String> = self.by_target.values().flatten().cloned().collect();
+        if now == self.inserted {
             return true;
         }
-        for address in now.difference(&self.addresses) {
-            let Ok(endpoint) = peer_endpoint(address, connect_timeout) else {
+        for address in now.difference(&self.inserted) {
+            // Every address in `now` was checked by `peer_endpoint` already.
+            let Ok(endpoint) = peer_endpoint(address, self.connect_timeout) else {
                 continue;
             };
             if changes
@@ -177,15 +188,15 @@ impl PeerSet {
                 return false;
             }
         }
-        for address in self.addresses.difference(&now) {
+        for address in self.inserted.difference(&now) {
             if changes.send(Change::Remove(address.clone())).await.is_err() {
                 return false;
             }
         }
-        if !self.addresses.is_empty() {
-            tracing::info!(was = ?self.addresses, now = ?now, "peer addresses changed");
+        if !self.inserted.is_empty() {
+            tracing::info!(was = ?self.inserted, now = ?now, "peer addresses changed");
         }
-        self.addresses = now;
+        self.inserted = now;
         true
     }
 }
@@ -372,9 +383,8 @@ mod tests {
             Duration::from_millis(200),
             Duration::from_millis(100),
             move |authority| {
-                assert_eq!(authority, "peer.test:50051");
-                let now = *lookup.lock().expect("lock");
-                async move { vec![now] }
+                let now = (authority == "peer.test:50051").then(|| *lookup.lock().expect("lock"));
+                async move { Ok(now.into_iter().collect()) }
             },
         )
         .await
@@ -393,15 +403,55 @@ mod tests {
             "nothing listens at the old address"
         );
         *current.lock().expect("lock") = new;
-        let mut reached = false;
-        for _ in 0..50 {
-            if alive(&channel).await {
-                reached = true;
+        // Every call succeeds once the old address is gone from the channel.
+        let mut in_a_row = 0;
+        for _ in 0..100 {
+            in_a_row = if alive(&channel).await {
+                in_a_row + 1
+            } else {
+                0
+            };
+            if in_a_row == 10 {
                 break;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(reached, "the channel reaches the peer at its new address");
+        assert_eq!(
+            in_a_row, 10,
+            "the channel reaches the peer at its new address"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_keeps_the_addresses_a_name_had() {
+        let (addr, _keep) = peer().await;
+        let lookups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = lookups.clone();
+        let channel = channel_resolved_by(
+            "http://peer.test:50051",
+            Duration::from_millis(200),
+            Duration::from_millis(50),
+            move |_| {
+                let first = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        Ok(vec![addr])
+                    } else {
+                        Err(std::io::Error::other("resolver unreachable"))
+                    }
+                }
+            },
+        )
+        .await
+        .expect("channel");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            lookups.load(std::sync::atomic::Ordering::SeqCst) > 2,
+            "looked up again"
+        );
+        for _ in 0..5 {
+            assert!(alive(&channel).await, "still reaches the address it had");
+        }
     }
 
     #[tokio::test]

@@ -188,7 +188,8 @@ mod tests {
 
         let next = consumer(&brokers, &group).expect("consumer");
         next.subscribe(&[&topic]).expect("subscribe");
-        let message = tokio::time::timeout(Duration::from_secs(30), next.recv())
+        // Longer than the session timeout, in case the broker waits out the first member.
+        let message = tokio::time::timeout(Duration::from_secs(45), next.recv())
             .await
             .expect("a record")
             .expect("no error");
