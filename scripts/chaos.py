@@ -195,8 +195,7 @@ class Chaos:
         # The relay's batch was waiting for the broker's acknowledgements: kill it
         # while they arrive, before it can stamp the rows as sent.
         time.sleep(random.Random(SEED).randint(10, 50) / 1000)
-        kill()
-        after_ms = (time.monotonic() - resumed) * 1000
+        after_ms = (kill() - resumed) * 1000
         left = self.mesh.backlog()["order"]
         self.mesh.revive("order")
         self.note(f"broker paused 6 s while the order outbox grew to {backlog} events; SIGKILL "

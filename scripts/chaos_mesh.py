@@ -266,12 +266,15 @@ class NativeMesh(Mesh):
         self.wait_serving(name)
 
     def killer(self, name):
-        """A SIGKILL of `name`, ready to fire at once."""
+        """A SIGKILL of `name`, ready to fire at once; firing it returns when the
+        signal was sent (time.monotonic) once the process is gone."""
         proc = self.procs[name]
 
         def kill():
             proc.send_signal(signal.SIGKILL)
+            sent = time.monotonic()
             proc.wait(timeout=30)
+            return sent
         return kill
 
     def revive(self, name):
@@ -417,7 +420,8 @@ class ComposeMesh(Mesh):
 
     def killer(self, name):
         """A SIGKILL of `name`'s process, ready to fire at once (what it needs from the
-        engine is looked up now). Sent from the host as a crash would be: `docker
+        engine is looked up now); firing it returns when the signal was sent
+        (time.monotonic) once the process is gone. Sent from the host as a crash would be: `docker
         kill` counts as a deliberate stop and would not exercise the restart policy."""
         self.restarts_before = int(self.inspect(name, "{{.RestartCount}}"))
         pid = int(self.inspect(name, "{{.State.Pid}}"))
@@ -429,8 +433,10 @@ class ComposeMesh(Mesh):
                 # Not root, or the engine's process ids are not this host's.
                 docker("run", "--rm", "--pid=host", self.base_image, "sh", "-c",
                        'kill -KILL "$0"', str(pid))
+            sent = time.monotonic()
             wait_for(f"{name}'s process gone",
                      lambda: self.inspect(name, "{{.State.Pid}}") != str(pid), 30)
+            return sent
         return kill
 
     def revive(self, name):
