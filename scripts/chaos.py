@@ -571,7 +571,11 @@ def check_invariants(mesh, load):
 
     # Consumers applied each order event once: their inbox holds every event id exactly once.
     where = {h["ce_id"]: (f"{t}/{p}", o) for t, p, o, _, h in records if t == "shop.order.v1.events"}
+    ends = Counter()
+    for tp, offset in where.values():
+        ends[tp] = max(ends[tp], offset + 1)
     for name in ("inventory", "user"):
+        committed = topics["groups"].get(f"{name}-service", {})
         seen = Counter(e for (e,) in mesh.sql(
             name, "SELECT event_id FROM inbox_events WHERE topic = 'shop.order.v1.events'"))
         if set(seen) != set(where) or any(n > 1 for n in seen.values()):
@@ -579,16 +583,11 @@ def check_invariants(mesh, load):
             gaps = defaultdict(list)
             for event_id in set(where) - set(seen):
                 gaps[where[event_id][0]].append(where[event_id][1])
-            committed = topics["groups"].get(f"{name}-service", {})
             detail = "; ".join(f"{tp}: {len(o)} missing at offsets {min(o)}–{max(o)}, group committed "
                                f"{committed.get(tp)}" for tp, o in sorted(gaps.items()))
             violations.append(f"{name} consumer: inbox holds {len(seen)} of {len(where)} order events"
                               + (f" ({detail})" if detail else ""))
         # And the group has committed every order event, whatever its lag gauge said.
-        ends = Counter()
-        for tp, offset in where.values():
-            ends[tp] = max(ends[tp], offset + 1)
-        committed = topics["groups"].get(f"{name}-service", {})
         behind = {tp: (committed.get(tp), end) for tp, end in ends.items() if (committed.get(tp) or 0) < end}
         if behind:
             violations.append(f"{name}-service group has not committed to the end of "

@@ -388,6 +388,9 @@ class ComposeMesh(Mesh):
         self.admin = (os.environ.get("SHOPMESH_ADMIN_EMAIL") or "admin@shopmesh.dev",
                       os.environ.get("SHOPMESH_ADMIN_PASSWORD") or "dev-admin-password")
         self.can_restart_postgres = True
+        # Container ids outlive the faults (restart policy, stop/start, pause,
+        # disconnect), so each is looked up once rather than on every call.
+        self.containers = {}
         self.network = next(iter(json.loads(docker(
             "inspect", "-f", "{{json .NetworkSettings.Networks}}", self.container("gateway")))))
         self.disconnected = self.paused = False
@@ -404,11 +407,13 @@ class ComposeMesh(Mesh):
         return name if name in ("gateway", "postgres", "kafka") else f"{name}-service"
 
     def container(self, name):
-        ids = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
-                     "--filter", f"label=com.docker.compose.service={self.service(name)}").split()
-        if not ids:
-            raise SystemExit(f"no container for {self.service(name)} in compose project {self.project}")
-        return ids[0]
+        if name not in self.containers:
+            ids = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
+                         "--filter", f"label=com.docker.compose.service={self.service(name)}").split()
+            if not ids:
+                raise SystemExit(f"no container for {self.service(name)} in compose project {self.project}")
+            self.containers[name] = ids[0]
+        return self.containers[name]
 
     def inspect(self, name, template):
         return docker("inspect", "-f", template, self.container(name))
