@@ -5,20 +5,23 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{Extension, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
 use prost_reflect::DescriptorPool;
 use shop_platform::auth::Authenticator;
+use shop_platform::client_address::Networks;
 use shop_platform::grpc::parse_grpc_timeout;
+use shop_platform::rate_limit::RateLimiter;
 use shop_platform::{Shutdown, telemetry};
 use tokio::net::TcpListener;
 use tonic::Code;
@@ -27,8 +30,10 @@ use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::errors::RestError;
-use crate::limits::RateLimiter;
+use crate::layers::{self, ClientAddress, RouteLabel, too_many};
+use crate::limits::{Refusal, SharedBudget};
 use crate::routes::{self, Resolved, Route};
+use crate::server::{self, ConnectionLimits};
 use crate::settings::Settings;
 use crate::transcode::{self, DynamicCodec};
 
@@ -40,15 +45,28 @@ const FORWARDED: [&str; 4] = [
     "accept-language",
 ];
 
-struct Gateway {
+pub struct Gateway {
     routes: Vec<Route>,
     /// Package prefix (`shop.user`) → channel.
     backends: BTreeMap<String, Channel>,
     auth: Authenticator,
     public: BTreeSet<String>,
-    limiter: RateLimiter,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) trusted_proxies: Networks,
+    pub(crate) probe_networks: Networks,
+    trusted_trace_sources: Networks,
+    /// Request body bytes held in memory, in all and per client.
+    body_bytes: SharedBudget,
     openapi: serde_json::Value,
     settings: Settings,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
 }
 
 pub struct Application {
@@ -104,6 +122,13 @@ impl Application {
             routes = routes.len(),
             "routes read from google.api.http annotations"
         );
+        let networks = |key: &str, list: &str| {
+            Networks::parse(list).map_err(|e| anyhow::anyhow!("{key}: {e}"))
+        };
+        let trusted_proxies = networks("TRUSTED_PROXIES", &settings.trusted_proxies)?;
+        let probe_networks = networks("PROBE_NETWORKS", &settings.probe_networks)?;
+        let trusted_trace_sources =
+            networks("TRUSTED_TRACE_SOURCES", &settings.trusted_trace_sources)?;
         Ok(Self {
             listener,
             addr,
@@ -113,6 +138,13 @@ impl Application {
                 auth,
                 public,
                 limiter: RateLimiter::new(settings.rate_limit_per_sec, settings.rate_limit_burst),
+                trusted_proxies,
+                probe_networks,
+                trusted_trace_sources,
+                body_bytes: SharedBudget::new(
+                    settings.max_inflight_body_bytes,
+                    settings.max_inflight_body_bytes_per_client,
+                ),
                 openapi,
                 settings,
             }),
@@ -124,25 +156,39 @@ impl Application {
     }
 
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
+        let gw = self.gateway.clone();
         let mut app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(openapi))
             .route("/docs", get(|| async { Html(include_str!("docs.html")) }))
-            .fallback(proxy)
-            .with_state(self.gateway.clone());
-        if let Some(cors) = cors(&self.gateway.settings.cors_allowed_origins) {
+            .fallback(proxy);
+        if let Some(cors) = cors(&gw.settings.cors_allowed_origins) {
             app = app.layer(cors);
         }
+        // Each layer wraps those before it: the last one added runs first (layers.rs).
+        let app = app
+            .layer(middleware::from_fn_with_state(
+                gw.clone(),
+                layers::limit_rate_by_client,
+            ))
+            .layer(middleware::from_fn(layers::record_metrics))
+            .layer(middleware::from_fn_with_state(
+                gw.clone(),
+                layers::resolve_client,
+            ))
+            .with_state(gw.clone());
         tracing::info!(http = %self.addr, "gateway listening");
-        axum::serve(
-            self.listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
-        .context("HTTP server failed")
+        let limits = ConnectionLimits {
+            header_read_timeout: Duration::from_millis(gw.settings.header_read_timeout_ms),
+            max_connections: gw.settings.max_connections,
+            max_connections_per_client: gw.settings.max_connections_per_client,
+            trusted_proxies: gw.trusted_proxies.clone(),
+        };
+        server::serve(self.listener, app, limits, shutdown)
+            .await
+            .context("HTTP server failed")
     }
 }
 
@@ -197,14 +243,27 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
         let check = client.check(HealthCheckRequest {
             service: String::new(),
         });
+        // The reason stays in the log: transport errors name addresses and internals.
         let status = match tokio::time::timeout(Duration::from_secs(1), check).await {
-            Ok(Ok(r)) if r.get_ref().status == 1 => "SERVING".to_owned(),
-            Ok(Ok(r)) => format!("status {}", r.get_ref().status),
-            Ok(Err(s)) => format!("{:?}: {}", s.code(), s.message()),
-            Err(_) => "no answer within 1 s".to_owned(),
+            Ok(Ok(r)) if r.get_ref().status == 1 => "SERVING",
+            Ok(Ok(r)) => {
+                tracing::info!(backend = %package, status = r.get_ref().status, "backend not serving");
+                "NOT_SERVING"
+            }
+            Ok(Err(s)) => {
+                tracing::info!(backend = %package, code = ?s.code(), error = %s.message(), "backend unavailable");
+                "backend unavailable"
+            }
+            Err(_) => {
+                tracing::info!(backend = %package, "backend gave no health answer within 1 s");
+                "backend unavailable"
+            }
         };
         ready &= status == "SERVING";
-        report.insert(package.clone(), serde_json::Value::String(status));
+        report.insert(
+            package.clone(),
+            serde_json::Value::String(status.to_owned()),
+        );
     }
     let code = if ready {
         StatusCode::OK
@@ -227,17 +286,16 @@ fn request_id(headers: &HeaderMap) -> String {
 
 async fn proxy(
     State(gw): State<Arc<Gateway>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(client): Extension<ClientAddress>,
     request: Request<Body>,
 ) -> Response {
-    let started = Instant::now();
     let id = request_id(request.headers());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let resolved = routes::resolve(&gw.routes, &method, &path);
     let route_label = match &resolved {
         Resolved::Found(route, _) => route.template.clone(),
-        _ => "unmatched".to_owned(),
+        _ => shop_platform::grpc::OTHER_LABEL.to_owned(),
     };
     let span = tracing::info_span!(
         "http.server",
@@ -249,8 +307,12 @@ async fn proxy(
         http.response.status_code = tracing::field::Empty,
         request_id = %id,
     );
-    telemetry::set_parent_from_http(&span, request.headers());
-    let mut response = handle(&gw, peer, resolved, request)
+    if gw.trusted_trace_sources.contains(client.peer) {
+        telemetry::set_parent_from_http(&span, request.headers());
+    } else {
+        telemetry::link_from_http(&span, request.headers());
+    }
+    let mut response = handle(&gw, client, resolved, request)
         .instrument(span.clone())
         .await;
     span.record("http.route", route_label.as_str());
@@ -258,30 +320,13 @@ async fn proxy(
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
-    let status = response.status().as_u16().to_string();
-    let labels = [
-        ("method", method.as_str()),
-        ("route", route_label.as_str()),
-        ("status", status.as_str()),
-    ];
-    let registry = shop_platform::metrics::registry();
-    registry.inc(
-        "gateway_http_requests_total",
-        "HTTP requests by method, route and status.",
-        &labels,
-    );
-    registry.observe(
-        "gateway_http_request_duration_seconds",
-        "Time to answer an HTTP request (to the first byte for streams).",
-        &labels,
-        started.elapsed(),
-    );
+    response.extensions_mut().insert(RouteLabel(route_label));
     response
 }
 
 async fn handle(
     gw: &Gateway,
-    peer: SocketAddr,
+    client: ClientAddress,
     resolved: Resolved<'_>,
     request: Request<Body>,
 ) -> Response {
@@ -308,33 +353,19 @@ async fn handle(
             return RestError::new(StatusCode::NOT_FOUND, Code::NotFound, message).into_response();
         }
     };
-    call(gw, peer, route, vars, parts, body)
+    call(gw, client, route, vars, parts, body)
         .await
         .unwrap_or_else(IntoResponse::into_response)
 }
 
-fn too_many(seconds: u64, who: &str) -> RestError {
-    let mut err = RestError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        Code::ResourceExhausted,
-        format!("rate limit exceeded for this {who}; retry in {seconds} s"),
-    );
-    err.retry_after = Some(seconds);
-    err
-}
-
 async fn call(
     gw: &Gateway,
-    peer: SocketAddr,
+    client: ClientAddress,
     route: &Route,
     vars: Vec<(String, String)>,
     parts: http::request::Parts,
     body: Body,
 ) -> Result<Response, RestError> {
-    gw.limiter
-        .check(&format!("ip:{}", peer.ip()))
-        .map_err(|s| too_many(s, "client"))?;
-
     let metadata = MetadataMap::from_headers(parts.headers.clone());
     let caller = gw
         .auth
@@ -374,8 +405,22 @@ async fn call(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
+    // Memory for the body is reserved before it is read: what it declares, or the
+    // largest allowed when it is chunked. Refused at once, never queued.
+    let has_body =
+        declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
+    let _reserved = if has_body {
+        let reserved = gw
+            .body_bytes
+            .take(Some(&client.bucket()), declared.unwrap_or(limit));
+        Some(reserved.map_err(body_budget_refused)?)
+    } else {
+        None
+    };
+    let read_limit = Duration::from_millis(gw.settings.body_read_timeout_ms);
+    let bytes = tokio::time::timeout(read_limit, axum::body::to_bytes(body, limit))
         .await
+        .map_err(|_| body_too_slow(read_limit))?
         .map_err(|_| too_large())?;
     // Bodies are read as JSON whatever Content-Type says (curl -d sends a form type),
     // as grpc-gateway's default marshaler does.
@@ -398,6 +443,10 @@ async fn call(
             request.metadata_mut().insert(name, value);
         }
     }
+    // The client as resolved here (services trust this from the gateway only).
+    if let Ok(value) = client.ip.to_string().parse() {
+        request.metadata_mut().insert("x-forwarded-for", value);
+    }
     telemetry::inject_into_metadata(request.metadata_mut());
 
     let package = route
@@ -416,10 +465,11 @@ async fn call(
     })?;
     let mut grpc = tonic::client::Grpc::new(channel);
     let unavailable = |e: tonic::transport::Error| {
+        tracing::warn!(backend = %package, error = %e, "backend unavailable");
         RestError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Code::Unavailable,
-            format!("backend unavailable: {e}"),
+            "backend unavailable, retry later",
         )
     };
     tokio::time::timeout(timeout, grpc.ready())
@@ -456,6 +506,37 @@ async fn call(
     .map_err(|_| deadline())?
     .map_err(|s| RestError::from_backend(&s))?;
     Ok(axum::Json(transcode::response_json(route, response.get_ref())).into_response())
+}
+
+/// A body that did not arrive in time: 408, and the connection is closed so
+/// that the rest of it is never read.
+fn body_too_slow(limit: Duration) -> RestError {
+    let mut err = RestError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        Code::DeadlineExceeded,
+        format!("request body not received within {} ms", limit.as_millis()),
+    );
+    err.close_connection = true;
+    err
+}
+
+fn body_budget_refused(refusal: Refusal) -> RestError {
+    let mut err = match refusal {
+        Refusal::Client => RestError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::ResourceExhausted,
+            "too many request bodies in flight from your address; retry in 1 s",
+        ),
+        Refusal::Total => RestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "the gateway is receiving too many request bodies; retry in 1 s",
+        ),
+    };
+    err.retry_after = Some(1);
+    // The unread body stays on the wire: close rather than read it.
+    err.close_connection = true;
+    err
 }
 
 fn deadline() -> RestError {

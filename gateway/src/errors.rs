@@ -15,6 +15,8 @@ pub struct RestError {
     pub body: Value,
     pub retry_after: Option<u64>,
     pub allow: Option<String>,
+    /// Answer with `Connection: close` (a body left unread on the wire).
+    pub close_connection: bool,
 }
 
 impl RestError {
@@ -24,6 +26,7 @@ impl RestError {
             body: json!({ "code": code as i32, "message": message.into(), "details": [] }),
             retry_after: None,
             allow: None,
+            close_connection: false,
         }
     }
 
@@ -47,12 +50,17 @@ impl RestError {
     /// than to the 500 its INTERNAL or UNKNOWN code would give.
     pub fn from_backend(status: &tonic::Status) -> Self {
         let transport = std::error::Error::source(status).is_some()
-            && matches!(status.code(), Code::Internal | Code::Unknown);
+            && matches!(
+                status.code(),
+                Code::Internal | Code::Unknown | Code::Unavailable
+            );
         if transport {
+            // The transport's words (addresses, HTTP/2 errors) are for the log, not the client.
+            tracing::warn!(error = %status.message(), "backend connection failed");
             return Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Code::Unavailable,
-                format!("backend connection failed: {}", status.message()),
+                "backend unavailable, retry later",
             );
         }
         Self::from_status(status)
@@ -62,13 +70,15 @@ impl RestError {
         let http = StatusCode::from_u16(shop_platform::error::http_status(status.code()))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let mut err = Self::new(http, status.code(), status.message());
-        err.body["details"] = Value::Array(
-            status
-                .get_error_details_vec()
-                .iter()
-                .filter_map(detail_json)
-                .collect(),
-        );
+        let details = status.get_error_details_vec();
+        // RetryInfo becomes Retry-After (whole seconds, rounded up) as well as a detail.
+        err.retry_after = details.iter().find_map(|d| match d {
+            ErrorDetail::RetryInfo(r) => r
+                .retry_delay
+                .map(|d| d.as_secs_f64().ceil().max(1.0) as u64),
+            _ => None,
+        });
+        err.body["details"] = Value::Array(details.iter().filter_map(detail_json).collect());
         err
     }
 }
@@ -114,6 +124,11 @@ impl IntoResponse for RestError {
         if let Some(allow) = self.allow.and_then(|a| HeaderValue::from_str(&a).ok()) {
             response.headers_mut().insert(header::ALLOW, allow);
         }
+        if self.close_connection {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
@@ -131,7 +146,7 @@ mod tests {
         assert!(
             err.body["message"]
                 .as_str()
-                .is_some_and(|m| m.starts_with("backend connection failed")),
+                .is_some_and(|m| m == "backend unavailable, retry later"),
             "{}",
             err.body
         );
@@ -143,5 +158,16 @@ mod tests {
         );
         let sent = tonic::Status::not_found("no such order");
         assert_eq!(RestError::from_backend(&sent).http, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn retry_info_becomes_retry_after() {
+        let status = tonic::Status::from(shop_platform::ApiError::Throttled {
+            message: "too many failed sign-ins".into(),
+            retry_after: std::time::Duration::from_millis(2_500),
+        });
+        let err = RestError::from_backend(&status);
+        assert_eq!(err.http, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(err.retry_after, Some(3));
     }
 }

@@ -1,55 +1,83 @@
-//! Rate limits at the edge: a token bucket per client address and one per signed-in
-//! user; an empty bucket answers 429 with Retry-After.
+//! Shares of a bounded resource (open connections, request body bytes held in
+//! memory), in all and per client: a grant is taken at once or refused at once,
+//! never waited for, and given back when dropped.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
+/// Which bound a refused grant would have crossed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The client holds its whole share.
+    Client,
+    /// Everyone together holds the whole resource.
+    Total,
+}
+
+#[derive(Debug, Default)]
+struct Held {
+    total: usize,
+    by_client: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
-pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, Bucket>>,
+pub struct SharedBudget {
+    total: usize,
+    per_client: usize,
+    held: Arc<Mutex<Held>>,
 }
 
-impl RateLimiter {
-    pub fn new(per_second: u32, burst: u32) -> Self {
+/// Units of a `SharedBudget`, given back on drop.
+#[derive(Debug)]
+pub struct Grant {
+    held: Arc<Mutex<Held>>,
+    client: Option<String>,
+    units: usize,
+}
+
+impl SharedBudget {
+    pub fn new(total: usize, per_client: usize) -> Self {
         Self {
-            per_second: f64::from(per_second.max(1)),
-            burst: f64::from(burst.max(1)),
-            buckets: Mutex::new(HashMap::new()),
+            total,
+            per_client,
+            held: Arc::default(),
         }
     }
 
-    /// Takes a token for `key`; Err(seconds to wait) when none is left.
-    pub fn check(&self, key: &str) -> Result<(), u64> {
-        let now = Instant::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > 100_000 {
-            // Forget full buckets so that many one-off clients cannot grow the map forever.
-            let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
-            });
+    /// `units` for `client` (None: counted in the total only, e.g. a trusted proxy
+    /// that carries many clients).
+    pub fn take(&self, client: Option<&str>, units: usize) -> Result<Grant, Refusal> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.total + units > self.total {
+            return Err(Refusal::Total);
         }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
-        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
-        bucket.updated = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(((1.0 - bucket.tokens) / self.per_second).ceil().max(1.0) as u64)
+        if let Some(client) = client {
+            let mine = held.by_client.get(client).copied().unwrap_or(0);
+            if mine + units > self.per_client {
+                return Err(Refusal::Client);
+            }
+            held.by_client.insert(client.to_owned(), mine + units);
+        }
+        held.total += units;
+        Ok(Grant {
+            held: self.held.clone(),
+            client: client.map(str::to_owned),
+            units,
+        })
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.total -= self.units;
+        if let Some(client) = &self.client
+            && let Some(mine) = held.by_client.get_mut(client)
+        {
+            *mine -= self.units;
+            if *mine == 0 {
+                held.by_client.remove(client);
+            }
         }
     }
 }
@@ -59,12 +87,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_burst_then_refusal_with_a_wait() {
-        let limiter = RateLimiter::new(1, 3);
-        for _ in 0..3 {
-            assert!(limiter.check("a").is_ok());
-        }
-        assert_eq!(limiter.check("a"), Err(1));
-        assert!(limiter.check("b").is_ok(), "buckets are per key");
+    fn shares_are_bounded_per_client_and_in_all_and_come_back() {
+        let budget = SharedBudget::new(10, 4);
+        let a = budget.take(Some("a"), 4).expect("within a's share");
+        assert_eq!(budget.take(Some("a"), 1).err(), Some(Refusal::Client));
+        let b = budget.take(Some("b"), 4).expect("b has its own share");
+        assert_eq!(budget.take(Some("c"), 3).err(), Some(Refusal::Total));
+        let proxy = budget.take(None, 2).expect("counted in the total only");
+        drop(a);
+        budget.take(Some("a"), 2).expect("a's share came back");
+        drop((b, proxy));
+        let held = budget.held.lock().expect("lock");
+        assert_eq!(held.total, 0, "every grant was given back");
+        assert!(held.by_client.is_empty());
     }
 }

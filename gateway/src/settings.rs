@@ -1,11 +1,12 @@
 //! The gateway's settings: defaults, then `CONFIG_FILE`, then the environment.
 
 use serde::{Deserialize, Serialize};
+use shop_platform::client_address::Networks;
 use shop_platform::config::{self, ConfigError, Secret};
 
 pub const HTTP_PORT: u16 = 8080;
 
-/// The RPCs anyone may call without a token (DESIGN.md's table); every other
+/// The RPCs anyone may call without a token (the authorization table in docs/design.md); every other
 /// annotated RPC needs one, including ones added later.
 pub const DEFAULT_PUBLIC_METHODS: &str = "shop.user.v1.UserService/Register,shop.user.v1.UserService/Login,\
 shop.inventory.v1.InventoryService/GetProduct,shop.inventory.v1.InventoryService/ListProducts";
@@ -35,6 +36,30 @@ pub struct Settings {
     pub rate_limit_burst: u32,
     /// `CORS_ALLOWED_ORIGINS`: comma-separated origins, `*` for any, empty for none.
     pub cors_allowed_origins: String,
+    /// `TRUSTED_PROXIES`: comma-separated networks (CIDR) of the proxies in front of
+    /// the gateway; only their `Forwarded` / `X-Forwarded-For` names the client.
+    /// Empty (the default) trusts no one: the client is the TCP peer.
+    pub trusted_proxies: String,
+    /// `PROBE_NETWORKS`: sources whose `/healthz`, `/readyz` and `/metrics` are not
+    /// rate limited (kubelet, Prometheus); every other request is.
+    pub probe_networks: String,
+    /// `TRUSTED_TRACE_SOURCES`: clients whose `traceparent` is continued as sent
+    /// (its sampled flag included); anyone else's starts a new trace linked to it.
+    pub trusted_trace_sources: String,
+    /// `HEADER_READ_TIMEOUT_MS`: a connection that has not sent a request's headers
+    /// within this long is closed.
+    pub header_read_timeout_ms: u64,
+    /// `BODY_READ_TIMEOUT_MS`: a request body not received within this long gets 408
+    /// and the connection is closed.
+    pub body_read_timeout_ms: u64,
+    /// `MAX_CONNECTIONS` / `MAX_CONNECTIONS_PER_CLIENT`: open connections in all and
+    /// from one client address; more are answered 503 and closed.
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    /// `MAX_INFLIGHT_BODY_BYTES` / `MAX_INFLIGHT_BODY_BYTES_PER_CLIENT`: request body
+    /// bytes held at once in all (503 past it) and for one client (429 past it).
+    pub max_inflight_body_bytes: usize,
+    pub max_inflight_body_bytes_per_client: usize,
 }
 
 impl Default for Settings {
@@ -54,6 +79,15 @@ impl Default for Settings {
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
             cors_allowed_origins: String::new(),
+            trusted_proxies: String::new(),
+            probe_networks: "127.0.0.0/8,::1".into(),
+            trusted_trace_sources: String::new(),
+            header_read_timeout_ms: 5_000,
+            body_read_timeout_ms: 5_000,
+            max_connections: 4_096,
+            max_connections_per_client: 128,
+            max_inflight_body_bytes: 32 * 1024 * 1024,
+            max_inflight_body_bytes_per_client: 4 * 1024 * 1024,
         }
     }
 }
@@ -66,6 +100,28 @@ impl Settings {
         }
         if settings.max_body_bytes == 0 {
             return Err(ConfigError::missing("MAX_BODY_BYTES", "must be at least 1"));
+        }
+        for (key, list) in [
+            ("TRUSTED_PROXIES", &settings.trusted_proxies),
+            ("PROBE_NETWORKS", &settings.probe_networks),
+            ("TRUSTED_TRACE_SOURCES", &settings.trusted_trace_sources),
+        ] {
+            Networks::parse(list).map_err(|e| ConfigError::missing(key, &e))?;
+        }
+        let per_client = settings.max_inflight_body_bytes_per_client;
+        if per_client < settings.max_body_bytes || settings.max_inflight_body_bytes < per_client {
+            return Err(ConfigError::missing(
+                "MAX_INFLIGHT_BODY_BYTES_PER_CLIENT",
+                "must lie between MAX_BODY_BYTES and MAX_INFLIGHT_BODY_BYTES",
+            ));
+        }
+        if settings.max_connections_per_client == 0
+            || settings.max_connections < settings.max_connections_per_client
+        {
+            return Err(ConfigError::missing(
+                "MAX_CONNECTIONS_PER_CLIENT",
+                "must lie between 1 and MAX_CONNECTIONS",
+            ));
         }
         Ok(settings)
     }

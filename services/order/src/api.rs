@@ -13,13 +13,14 @@ use uuid::Uuid;
 use crate::checkout::Checkout;
 use crate::order::{NewOrder, Order, Status as OrderStatus, parse_order_id};
 use crate::peers::OnBehalfOf;
-use crate::watch::{self, WatchStream};
+use crate::watch::{WatchStream, Watches};
 
 #[derive(Debug)]
 pub struct OrderApi {
     pub checkout: Checkout,
     pub auth: Authenticator,
     pub request_deadline: std::time::Duration,
+    pub watches: Watches,
     /// Fired when the service stops, to end watch streams.
     pub shutdown: Shutdown,
 }
@@ -158,13 +159,14 @@ impl OrderService for OrderApi {
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        let me = caller.require_user()?;
         let order = self
             .visible_order(&caller, &request.get_ref().order_id)
             .await?;
-        Ok(Response::new(watch::watch(
-            self.checkout.orders.clone(),
-            order.row.order_id,
-            self.shutdown.clone(),
-        )))
+        let stream = self
+            .watches
+            .watch(me.user_id, order.row.order_id, self.shutdown.clone())
+            .await?;
+        Ok(Response::new(stream))
     }
 }

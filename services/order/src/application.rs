@@ -17,6 +17,7 @@ use crate::checkout::Checkout;
 use crate::orders::{ORDER_EVENTS_TOPIC, Orders};
 use crate::peers::Peers;
 use crate::settings::{SagaSettings, Settings};
+use crate::watch::{WatchLimits, Watches};
 
 /// The name this service registers in grpc.health.v1.
 pub const SERVICE_NAME: &str = "shop.order.v1.OrderService";
@@ -55,17 +56,26 @@ impl Application {
         )
         .await
         .context("USER_SERVICE_ADDR / INVENTORY_SERVICE_ADDR")?;
+        let orders = Orders {
+            pool: pool.clone(),
+            outbox: outbox.clone(),
+        };
+        let watches = Watches::new(
+            orders.clone(),
+            WatchLimits {
+                per_user: settings.watch.max_watches_per_user,
+                lifetime: Duration::from_secs(settings.watch.max_watch_secs),
+            },
+        );
         let api = OrderApi {
             checkout: Checkout {
-                orders: Orders {
-                    pool: pool.clone(),
-                    outbox: outbox.clone(),
-                },
+                orders,
                 peers,
                 give_up_after: Duration::from_millis(saga.pending_give_up_ms),
             },
             auth,
             request_deadline: Duration::from_millis(saga.request_deadline_ms),
+            watches,
             shutdown: Shutdown::new(),
         };
         let runtime = ServiceRuntime::bind(
@@ -102,12 +112,18 @@ impl Application {
             Duration::from_millis(self.saga.request_deadline_ms),
             shutdown.clone(),
         ));
+        let listener: Worker = Box::pin(
+            self.api
+                .watches
+                .clone()
+                .run_listener(self.runtime.pool.clone(), shutdown.clone()),
+        );
         let routes = Routes::new(
             OrderServiceServer::new(self.api).max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
         );
         let no_consumers: EventWorkers = Box::new(|_| Ok(Vec::new()));
         self.runtime
-            .run(routes, vec![recovery], no_consumers, shutdown)
+            .run(routes, vec![recovery, listener], no_consumers, shutdown)
             .await
     }
 }

@@ -368,19 +368,6 @@ impl Orders {
         tx.commit().await?;
         Ok(orders)
     }
-
-    /// The order's status and last change, for watchers.
-    pub async fn version(
-        &self,
-        order_id: Uuid,
-    ) -> Result<Option<(String, chrono::DateTime<Utc>)>, ApiError> {
-        Ok(
-            sqlx::query_as("SELECT status, updated_at FROM orders WHERE order_id = $1")
-                .bind(order_id)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
-    }
 }
 
 fn missing(order_id: Uuid) -> ApiError {

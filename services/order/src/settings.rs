@@ -10,6 +10,16 @@ pub const ADMIN_PORT: u16 = 9103;
 pub struct Settings {
     pub service: ServiceSettings,
     pub saga: SagaSettings,
+    pub watch: WatchSettings,
+}
+
+/// How many WatchOrder streams a user may hold, and for how long.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WatchSettings {
+    /// `MAX_WATCHES_PER_USER`: open watches per user; RESOURCE_EXHAUSTED past it.
+    pub max_watches_per_user: usize,
+    /// `MAX_WATCH_SECS`: a watch ends (UNAVAILABLE, "watch again") after this long.
+    pub max_watch_secs: u64,
 }
 
 /// What only the order service reads.
@@ -47,6 +57,10 @@ impl Default for Settings {
                 pending_give_up_ms: 600_000,
                 service_identity: "order-service".into(),
             },
+            watch: WatchSettings {
+                max_watches_per_user: 10,
+                max_watch_secs: 600,
+            },
         }
     }
 }
@@ -58,7 +72,14 @@ impl Settings {
         let settings = Self {
             service: config::load(&defaults.service)?,
             saga: config::load(&defaults.saga)?,
+            watch: config::load(&defaults.watch)?,
         };
+        if settings.watch.max_watches_per_user == 0 || settings.watch.max_watch_secs == 0 {
+            return Err(ConfigError::missing(
+                "MAX_WATCHES_PER_USER / MAX_WATCH_SECS",
+                "must be at least 1",
+            ));
+        }
         settings.service.validate()?;
         if settings.service.service_private_key.is_empty() {
             return Err(ConfigError::missing(

@@ -128,6 +128,38 @@ pub enum Environment {
     Production,
 }
 
+/// The passwords that docker-compose.yml and the dev scripts publish. A process
+/// outside development mode refuses to start with one of them in its settings.
+pub const DEVELOPMENT_PASSWORDS: [&str; 5] = [
+    "dev-admin-password",
+    "shopmesh-dev",
+    "shop-user-dev",
+    "shop-inventory-dev",
+    "shop-order-dev",
+];
+
+/// The password in a `scheme://user:password@host/…` URL, if any.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let credentials = rest.split_once('@')?.0;
+    Some(credentials.split_once(':')?.1)
+}
+
+/// Refuses a published development password for `key` outside development mode.
+pub fn refuse_development_password(
+    env: Environment,
+    key: &str,
+    password: &str,
+) -> Result<(), ConfigError> {
+    if env == Environment::Development || !DEVELOPMENT_PASSWORDS.contains(&password) {
+        return Ok(());
+    }
+    Err(ConfigError::missing(
+        key,
+        "holds a published development password; set your own, or APP_ENV=development on a laptop",
+    ))
+}
+
 /// What every service's settings contain; flattened into each service's own.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServiceSettings {
@@ -163,6 +195,9 @@ pub struct ServiceSettings {
     pub service_public_key: Secret,
     /// `SERVICE_PRIVATE_KEY`: PEM (PKCS#8) key this service signs its identity with.
     pub service_private_key: Secret,
+    /// `TRUSTED_PROXIES`: comma-separated networks (CIDR) whose `x-forwarded-for`
+    /// metadata names the client (the gateway's); empty trusts no one.
+    pub trusted_proxies: String,
 }
 
 impl ServiceSettings {
@@ -186,6 +221,7 @@ impl ServiceSettings {
             auth_public_key: Secret::default(),
             service_public_key: Secret::default(),
             service_private_key: Secret::default(),
+            trusted_proxies: String::new(),
         }
     }
 
@@ -194,9 +230,14 @@ impl ServiceSettings {
         if self.database_url.is_empty() {
             return Err(ConfigError::missing("DATABASE_URL", "must be set"));
         }
+        if let Some(password) = url_password(self.database_url.expose()) {
+            refuse_development_password(self.app_env, "DATABASE_URL", password)?;
+        }
         if self.kafka_brokers.trim().is_empty() {
             return Err(ConfigError::missing("KAFKA_BROKERS", "must be set"));
         }
+        crate::client_address::Networks::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError::missing("TRUSTED_PROXIES", &e))?;
         if self.kafka_topic_partitions < 1 {
             return Err(ConfigError::missing(
                 "KAFKA_TOPIC_PARTITIONS",
@@ -237,6 +278,24 @@ mod tests {
         let unknown = vars(&[("HISTORY_FILE", "/nonexistent")]);
         assert!(file_values(unknown, known).expect("ignored").is_empty());
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
+    fn published_passwords_are_refused_outside_development() {
+        let mut settings = ServiceSettings::with_ports("x", 1, 2);
+        settings.database_url = Secret::new("postgres://shop_user:shop-user-dev@db:5432/shop_user");
+        settings.kafka_brokers = "kafka:9092".into();
+        let err = settings.validate().expect_err("production");
+        assert!(
+            err.0.starts_with("DATABASE_URL: holds a published"),
+            "{err}"
+        );
+        settings.app_env = Environment::Development;
+        settings.validate().expect("development allows it");
+        settings.app_env = Environment::Production;
+        settings.database_url = Secret::new("postgres://shop_user:s3cret@db/shop_user");
+        settings.validate().expect("a password of one's own");
+        assert_eq!(url_password("postgres://db/x"), None);
     }
 
     #[test]

@@ -35,6 +35,13 @@ pub enum ApiError {
     PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// RESOURCE_EXHAUSTED with `google.rpc.RetryInfo` saying when to try again
+    /// (the gateway turns it into `Retry-After`).
+    #[error("{message}")]
+    Throttled {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -68,7 +75,7 @@ impl ApiError {
             Self::FailedPrecondition(_) | Self::Precondition { .. } => Code::FailedPrecondition,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::ResourceExhausted(_) => Code::ResourceExhausted,
+            Self::ResourceExhausted(_) | Self::Throttled { .. } => Code::ResourceExhausted,
             Self::Unavailable(_) => Code::Unavailable,
             Self::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Self::Internal(_) => Code::Internal,
@@ -84,7 +91,7 @@ impl ApiError {
             Self::FailedPrecondition(_) | Self::Precondition { .. } => "FAILED_PRECONDITION",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
-            Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Self::ResourceExhausted(_) | Self::Throttled { .. } => "RESOURCE_EXHAUSTED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::DeadlineExceeded(_) => "DEADLINE_EXCEEDED",
             Self::Internal(_) => "INTERNAL",
@@ -111,6 +118,9 @@ impl From<ApiError> for Status {
                         v.description.clone(),
                     );
                 }
+            }
+            ApiError::Throttled { retry_after, .. } => {
+                details.set_retry_info(Some(*retry_after));
             }
             ApiError::Internal(cause) => {
                 tracing::error!(error = format!("{cause:#}"), "internal error");

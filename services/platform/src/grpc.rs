@@ -18,13 +18,29 @@ use crate::telemetry;
 /// Largest request a service decodes (bytes).
 pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// Streams one HTTP/2 connection may hold open at once. The gateway multiplexes
+/// every client's calls and watches over a few connections, so this is generous;
+/// what one client may hold is bounded per user (watches) and per connection
+/// (`CALLS_PER_CONNECTION`).
+pub const STREAMS_PER_CONNECTION: u32 = 1_024;
+
+/// Calls one connection may have being answered at once; more wait their turn
+/// (streams count until their response headers are sent).
+pub const CALLS_PER_CONNECTION: usize = 256;
+
 /// A server with the project's defaults: spans per call continuing the caller's
-/// trace, RED metrics, a per-call ceiling, HTTP/2 keep-alive.
+/// trace, RED metrics, a per-call ceiling, HTTP/2 keep-alive, and bounds on what
+/// one connection may hold (streams, calls in progress, reset floods, header size).
 pub fn server() -> Server<tower::layer::util::Stack<RedLayer, tower::layer::util::Identity>> {
     Server::builder()
         .trace_fn(telemetry::grpc_server_span)
         .timeout(Duration::from_secs(30))
+        .max_concurrent_streams(STREAMS_PER_CONNECTION)
+        .concurrency_limit_per_connection(CALLS_PER_CONNECTION)
+        .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_header_list_size(16 * 1024)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .tcp_nodelay(true)
         .layer(RedLayer)
 }
@@ -506,6 +522,9 @@ mod tests {
     }
 }
 
+/// The label value for a route, method or service the server does not know.
+pub const OTHER_LABEL: &str = "other";
+
 /// RED metrics for every call a gRPC server answers: requests and latency by
 /// service, method and gRPC code.
 #[derive(Clone, Copy, Debug, Default)]
@@ -573,18 +592,26 @@ where
                 .trim_start_matches('/')
                 .split_once('/')
                 .unwrap_or(("", &path));
+            // Errors come back trailers-only (grpc-status in the headers); success puts
+            // it in the trailers, so an absent header is OK for unary calls.
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<i32>().ok())
+                    .map_or(Code::Ok, Code::from),
+                Err(_) => Code::Unknown,
+            };
+            // The path is the client's: a service or method this server does not
+            // serve is answered UNIMPLEMENTED by the router, and shares one label
+            // value so that junk paths cannot grow the metrics.
+            let (service, method) = if code == Code::Unimplemented {
+                (OTHER_LABEL, OTHER_LABEL)
+            } else {
+                (service, method)
+            };
             if !service.starts_with("grpc.") {
-                // Errors come back trailers-only (grpc-status in the headers); success puts
-                // it in the trailers, so an absent header is OK for unary calls.
-                let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        .get("grpc-status")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse::<i32>().ok())
-                        .map_or(Code::Ok, Code::from),
-                    Err(_) => Code::Unknown,
-                };
                 let code = format!("{code:?}");
                 let labels = [
                     ("rpc_service", service),

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod client_address;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -15,6 +16,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod outbox;
 pub mod pagination;
+pub mod rate_limit;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;

@@ -7,6 +7,11 @@ use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+/// Label sets kept per family. Labels come from known routes, methods and codes,
+/// so a family never needs this many; the cap is the backstop that keeps a
+/// scrape bounded if a label ever takes a value from a client.
+pub const MAX_SERIES_PER_FAMILY: usize = 1_000;
+
 /// Latency buckets in seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -26,6 +31,30 @@ struct Family {
     /// Rendered label set (`a="x",b="y"`) → value.
     values: BTreeMap<String, f64>,
     histograms: BTreeMap<String, Histogram>,
+    /// Samples refused because the family was full.
+    dropped: u64,
+}
+
+impl Family {
+    /// The series for `key`; None once the family holds `MAX_SERIES_PER_FAMILY`
+    /// other series (the sample is dropped and counted in `dropped`).
+    fn value(&mut self, key: String) -> Option<&mut f64> {
+        let full = self.values.len() >= MAX_SERIES_PER_FAMILY;
+        if full && !self.values.contains_key(&key) {
+            self.dropped += 1;
+            return None;
+        }
+        Some(self.values.entry(key).or_default())
+    }
+
+    fn histogram(&mut self, key: String) -> Option<&mut Histogram> {
+        let full = self.histograms.len() >= MAX_SERIES_PER_FAMILY;
+        if full && !self.histograms.contains_key(&key) {
+            self.dropped += 1;
+            return None;
+        }
+        Some(self.histograms.entry(key).or_default())
+    }
 }
 
 #[derive(Debug, Default)]
@@ -73,13 +102,17 @@ impl Registry {
 
     pub fn inc(&self, name: &'static str, help: &'static str, pairs: &[(&str, &str)]) {
         self.family(name, help, "counter", |f| {
-            *f.values.entry(labels(pairs)).or_default() += 1.0
+            if let Some(value) = f.value(labels(pairs)) {
+                *value += 1.0;
+            }
         });
     }
 
     pub fn set(&self, name: &'static str, help: &'static str, pairs: &[(&str, &str)], value: f64) {
         self.family(name, help, "gauge", |f| {
-            f.values.insert(labels(pairs), value);
+            if let Some(slot) = f.value(labels(pairs)) {
+                *slot = value;
+            }
         });
     }
 
@@ -92,7 +125,9 @@ impl Registry {
     ) {
         let secs = elapsed.as_secs_f64();
         self.family(name, help, "histogram", |f| {
-            let h = f.histograms.entry(labels(pairs)).or_default();
+            let Some(h) = f.histogram(labels(pairs)) else {
+                return;
+            };
             h.count += 1;
             h.sum += secs;
             for (i, bound) in BUCKETS.iter().enumerate() {
@@ -113,6 +148,22 @@ impl Registry {
         };
         let mut out = String::new();
         let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
+        let dropped: Vec<(&str, u64)> = families
+            .iter()
+            .filter(|(_, f)| f.dropped > 0)
+            .map(|(name, f)| (*name, f.dropped))
+            .collect();
+        if !dropped.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP shop_metrics_series_dropped_total Samples not recorded because their family already held {MAX_SERIES_PER_FAMILY} series."
+            );
+            let _ = writeln!(out, "# TYPE shop_metrics_series_dropped_total counter");
+            for (family, n) in dropped {
+                let l = join(&labels(&[("family", family)]));
+                let _ = writeln!(out, "shop_metrics_series_dropped_total{{{l}}} {n}");
+            }
+        }
         for (name, f) in families.iter() {
             let _ = writeln!(out, "# HELP {name} {}", f.help);
             let _ = writeln!(out, "# TYPE {name} {}", f.kind);
@@ -226,5 +277,37 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE z_seconds histogram"), "{text}");
+    }
+
+    #[test]
+    fn a_family_holds_at_most_its_cap_of_series_and_counts_the_rest() {
+        let r = Registry::default();
+        for i in 0..MAX_SERIES_PER_FAMILY + 50 {
+            r.inc("junk_total", "Junk.", &[("k", &i.to_string())]);
+            r.observe(
+                "junk_seconds",
+                "Junk.",
+                &[("k", &i.to_string())],
+                Duration::ZERO,
+            );
+        }
+        // A series that exists keeps counting once the family is full.
+        r.inc("junk_total", "Junk.", &[("k", "0")]);
+        let text = r.render(&[]);
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("junk_total{"))
+            .count();
+        assert_eq!(series, MAX_SERIES_PER_FAMILY);
+        let histograms = text
+            .lines()
+            .filter(|l| l.starts_with("junk_seconds_count{"))
+            .count();
+        assert_eq!(histograms, MAX_SERIES_PER_FAMILY);
+        assert!(text.contains("junk_total{k=\"0\"} 2"), "{text}");
+        assert!(
+            text.contains("shop_metrics_series_dropped_total{family=\"junk_total\"} 50"),
+            "{text}"
+        );
     }
 }

@@ -192,6 +192,12 @@ impl ServiceRuntime {
         let settings = self.settings.clone();
         let (health, health_service) = Health::new(self.health_name).await;
         tracing::info!(process = self.process, grpc = %self.grpc_addr, admin = %self.admin_addr, "listening");
+        if settings.app_env == crate::config::Environment::Development {
+            tracing::warn!(
+                process = self.process,
+                "development mode (APP_ENV=development): published development passwords and generated keys are accepted; not for a shared or public machine"
+            );
+        }
 
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(

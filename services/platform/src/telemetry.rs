@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::io::IsTerminal;
 
 use opentelemetry::propagation::{Extractor, Injector};
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Context, global};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -201,17 +201,37 @@ impl Injector for MetadataWriter<'_> {
     }
 }
 
-/// Makes `span` continue the W3C trace that HTTP request headers carry, if any.
-pub fn set_parent_from_http(span: &tracing::Span, headers: &http::HeaderMap) {
-    let carried: HashMap<String, String> = ["traceparent", "tracestate"]
+/// The W3C trace headers a request carries.
+fn carried_trace_headers(headers: &http::HeaderMap) -> HashMap<String, String> {
+    ["traceparent", "tracestate"]
         .iter()
         .filter_map(|k| {
             let value = headers.get(*k)?.to_str().ok()?;
             Some(((*k).to_owned(), value.to_owned()))
         })
-        .collect();
+        .collect()
+}
+
+/// Makes `span` continue the W3C trace that HTTP request headers carry, if any.
+pub fn set_parent_from_http(span: &tracing::Span, headers: &http::HeaderMap) {
+    let carried = carried_trace_headers(headers);
     if !carried.is_empty() {
         let _ = span.set_parent(context_from_headers(&carried));
+    }
+}
+
+/// Leaves `span` the root of a new trace, linked to the one the request headers
+/// carry: an untrusted client's `traceparent` (its sampled flag above all) then
+/// decides nothing, yet its trace can still be found from ours.
+pub fn link_from_http(span: &tracing::Span, headers: &http::HeaderMap) {
+    let carried = carried_trace_headers(headers);
+    if carried.is_empty() {
+        return;
+    }
+    let client = context_from_headers(&carried);
+    let linked = client.span().span_context().clone();
+    if linked.is_valid() {
+        span.add_link(linked);
     }
 }
 

@@ -137,6 +137,10 @@ impl TryFrom<pb::LoginRequest> for LoginAttempt {
         if req.email.trim().is_empty() {
             return Err(ApiError::invalid("email", "is required"));
         }
+        // No account has a longer one; a bound also keeps the sign-in throttle's keys small.
+        if req.email.trim().chars().count() > MAX_EMAIL_CHARS {
+            return Err(ApiError::invalid("email", "must be at most 254 characters"));
+        }
         if req.password.is_empty() {
             return Err(ApiError::invalid("password", "is required"));
         }

@@ -1,8 +1,10 @@
-//! The gRPC surface: authorization per DESIGN.md and conversion at the edge.
+//! The gRPC surface: authorization per docs/design.md and conversion at the edge.
 
 use shop_platform::ApiError;
 use shop_platform::auth::{Authenticator, Role};
+use shop_platform::client_address::{self, Networks};
 use shop_platform::pagination;
+use shop_platform::rate_limit::RateLimiter;
 use shop_proto::user as pb;
 use shop_proto::user::user_service_server::UserService;
 use tonic::{Request, Response, Status};
@@ -15,6 +17,10 @@ use crate::users::Accounts;
 pub struct UserApi {
     pub accounts: Accounts,
     pub auth: Authenticator,
+    /// Peers whose `x-forwarded-for` names the client (the gateway).
+    pub trusted_proxies: Networks,
+    /// Registrations per client address.
+    pub registrations: RateLimiter,
 }
 
 #[tonic::async_trait]
@@ -25,6 +31,14 @@ impl UserService for UserApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         self.auth.caller(request.metadata())?;
+        let client = client_address::of_call(&request, &self.trusted_proxies);
+        if let Err(secs) = self.registrations.check(&client_address::bucket(client)) {
+            return Err(ApiError::Throttled {
+                message: format!("too many registrations from your address; retry in {secs} s"),
+                retry_after: std::time::Duration::from_secs(secs),
+            }
+            .into());
+        }
         let registration = Registration::try_from(request.into_inner())?;
         let user = self.accounts.register(registration, Role::Customer).await?;
         Ok(Response::new(pb::RegisterResponse { user: Some(user) }))
@@ -35,8 +49,9 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        let client = client_address::of_call(&request, &self.trusted_proxies);
         let attempt = LoginAttempt::try_from(request.into_inner())?;
-        Ok(Response::new(self.accounts.login(attempt).await?))
+        Ok(Response::new(self.accounts.login(attempt, client).await?))
     }
 
     #[tracing::instrument(skip_all, fields(user_id))]

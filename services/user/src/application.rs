@@ -2,12 +2,15 @@
 //! prepares the database; `run_until_stopped` serves until shutdown. `main.rs`
 //! and the tests run this same code.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use shop_platform::auth::{Authenticator, TokenSigner, generate_keypair};
+use shop_platform::client_address::Networks;
 use shop_platform::config::{ConfigError, Environment, Secret};
 use shop_platform::inbox::InboxConsumer;
 use shop_platform::outbox::OutboxSignal;
+use shop_platform::rate_limit::RateLimiter;
 use shop_platform::runtime::{EventWorkers, ServiceRuntime, Worker};
 use shop_platform::{Shutdown, db, grpc, kafka};
 use shop_proto::user::user_service_server::UserServiceServer;
@@ -19,6 +22,7 @@ use crate::api::UserApi;
 use crate::credentials::PasswordHasherPool;
 use crate::order_stats::{ORDER_EVENTS_TOPIC, OrderStatsHandler};
 use crate::settings::Settings;
+use crate::sign_in_throttle::SignInThrottle;
 use crate::users::{Accounts, USER_EVENTS_TOPIC};
 
 /// The name this service registers in grpc.health.v1.
@@ -80,6 +84,7 @@ impl Application {
             signer,
             token_ttl: Duration::from_secs(settings.accounts.access_token_ttl_secs),
             outbox: outbox.clone(),
+            sign_in: Arc::new(SignInThrottle::default()),
         };
         if !settings.accounts.bootstrap_admin_email.is_empty() {
             let admin = Registration::try_from(shop_proto::user::RegisterRequest {
@@ -111,7 +116,16 @@ impl Application {
         .await?;
         Ok(Self {
             runtime,
-            api: UserApi { accounts, auth },
+            api: UserApi {
+                accounts,
+                auth,
+                trusted_proxies: Networks::parse(&settings.service.trusted_proxies)
+                    .map_err(|e| ConfigError::missing("TRUSTED_PROXIES", &e))?,
+                registrations: RateLimiter::per_minute(
+                    settings.accounts.registrations_per_address_per_min,
+                    settings.accounts.registrations_burst_per_address,
+                ),
+            },
         })
     }
 

@@ -1,18 +1,23 @@
 //! Password hashing: Argon2id with OWASP's minimum parameters (19 MiB, 2 passes,
 //! 1 lane), run off the async runtime and bounded so that a burst of sign-ins
-//! cannot exhaust memory.
+//! cannot exhaust memory: a few hashes at once, a short queue behind them, and
+//! RESOURCE_EXHAUSTED at once for anything past the queue.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Context as _;
 use argon2::password_hash::{
     PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
+use shop_platform::ApiError;
 use tokio::sync::Semaphore;
 
 /// At most this many hashes at once (each holds 19 MiB).
 const CONCURRENT_HASHES: usize = 8;
+
+/// Requests that may wait for a hash; more are refused rather than queued.
+const QUEUED_HASHES: usize = 32;
 
 /// Verified against when the email is unknown, so both cases take as long: a
 /// well-formed hash with the same parameters, which no password produces.
@@ -22,6 +27,8 @@ const DECOY_HASH: &str =
 #[derive(Clone, Debug)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
+    /// Running plus waiting.
+    admitted: Arc<Semaphore>,
 }
 
 fn argon2() -> Argon2<'static> {
@@ -37,22 +44,41 @@ impl Default for PasswordHasherPool {
 
 impl PasswordHasherPool {
     pub fn new() -> Self {
+        Self::with_capacity(CONCURRENT_HASHES, QUEUED_HASHES)
+    }
+
+    pub fn with_capacity(concurrent: usize, queued: usize) -> Self {
         Self {
-            permits: Arc::new(Semaphore::new(CONCURRENT_HASHES)),
+            permits: Arc::new(Semaphore::new(concurrent)),
+            admitted: Arc::new(Semaphore::new(concurrent + queued)),
         }
     }
 
-    pub async fn hash(&self, password: String) -> anyhow::Result<String> {
-        let _permit = self.permits.acquire().await.context("hasher closed")?;
+    /// A place among the running or waiting hashes, or RESOURCE_EXHAUSTED.
+    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        self.admitted.clone().try_acquire_owned().map_err(|_| {
+            tracing::warn!("password hashing queue full; refusing");
+            ApiError::Throttled {
+                message: "too many sign-ins in progress; retry in 1 s".into(),
+                retry_after: Duration::from_secs(1),
+            }
+        })
+    }
+
+    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
+        let _admitted = self.admit()?;
+        let _permit = self.permits.acquire().await.map_err(internal)?;
         tokio::task::spawn_blocking(move || hash_blocking(&password))
             .await
-            .context("hashing task failed")?
+            .map_err(internal)?
+            .map_err(ApiError::Internal)
     }
 
     /// Whether `password` matches `stored`; with no stored hash, spends the same time
     /// and answers false.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> anyhow::Result<bool> {
-        let _permit = self.permits.acquire().await.context("hasher closed")?;
+    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
+        let _admitted = self.admit()?;
+        let _permit = self.permits.acquire().await.map_err(internal)?;
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| DECOY_HASH.to_owned());
         let matches = tokio::task::spawn_blocking(move || {
@@ -65,9 +91,13 @@ impl PasswordHasherPool {
                 .unwrap_or(false)
         })
         .await
-        .context("verifying task failed")?;
+        .map_err(internal)?;
         Ok(known && matches)
     }
+}
+
+fn internal(err: impl std::error::Error + Send + Sync + 'static) -> ApiError {
+    ApiError::Internal(anyhow::Error::new(err).context("password hashing failed"))
 }
 
 fn hash_blocking(password: &str) -> anyhow::Result<String> {
@@ -110,6 +140,34 @@ mod tests {
                 .await
                 .expect("verify")
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_at_once_instead_of_waiting() {
+        let pool = PasswordHasherPool::with_capacity(1, 1);
+        let busy: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.hash("long enough password".into()).await })
+            })
+            .collect();
+        // Let both take their places (one hashing, one waiting).
+        while pool.admitted.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        let started = std::time::Instant::now();
+        let refused = pool.verify("any password".into(), None).await;
+        assert!(
+            matches!(refused, Err(ApiError::Throttled { .. })),
+            "{refused:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "refused without waiting"
+        );
+        for task in busy {
+            task.await.expect("task").expect("hashed");
+        }
     }
 
     #[test]

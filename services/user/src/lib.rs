@@ -7,6 +7,7 @@ pub mod application;
 pub mod credentials;
 pub mod order_stats;
 pub mod settings;
+pub mod sign_in_throttle;
 pub mod users;
 
 pub use application::{Application, SERVICE_NAME};

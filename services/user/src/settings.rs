@@ -23,6 +23,10 @@ pub struct AccountSettings {
     /// start when no account has that email.
     pub bootstrap_admin_email: String,
     pub bootstrap_admin_password: Secret,
+    /// `REGISTRATIONS_PER_ADDRESS_PER_MIN` / `REGISTRATIONS_BURST_PER_ADDRESS`:
+    /// how many accounts one client address may create.
+    pub registrations_per_address_per_min: u32,
+    pub registrations_burst_per_address: u32,
 }
 
 impl Default for Settings {
@@ -41,6 +45,8 @@ impl Default for AccountSettings {
             access_token_ttl_secs: 900,
             bootstrap_admin_email: String::new(),
             bootstrap_admin_password: Secret::default(),
+            registrations_per_address_per_min: 20,
+            registrations_burst_per_address: 20,
         }
     }
 }
@@ -61,6 +67,11 @@ impl Settings {
                 "must be between 60 and 86400",
             ));
         }
+        config::refuse_development_password(
+            settings.service.app_env,
+            "BOOTSTRAP_ADMIN_PASSWORD",
+            accounts.bootstrap_admin_password.expose(),
+        )?;
         if accounts.bootstrap_admin_email.is_empty() != accounts.bootstrap_admin_password.is_empty()
         {
             return Err(ConfigError::missing(

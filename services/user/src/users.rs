@@ -2,6 +2,8 @@
 //! reads with each user's order figures, and the bootstrap admin.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -16,6 +18,7 @@ use uuid::Uuid;
 
 use crate::account::{self, LoginAttempt, Registration};
 use crate::credentials::PasswordHasherPool;
+use crate::sign_in_throttle::SignInThrottle;
 
 /// The topic of this service's events.
 pub const USER_EVENTS_TOPIC: &str = "shop.user.v1.events";
@@ -45,6 +48,7 @@ pub struct Accounts {
     pub signer: TokenSigner,
     pub token_ttl: Duration,
     pub outbox: OutboxSignal,
+    pub sign_in: Arc<SignInThrottle>,
 }
 
 impl Accounts {
@@ -57,8 +61,7 @@ impl Accounts {
         let hash = self
             .hasher
             .hash(registration.password.expose().to_owned())
-            .await
-            .map_err(ApiError::Internal)?;
+            .await?;
         let user_id = Uuid::now_v7();
         let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query_as::<_, UserRow>(
@@ -97,9 +100,15 @@ impl Accounts {
     }
 
     /// A token for matching credentials; the same error whether the email is
-    /// unknown or the password wrong.
+    /// unknown or the password wrong. Refused without checking while `client` or
+    /// the account is locked out after failures (see `sign_in_throttle`).
     #[tracing::instrument(name = "db users.login", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "users", db.operation.name = "login"))]
-    pub async fn login(&self, attempt: LoginAttempt) -> Result<pb::LoginResponse, ApiError> {
+    pub async fn login(
+        &self,
+        attempt: LoginAttempt,
+        client: IpAddr,
+    ) -> Result<pb::LoginResponse, ApiError> {
+        self.sign_in.check(&attempt.email, client)?;
         let found = sqlx::query_as::<_, Credentials>(
             "SELECT user_id, email, display_name, role, created_at, password_hash FROM users WHERE email = $1",
         )
@@ -113,16 +122,14 @@ impl Accounts {
             }) => (Some(user), Some(password_hash)),
             None => (None, None),
         };
-        let matches = self
-            .hasher
-            .verify(attempt.password, hash)
-            .await
-            .map_err(ApiError::Internal)?;
+        let matches = self.hasher.verify(attempt.password, hash).await?;
         let Some(row) = row.filter(|_| matches) else {
+            self.sign_in.failed(&attempt.email, client);
             return Err(ApiError::Unauthenticated(
                 "invalid email or password".into(),
             ));
         };
+        self.sign_in.succeeded(&attempt.email, client);
         let role = account::role_from_db(&row.role);
         let (token, exp) =
             self.signer

@@ -5,3 +5,4 @@ mod crash;
 mod flows;
 mod mesh;
 mod outage;
+mod watches;

@@ -112,6 +112,11 @@ pub fn order_settings(
 
 impl Mesh {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The mesh with the order service's settings changed by `configure`.
+    pub async fn start_with(configure: impl FnOnce(&mut shop_order::Settings)) -> Self {
         shop_testkit::telemetry();
         let broker = Broker::start();
         let identity = Identity::new();
@@ -120,7 +125,9 @@ impl Mesh {
         let inventory = start_inventory(&identity, &broker.brokers, inventory_port, None).await;
         let db = TestDatabase::create().await;
         let user_port = user.port;
-        let settings = order_settings(&identity, &broker.brokers, &db, user_port, inventory_port);
+        let mut settings =
+            order_settings(&identity, &broker.brokers, &db, user_port, inventory_port);
+        configure(&mut settings);
         let app = shop_order::Application::build(settings)
             .await
             .expect("order service");

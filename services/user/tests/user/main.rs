@@ -5,4 +5,5 @@ mod accounts;
 mod events;
 mod grpcurl;
 mod helpers;
+mod hostile;
 mod lifecycle;

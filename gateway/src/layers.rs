@@ -1,0 +1,153 @@
+//! The gateway's cross-cutting steps as named middleware, applied to every path
+//! (API routes, unknown paths, probes and /metrics alike) in this order:
+//! 1. `resolve_client`: who the client is (`ClientAddress`), trusting forwarded
+//!    headers only from `TRUSTED_PROXIES`;
+//! 2. `record_metrics`: RED figures, with labels only from known values;
+//! 3. `limit_rate_by_client`: a token bucket per client address (probes from
+//!    `PROBE_NETWORKS` exempt);
+//! 4. CORS, when configured; then the handlers.
+//!
+//! Per-user limits, body limits and deadlines need the route and the caller and
+//! live in the proxy handler.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use shop_platform::client_address::{bucket, forwarded_for};
+use shop_platform::grpc::OTHER_LABEL;
+use tonic::Code;
+
+use crate::application::Gateway;
+use crate::errors::RestError;
+
+/// The paths the gateway serves itself (not routes to a backend).
+pub const OWN_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"];
+
+/// Paths that probes and scrapers call.
+const PROBE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Who sent a request: `ip` is the client (the peer, or whom a trusted proxy
+/// forwarded for), `peer` the TCP peer.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddress {
+    pub ip: IpAddr,
+    pub peer: IpAddr,
+}
+
+impl ClientAddress {
+    /// The key its limits are kept under (IPv6 by /64).
+    pub fn bucket(&self) -> String {
+        bucket(self.ip)
+    }
+}
+
+/// The route template that answered, put on the response by the proxy for the
+/// metrics layer.
+#[derive(Clone, Debug)]
+pub struct RouteLabel(pub String);
+
+pub async fn resolve_client(
+    State(gw): State<Arc<Gateway>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let texts = |name: &str| -> Vec<&str> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect()
+    };
+    let forwarded = forwarded_for(
+        texts("forwarded").into_iter(),
+        texts("x-forwarded-for").into_iter(),
+    );
+    let client = ClientAddress {
+        ip: gw.trusted_proxies.client(peer.ip(), &forwarded),
+        peer: peer.ip().to_canonical(),
+    };
+    request.extensions_mut().insert(client);
+    next.run(request).await
+}
+
+/// A method label: the standard methods by name, anything else `other`.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => OTHER_LABEL,
+    }
+}
+
+pub async fn record_metrics(request: Request<Body>, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(request.method());
+    let own = OWN_PATHS
+        .iter()
+        .find(|p| **p == request.uri().path())
+        .copied();
+    let response = next.run(request).await;
+    let route = match (response.extensions().get::<RouteLabel>(), own) {
+        (Some(RouteLabel(template)), _) => template.clone(),
+        (None, Some(own)) => own.to_owned(),
+        (None, None) => OTHER_LABEL.to_owned(),
+    };
+    let status = response.status().as_u16().to_string();
+    let labels = [
+        ("method", method),
+        ("route", route.as_str()),
+        ("status", status.as_str()),
+    ];
+    let registry = shop_platform::metrics::registry();
+    registry.inc(
+        "gateway_http_requests_total",
+        "HTTP requests by method, route and status.",
+        &labels,
+    );
+    registry.observe(
+        "gateway_http_request_duration_seconds",
+        "Time to answer an HTTP request (to the first byte for streams).",
+        &labels,
+        started.elapsed(),
+    );
+    response
+}
+
+pub async fn limit_rate_by_client(
+    State(gw): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(client) = request.extensions().get::<ClientAddress>().copied() else {
+        return next.run(request).await;
+    };
+    let probe =
+        PROBE_PATHS.contains(&request.uri().path()) && gw.probe_networks.contains(client.peer);
+    if !probe && let Err(seconds) = gw.limiter.check(&format!("ip:{}", client.bucket())) {
+        return too_many(seconds, "client").into_response();
+    }
+    next.run(request).await
+}
+
+pub fn too_many(seconds: u64, who: &str) -> RestError {
+    let mut err = RestError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+        format!("rate limit exceeded for this {who}; retry in {seconds} s"),
+    );
+    err.retry_after = Some(seconds);
+    err
+}

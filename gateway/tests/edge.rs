@@ -1,0 +1,348 @@
+//! The gateway's edge under hostile clients: the very same `Application` on a
+//! free port, spoken to over raw TCP from several loopback addresses (any
+//! 127.0.0.0/8 address is this machine), with its backends down, since none of
+//! these attacks needs one.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use shop_gateway::{Application, Settings};
+use shop_platform::Shutdown;
+use shop_platform::config::Secret;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+struct Gateway {
+    port: u16,
+    _shutdown: Shutdown,
+}
+
+async fn start(configure: impl FnOnce(&mut Settings)) -> Gateway {
+    let mut settings = Settings {
+        bind_host: "127.0.0.1".into(),
+        http_port: 0,
+        auth_public_key: Secret::new(shop_testkit::keypair().public_pem),
+        ..Settings::default()
+    };
+    let closed = format!("http://127.0.0.1:{}", shop_testkit::free_port());
+    settings.user_service_addr = closed.clone();
+    settings.inventory_service_addr = closed.clone();
+    settings.order_service_addr = closed;
+    configure(&mut settings);
+    let app = Application::build(settings).await.expect("gateway builds");
+    let port = app.port();
+    let shutdown = Shutdown::new();
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    Gateway {
+        port,
+        _shutdown: shutdown,
+    }
+}
+
+/// A connection to the gateway from `source`.
+async fn connect(port: u16, source: &str) -> TcpStream {
+    let source: IpAddr = source.parse().expect("address");
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .expect("bind the source address");
+    socket
+        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
+        .await
+        .expect("connect")
+}
+
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// Reads what the server sends until it closes (every request here says
+/// `Connection: close`).
+async fn read_reply(stream: &mut TcpStream) -> Option<Reply> {
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), stream.read_to_end(&mut raw)).await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Reply {
+        status,
+        head: head.to_lowercase(),
+        body: body.to_owned(),
+    })
+}
+
+async fn request(port: u16, source: &str, method: &str, path: &str, headers: &[&str]) -> Reply {
+    let mut stream = connect(port, source).await;
+    let mut raw = format!("{method} {path} HTTP/1.1\r\nhost: gateway\r\nconnection: close\r\n");
+    for header in headers {
+        raw.push_str(header);
+        raw.push_str("\r\n");
+    }
+    raw.push_str("\r\n");
+    stream.write_all(raw.as_bytes()).await.expect("send");
+    read_reply(&mut stream).await.expect("a reply")
+}
+
+/// This process's resident memory (the gateway is what runs in it).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("statm");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("resident pages");
+    pages * 4096
+}
+
+fn junk(len: usize, seed: usize) -> String {
+    (0..len)
+        .map(|i| char::from(b'A' + ((seed * 31 + i * 7) % 26) as u8))
+        .collect()
+}
+
+#[tokio::test]
+async fn junk_methods_and_paths_do_not_grow_the_metrics() {
+    let gw = start(|_| {}).await;
+    let port = gw.port;
+    let send_junk = |count: usize, offset: usize| async move {
+        let mut tasks = Vec::new();
+        for worker in 0..8 {
+            tasks.push(tokio::spawn(async move {
+                for n in (worker..count).step_by(8) {
+                    let seed = offset + n;
+                    let method = junk(1 + seed % 1024, seed);
+                    let path = format!("/{}/{}", junk(12, seed + 1), seed);
+                    request(port, "127.0.0.2", &method, &path, &[]).await;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.expect("junk sender");
+        }
+    };
+    // Every label value junk can produce (404, and 429 past the burst) exists
+    // after the first few hundred.
+    send_junk(300, 0).await;
+    // The scrape counts itself once it has answered.
+    request(port, "127.0.0.1", "GET", "/metrics", &[]).await;
+    let before = request(port, "127.0.0.1", "GET", "/metrics", &[]).await;
+    assert_eq!(before.status, 200);
+    send_junk(10_000, 300).await;
+    let after = request(port, "127.0.0.1", "GET", "/metrics", &[]).await;
+    let growth = after.body.len() as f64 / before.body.len() as f64 - 1.0;
+    assert!(
+        growth < 0.10,
+        "/metrics grew {:.0} % ({} → {} bytes) after 10,000 junk requests:\n{}",
+        growth * 100.0,
+        before.body.len(),
+        after.body.len(),
+        after.body
+    );
+    assert!(
+        after.body.contains(
+            r#"gateway_http_requests_total{service="gateway",method="other",route="other""#
+        ),
+        "junk is counted under `other`"
+    );
+}
+
+#[tokio::test]
+async fn stalled_uploads_are_cut_off_with_408_and_memory_comes_back() {
+    let gw = start(|s| s.body_read_timeout_ms = 2_000).await;
+    let baseline = rss_bytes();
+    let chunk = std::sync::Arc::new(vec![b'x'; 1_000_000]);
+    let mut sending = Vec::new();
+    for _ in 0..100 {
+        let mut stream = connect(gw.port, "127.0.0.2").await;
+        let chunk = chunk.clone();
+        sending.push(tokio::spawn(async move {
+            let head = "POST /v1/users HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 1048576\r\n\r\n";
+            stream.write_all(head.as_bytes()).await.expect("headers");
+            // The server may stop reading (a refused body); the attacker does not care.
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&chunk)).await;
+            stream
+        }));
+    }
+    let mut attackers = Vec::new();
+    for task in sending {
+        attackers.push(task.await.expect("sender"));
+    }
+    let peak = rss_bytes();
+
+    // Meanwhile another client is served as usual.
+    let legit = request(gw.port, "127.0.0.1", "GET", "/openapi.json", &[]).await;
+    assert_eq!(legit.status, 200, "a legitimate request during the attack");
+
+    let started = Instant::now();
+    let statuses: Vec<u16> =
+        futures::future::join_all(attackers.into_iter().map(|mut stream| async move {
+            read_reply(&mut stream).await.map_or(0, |r| r.status)
+        }))
+        .await;
+    let closed_within = started.elapsed();
+    assert!(
+        closed_within < Duration::from_secs(10),
+        "every stalled upload is closed (took {closed_within:?})"
+    );
+    assert!(
+        statuses.contains(&408),
+        "stalled bodies get 408: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| [0, 408, 429, 503].contains(s)),
+        "{statuses:?}"
+    );
+    let grew_mib = peak.saturating_sub(baseline) / (1024 * 1024);
+    assert!(
+        grew_mib < 32,
+        "100 stalled 1 MB uploads held {grew_mib} MiB (the per-client share is 4 MiB)"
+    );
+}
+
+#[tokio::test]
+async fn connections_past_the_cap_are_refused_and_slow_headers_are_cut() {
+    let gw = start(|s| {
+        s.header_read_timeout_ms = 1_500;
+        s.max_connections_per_client = 50;
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..120 {
+        let mut stream = connect(gw.port, "127.0.0.3").await;
+        // Headers that never end (slowloris).
+        let _ = stream
+            .write_all(b"GET /v1/products HTTP/1.1\r\nhost: gw\r\n")
+            .await;
+        held.push(stream);
+    }
+    let legit = request(gw.port, "127.0.0.1", "GET", "/healthz", &[]).await;
+    assert_eq!(legit.status, 200, "another client still gets in");
+
+    let started = Instant::now();
+    let replies = futures::future::join_all(
+        held.into_iter()
+            .map(|mut stream| async move { read_reply(&mut stream).await }),
+    )
+    .await;
+    let mut refused = 0;
+    for reply in replies.into_iter().flatten() {
+        assert_eq!(reply.status, 503, "{reply:?}");
+        assert!(
+            reply
+                .body
+                .contains("too many connections from your address")
+        );
+        refused += 1;
+    }
+    assert_eq!(
+        refused, 70,
+        "50 connections per client, the rest refused at once"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "headers not sent within 1.5 s close the connection (took {:?})",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn every_path_is_rate_limited_and_forwarded_addresses_count_only_from_trusted_proxies() {
+    let gw = start(|s| {
+        s.rate_limit_per_sec = 1;
+        s.rate_limit_burst = 5;
+        s.trusted_proxies = "127.0.0.5".into();
+        s.probe_networks = "127.0.0.1".into();
+    })
+    .await;
+    let port = gw.port;
+
+    // Probes from the probe networks (loopback by default) are never limited.
+    for _ in 0..20 {
+        assert_eq!(
+            request(port, "127.0.0.1", "GET", "/metrics", &[])
+                .await
+                .status,
+            200
+        );
+    }
+
+    // Unknown paths and wrong methods count; a forged X-Forwarded-For changes nothing.
+    let mut statuses = Vec::new();
+    for n in 0..8 {
+        let forged = format!("x-forwarded-for: 203.0.113.{n}");
+        statuses.push(request(port, "127.0.0.4", "GET", "/nowhere", &[&forged]).await);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|r| r.status).collect();
+    assert_eq!(codes[..5], [404; 5], "{codes:?}");
+    assert!(
+        codes[5..].iter().filter(|c| **c == 429).count() >= 2,
+        "{codes:?}"
+    );
+    assert!(
+        statuses[5].head.contains("retry-after: 1"),
+        "{}",
+        statuses[5].head
+    );
+    assert_eq!(
+        request(port, "127.0.0.4", "GET", "/metrics", &[])
+            .await
+            .status,
+        429
+    );
+
+    // Behind a trusted proxy each forwarded client has its own bucket.
+    for _ in 0..5 {
+        let reply = request(
+            port,
+            "127.0.0.5",
+            "DELETE",
+            "/healthz",
+            &["x-forwarded-for: 203.0.113.10"],
+        )
+        .await;
+        assert_eq!(reply.status, 405);
+    }
+    let limited = request(
+        port,
+        "127.0.0.5",
+        "DELETE",
+        "/healthz",
+        &["x-forwarded-for: 203.0.113.10"],
+    )
+    .await;
+    assert_eq!(limited.status, 429);
+    let other = request(
+        port,
+        "127.0.0.5",
+        "GET",
+        "/healthz",
+        &["forwarded: for=203.0.113.11"],
+    )
+    .await;
+    assert_eq!(other.status, 200, "another client behind the same proxy");
+}
+
+#[tokio::test]
+async fn a_backend_outage_is_reported_without_transport_details() {
+    let gw = start(|s| s.request_timeout_ms = 1_000).await;
+    let ready = request(gw.port, "127.0.0.1", "GET", "/readyz", &[]).await;
+    assert_eq!(ready.status, 503);
+    let report: serde_json::Value = serde_json::from_str(&ready.body).expect("json");
+    for (backend, state) in report["backends"].as_object().expect("backends") {
+        assert_eq!(state, "backend unavailable", "{backend}: {}", ready.body);
+    }
+    // No backend address answers: unavailable, or out of time while waiting for one.
+    let products = request(gw.port, "127.0.0.1", "GET", "/v1/products", &[]).await;
+    assert!([503, 504].contains(&products.status), "{}", products.body);
+    for leak in ["tcp connect", "refused", "127.0.0.1", "transport"] {
+        assert!(
+            !ready.body.contains(leak) && !products.body.contains(leak),
+            "{leak:?} in {} / {}",
+            ready.body,
+            products.body
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! Token buckets by key (a client address, a user): the gateway's request limits
+//! and the user service's registration limit. An empty bucket says how many
+//! seconds to wait, which callers send as 429 `Retry-After` or RESOURCE_EXHAUSTED
+//! with RetryInfo.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32, burst: u32) -> Self {
+        Self::per_minute(per_second.max(1).saturating_mul(60), burst)
+    }
+
+    /// `per_minute` tokens a minute, `burst` at most.
+    pub fn per_minute(per_minute: u32, burst: u32) -> Self {
+        Self {
+            per_second: f64::from(per_minute.max(1)) / 60.0,
+            burst: f64::from(burst.max(1)),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `key`; Err(seconds to wait) when none is left.
+    pub fn check(&self, key: &str) -> Result<(), u64> {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        if buckets.len() > 100_000 {
+            // Forget full buckets so that many one-off clients cannot grow the map forever.
+            let (rate, burst) = (self.per_second, self.burst);
+            buckets.retain(|_, b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
+            });
+        }
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
+        let elapsed = now.duration_since(bucket.updated).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * self.per_second).min(self.burst);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - bucket.tokens) / self.per_second).ceil().max(1.0) as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_then_refusal_with_a_wait() {
+        let limiter = RateLimiter::new(1, 3);
+        for _ in 0..3 {
+            assert!(limiter.check("a").is_ok());
+        }
+        assert_eq!(limiter.check("a"), Err(1));
+        assert!(limiter.check("b").is_ok(), "buckets are per key");
+    }
+}

@@ -1,0 +1,162 @@
+//! Abuse of the sign-in and registration RPCs, straight to the gRPC port (tonic
+//! and grpcurl), as an attacker who skips the gateway would do it.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use shop_proto::user as pb;
+use shop_proto::user::user_service_client::UserServiceClient;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt;
+
+use crate::helpers::{PASSWORD, spawn_app, unique_email};
+
+/// A client whose connections come from `source` (any 127.0.0.0/8 address is local).
+async fn client_from(port: u16, source: &str) -> UserServiceClient<Channel> {
+    let source: IpAddr = source.parse().expect("address");
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("uri")
+        .local_address(Some(source))
+        .connect()
+        .await
+        .expect("connect");
+    UserServiceClient::new(channel)
+}
+
+async fn login(
+    client: &mut UserServiceClient<Channel>,
+    email: &str,
+    password: &str,
+    claimed_address: Option<&str>,
+) -> Result<pb::LoginResponse, tonic::Status> {
+    let mut request = tonic::Request::new(pb::LoginRequest {
+        email: email.into(),
+        password: password.into(),
+    });
+    if let Some(claimed) = claimed_address {
+        request
+            .metadata_mut()
+            .insert("x-forwarded-for", claimed.parse().expect("ascii"));
+    }
+    client.login(request).await.map(tonic::Response::into_inner)
+}
+
+fn retry_delay(status: &tonic::Status) -> Duration {
+    status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("RESOURCE_EXHAUSTED carries google.rpc.RetryInfo")
+}
+
+#[tokio::test]
+async fn guessing_the_admin_password_meets_growing_waits_while_the_owner_still_gets_in() {
+    let app = spawn_app().await;
+    let admin = app.admin_email.clone();
+    let mut attacker = client_from(app.grpc_port, "127.0.0.1").await;
+
+    // Ten seconds of guessing by an attacker who honours every wait it is given,
+    // and claims a new address each time (nobody is trusted to say so).
+    let started = Instant::now();
+    let (mut checked, mut waits) = (0, Vec::new());
+    let mut guess = 0;
+    while started.elapsed() < Duration::from_secs(10) {
+        guess += 1;
+        let claimed = format!("198.51.100.{}", guess % 250);
+        let err = login(
+            &mut attacker,
+            &admin,
+            &format!("guess number {guess}"),
+            Some(&claimed),
+        )
+        .await
+        .expect_err("a wrong password never signs in");
+        match err.code() {
+            Code::Unauthenticated => checked += 1,
+            Code::ResourceExhausted => {
+                let wait = retry_delay(&err);
+                assert!(err.message().contains("retry in"), "{}", err.message());
+                waits.push(wait);
+                let left = Duration::from_secs(10).saturating_sub(started.elapsed());
+                tokio::time::sleep(wait.min(left)).await;
+            }
+            other => panic!("unexpected {other:?}: {}", err.message()),
+        }
+    }
+    assert!(
+        checked <= 10,
+        "{checked} passwords checked in 10 s; the throttle allows 5 free, then doubling waits"
+    );
+    let longest = waits.iter().max().copied().unwrap_or_default();
+    assert!(
+        longest >= Duration::from_secs(3),
+        "waits grow with each failure: {waits:?}"
+    );
+
+    // Locked out: even the right password is refused from the attacker's address,
+    // and grpcurl to the port is refused the same way.
+    let err = login(&mut attacker, &admin, PASSWORD, None)
+        .await
+        .expect_err("still locked");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    let body = format!(r#"{{"email":"{admin}","password":"{PASSWORD}"}}"#);
+    let out = shop_testkit::grpcurl(&[
+        "-plaintext",
+        "-d",
+        &body,
+        &app.addr(),
+        "shop.user.v1.UserService/Login",
+    ])
+    .await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("ResourceExhausted"),
+        "grpcurl: {said}"
+    );
+
+    // The owner, from another address, signs in at once.
+    let mut owner = client_from(app.grpc_port, "127.0.0.2").await;
+    let started = Instant::now();
+    login(&mut owner, &admin, PASSWORD, None)
+        .await
+        .expect("the owner is not locked out by the attacker");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[tokio::test]
+async fn registrations_from_one_address_are_limited() {
+    let app = spawn_app().await;
+    let mut flood = client_from(app.grpc_port, "127.0.0.1").await;
+    let mut refused = None;
+    for n in 0..40 {
+        let request = pb::RegisterRequest {
+            email: unique_email(),
+            password: PASSWORD.into(),
+            display_name: String::new(),
+        };
+        if let Err(err) = flood.register(request).await {
+            refused = Some((n, err));
+            break;
+        }
+    }
+    let (n, err) = refused.expect("a flood of registrations is refused");
+    assert_eq!(n, 20, "the burst is 20 per address");
+    assert_eq!(err.code(), Code::ResourceExhausted);
+    assert!(
+        err.message()
+            .starts_with("too many registrations from your address"),
+        "{}",
+        err.message()
+    );
+    assert!(retry_delay(&err) >= Duration::from_secs(1));
+
+    let mut other = client_from(app.grpc_port, "127.0.0.3").await;
+    other
+        .register(pb::RegisterRequest {
+            email: unique_email(),
+            password: PASSWORD.into(),
+            display_name: String::new(),
+        })
+        .await
+        .expect("another address registers");
+}
