@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""`make chaos`: faults, load and hostile input against the mesh, then DESIGN.md's
+"""`make chaos`: faults, load and hostile input against the mesh, then the design's
 invariants checked by reading every database and every topic.
 
     chaos.py            the native mesh (scripts/with-infra.sh provides PostgreSQL and
@@ -30,6 +30,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from chaos_attacks import hostile_clients, sign_in_attacks
 from chaos_mesh import SERVICES, ComposeMesh, NativeMesh, http, http_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -505,8 +506,14 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
                     "429 with Retry-After once the bucket is empty",
                     statuses.get(429, 0) > 0 and all(s in (200, 429) for s in statuses)))
 
+    victim_order = next(iter(mesh.sql(
+        "order", f"SELECT order_id FROM orders WHERE status = 'confirmed' AND user_id = '{victim_id}' LIMIT 1")),
+        [None])[0]
+    results.extend(hostile_clients(mesh, victim_token, victim_order))
+
     after = stored_state(mesh)
     unchanged = before == after
+    results.extend(sign_in_attacks(mesh))
 
     # Free text is data: an injection string in a display name is stored verbatim
     # (bound parameters) and read back unchanged, after the comparison above.

@@ -243,7 +243,9 @@ class NativeMesh(Mesh):
                    ADMIN_PORT=str(self.admin_ports[name]))
         if name == "user":
             env.update(AUTH_PRIVATE_KEY=key("auth.key"), BOOTSTRAP_ADMIN_EMAIL=self.admin[0],
-                       BOOTSTRAP_ADMIN_PASSWORD=self.admin[1])
+                       BOOTSTRAP_ADMIN_PASSWORD=self.admin[1],
+                       # The gateway's x-forwarded-for names the client for the sign-in throttle.
+                       TRUSTED_PROXIES="127.0.0.1")
         if name == "order":
             env.update(USER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['user']}",
                        INVENTORY_SERVICE_ADDR=f"http://127.0.0.1:{self.proxy.port}",

@@ -19,8 +19,10 @@ use axum::routing::get;
 use futures::StreamExt;
 use prost_reflect::DescriptorPool;
 use shop_platform::auth::Authenticator;
+use shop_platform::budget::{Refusal, SharedBudget};
 use shop_platform::client_address::Networks;
 use shop_platform::grpc::parse_grpc_timeout;
+use shop_platform::http_server::{self, ConnectionLimits};
 use shop_platform::rate_limit::RateLimiter;
 use shop_platform::{Shutdown, telemetry};
 use tokio::net::TcpListener;
@@ -31,9 +33,9 @@ use tracing::Instrument;
 
 use crate::errors::RestError;
 use crate::layers::{self, ClientAddress, RouteLabel, too_many};
-use crate::limits::{Refusal, SharedBudget};
+
 use crate::routes::{self, Resolved, Route};
-use crate::server::{self, ConnectionLimits};
+
 use crate::settings::Settings;
 use crate::transcode::{self, DynamicCodec};
 
@@ -186,7 +188,7 @@ impl Application {
             max_connections_per_client: gw.settings.max_connections_per_client,
             trusted_proxies: gw.trusted_proxies.clone(),
         };
-        server::serve(self.listener, app, limits, shutdown)
+        http_server::serve(self.listener, app, limits, shutdown)
             .await
             .context("HTTP server failed")
     }

@@ -5,10 +5,8 @@
 pub mod application;
 pub mod errors;
 pub mod layers;
-pub mod limits;
 pub mod openapi;
 pub mod routes;
-pub mod server;
 pub mod settings;
 pub mod transcode;
 

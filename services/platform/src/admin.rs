@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use sqlx::PgPool;
 
 use crate::health::Health;
+use crate::http_server::ConnectionLimits;
 use crate::outbox;
 use crate::shutdown::Shutdown;
 
@@ -38,9 +39,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.wait().await })
-        .await
+    crate::http_server::serve(listener, app, ConnectionLimits::admin(), shutdown).await
 }
 
 async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -5,12 +5,14 @@
 
 pub mod admin;
 pub mod auth;
+pub mod budget;
 pub mod client_address;
 pub mod config;
 pub mod db;
 pub mod error;
 pub mod grpc;
 pub mod health;
+pub mod http_server;
 pub mod inbox;
 pub mod kafka;
 pub mod metrics;

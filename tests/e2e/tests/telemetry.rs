@@ -76,6 +76,8 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
     let dev = DevMesh::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        // This test's client continues its own trace; anyone else starts a new one.
+        ("TRUSTED_TRACE_SOURCES", "127.0.0.1"),
     ])
     .await;
 
@@ -177,6 +179,55 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
             span.name
         );
     }
+
+    // A client outside TRUSTED_TRACE_SOURCES cannot choose the trace (nor force
+    // sampling): the gateway starts its own and links the client's.
+    let foreign = format!("{:032x}", u128::from(run) << 64 | 0xf0e1);
+    let mut stream = {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.2:0".parse().expect("address"))
+            .expect("bind 127.0.0.2");
+        socket
+            .connect("127.0.0.1:8080".parse().expect("address"))
+            .await
+            .expect("connect")
+    };
+    let request = format!(
+        "GET /v1/products/BOOK-042 HTTP/1.1\r\nhost: x\r\nconnection: close\r\ntraceparent: 00-{foreign}-{root_span}-01\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .expect("send");
+    let mut reply = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut reply)
+        .await
+        .expect("reply");
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    let linked = shop_testkit::eventually(Duration::from_secs(15), || {
+        let spans = receiver.0.lock().expect("spans").clone();
+        let foreign = foreign.clone();
+        async move {
+            spans
+                .iter()
+                .find(|(svc, s)| {
+                    svc == "gateway" && s.links.iter().any(|l| hex(&l.trace_id) == foreign)
+                })
+                .map(|(_, s)| hex(&s.trace_id))
+        }
+    })
+    .await;
+    let gateway_trace = linked.expect("the gateway's span links the client's trace");
+    assert_ne!(gateway_trace, foreign, "a new trace, not the client's");
+    let spans = receiver.0.lock().expect("spans").clone();
+    assert!(
+        spans.iter().all(|(_, s)| hex(&s.trace_id) != foreign),
+        "no span joins the untrusted client's trace"
+    );
 
     // Metrics moved, with the right labels, in every process.
     let scrape = |port: u16| async move {

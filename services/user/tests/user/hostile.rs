@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use shop_proto::user as pb;
 use shop_proto::user::user_service_client::UserServiceClient;
 use tonic::Code;
@@ -159,4 +160,66 @@ async fn registrations_from_one_address_are_limited() {
         })
         .await
         .expect("another address registers");
+}
+
+#[tokio::test]
+async fn junk_grpc_paths_and_admin_paths_do_not_grow_the_metrics() {
+    let app = spawn_app().await;
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{}", app.grpc_port))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let junk_calls = |count: usize, offset: usize| {
+        let channel = channel.clone();
+        async move {
+            let calls = (offset..offset + count).map(|n| {
+                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                async move {
+                    let path = format!("/junk.v{n}.Service{n}/Method{n}");
+                    grpc.ready().await.expect("ready");
+                    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+                    let err = grpc
+                        .unary(tonic::Request::new(()), path.parse().expect("path"), codec)
+                        .await
+                        .expect_err("no such method");
+                    assert_eq!(err.code(), Code::Unimplemented);
+                }
+            });
+            futures::stream::iter(calls)
+                .buffer_unordered(32)
+                .collect::<Vec<()>>()
+                .await;
+        }
+    };
+    let metrics = || async { shop_testkit::http_get(app.admin_port, "/metrics").await.1 };
+    junk_calls(100, 0).await;
+    metrics().await;
+    let before = metrics().await;
+    junk_calls(10_000, 100).await;
+    for n in 0..500 {
+        shop_testkit::http_get(app.admin_port, &format!("/junk/{n}")).await;
+    }
+    let after = metrics().await;
+    // Only the RPC families can take a label from a request; the rest (consumer
+    // lag, say) appear on their own while the test runs.
+    let rpc = |text: &str| -> String {
+        text.lines()
+            .filter(|l| l.starts_with("rpc_server_"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (before, after) = (rpc(&before), rpc(&after));
+    let growth = after.len() as f64 / before.len() as f64 - 1.0;
+    assert!(
+        growth < 0.10 && before.lines().count() == after.lines().count(),
+        "the RPC metrics grew {:.0} % ({} → {} lines) after 10,000 unknown gRPC paths",
+        growth * 100.0,
+        before.lines().count(),
+        after.lines().count()
+    );
+    assert!(
+        after.contains(r#"rpc_service="other",rpc_method="other",grpc_code="Unimplemented""#),
+        "{after}"
+    );
 }

@@ -1,33 +1,34 @@
-//! The HTTP/1.1 listener: hyper under our own accept loop, so that what one
-//! connection may cost is bounded before a request reaches a handler.
-//! - A connection past `MAX_CONNECTIONS` (or its client's
-//!   `MAX_CONNECTIONS_PER_CLIENT`) is answered 503 and closed at once.
-//! - Headers not received within `HEADER_READ_TIMEOUT_MS` close the connection
-//!   (an idle keep-alive connection too).
-//! - Bodies are bounded in the handler (`BODY_READ_TIMEOUT_MS`, in-flight bytes).
+//! The HTTP/1.1 listener of every HTTP port (the gateway, the admin ports): hyper
+//! under our own accept loop, so that what one connection may cost is bounded
+//! before a request reaches a handler.
+//! - A connection past the cap in all (or its client's share) is answered 503 and
+//!   closed at once.
+//! - Headers not received within the header timeout close the connection (an idle
+//!   keep-alive connection too).
+//! - Bodies are bounded by the handlers that read them (the gateway's proxy).
 //!
 //! On shutdown the listener closes and open connections finish their requests.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::Shutdown;
+use crate::client_address::{Networks, bucket};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use shop_platform::Shutdown;
-use shop_platform::client_address::{Networks, bucket};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt as _;
 
-use crate::limits::{Refusal, SharedBudget};
+use crate::budget::{Refusal, SharedBudget};
 
 /// How long shutdown waits for open connections (server streams included).
 const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectionLimits {
     pub header_read_timeout: Duration,
     pub max_connections: usize,
@@ -36,12 +37,26 @@ pub struct ConnectionLimits {
     pub trusted_proxies: Networks,
 }
 
+impl ConnectionLimits {
+    /// An admin port: probes and scrapes from a few sources.
+    pub fn admin() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(5),
+            max_connections: 256,
+            max_connections_per_client: 32,
+            trusted_proxies: Networks::default(),
+        }
+    }
+}
+
+/// Serves `app` on `listener` until `shutdown`; handlers see the peer as
+/// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     shutdown: Shutdown,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = SharedBudget::new(limits.max_connections, limits.max_connections_per_client);
     let mut http = hyper::server::conn::http1::Builder::new();
