@@ -294,34 +294,16 @@ async fn every_path_is_rate_limited_and_forwarded_addresses_count_only_from_trus
     );
 
     // Behind a trusted proxy each forwarded client has its own bucket.
+    let behind_proxy = |method: &'static str, header: &'static str| async move {
+        request(port, "127.0.0.5", method, "/healthz", &[header]).await
+    };
     for _ in 0..5 {
-        let reply = request(
-            port,
-            "127.0.0.5",
-            "DELETE",
-            "/healthz",
-            &["x-forwarded-for: 203.0.113.10"],
-        )
-        .await;
+        let reply = behind_proxy("DELETE", "x-forwarded-for: 203.0.113.10").await;
         assert_eq!(reply.status, 405);
     }
-    let limited = request(
-        port,
-        "127.0.0.5",
-        "DELETE",
-        "/healthz",
-        &["x-forwarded-for: 203.0.113.10"],
-    )
-    .await;
+    let limited = behind_proxy("DELETE", "x-forwarded-for: 203.0.113.10").await;
     assert_eq!(limited.status, 429);
-    let other = request(
-        port,
-        "127.0.0.5",
-        "GET",
-        "/healthz",
-        &["forwarded: for=203.0.113.11"],
-    )
-    .await;
+    let other = behind_proxy("GET", "forwarded: for=203.0.113.11").await;
     assert_eq!(other.status, 200, "another client behind the same proxy");
 }
 

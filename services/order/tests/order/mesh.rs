@@ -198,6 +198,19 @@ impl Mesh {
         (user.user_id, token)
     }
 
+    /// A new customer's token and their confirmed order of one unit of a new product.
+    pub async fn confirmed_order(&self, prefix: &str) -> (String, pb::Order) {
+        let s = sku(prefix);
+        self.product(&s, 5, 100).await;
+        let (_, token) = self.customer().await;
+        let order = self
+            .create_order(&token, "", &[(&s, 1)])
+            .await
+            .expect("create");
+        assert_eq!(order.status, pb::OrderStatus::Confirmed as i32);
+        (token, order)
+    }
+
     pub async fn product(&self, sku: &str, stock: i64, price_minor: i64) {
         let mut request = Request::new(inv::CreateProductRequest {
             sku: sku.into(),
