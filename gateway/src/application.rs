@@ -47,10 +47,16 @@ const FORWARDED: [&str; 4] = [
     "accept-language",
 ];
 
+/// The channels to one backend: unary calls and server streams apart.
+struct Backend {
+    unary: Channel,
+    streams: Channel,
+}
+
 pub struct Gateway {
     routes: Vec<Route>,
-    /// Package prefix (`shop.user`) → channel.
-    backends: BTreeMap<String, Channel>,
+    /// Package prefix (`shop.user`) → its channels.
+    backends: BTreeMap<String, Backend>,
     auth: Authenticator,
     public: BTreeSet<String>,
     pub(crate) limiter: RateLimiter,
@@ -60,7 +66,7 @@ pub struct Gateway {
     /// Request body bytes held in memory, in all and per client.
     body_bytes: SharedBudget,
     openapi: serde_json::Value,
-    settings: Settings,
+    pub(crate) settings: Settings,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -110,10 +116,18 @@ impl Application {
             ("shop.inventory", &settings.inventory_service_addr),
             ("shop.order", &settings.order_service_addr),
         ] {
-            let channel = shop_platform::grpc::channel(addr, connect)
-                .await
-                .with_context(|| format!("backend address for {package}: {addr}"))?;
-            backends.insert(package.to_owned(), channel);
+            let dial = || async {
+                shop_platform::grpc::channel(addr, connect)
+                    .await
+                    .with_context(|| format!("backend address for {package}: {addr}"))
+            };
+            // Server streams (watches) get connections of their own, so that long
+            // streams can never take the HTTP/2 stream slots unary calls need.
+            let channels = Backend {
+                unary: dial().await?,
+                streams: dial().await?,
+            };
+            backends.insert(package.to_owned(), channels);
         }
         let openapi = crate::openapi::document(&routes, &public);
         let listener = TcpListener::bind((settings.bind_host.as_str(), settings.http_port))
@@ -165,12 +179,8 @@ impl Application {
             .route("/metrics", get(metrics))
             .route("/openapi.json", get(openapi))
             .route("/docs", get(|| async { Html(include_str!("docs.html")) }))
-            .fallback(proxy);
-        if let Some(cors) = cors(&gw.settings.cors_allowed_origins) {
-            app = app.layer(cors);
-        }
-        // Each layer wraps those before it: the last one added runs first (layers.rs).
-        let app = app
+            .fallback(proxy)
+            // Each layer wraps those before it: the last one added runs first (layers.rs).
             .layer(middleware::from_fn_with_state(
                 gw.clone(),
                 layers::limit_rate_by_client,
@@ -179,8 +189,11 @@ impl Application {
             .layer(middleware::from_fn_with_state(
                 gw.clone(),
                 layers::resolve_client,
-            ))
-            .with_state(gw.clone());
+            ));
+        if let Some(cors) = cors(&gw.settings.cors_allowed_origins) {
+            app = app.layer(cors);
+        }
+        let app = app.with_state(gw.clone());
         tracing::info!(http = %self.addr, "gateway listening");
         let limits = ConnectionLimits {
             header_read_timeout: Duration::from_millis(gw.settings.header_read_timeout_ms),
@@ -240,8 +253,8 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
     let mut report = serde_json::Map::new();
     let mut ready = true;
-    for (package, channel) in &gw.backends {
-        let mut client = HealthClient::new(channel.clone());
+    for (package, backend) in &gw.backends {
+        let mut client = HealthClient::new(backend.unary.clone());
         let check = client.check(HealthCheckRequest {
             service: String::new(),
         });
@@ -411,7 +424,7 @@ async fn call(
     // largest allowed when it is chunked. Refused at once, never queued.
     let has_body =
         declared.is_some_and(|n| n > 0) || parts.headers.contains_key(header::TRANSFER_ENCODING);
-    let _reserved = if has_body {
+    let reserved = if has_body {
         let reserved = gw
             .body_bytes
             .take(Some(&client.bucket()), declared.unwrap_or(limit));
@@ -428,6 +441,8 @@ async fn call(
     // as grpc-gateway's default marshaler does.
     let message = transcode::build_request(route, &bytes, &vars, parts.uri.query())
         .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
+    // The body's bytes are the message's now: the reservation ends with the read.
+    drop((reserved, bytes));
 
     let default_timeout = Duration::from_millis(gw.settings.request_timeout_ms);
     let timeout = parts
@@ -458,13 +473,18 @@ async fn call(
         .rsplit_once('.')
         .map_or("", |(p, _)| p)
         .to_owned();
-    let channel = gw.backends.get(&package).cloned().ok_or_else(|| {
+    let backend = gw.backends.get(&package).ok_or_else(|| {
         RestError::new(
             StatusCode::NOT_IMPLEMENTED,
             Code::Unimplemented,
             format!("no backend for {package}"),
         )
     })?;
+    let channel = if route.rpc.is_server_streaming() {
+        backend.streams.clone()
+    } else {
+        backend.unary.clone()
+    };
     let mut grpc = tonic::client::Grpc::new(channel);
     let unavailable = |e: tonic::transport::Error| {
         tracing::warn!(backend = %package, error = %e, "backend unavailable");

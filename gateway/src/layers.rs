@@ -1,11 +1,14 @@
 //! The gateway's cross-cutting steps as named middleware, applied to every path
-//! (API routes, unknown paths, probes and /metrics alike) in this order:
+//! (API routes, unknown paths, probes and /metrics alike), in this order after
+//! CORS:
 //! 1. `resolve_client`: who the client is (`ClientAddress`), trusting forwarded
 //!    headers only from `TRUSTED_PROXIES`;
 //! 2. `record_metrics`: RED figures, with labels only from known values;
 //! 3. `limit_rate_by_client`: a token bucket per client address (probes from
-//!    `PROBE_NETWORKS` exempt);
-//! 4. CORS, when configured; then the handlers.
+//!    `PROBE_NETWORKS` exempt).
+//!
+//! CORS, when configured, wraps them all, so that every answer (a 429 too) carries
+//! its headers for the browser.
 //!
 //! Per-user limits, body limits and deadlines need the route and the caller and
 //! live in the proxy handler.
@@ -58,18 +61,13 @@ pub async fn resolve_client(
     mut request: Request,
     next: Next,
 ) -> Response {
-    let headers = request.headers();
-    let texts = |name: &str| -> Vec<&str> {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect()
-    };
-    let forwarded = forwarded_for(
-        texts("forwarded").into_iter(),
-        texts("x-forwarded-for").into_iter(),
-    );
+    let header = gw.settings.forwarded_header;
+    let values = request
+        .headers()
+        .get_all(header.name())
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let forwarded = forwarded_for(header, values);
     let client = ClientAddress {
         ip: gw.trusted_proxies.client(peer.ip(), &forwarded),
         peer: peer.ip().to_canonical(),

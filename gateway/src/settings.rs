@@ -1,7 +1,7 @@
 //! The gateway's settings: defaults, then `CONFIG_FILE`, then the environment.
 
 use serde::{Deserialize, Serialize};
-use shop_platform::client_address::Networks;
+use shop_platform::client_address::{ForwardedHeader, Networks};
 use shop_platform::config::{self, ConfigError, Secret};
 
 pub const HTTP_PORT: u16 = 8080;
@@ -40,6 +40,9 @@ pub struct Settings {
     /// the gateway; only their `Forwarded` / `X-Forwarded-For` names the client.
     /// Empty (the default) trusts no one: the client is the TCP peer.
     pub trusted_proxies: String,
+    /// `FORWARDED_HEADER`: the header those proxies write, `x-forwarded-for` or
+    /// `forwarded`; only that one is read.
+    pub forwarded_header: ForwardedHeader,
     /// `PROBE_NETWORKS`: sources whose `/healthz`, `/readyz` and `/metrics` are not
     /// rate limited (kubelet, Prometheus); every other request is.
     pub probe_networks: String,
@@ -47,7 +50,9 @@ pub struct Settings {
     /// (its sampled flag included); anyone else's starts a new trace linked to it.
     pub trusted_trace_sources: String,
     /// `HEADER_READ_TIMEOUT_MS`: a connection that has not sent a request's headers
-    /// within this long is closed.
+    /// within this long is closed, an idle keep-alive connection too (hyper counts
+    /// the wait for the next request); a proxy in front should keep its idle
+    /// upstream connections for less.
     pub header_read_timeout_ms: u64,
     /// `BODY_READ_TIMEOUT_MS`: a request body not received within this long gets 408
     /// and the connection is closed.
@@ -80,6 +85,7 @@ impl Default for Settings {
             rate_limit_burst: 100,
             cors_allowed_origins: String::new(),
             trusted_proxies: String::new(),
+            forwarded_header: ForwardedHeader::default(),
             probe_networks: "127.0.0.0/8,::1".into(),
             trusted_trace_sources: String::new(),
             header_read_timeout_ms: 5_000,
@@ -107,6 +113,15 @@ impl Settings {
             ("TRUSTED_TRACE_SOURCES", &settings.trusted_trace_sources),
         ] {
             Networks::parse(list).map_err(|e| ConfigError::missing(key, &e))?;
+        }
+        for (key, ms) in [
+            ("HEADER_READ_TIMEOUT_MS", settings.header_read_timeout_ms),
+            ("BODY_READ_TIMEOUT_MS", settings.body_read_timeout_ms),
+            ("REQUEST_TIMEOUT_MS", settings.request_timeout_ms),
+        ] {
+            if ms < 100 {
+                return Err(ConfigError::missing(key, "must be at least 100"));
+            }
         }
         let per_client = settings.max_inflight_body_bytes_per_client;
         if per_client < settings.max_body_bytes || settings.max_inflight_body_bytes < per_client {

@@ -210,7 +210,7 @@ async fn connections_past_the_cap_are_refused_and_slow_headers_are_cut() {
     })
     .await;
     let mut held = Vec::new();
-    for _ in 0..120 {
+    for _ in 0..100 {
         let mut stream = connect(gw.port, "127.0.0.3").await;
         // Headers that never end (slowloris).
         let _ = stream
@@ -238,7 +238,7 @@ async fn connections_past_the_cap_are_refused_and_slow_headers_are_cut() {
         refused += 1;
     }
     assert_eq!(
-        refused, 70,
+        refused, 50,
         "50 connections per client, the rest refused at once"
     );
     assert!(
@@ -303,7 +303,7 @@ async fn every_path_is_rate_limited_and_forwarded_addresses_count_only_from_trus
     }
     let limited = behind_proxy("DELETE", "x-forwarded-for: 203.0.113.10").await;
     assert_eq!(limited.status, 429);
-    let other = behind_proxy("GET", "forwarded: for=203.0.113.11").await;
+    let other = behind_proxy("GET", "x-forwarded-for: 203.0.113.11").await;
     assert_eq!(other.status, 200, "another client behind the same proxy");
 }
 

@@ -63,6 +63,7 @@ impl Application {
         let watches = Watches::new(
             orders.clone(),
             WatchLimits {
+                total: settings.watch.max_watches,
                 per_user: settings.watch.max_watches_per_user,
                 lifetime: Duration::from_secs(settings.watch.max_watch_secs),
             },

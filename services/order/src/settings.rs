@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 use shop_platform::config::{self, ConfigError, ServiceSettings};
+use shop_platform::grpc;
 
 pub const GRPC_PORT: u16 = 50053;
 pub const ADMIN_PORT: u16 = 9103;
@@ -16,6 +17,8 @@ pub struct Settings {
 /// How many WatchOrder streams a user may hold, and for how long.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WatchSettings {
+    /// `MAX_WATCHES`: open watches in this process, everyone's; UNAVAILABLE past it.
+    pub max_watches: usize,
     /// `MAX_WATCHES_PER_USER`: open watches per user; RESOURCE_EXHAUSTED past it.
     pub max_watches_per_user: usize,
     /// `MAX_WATCH_SECS`: a watch ends (UNAVAILABLE, "watch again") after this long.
@@ -58,6 +61,7 @@ impl Default for Settings {
                 service_identity: "order-service".into(),
             },
             watch: WatchSettings {
+                max_watches: 512,
                 max_watches_per_user: 10,
                 max_watch_secs: 600,
             },
@@ -74,10 +78,19 @@ impl Settings {
             saga: config::load(&defaults.saga)?,
             watch: config::load(&defaults.watch)?,
         };
-        if settings.watch.max_watches_per_user == 0 || settings.watch.max_watch_secs == 0 {
+        let watch = &settings.watch;
+        if watch.max_watches_per_user == 0 || watch.max_watch_secs == 0 {
             return Err(ConfigError::missing(
                 "MAX_WATCHES_PER_USER / MAX_WATCH_SECS",
                 "must be at least 1",
+            ));
+        }
+        // Watches arrive over the gateway's few connections; past this they would
+        // queue for stream slots on those connections.
+        if !(1..=grpc::STREAMS_PER_CONNECTION as usize / 2).contains(&watch.max_watches) {
+            return Err(ConfigError::missing(
+                "MAX_WATCHES",
+                "must be between 1 and half the streams a connection may carry (512)",
             ));
         }
         settings.service.validate()?;

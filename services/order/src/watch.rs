@@ -30,6 +30,10 @@ type Latest = Option<Arc<(pb::Order, bool)>>;
 
 #[derive(Clone, Copy, Debug)]
 pub struct WatchLimits {
+    /// Watches this process holds open at once, everyone's together; kept below
+    /// the streams one HTTP/2 connection may carry (`grpc::STREAMS_PER_CONNECTION`),
+    /// since the gateway carries many users' watches over one connection.
+    pub total: usize,
     /// Watches one user may hold open at once.
     pub per_user: usize,
     /// How long one watch may stay open.
@@ -41,7 +45,14 @@ struct Hub {
     orders: Orders,
     limits: WatchLimits,
     watched: Mutex<HashMap<Uuid, watch::Sender<Latest>>>,
-    per_user: Mutex<HashMap<Uuid, usize>>,
+    open: Mutex<Open>,
+}
+
+/// Watches open now, in all and per user.
+#[derive(Debug, Default)]
+struct Open {
+    total: usize,
+    by_user: HashMap<Uuid, usize>,
 }
 
 /// Every watch of this process, fed by one LISTEN connection.
@@ -60,14 +71,15 @@ struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut per_user = self.hub.per_user.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = per_user.get_mut(&self.user_id) {
+        let mut open = self.hub.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total = open.total.saturating_sub(1);
+        if let Some(n) = open.by_user.get_mut(&self.user_id) {
             *n -= 1;
             if *n == 0 {
-                per_user.remove(&self.user_id);
+                open.by_user.remove(&self.user_id);
             }
         }
-        drop(per_user);
+        drop(open);
         let mut watched = self.hub.watched.lock().unwrap_or_else(|e| e.into_inner());
         // This slot's receiver is gone already (dropped before the slot).
         if watched
@@ -86,7 +98,7 @@ impl Watches {
                 orders,
                 limits,
                 watched: Mutex::default(),
-                per_user: Mutex::default(),
+                open: Mutex::default(),
             }),
         }
     }
@@ -109,14 +121,21 @@ impl Watches {
         shutdown: Shutdown,
     ) -> Result<WatchStream, ApiError> {
         {
-            let mut per_user = self.hub.per_user.lock().unwrap_or_else(|e| e.into_inner());
-            let open = per_user.entry(user_id).or_default();
-            if *open >= self.hub.limits.per_user {
+            let limits = self.hub.limits;
+            let mut open = self.hub.open.lock().unwrap_or_else(|e| e.into_inner());
+            if open.total >= limits.total {
+                return Err(ApiError::Unavailable(
+                    "this server holds as many watches as it may; retry shortly".into(),
+                ));
+            }
+            let mine = open.by_user.entry(user_id).or_default();
+            if *mine >= limits.per_user {
                 return Err(ApiError::ResourceExhausted(format!(
-                    "you already watch {open} orders at once, the most allowed; close one first"
+                    "you already watch {mine} orders at once, the most allowed; close one first"
                 )));
             }
-            *open += 1;
+            *mine += 1;
+            open.total += 1;
         }
         let slot = Slot {
             hub: self.hub.clone(),
@@ -134,7 +153,9 @@ impl Watches {
                 }
             }
         };
-        if first {
+        // The first watcher reads the order; so does any that finds no state yet
+        // (the first one's read failed, or it left before finishing).
+        if first || changes.borrow().is_none() {
             self.hub.refresh(order_id).await?;
         }
         let (tx, rx) = mpsc::channel(8);
@@ -151,7 +172,12 @@ impl Watches {
                     let message = pb::WatchOrderResponse {
                         order: Some(state.0.clone()),
                     };
-                    if tx.send(Ok(message)).await.is_err() || state.1 {
+                    // A reader too slow to take it still ends at the lifetime.
+                    let sent = tokio::select! {
+                        sent = tx.send(Ok(message)) => sent.is_ok(),
+                        () = &mut ends => false,
+                    };
+                    if !sent || state.1 {
                         break;
                     }
                     last = Some(state);
@@ -201,38 +227,50 @@ impl Watches {
                 }
             }
         };
+        // Set when notifications may have been missed (the connection was lost);
+        // cleared once every watched order has been read again on a live one.
+        let mut resync = false;
         loop {
             let received = tokio::select! {
                 () = shutdown.wait() => return,
                 received = listener.try_recv() => received,
             };
             match received {
-                Ok(Some(notification)) => {
-                    if let Ok(order_id) = Uuid::parse_str(notification.payload()) {
-                        self.refresh_if_watched(order_id).await;
+                Ok(notification) => {
+                    if resync || notification.is_none() {
+                        tracing::info!(
+                            "order change listener reconnected; reading every watched order again"
+                        );
+                        self.refresh_all().await;
+                        resync = false;
                     }
-                }
-                Ok(None) => {
-                    tracing::info!(
-                        "order change listener reconnecting; reading every watched order again"
-                    );
-                    let ids: Vec<Uuid> = self
-                        .hub
-                        .watched
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .keys()
-                        .copied()
-                        .collect();
-                    for order_id in ids {
+                    if let Some(order_id) =
+                        notification.and_then(|n| Uuid::parse_str(n.payload()).ok())
+                    {
                         self.refresh_if_watched(order_id).await;
                     }
                 }
                 Err(err) => {
+                    // The next receive reconnects; what was sent meanwhile is lost.
                     tracing::warn!(error = %err, "order change listener failed; retrying");
+                    resync = true;
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
+        }
+    }
+
+    async fn refresh_all(&self) {
+        let ids: Vec<Uuid> = self
+            .hub
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        for order_id in ids {
+            self.refresh_if_watched(order_id).await;
         }
     }
 

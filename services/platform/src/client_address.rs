@@ -1,8 +1,9 @@
 //! Who a request comes from. The TCP peer, unless the peer is a proxy this
 //! process was told to trust (`TRUSTED_PROXIES`, empty by default): then the
-//! address that proxy says it forwarded for (`Forwarded: for=` or
-//! `X-Forwarded-For`, read from the right, skipping trusted hops). A header from
-//! anyone else is ignored, since any client can write one.
+//! address that proxy says it forwarded for (in the one header the proxies are
+//! said to write, `X-Forwarded-For` or `Forwarded`, read from the right, skipping
+//! trusted hops). A header from anyone else is ignored, since any client can
+//! write one.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -127,24 +128,40 @@ impl Networks {
     }
 }
 
-/// The addresses a request says it was forwarded for: `Forwarded`'s `for=`
-/// parameters when that header is present, otherwise `X-Forwarded-For`. An entry
-/// that is not an address (`unknown`, an obfuscated name) ends the list there,
-/// since nothing to its left can be told apart from a forgery.
+/// Which header the trusted proxies write. Only that one is read: a proxy passes
+/// the other through as the client sent it, so falling back to it would let the
+/// client name its own address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, …` (nginx, ingress-nginx, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for=proxy1`.
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => "x-forwarded-for",
+            Self::Forwarded => "forwarded",
+        }
+    }
+}
+
+/// The addresses a request says it was forwarded for, from every value of the
+/// `header` it carries, in order. An entry that is not an address (`unknown`, an
+/// obfuscated name) ends the list there, since nothing to its left can be told
+/// apart from a forgery.
 pub fn forwarded_for<'a>(
-    forwarded: impl Iterator<Item = &'a str>,
-    x_forwarded_for: impl Iterator<Item = &'a str>,
+    header: ForwardedHeader,
+    values: impl Iterator<Item = &'a str>,
 ) -> Vec<IpAddr> {
-    let forwarded: Vec<&str> = forwarded.collect();
-    let entries: Vec<String> = if forwarded.is_empty() {
-        x_forwarded_for
-            .flat_map(|v| v.split(','))
-            .map(|v| v.trim().to_owned())
-            .collect()
-    } else {
-        forwarded
-            .iter()
-            .flat_map(|v| v.split(','))
+    let elements = values.flat_map(|v| v.split(','));
+    let entries: Vec<String> = match header {
+        ForwardedHeader::XForwardedFor => elements.map(|v| v.trim().to_owned()).collect(),
+        ForwardedHeader::Forwarded => elements
             .filter_map(|element| {
                 element.split(';').find_map(|pair| {
                     let (key, value) = pair.trim().split_once('=')?;
@@ -152,7 +169,7 @@ pub fn forwarded_for<'a>(
                         .then(|| value.trim_matches('"').to_owned())
                 })
             })
-            .collect()
+            .collect(),
     };
     let mut addresses = Vec::new();
     for entry in entries.iter().rev() {
@@ -191,7 +208,10 @@ pub fn of_call<T>(request: &tonic::Request<T>, trusted: &Networks) -> IpAddr {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .collect();
-    trusted.client(peer, &forwarded_for(std::iter::empty(), values.into_iter()))
+    trusted.client(
+        peer,
+        &forwarded_for(ForwardedHeader::XForwardedFor, values.into_iter()),
+    )
 }
 
 /// The key a client's limits are kept under: its IPv4 address, or the /64 its
@@ -232,7 +252,10 @@ mod tests {
     #[test]
     fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
         let trusted = Networks::parse("10.0.0.0/8").expect("parse");
-        let claimed = forwarded_for(std::iter::empty(), ["6.6.6.6, 203.0.113.9"].into_iter());
+        let claimed = forwarded_for(
+            ForwardedHeader::XForwardedFor,
+            ["6.6.6.6, 203.0.113.9"].into_iter(),
+        );
         // From a trusted proxy: the right-most untrusted hop.
         assert_eq!(trusted.client(ip("10.0.0.2"), &claimed), ip("203.0.113.9"));
         // From anyone else: the peer, whatever the header says.
@@ -246,19 +269,22 @@ mod tests {
             ip("10.0.0.2")
         );
         // A chain of trusted proxies is skipped.
-        let chain = forwarded_for(std::iter::empty(), ["203.0.113.9", "10.1.1.1"].into_iter());
+        let chain = forwarded_for(
+            ForwardedHeader::XForwardedFor,
+            ["203.0.113.9", "10.1.1.1"].into_iter(),
+        );
         assert_eq!(trusted.client(ip("10.0.0.2"), &chain), ip("203.0.113.9"));
     }
 
     #[test]
-    fn the_forwarded_header_wins_and_garbage_ends_the_list() {
+    fn only_the_configured_header_counts_and_garbage_ends_the_list() {
         let parsed = forwarded_for(
+            ForwardedHeader::Forwarded,
             [r#"for=192.0.2.60;proto=http, for="[2001:db8:cafe::17]:4711""#].into_iter(),
-            ["6.6.6.6"].into_iter(),
         );
         assert_eq!(parsed, vec![ip("192.0.2.60"), ip("2001:db8:cafe::17")]);
         let parsed = forwarded_for(
-            std::iter::empty(),
+            ForwardedHeader::XForwardedFor,
             ["1.1.1.1, unknown, 2.2.2.2:80"].into_iter(),
         );
         assert_eq!(parsed, vec![ip("2.2.2.2")]);

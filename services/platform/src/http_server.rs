@@ -25,8 +25,13 @@ use tower::ServiceExt as _;
 
 use crate::budget::{Refusal, SharedBudget};
 
-/// How long shutdown waits for open connections (server streams included).
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for open connections (server streams included);
+/// below the 30 s a supervisor commonly allows before SIGKILL.
+const DRAIN_LIMIT: Duration = Duration::from_secs(20);
+
+/// Refused connections being answered at once; past it a refused connection is
+/// dropped without an answer, so that a connect flood costs no more.
+const REFUSALS_IN_FLIGHT: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct ConnectionLimits {
@@ -59,6 +64,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = SharedBudget::new(limits.max_connections, limits.max_connections_per_client);
+    let refusals = std::sync::Arc::new(tokio::sync::Semaphore::new(REFUSALS_IN_FLIGHT));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
@@ -80,7 +86,12 @@ pub async fn serve(
         let grant = match connections.take(client.as_deref(), 1) {
             Ok(grant) => grant,
             Err(refusal) => {
-                tokio::spawn(refuse(stream, peer, refusal));
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(stream, peer, refusal).await;
+                        drop(permit);
+                    });
+                }
                 continue;
             }
         };
@@ -102,7 +113,7 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => {}
         () = tokio::time::sleep(DRAIN_LIMIT) => {
-            tracing::warn!("connections still open after the drain limit; closing them");
+            tracing::warn!("connections still open after the drain limit; stopping without them");
         }
     }
     Ok(())
@@ -112,7 +123,7 @@ pub async fn serve(
 async fn refuse(mut stream: TcpStream, peer: SocketAddr, refusal: Refusal) {
     let message = match refusal {
         Refusal::Client => "too many connections from your address",
-        Refusal::Total => "the gateway has too many connections",
+        Refusal::Total => "this server has too many connections",
     };
     tracing::info!(%peer, reason = message, "connection refused");
     let body = serde_json::json!({ "code": 14, "message": message, "details": [] }).to_string();

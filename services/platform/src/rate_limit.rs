@@ -7,6 +7,34 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// Keys a limiter remembers at most.
+const MAX_KEYS: usize = 100_000;
+
+/// Keeps `map` below `cap` entries once it has reached it: first it drops the
+/// entries `forgettable` names, then, if that is not enough, any entries down to
+/// nine tenths of `cap`. A forgotten entry is a client starting afresh, which is
+/// better than memory without bound; and since each pass frees a tenth of the cap,
+/// the cost of a pass is spread over that many insertions.
+pub fn bound_entries<K, V>(
+    map: &mut HashMap<K, V>,
+    cap: usize,
+    mut forgettable: impl FnMut(&V) -> bool,
+) {
+    if map.len() < cap {
+        return;
+    }
+    map.retain(|_, v| !forgettable(v));
+    let target = cap - cap / 10;
+    if map.len() > target {
+        let excess = map.len() - target;
+        let mut dropped = 0;
+        map.retain(|_, _| {
+            dropped += 1;
+            dropped > excess
+        });
+    }
+}
+
 #[derive(Debug)]
 struct Bucket {
     tokens: f64,
@@ -38,11 +66,11 @@ impl RateLimiter {
     pub fn check(&self, key: &str) -> Result<(), u64> {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() > 100_000 {
-            // Forget full buckets so that many one-off clients cannot grow the map forever.
+        if buckets.len() >= MAX_KEYS {
+            // A full bucket is what a new one would be: forgetting it changes nothing.
             let (rate, burst) = (self.per_second, self.burst);
-            buckets.retain(|_, b| {
-                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate < burst
+            bound_entries(&mut buckets, MAX_KEYS, |b| {
+                b.tokens + now.duration_since(b.updated).as_secs_f64() * rate >= burst
             });
         }
         let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
@@ -64,6 +92,18 @@ impl RateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_map_sheds_forgettable_entries_then_any_down_to_nine_tenths() {
+        let mut map: HashMap<u32, bool> = (0..100).map(|i| (i, i % 2 == 0)).collect();
+        bound_entries(&mut map, 200, |stale| *stale);
+        assert_eq!(map.len(), 100, "below the cap nothing goes");
+        bound_entries(&mut map, 100, |stale| *stale);
+        assert_eq!(map.len(), 50, "the forgettable half goes");
+        assert!(map.values().all(|stale| !stale));
+        bound_entries(&mut map, 40, |_| false);
+        assert_eq!(map.len(), 36, "then any, down to nine tenths of the cap");
+    }
 
     #[test]
     fn a_burst_then_refusal_with_a_wait() {

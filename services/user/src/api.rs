@@ -40,7 +40,10 @@ impl UserService for UserApi {
             .into());
         }
         let registration = Registration::try_from(request.into_inner())?;
-        let user = self.accounts.register(registration, Role::Customer).await?;
+        let user = self
+            .accounts
+            .register(registration, Role::Customer, Some(client))
+            .await?;
         Ok(Response::new(pb::RegisterResponse { user: Some(user) }))
     }
 

@@ -10,7 +10,11 @@ use argon2::password_hash::{
     PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
 };
 use argon2::{Algorithm, Argon2, Params, Version};
+use std::net::IpAddr;
+
 use shop_platform::ApiError;
+use shop_platform::budget::{Grant, Refusal, SharedBudget};
+use shop_platform::client_address::bucket;
 use tokio::sync::Semaphore;
 
 /// At most this many hashes at once (each holds 19 MiB).
@@ -18,6 +22,9 @@ const CONCURRENT_HASHES: usize = 8;
 
 /// Requests that may wait for a hash; more are refused rather than queued.
 const QUEUED_HASHES: usize = 32;
+
+/// Hashes one client address may have running or waiting.
+const HASHES_PER_CLIENT: usize = 4;
 
 /// Verified against when the email is unknown, so both cases take as long: a
 /// well-formed hash with the same parameters, which no password produces.
@@ -27,8 +34,9 @@ const DECOY_HASH: &str =
 #[derive(Clone, Debug)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
-    /// Running plus waiting.
-    admitted: Arc<Semaphore>,
+    /// Places among the running and waiting hashes, in all and per client
+    /// address, so that one client cannot fill the queue for everyone.
+    admitted: Arc<SharedBudget>,
 }
 
 fn argon2() -> Argon2<'static> {
@@ -44,29 +52,38 @@ impl Default for PasswordHasherPool {
 
 impl PasswordHasherPool {
     pub fn new() -> Self {
-        Self::with_capacity(CONCURRENT_HASHES, QUEUED_HASHES)
+        Self::with_capacity(CONCURRENT_HASHES, QUEUED_HASHES, HASHES_PER_CLIENT)
     }
 
-    pub fn with_capacity(concurrent: usize, queued: usize) -> Self {
+    pub fn with_capacity(concurrent: usize, queued: usize, per_client: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(concurrent)),
-            admitted: Arc::new(Semaphore::new(concurrent + queued)),
+            admitted: Arc::new(SharedBudget::new(concurrent + queued, per_client)),
         }
     }
 
-    /// A place among the running or waiting hashes, or RESOURCE_EXHAUSTED.
-    fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
-        self.admitted.clone().try_acquire_owned().map_err(|_| {
-            tracing::warn!("password hashing queue full; refusing");
-            ApiError::Throttled {
-                message: "too many sign-ins in progress; retry in 1 s".into(),
-                retry_after: Duration::from_secs(1),
+    /// A place among the running or waiting hashes, or at once: RESOURCE_EXHAUSTED
+    /// when this client holds its share (its own doing), UNAVAILABLE when the
+    /// queue is full (the server's state; another replica may have room).
+    fn admit(&self, client: Option<IpAddr>) -> Result<Grant, ApiError> {
+        let key = client.map(bucket);
+        self.admitted.take(key.as_deref(), 1).map_err(|refusal| {
+            tracing::warn!(?refusal, "password hashing refused");
+            match refusal {
+                Refusal::Client => ApiError::Throttled {
+                    message: "too many sign-ins in progress from your address; retry in 1 s".into(),
+                    retry_after: Duration::from_secs(1),
+                },
+                Refusal::Total => {
+                    ApiError::Unavailable("too many sign-ins in progress; retry in 1 s".into())
+                }
             }
         })
     }
 
-    pub async fn hash(&self, password: String) -> Result<String, ApiError> {
-        let _admitted = self.admit()?;
+    /// Hashes a new password; `client` is None for the service's own accounts.
+    pub async fn hash(&self, password: String, client: Option<IpAddr>) -> Result<String, ApiError> {
+        let _admitted = self.admit(client)?;
         let _permit = self.permits.acquire().await.map_err(internal)?;
         tokio::task::spawn_blocking(move || hash_blocking(&password))
             .await
@@ -76,8 +93,13 @@ impl PasswordHasherPool {
 
     /// Whether `password` matches `stored`; with no stored hash, spends the same time
     /// and answers false.
-    pub async fn verify(&self, password: String, stored: Option<String>) -> Result<bool, ApiError> {
-        let _admitted = self.admit()?;
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+        client: IpAddr,
+    ) -> Result<bool, ApiError> {
+        let _admitted = self.admit(Some(client))?;
         let _permit = self.permits.acquire().await.map_err(internal)?;
         let known = stored.is_some();
         let hash = stored.unwrap_or_else(|| DECOY_HASH.to_owned());
@@ -112,11 +134,16 @@ fn hash_blocking(password: &str) -> anyhow::Result<String> {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
     #[tokio::test]
     async fn hashes_are_argon2id_with_owasp_parameters_and_verify() {
         let pool = PasswordHasherPool::new();
+        let me = ip("198.51.100.1");
         let hash = pool
-            .hash("correct horse battery".into())
+            .hash("correct horse battery".into(), Some(me))
             .await
             .expect("hash");
         assert!(
@@ -124,50 +151,47 @@ mod tests {
             "{hash}"
         );
         assert!(
-            pool.verify("correct horse battery".into(), Some(hash.clone()))
+            pool.verify("correct horse battery".into(), Some(hash.clone()), me)
                 .await
                 .expect("verify")
         );
         assert!(
             !pool
-                .verify("wrong horse battery".into(), Some(hash))
+                .verify("wrong horse battery".into(), Some(hash), me)
                 .await
                 .expect("verify")
         );
         assert!(
             !pool
-                .verify("decoy password that matches nothing".into(), None)
+                .verify("decoy password that matches nothing".into(), None, me)
                 .await
                 .expect("verify")
         );
     }
 
     #[tokio::test]
-    async fn a_full_queue_refuses_at_once_instead_of_waiting() {
-        let pool = PasswordHasherPool::with_capacity(1, 1);
-        let busy: Vec<_> = (0..2)
-            .map(|_| {
-                let pool = pool.clone();
-                tokio::spawn(async move { pool.hash("long enough password".into()).await })
-            })
-            .collect();
-        // Let both take their places (one hashing, one waiting).
-        while pool.admitted.available_permits() > 0 {
-            tokio::task::yield_now().await;
-        }
-        let started = std::time::Instant::now();
-        let refused = pool.verify("any password".into(), None).await;
+    async fn a_full_queue_refuses_at_once_per_client_and_in_all() {
+        let pool = PasswordHasherPool::with_capacity(1, 1, 1);
+        let (a, b) = (ip("198.51.100.1"), ip("198.51.100.2"));
+        let _running = pool.admit(Some(a)).expect("a's place");
+        let refused = pool.verify("any password".into(), None, a).await;
         assert!(
             matches!(refused, Err(ApiError::Throttled { .. })),
-            "{refused:?}"
+            "a holds its share: {refused:?}"
+        );
+        let _waiting = pool.admit(Some(b)).expect("b's place");
+        let started = std::time::Instant::now();
+        let refused = pool
+            .verify("any password".into(), None, ip("198.51.100.3"))
+            .await;
+        assert!(
+            matches!(refused, Err(ApiError::Unavailable(_))),
+            "the queue is full: {refused:?}"
         );
         assert!(
             started.elapsed() < Duration::from_millis(50),
             "refused without waiting"
         );
-        for task in busy {
-            task.await.expect("task").expect("hashed");
-        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use shop_platform::ApiError;
 use shop_platform::client_address::bucket;
+use shop_platform::rate_limit::bound_entries;
 
 /// Entries kept at most per map; past it, entries quiet for `forget_after` go.
 const MAX_ENTRIES: usize = 100_000;
@@ -62,6 +63,8 @@ impl Default for ThrottlePolicy {
 #[derive(Debug)]
 struct Failures {
     count: u32,
+    /// Attempts admitted and not yet judged: each may still be a failure.
+    in_flight: u32,
     last: Instant,
     locked_until: Instant,
 }
@@ -83,6 +86,17 @@ impl Key {
             Self::Account(_) => "too many failed sign-ins for this account",
         }
     }
+
+    /// Failures allowed before the first lockout, and the longest lockout.
+    fn allowance(&self, policy: &ThrottlePolicy) -> (u32, Duration) {
+        match self {
+            Self::AccountFromAddress(..) => {
+                (policy.free_per_account_and_address, policy.max_lockout)
+            }
+            Self::Address(_) => (policy.free_per_address, policy.max_lockout),
+            Self::Account(_) => (policy.free_per_account, policy.max_account_lockout),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +112,18 @@ pub struct SignInThrottle {
     state: Mutex<State>,
 }
 
+/// A sign-in admitted for checking. Its outcome is reported with `failed` or
+/// `succeeded`; dropped without one (an error before the password was judged),
+/// it counts as neither.
+#[derive(Debug)]
+pub struct Attempt<'a> {
+    throttle: &'a SignInThrottle,
+    /// None once the attempt has been finished.
+    keys: Option<[Key; 3]>,
+    address: String,
+    email: String,
+}
+
 impl SignInThrottle {
     pub fn new(policy: ThrottlePolicy) -> Self {
         Self {
@@ -106,92 +132,135 @@ impl SignInThrottle {
         }
     }
 
-    fn keys(email: &str, address: IpAddr) -> [Key; 3] {
-        let address = bucket(address);
-        [
-            Key::AccountFromAddress(email.to_owned(), address.clone()),
-            Key::Address(address),
-            Key::Account(email.to_owned()),
-        ]
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether an attempt may be checked now; RESOURCE_EXHAUSTED with the wait
-    /// when a lockout applies.
-    pub fn check(&self, email: &str, address: IpAddr) -> Result<(), ApiError> {
+    /// Admits an attempt, or RESOURCE_EXHAUSTED with the wait when a lockout
+    /// applies. Admitted attempts are counted as they start, so concurrent
+    /// guesses cannot all slip past the check before the first failure lands:
+    /// no more are in flight than the failures still free (one at a time once
+    /// the allowance is spent).
+    pub fn begin(&self, email: &str, address: IpAddr) -> Result<Attempt<'_>, ApiError> {
         let now = Instant::now();
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let address = bucket(address);
+        let keys = [
+            Key::AccountFromAddress(email.to_owned(), address.clone()),
+            Key::Address(address.clone()),
+            Key::Account(email.to_owned()),
+        ];
+        let mut state = self.state();
         let known = state
             .known
-            .get(&(email.to_owned(), bucket(address)))
+            .get(&(email.to_owned(), address.clone()))
             .is_some_and(|at| now.duration_since(*at) < self.policy.remember_known_address);
-        for key in Self::keys(email, address) {
+        for key in &keys {
             if known && matches!(key, Key::Account(_)) {
                 continue;
             }
-            let Some(failures) = state.failures.get(&key) else {
+            let Some(failures) = state.failures.get(key) else {
                 continue;
             };
-            if failures.locked_until > now {
-                let wait = failures.locked_until - now;
-                let secs = wait.as_secs_f64().ceil().max(1.0);
-                tracing::info!(reason = key.refusal(), wait_secs = secs, "sign-in refused");
-                return Err(ApiError::Throttled {
-                    message: format!("{}; retry in {secs} s", key.refusal()),
-                    retry_after: wait,
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Counts a failed attempt against the account, the address and the pair.
-    pub fn failed(&self, email: &str, address: IpAddr) {
-        let now = Instant::now();
-        let policy = self.policy;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if state.failures.len() >= MAX_ENTRIES {
-            state
-                .failures
-                .retain(|_, f| now.duration_since(f.last) < policy.forget_after);
-        }
-        for key in Self::keys(email, address) {
-            let (free, cap) = match key {
-                Key::AccountFromAddress(..) => {
-                    (policy.free_per_account_and_address, policy.max_lockout)
-                }
-                Key::Address(_) => (policy.free_per_address, policy.max_lockout),
-                Key::Account(_) => (policy.free_per_account, policy.max_account_lockout),
+            let (free, _) = key.allowance(&self.policy);
+            let wait = if failures.locked_until > now {
+                failures.locked_until - now
+            } else if failures.in_flight > 0 && failures.count + failures.in_flight >= free {
+                Duration::from_secs(1)
+            } else {
+                continue;
             };
-            let failures = state.failures.entry(key).or_insert(Failures {
+            let secs = wait.as_secs_f64().ceil().max(1.0);
+            tracing::info!(reason = key.refusal(), wait_secs = secs, "sign-in refused");
+            return Err(ApiError::Throttled {
+                message: format!("{}; retry in {secs} s", key.refusal()),
+                retry_after: wait,
+            });
+        }
+        let forget_after = self.policy.forget_after;
+        bound_entries(&mut state.failures, MAX_ENTRIES, |f| {
+            f.in_flight == 0 && f.locked_until <= now && now.duration_since(f.last) >= forget_after
+        });
+        for key in &keys {
+            let failures = state.failures.entry(key.clone()).or_insert(Failures {
                 count: 0,
+                in_flight: 0,
                 last: now,
                 locked_until: now,
             });
+            failures.in_flight += 1;
+        }
+        drop(state);
+        Ok(Attempt {
+            throttle: self,
+            keys: Some(keys),
+            address,
+            email: email.to_owned(),
+        })
+    }
+}
+
+impl Attempt<'_> {
+    /// Ends the attempt: every key gives back its place in flight, and `judge`
+    /// updates it.
+    fn finish(&mut self, mut judge: impl FnMut(&Key, &mut Failures)) {
+        let Some(keys) = self.keys.take() else {
+            return;
+        };
+        let mut state = self.throttle.state();
+        for key in &keys {
+            if let Some(failures) = state.failures.get_mut(key) {
+                failures.in_flight = failures.in_flight.saturating_sub(1);
+                judge(key, failures);
+            }
+        }
+    }
+
+    /// A wrong password: counted against the pair, the address and the account;
+    /// past its allowance each locks for a period that doubles per failure.
+    pub fn failed(mut self) {
+        let now = Instant::now();
+        let policy = self.throttle.policy;
+        self.finish(|key, failures| {
             if now.duration_since(failures.last) >= policy.forget_after {
                 failures.count = 0;
             }
             failures.count = failures.count.saturating_add(1);
             failures.last = now;
+            let (free, cap) = key.allowance(&policy);
             if failures.count >= free {
                 let doublings = (failures.count - free).min(20);
                 let lockout = policy.first_lockout.saturating_mul(1 << doublings).min(cap);
                 failures.locked_until = now + lockout;
             }
-        }
+        });
     }
 
     /// A correct password: the pair's failures are forgotten and the address
     /// becomes known to the account.
-    pub fn succeeded(&self, email: &str, address: IpAddr) {
+    pub fn succeeded(mut self) {
         let now = Instant::now();
-        let keep = self.policy.remember_known_address;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let [pair, ..] = Self::keys(email, address);
-        state.failures.remove(&pair);
-        if state.known.len() >= MAX_ENTRIES {
-            state.known.retain(|_, at| now.duration_since(*at) < keep);
-        }
-        state.known.insert((email.to_owned(), bucket(address)), now);
+        self.finish(|key, failures| {
+            if matches!(key, Key::AccountFromAddress(..)) {
+                failures.count = 0;
+                failures.locked_until = now;
+            }
+        });
+        let keep = self.throttle.policy.remember_known_address;
+        let mut state = self.throttle.state();
+        bound_entries(&mut state.known, MAX_ENTRIES, |at| {
+            now.duration_since(*at) >= keep
+        });
+        state
+            .known
+            .insert((self.email.clone(), self.address.clone()), now);
+        drop(state);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        // An error before the password was judged: neither a failure nor a success.
+        self.finish(|_, _| {});
     }
 }
 
@@ -203,30 +272,75 @@ mod tests {
         s.parse().expect("address")
     }
 
-    fn wait_of(result: Result<(), ApiError>) -> Duration {
+    /// Lockouts in milliseconds, so that a test can wait them out.
+    fn quick() -> SignInThrottle {
+        SignInThrottle::new(ThrottlePolicy {
+            first_lockout: Duration::from_millis(10),
+            ..ThrottlePolicy::default()
+        })
+    }
+
+    fn wait_of(result: Result<Attempt<'_>, ApiError>) -> Duration {
         match result {
             Err(ApiError::Throttled { retry_after, .. }) => retry_after,
-            other => panic!("expected a lockout, got {other:?}"),
+            Err(other) => panic!("expected a lockout, got {other:?}"),
+            Ok(_) => panic!("expected a lockout, the attempt was admitted"),
+        }
+    }
+
+    /// A wrong password once the throttle lets it be checked.
+    fn fail_when_admitted(throttle: &SignInThrottle, email: &str, who: IpAddr) {
+        loop {
+            match throttle.begin(email, who) {
+                Ok(attempt) => return attempt.failed(),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
         }
     }
 
     #[test]
     fn lockouts_grow_per_account_and_address() {
-        let throttle = SignInThrottle::default();
+        let throttle = quick();
         let attacker = ip("203.0.113.7");
         for _ in 0..4 {
-            throttle.failed("a@x.com", attacker);
-            assert!(throttle.check("a@x.com", attacker).is_ok(), "four are free");
+            fail_when_admitted(&throttle, "a@x.com", attacker);
+            assert!(throttle.begin("a@x.com", attacker).is_ok(), "four are free");
         }
-        throttle.failed("a@x.com", attacker);
-        let first = wait_of(throttle.check("a@x.com", attacker));
-        assert!(first <= Duration::from_secs(1), "{first:?}");
-        throttle.failed("a@x.com", attacker);
-        throttle.failed("a@x.com", attacker);
-        let later = wait_of(throttle.check("a@x.com", attacker));
-        assert!(later > Duration::from_secs(3), "doubles: {later:?}");
+        fail_when_admitted(&throttle, "a@x.com", attacker);
+        let first = wait_of(throttle.begin("a@x.com", attacker));
+        assert!(first <= Duration::from_millis(10), "{first:?}");
+        fail_when_admitted(&throttle, "a@x.com", attacker);
+        fail_when_admitted(&throttle, "a@x.com", attacker);
+        let later = wait_of(throttle.begin("a@x.com", attacker));
+        assert!(later > Duration::from_millis(30), "doubles: {later:?}");
         // The owner, from another address, is not affected.
-        assert!(throttle.check("a@x.com", ip("198.51.100.1")).is_ok());
+        assert!(throttle.begin("a@x.com", ip("198.51.100.1")).is_ok());
+    }
+
+    #[test]
+    fn concurrent_guesses_cannot_outrun_the_count() {
+        let throttle = SignInThrottle::default();
+        let attacker = ip("203.0.113.9");
+        let admitted: Vec<Attempt<'_>> = (0..5)
+            .map(|_| {
+                throttle
+                    .begin("d@x.com", attacker)
+                    .expect("within the allowance")
+            })
+            .collect();
+        let refused = wait_of(throttle.begin("d@x.com", attacker));
+        assert_eq!(
+            refused,
+            Duration::from_secs(1),
+            "wait for the ones in flight"
+        );
+        for attempt in admitted {
+            attempt.failed();
+        }
+        assert!(
+            throttle.begin("d@x.com", attacker).is_err(),
+            "five failures lock"
+        );
     }
 
     #[test]
@@ -234,34 +348,52 @@ mod tests {
         let throttle = SignInThrottle::default();
         let stuffer = ip("203.0.113.8");
         for i in 0..20 {
-            throttle.failed(&format!("user{i}@x.com"), stuffer);
+            throttle
+                .begin(&format!("user{i}@x.com"), stuffer)
+                .expect("admitted")
+                .failed();
         }
-        assert!(throttle.check("fresh@x.com", stuffer).is_err());
-        assert!(throttle.check("fresh@x.com", ip("198.51.100.2")).is_ok());
+        assert!(throttle.begin("fresh@x.com", stuffer).is_err());
+        assert!(throttle.begin("fresh@x.com", ip("198.51.100.2")).is_ok());
     }
 
     #[test]
     fn a_distributed_attack_locks_an_account_briefly_and_never_for_known_addresses() {
         let throttle = SignInThrottle::default();
         let owner = ip("198.51.100.3");
-        throttle.succeeded("b@x.com", owner);
-        for i in 0..60u8 {
-            throttle.failed("b@x.com", IpAddr::from([10, 9, 0, i]));
+        throttle
+            .begin("b@x.com", owner)
+            .expect("admitted")
+            .succeeded();
+        for i in 0..50u8 {
+            throttle
+                .begin("b@x.com", IpAddr::from([10, 9, 0, i]))
+                .expect("admitted")
+                .failed();
         }
-        let wait = wait_of(throttle.check("b@x.com", ip("198.51.100.4")));
+        let wait = wait_of(throttle.begin("b@x.com", ip("198.51.100.4")));
         assert!(wait <= Duration::from_secs(60), "capped: {wait:?}");
-        assert!(throttle.check("b@x.com", owner).is_ok(), "known address");
+        assert!(throttle.begin("b@x.com", owner).is_ok(), "known address");
     }
 
     #[test]
-    fn success_clears_the_pair() {
+    fn success_clears_the_pair_and_an_unjudged_attempt_counts_for_nothing() {
         let throttle = SignInThrottle::default();
         let who = ip("198.51.100.5");
         for _ in 0..4 {
-            throttle.failed("c@x.com", who);
+            throttle.begin("c@x.com", who).expect("admitted").failed();
         }
-        throttle.succeeded("c@x.com", who);
-        throttle.failed("c@x.com", who);
-        assert!(throttle.check("c@x.com", who).is_ok());
+        throttle
+            .begin("c@x.com", who)
+            .expect("admitted")
+            .succeeded();
+        for _ in 0..4 {
+            throttle.begin("c@x.com", who).expect("admitted").failed();
+        }
+        drop(throttle.begin("c@x.com", who).expect("admitted"));
+        assert!(
+            throttle.begin("c@x.com", who).is_ok(),
+            "four failures since the success"
+        );
     }
 }

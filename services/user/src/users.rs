@@ -57,10 +57,11 @@ impl Accounts {
         &self,
         registration: Registration,
         role: Role,
+        client: Option<IpAddr>,
     ) -> Result<pb::User, ApiError> {
         let hash = self
             .hasher
-            .hash(registration.password.expose().to_owned())
+            .hash(registration.password.expose().to_owned(), client)
             .await?;
         let user_id = Uuid::now_v7();
         let mut tx = self.pool.begin().await?;
@@ -108,7 +109,7 @@ impl Accounts {
         attempt: LoginAttempt,
         client: IpAddr,
     ) -> Result<pb::LoginResponse, ApiError> {
-        self.sign_in.check(&attempt.email, client)?;
+        let throttled = self.sign_in.begin(&attempt.email, client)?;
         let found = sqlx::query_as::<_, Credentials>(
             "SELECT user_id, email, display_name, role, created_at, password_hash FROM users WHERE email = $1",
         )
@@ -122,14 +123,14 @@ impl Accounts {
             }) => (Some(user), Some(password_hash)),
             None => (None, None),
         };
-        let matches = self.hasher.verify(attempt.password, hash).await?;
+        let matches = self.hasher.verify(attempt.password, hash, client).await?;
         let Some(row) = row.filter(|_| matches) else {
-            self.sign_in.failed(&attempt.email, client);
+            throttled.failed();
             return Err(ApiError::Unauthenticated(
                 "invalid email or password".into(),
             ));
         };
-        self.sign_in.succeeded(&attempt.email, client);
+        throttled.succeeded();
         let role = account::role_from_db(&row.role);
         let (token, exp) =
             self.signer
@@ -239,7 +240,7 @@ impl Accounts {
         if exists {
             return Ok(());
         }
-        match self.register(registration, Role::Admin).await {
+        match self.register(registration, Role::Admin, None).await {
             Ok(user) => {
                 tracing::info!(user_id = %user.user_id, email = %user.email, "bootstrap admin created");
                 Ok(())

@@ -103,6 +103,7 @@ async fn a_user_may_hold_only_a_few_watches_and_each_ends_after_its_lifetime() {
 async fn a_thousand_watchers_of_one_order_cost_no_polling_and_all_see_the_change() {
     const WATCHERS: usize = 1_000;
     let mesh = Mesh::start_with(|settings| {
+        settings.watch.max_watches = WATCHERS;
         settings.watch.max_watches_per_user = WATCHERS;
     })
     .await;
