@@ -707,7 +707,7 @@ def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elaps
         "service cannot answer. What must hold is that nothing a client was told is lost and "
         "every effect happens once; the checker below reads every database and topic for that.",
         "",
-        "### Invariants (DESIGN.md), checked after everything settled",
+        "### Invariants (docs/design.md), checked after everything settled",
         "",
         "- every order a client saw confirmed exists, confirmed (or cancelled later by its client);",
         "- every confirmed order has exactly one OrderConfirmed event id on `shop.order.v1.events`, "

@@ -1,4 +1,5 @@
-//! The gRPC surface: who may call what (DESIGN.md's table), and conversion at the edge.
+//! The gRPC surface: who may call what (the authorization table in docs/design.md),
+//! and conversion at the edge.
 
 use shop_platform::ApiError;
 use shop_platform::auth::Authenticator;

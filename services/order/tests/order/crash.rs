@@ -1,5 +1,5 @@
 //! SIGKILL the order service at random points under a stream of orders, restart
-//! it, and check DESIGN.md's invariants once everything has caught up.
+//! it, and check the invariants of docs/design.md once everything has caught up.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Child, Command, Stdio};
