@@ -21,7 +21,7 @@ use prost_reflect::DescriptorPool;
 use shop_platform::auth::Authenticator;
 use shop_platform::budget::{Refusal, SharedBudget};
 use shop_platform::client_address::Networks;
-use shop_platform::grpc::parse_grpc_timeout;
+use shop_platform::grpc::requested_budget;
 use shop_platform::http_server::{self, ConnectionLimits};
 use shop_platform::rate_limit::RateLimiter;
 use shop_platform::{Shutdown, telemetry};
@@ -444,13 +444,13 @@ async fn call(
     // The body's bytes are the message's now: the reservation ends with the read.
     drop((reserved, bytes));
 
-    let default_timeout = Duration::from_millis(gw.settings.request_timeout_ms);
-    let timeout = parts
-        .headers
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_grpc_timeout)
-        .map_or(default_timeout, |t| t.min(default_timeout));
+    let timeout = requested_budget(
+        parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok()),
+        Duration::from_millis(gw.settings.request_timeout_ms),
+    );
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     for name in FORWARDED {

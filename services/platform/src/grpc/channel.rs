@@ -1,0 +1,307 @@
+//! Client channels: connections kept, calls balanced over every address a name
+//! resolves to, and the names looked up again as peers move.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tonic::transport::channel::Change;
+use tonic::transport::{Channel, Endpoint};
+
+/// How often a channel resolves its peers' names again, so that a peer which comes
+/// back on a new address (a recreated container, a pod rescheduled behind a
+/// headless service) is reached without restarting the caller.
+pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// A channel to `target` (`http://host:port`, several comma-separated): calls
+/// balanced across every address the names resolve to, connections kept, and the
+/// names resolved again every `RESOLVE_EVERY`.
+pub async fn channel(target: &str, connect_timeout: Duration) -> anyhow::Result<Channel> {
+    channel_resolved_by(
+        target,
+        connect_timeout,
+        RESOLVE_EVERY,
+        |authority| async move {
+            tokio::net::lookup_host(authority)
+                .await
+                .map(Iterator::collect)
+        },
+    )
+    .await
+}
+
+/// `channel` with its name lookup and period given (tests resolve names by hand).
+/// A name that resolves to no usable address is dialled as written, which resolves
+/// it again on every connection attempt; a lookup that fails or hangs keeps the
+/// addresses the name had.
+pub async fn channel_resolved_by<R, F>(
+    target: &str,
+    connect_timeout: Duration,
+    every: Duration,
+    resolve: R,
+) -> anyhow::Result<Channel>
+where
+    R: Fn(String) -> F + Send + Sync + 'static,
+    F: Future<Output = std::io::Result<Vec<SocketAddr>>> + Send,
+{
+    use anyhow::Context as _;
+    let targets: Vec<String> = target
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(!targets.is_empty(), "no gRPC address in {target:?}");
+    for uri in &targets {
+        peer_endpoint(uri, connect_timeout)
+            .with_context(|| format!("not a valid gRPC address: {uri}"))?;
+    }
+    let (channel, changes) = Channel::balance_channel::<String>(1024);
+    let mut peers = PeerSet {
+        targets,
+        connect_timeout,
+        lookup_timeout: every.max(Duration::from_secs(1)),
+        by_target: BTreeMap::new(),
+        inserted: BTreeSet::new(),
+    };
+    peers.refresh(&changes, &resolve).await;
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            ticks.tick().await;
+            if changes.is_closed() || !peers.refresh(&changes, &resolve).await {
+                break;
+            }
+        }
+    });
+    Ok(channel)
+}
+
+fn peer_endpoint(
+    address: &str,
+    connect_timeout: Duration,
+) -> Result<Endpoint, tonic::transport::Error> {
+    Ok(Endpoint::from_shared(address.to_owned())?
+        .connect_timeout(connect_timeout)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_while_idle(true))
+}
+
+/// The addresses a balanced channel holds, per target, changed only by what a
+/// lookup changed.
+struct PeerSet {
+    targets: Vec<String>,
+    connect_timeout: Duration,
+    lookup_timeout: Duration,
+    by_target: BTreeMap<String, BTreeSet<String>>,
+    inserted: BTreeSet<String>,
+}
+
+impl PeerSet {
+    /// Looks every target up and applies the difference, adding new addresses
+    /// before removing gone ones so that the channel is never left with none.
+    /// False once the channel has been dropped.
+    async fn refresh<R, F>(
+        &mut self,
+        changes: &tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
+        resolve: &R,
+    ) -> bool
+    where
+        R: Fn(String) -> F,
+        F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
+    {
+        for uri in &self.targets {
+            let authority = uri
+                .strip_prefix("http://")
+                .or_else(|| uri.strip_prefix("https://"))
+                .unwrap_or(uri);
+            let looked_up =
+                tokio::time::timeout(self.lookup_timeout, resolve(authority.to_owned())).await;
+            let usable = |addrs: Vec<SocketAddr>| -> BTreeSet<String> {
+                addrs
+                    .iter()
+                    .map(|a| format!("http://{a}"))
+                    .filter(|a| peer_endpoint(a, self.connect_timeout).is_ok())
+                    .collect()
+            };
+            let found = match looked_up {
+                Ok(Ok(addrs)) => usable(addrs),
+                // A failed or hung lookup says nothing about where the peer is.
+                _ if self.by_target.contains_key(uri) => continue,
+                _ => BTreeSet::new(),
+            };
+            let found = if found.is_empty() {
+                BTreeSet::from([uri.clone()])
+            } else {
+                found
+            };
+            self.by_target.insert(uri.clone(), found);
+        }
+        let now: BTreeSet<String> = self.by_target.values().flatten().cloned().collect();
+        if now == self.inserted {
+            return true;
+        }
+        for address in now.difference(&self.inserted) {
+            // Every address in `now` was checked by `peer_endpoint` already.
+            let Ok(endpoint) = peer_endpoint(address, self.connect_timeout) else {
+                continue;
+            };
+            if changes
+                .send(Change::Insert(address.clone(), endpoint))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+        for address in self.inserted.difference(&now) {
+            if changes.send(Change::Remove(address.clone())).await.is_err() {
+                return false;
+            }
+        }
+        if !self.inserted.is_empty() {
+            tracing::info!(was = ?self.inserted, now = ?now, "peer addresses changed");
+        }
+        self.inserted = now;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::server::bind;
+    use super::*;
+    use tonic::transport::Server;
+
+    type Stop = (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    );
+
+    /// A health server on a free port, and what stops it.
+    async fn peer() -> (SocketAddr, Stop) {
+        let (listener, addr) = bind("127.0.0.1", 0).await.expect("bind");
+        let (_health, service) = crate::health::Health::new("peer").await;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            );
+        let task = tokio::spawn(async move {
+            server.await.expect("peer serves");
+        });
+        (addr, (stop, task))
+    }
+
+    async fn alive(channel: &Channel) -> bool {
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+        let request = tonic_health::pb::HealthCheckRequest {
+            service: crate::health::LIVENESS.into(),
+        };
+        tokio::time::timeout(Duration::from_millis(500), client.check(request))
+            .await
+            .is_ok_and(|reply| reply.is_ok())
+    }
+
+    #[tokio::test]
+    async fn a_channel_follows_its_peer_to_a_new_address() {
+        let (old, stop_old) = peer().await;
+        let (new, _keep_new) = peer().await;
+        let current = std::sync::Arc::new(std::sync::Mutex::new(old));
+        let lookup = current.clone();
+        let channel = channel_resolved_by(
+            "http://peer.test:50051",
+            Duration::from_millis(200),
+            Duration::from_millis(100),
+            move |authority| {
+                let now = (authority == "peer.test:50051").then(|| *lookup.lock().expect("lock"));
+                async move { Ok(now.into_iter().collect()) }
+            },
+        )
+        .await
+        .expect("channel");
+        assert!(alive(&channel).await, "the first address answers");
+
+        // The peer moves: the old address goes away and the name points elsewhere.
+        let (stop, stopped) = stop_old;
+        drop(stop);
+        tokio::time::timeout(Duration::from_secs(5), stopped)
+            .await
+            .expect("old peer stops")
+            .expect("old peer task");
+        assert!(
+            tokio::net::TcpStream::connect(old).await.is_err(),
+            "nothing listens at the old address"
+        );
+        *current.lock().expect("lock") = new;
+        // Every call succeeds once the old address is gone from the channel.
+        let mut in_a_row = 0;
+        for _ in 0..100 {
+            in_a_row = if alive(&channel).await {
+                in_a_row + 1
+            } else {
+                0
+            };
+            if in_a_row == 10 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            in_a_row, 10,
+            "the channel reaches the peer at its new address"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_keeps_the_addresses_a_name_had() {
+        let (addr, _keep) = peer().await;
+        let lookups = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = lookups.clone();
+        let channel = channel_resolved_by(
+            "http://peer.test:50051",
+            Duration::from_millis(200),
+            Duration::from_millis(50),
+            move |_| {
+                let first = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        Ok(vec![addr])
+                    } else {
+                        Err(std::io::Error::other("resolver unreachable"))
+                    }
+                }
+            },
+        )
+        .await
+        .expect("channel");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            lookups.load(std::sync::atomic::Ordering::SeqCst) > 2,
+            "looked up again"
+        );
+        for _ in 0..5 {
+            assert!(alive(&channel).await, "still reaches the address it had");
+        }
+    }
+
+    #[tokio::test]
+    async fn bad_addresses_are_named() {
+        let err = channel("http://bad host:1", Duration::from_secs(1))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("http://bad host:1"), "{err}");
+        let err = channel(" , ", Duration::from_secs(1))
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("no gRPC address"), "{err}");
+    }
+}
