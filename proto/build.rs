@@ -26,6 +26,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         compiler.encode_file_descriptor_set(),
     )?;
 
+    // Each package with an events.proto publishes on the topic `<package>.events`:
+    // the name is made here, from the contract, so that no code spells it.
+    for file in compiler.file_descriptor_set().file {
+        if file.name().ends_with("/events.proto") {
+            let package = file.package();
+            std::fs::write(
+                out_dir.join(format!("{package}.topic.rs")),
+                format!(
+                    "/// The topic this package's events are published on (key: the aggregate id).\n\
+                     pub const EVENTS_TOPIC: &str = \"{package}.events\";\n"
+                ),
+            )?;
+        }
+    }
+
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

@@ -23,16 +23,19 @@ pub mod shop {
     pub mod user {
         pub mod v1 {
             tonic::include_proto!("shop.user.v1");
+            include!(concat!(env!("OUT_DIR"), "/shop.user.v1.topic.rs"));
         }
     }
     pub mod inventory {
         pub mod v1 {
             tonic::include_proto!("shop.inventory.v1");
+            include!(concat!(env!("OUT_DIR"), "/shop.inventory.v1.topic.rs"));
         }
     }
     pub mod order {
         pub mod v1 {
             tonic::include_proto!("shop.order.v1");
+            include!(concat!(env!("OUT_DIR"), "/shop.order.v1.topic.rs"));
         }
     }
 }

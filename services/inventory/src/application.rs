@@ -19,7 +19,7 @@ use crate::reservation::Reservations;
 use crate::settings::Settings;
 
 /// The name this service registers in grpc.health.v1.
-pub const SERVICE_NAME: &str = "shop.inventory.v1.InventoryService";
+pub use shop_proto::inventory::inventory_service_server::SERVICE_NAME;
 const CONSUMER_NAME: &str = "inventory-service";
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");

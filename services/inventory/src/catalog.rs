@@ -9,7 +9,7 @@ use shop_proto::common::Money;
 use shop_proto::inventory as pb;
 use sqlx::{PgConnection, PgPool};
 
-pub const INVENTORY_EVENTS_TOPIC: &str = "shop.inventory.v1.events";
+pub use shop_proto::inventory::EVENTS_TOPIC as INVENTORY_EVENTS_TOPIC;
 const MAX_STOCK: i64 = 1_000_000_000;
 const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
 

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 
 use crate::reservation::{Reservations, parse_order_id};
 
-pub const ORDER_EVENTS_TOPIC: &str = "shop.order.v1.events";
+pub use shop_proto::order::EVENTS_TOPIC as ORDER_EVENTS_TOPIC;
 
 #[derive(Clone, Debug)]
 pub struct OrderEventsHandler {

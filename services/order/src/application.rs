@@ -20,7 +20,7 @@ use crate::settings::{SagaSettings, Settings};
 use crate::watch::{WatchLimits, Watches};
 
 /// The name this service registers in grpc.health.v1.
-pub const SERVICE_NAME: &str = "shop.order.v1.OrderService";
+pub use shop_proto::order::order_service_server::SERVICE_NAME;
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 

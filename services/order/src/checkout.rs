@@ -93,7 +93,7 @@ impl Checkout {
                 otel.name = "shop.user.v1.UserService/GetUser",
                 otel.kind = "client",
                 rpc.system = "grpc",
-                rpc.service = "shop.user.v1.UserService",
+                rpc.service = shop_proto::user::user_service_server::SERVICE_NAME,
                 rpc.method = "GetUser",
             ))
             .await;
@@ -170,7 +170,7 @@ impl Checkout {
                 otel.name = "shop.inventory.v1.InventoryService/ReserveStock",
                 otel.kind = "client",
                 rpc.system = "grpc",
-                rpc.service = "shop.inventory.v1.InventoryService",
+                rpc.service = shop_proto::inventory::inventory_service_server::SERVICE_NAME,
                 rpc.method = "ReserveStock",
                 order_id = %order_id,
             ))

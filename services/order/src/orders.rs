@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::order::{LineRow, NewOrder, Order, OrderRow, Status};
 
-pub const ORDER_EVENTS_TOPIC: &str = "shop.order.v1.events";
+pub use shop_proto::order::EVENTS_TOPIC as ORDER_EVENTS_TOPIC;
 
 const ORDER_COLUMNS: &str = "order_id, user_id, request_id, status, currency_code, total_minor, \
      rejection_reason, unavailable_skus, created_at, updated_at";

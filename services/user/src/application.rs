@@ -26,7 +26,7 @@ use crate::sign_in_throttle::SignInThrottle;
 use crate::users::{Accounts, USER_EVENTS_TOPIC};
 
 /// The name this service registers in grpc.health.v1.
-pub const SERVICE_NAME: &str = "shop.user.v1.UserService";
+pub use shop_proto::user::user_service_server::SERVICE_NAME;
 const CONSUMER_NAME: &str = "user-service";
 
 static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");

@@ -8,7 +8,7 @@ use shop_proto::order as pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-pub const ORDER_EVENTS_TOPIC: &str = "shop.order.v1.events";
+pub use shop_proto::order::EVENTS_TOPIC as ORDER_EVENTS_TOPIC;
 
 #[derive(Clone, Copy, Debug)]
 pub struct OrderStatsHandler;

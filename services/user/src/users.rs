@@ -21,7 +21,7 @@ use crate::credentials::PasswordHasherPool;
 use crate::sign_in_throttle::SignInThrottle;
 
 /// The topic of this service's events.
-pub const USER_EVENTS_TOPIC: &str = "shop.user.v1.events";
+pub use shop_proto::user::EVENTS_TOPIC as USER_EVENTS_TOPIC;
 
 #[derive(sqlx::FromRow)]
 struct UserRow {

@@ -10,7 +10,7 @@ use crate::helpers::{order_id, sku, spawn_app_with};
 async fn send(brokers: &str, event_id: &str, key: &str, event_type: &str, payload: &[u8]) {
     shop_testkit::produce_event(
         brokers,
-        "shop.order.v1.events",
+        shop_proto::order::EVENTS_TOPIC,
         key,
         event_id,
         event_type,
@@ -103,7 +103,7 @@ async fn order_events_commit_and_give_back_stock_and_replays_change_nothing() {
     let wanted = confirmed.clone();
     let records = read_topic(
         &broker.brokers,
-        "shop.inventory.v1.events",
+        shop_proto::inventory::EVENTS_TOPIC,
         Duration::from_secs(20),
         2,
         move |r| r.key.as_deref() == Some(wanted.as_str()),
@@ -141,7 +141,7 @@ async fn stock_low_is_published_when_available_stock_crosses_the_threshold() {
     let key = s.clone();
     let lows = read_topic(
         &broker.brokers,
-        "shop.inventory.v1.events",
+        shop_proto::inventory::EVENTS_TOPIC,
         Duration::from_secs(15),
         1,
         move |r| {

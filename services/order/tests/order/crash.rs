@@ -206,7 +206,7 @@ async fn sigkill_under_load_loses_no_confirmed_order_and_keeps_every_invariant()
     // Exactly one OrderConfirmed per confirmed order (by event id), none for others.
     let records = read_topic(
         &mesh.broker.brokers,
-        "shop.order.v1.events",
+        shop_proto::order::EVENTS_TOPIC,
         Duration::from_secs(30),
         confirmed_ids.len(),
         |r| {

@@ -58,7 +58,7 @@ async fn a_confirmed_order_reserves_then_commits_stock_and_updates_user_figures(
     let order_id = order.order_id.clone();
     let records = read_topic(
         &mesh.broker.brokers,
-        "shop.order.v1.events",
+        shop_proto::order::EVENTS_TOPIC,
         Duration::from_secs(15),
         1,
         move |r| r.key.as_deref() == Some(order_id.as_str()),

@@ -11,8 +11,8 @@ use shop_testkit::{Broker, read_topic};
 
 use crate::helpers::{spawn_app, spawn_app_with, unique_email};
 
-const USER_TOPIC: &str = "shop.user.v1.events";
-const ORDER_TOPIC: &str = "shop.order.v1.events";
+const USER_TOPIC: &str = shop_proto::user::EVENTS_TOPIC;
+const ORDER_TOPIC: &str = shop_proto::order::EVENTS_TOPIC;
 
 fn is_traceparent(v: &str) -> bool {
     let parts: Vec<&str> = v.split('-').collect();

@@ -120,7 +120,7 @@ async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
     assert!(String::from_utf8_lossy(&down.stderr).contains("unhealthy"));
     let mut watch = health
         .watch(HealthCheckRequest {
-            service: "shop.user.v1.UserService".into(),
+            service: shop_user::SERVICE_NAME.into(),
         })
         .await
         .expect("watch")
