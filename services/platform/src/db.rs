@@ -8,6 +8,7 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
 
+use crate::backoff::{Backoff, MAX_BACKOFF};
 use crate::config::ServiceSettings;
 use crate::shutdown::Shutdown;
 
@@ -51,7 +52,7 @@ pub async fn migrate(pool: &PgPool, service: &Migrator, shutdown: &Shutdown) -> 
         .cloned()
         .collect::<Vec<_>>();
     let migrator = Migrator::with_migrations(all);
-    let mut delay = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF);
     loop {
         match migrator.run(pool).await {
             Ok(()) => return Ok(()),
@@ -59,17 +60,15 @@ pub async fn migrate(pool: &PgPool, service: &Migrator, shutdown: &Shutdown) -> 
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_),
             )) => {
                 tracing::warn!(
-                    retry_in_ms = delay.as_millis() as u64,
+                    retry_in_ms = backoff.current().as_millis() as u64,
                     "database not reachable yet"
                 );
             }
             Err(err) => return Err(err).context("applying database migrations"),
         }
-        tokio::select! {
-            _ = shutdown.wait() => anyhow::bail!("shutdown before the database became reachable"),
-            _ = tokio::time::sleep(delay) => {}
+        if !backoff.wait(shutdown).await {
+            anyhow::bail!("shutdown before the database became reachable");
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -15,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::backoff::{Backoff, MAX_BACKOFF};
 use crate::kafka::{self, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
@@ -249,7 +250,7 @@ impl<H: EventHandler> InboxConsumer<H> {
             return Some(Outcome::DeadLettered);
         }
         let mut attempt = 0;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         loop {
             match self.apply(event).await {
                 Ok(true) => return Some(Outcome::Applied),
@@ -280,11 +281,9 @@ impl<H: EventHandler> InboxConsumer<H> {
                     tracing::warn!(event_id = %event.event_id, error = %err, "cannot apply event yet; retrying");
                 }
             }
-            tokio::select! {
-                _ = shutdown.wait() => return None,
-                _ = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(shutdown).await {
+                return None;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 
@@ -337,7 +336,7 @@ impl<H: EventHandler> InboxConsumer<H> {
             ("dlq_source_partition", partition.as_str()),
             ("dlq_source_offset", offset.as_str()),
         ]);
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF);
         loop {
             let mut record = FutureRecord::to(&topic)
                 .payload(&event.payload)
@@ -356,11 +355,9 @@ impl<H: EventHandler> InboxConsumer<H> {
                     tracing::error!(event_id = %event.event_id, error = %err, "dead-letter publish failed; retrying");
                 }
             }
-            tokio::select! {
-                _ = shutdown.wait() => return None,
-                _ = tokio::time::sleep(backoff) => {}
+            if !backoff.wait(shutdown).await {
+                return None;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
 }

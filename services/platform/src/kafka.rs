@@ -14,6 +14,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 
+use crate::backoff::{Backoff, MAX_BACKOFF};
 use crate::shutdown::Shutdown;
 
 /// Header carrying the event id (unique per event, stable across redeliveries).
@@ -88,7 +89,7 @@ pub async fn ensure_topics(
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(1)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    let mut delay = Duration::from_millis(250);
+    let mut backoff = Backoff::new(Duration::from_millis(250), MAX_BACKOFF);
     loop {
         match admin.create_topics(&new_topics, &options).await {
             Ok(results) => {
@@ -106,11 +107,9 @@ pub async fn ensure_topics(
             }
             Err(err) => tracing::warn!(error = %err, "broker not reachable yet"),
         }
-        tokio::select! {
-            _ = shutdown.wait() => anyhow::bail!("shutdown before the broker became reachable"),
-            _ = tokio::time::sleep(delay) => {}
+        if !backoff.wait(shutdown).await {
+            anyhow::bail!("shutdown before the broker became reachable");
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 

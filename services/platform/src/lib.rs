@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod backoff;
 pub mod budget;
 pub mod client_address;
 pub mod config;

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
+use crate::backoff::{Backoff, MAX_BACKOFF};
 use crate::kafka::{
     self, CONTENT_TYPE_PROTOBUF, HEADER_CONTENT_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE,
     HEADER_SOURCE, HEADER_SPEC_VERSION, HEADER_TIME,
@@ -105,7 +106,7 @@ impl OutboxRelay {
     }
 
     pub async fn run(self, shutdown: Shutdown) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
         loop {
             let outcome = tokio::select! {
                 _ = shutdown.wait() => break,
@@ -114,7 +115,7 @@ impl OutboxRelay {
             match outcome {
                 Ok(n) if n as i64 == self.batch_size => continue,
                 Ok(_) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     tokio::select! {
                         _ = shutdown.wait() => break,
                         _ = self.signal.0.notified() => {}
@@ -122,12 +123,10 @@ impl OutboxRelay {
                     }
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in_ms = backoff.as_millis() as u64, "outbox relay failed");
-                    tokio::select! {
-                        _ = shutdown.wait() => break,
-                        _ = tokio::time::sleep(backoff) => {}
+                    tracing::warn!(error = %err, retry_in_ms = backoff.current().as_millis() as u64, "outbox relay failed");
+                    if !backoff.wait(&shutdown).await {
+                        break;
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }

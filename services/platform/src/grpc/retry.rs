@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tonic::{Code, Request, Status};
 
+use crate::backoff::Backoff;
 use crate::telemetry;
 
 /// Bounded retries with exponential backoff for calls that are safe to repeat.
@@ -46,7 +47,7 @@ pub async fn call_idempotent<Req, Resp, Fut>(
 where
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
-    let mut backoff = policy.first_backoff;
+    let mut backoff = Backoff::new(policy.first_backoff, Duration::MAX);
     let mut attempt = 1;
     loop {
         let request = make()?;
@@ -54,8 +55,7 @@ where
             Ok(response) => return Ok(response.into_inner()),
             Err(status) if attempt < policy.max_attempts && retryable(status.code()) => {
                 tracing::debug!(attempt, code = ?status.code(), "retrying idempotent call");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
+                backoff.sleep().await;
                 attempt += 1;
             }
             Err(status) => return Err(status),
