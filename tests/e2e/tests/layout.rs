@@ -1,0 +1,104 @@
+//! Every service the workspace builds appears in each place that runs or watches
+//! it (docs/new-service.md): a service forgotten in one of them fails here, not
+//! in a chaos or compose run.
+
+use std::path::Path;
+
+fn read(root: &Path, path: &str) -> String {
+    std::fs::read_to_string(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// (binary, short name, admin port) of every service crate under services/.
+fn services(root: &Path) -> Vec<(String, String, u16)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root.join("services")).expect("services/") {
+        let dir = entry.expect("entry").path();
+        let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let Some(binary) = manifest
+            .split("[[bin]]")
+            .nth(1)
+            .and_then(|bin| bin.lines().find_map(|l| l.strip_prefix("name = ")))
+            .map(|name| name.trim_matches('"').to_owned())
+        else {
+            continue; // a library (the platform crate)
+        };
+        let settings = std::fs::read_to_string(dir.join("src/settings.rs")).expect("settings.rs");
+        let admin_port = settings
+            .lines()
+            .find_map(|l| l.strip_prefix("pub const ADMIN_PORT: u16 = "))
+            .and_then(|v| v.trim_end_matches(';').parse().ok())
+            .unwrap_or_else(|| panic!("{binary}: no ADMIN_PORT in settings.rs"));
+        let short = binary.trim_end_matches("-service").to_owned();
+        found.push((binary, short, admin_port));
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn every_service_is_built_run_deployed_scraped_and_tortured() {
+    let root = shop_testkit::workspace_root();
+    let services = services(&root);
+    assert_eq!(services.len(), 3, "{services:?}");
+    let compose = read(&root, "docker-compose.yml");
+    let dockerfile = read(&root, "deploy/docker/Dockerfile");
+    let kustomization = read(&root, "deploy/k8s/base/kustomization.yaml");
+    let policies = read(&root, "deploy/k8s/base/networkpolicy.yaml");
+    let prometheus = read(&root, "deploy/compose/prometheus.yml");
+    let chaos_compose = read(&root, "deploy/compose/chaos.yml");
+    let dev = read(&root, "scripts/dev.sh");
+    let chaos = read(&root, "scripts/chaos_mesh.py");
+    let chaos_services = chaos
+        .lines()
+        .find_map(|l| l.strip_prefix("SERVICES = "))
+        .expect("SERVICES in chaos_mesh.py");
+    for (binary, short, admin_port) in &services {
+        let missing: Vec<&str> = [
+            (
+                "docker-compose.yml",
+                compose.contains(&format!("\n  {binary}:\n")),
+            ),
+            (
+                "deploy/docker/Dockerfile (target and build)",
+                dockerfile.contains(&format!("AS {binary}\n"))
+                    && dockerfile.contains(&format!("target/release/{binary}")),
+            ),
+            (
+                "deploy/k8s/base (manifest listed in kustomization.yaml)",
+                root.join(format!("deploy/k8s/base/{binary}.yaml"))
+                    .is_file()
+                    && kustomization.contains(&format!("- {binary}.yaml")),
+            ),
+            (
+                "deploy/k8s/base/networkpolicy.yaml",
+                policies.contains(&format!("app.kubernetes.io/name: {binary}")),
+            ),
+            (
+                "deploy/compose/prometheus.yml",
+                prometheus.contains(&format!("{binary}:{admin_port}")),
+            ),
+            (
+                "deploy/compose/chaos.yml (admin port)",
+                chaos_compose.contains(&format!("{admin_port}}}:{admin_port}")),
+            ),
+            (
+                "scripts/dev.sh",
+                dev.contains(&format!("\"$BIN/{binary}\"")),
+            ),
+            (
+                "scripts/chaos_mesh.py SERVICES",
+                chaos_services.contains(&format!("\"{short}\"")),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, present)| !present)
+        .map(|(place, _)| place)
+        .collect();
+        assert!(
+            missing.is_empty(),
+            "{binary} is missing from {missing:?} (see docs/new-service.md)"
+        );
+    }
+}
