@@ -4,6 +4,7 @@
 
 pub mod application;
 pub mod errors;
+pub mod forward;
 pub mod layers;
 pub mod openapi;
 pub mod routes;

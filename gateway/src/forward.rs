@@ -1,0 +1,444 @@
+//! Every request that is not one of the gateway's own paths goes through these
+//! named steps, outermost first, around one forwarding handler:
+//! 1. `assign_request_id`: the client's `x-request-id` when it is sane, else a
+//!    new one; echoed on the response.
+//! 2. `match_route`: the route from the `google.api.http` annotations, or 404 /
+//!    405 with `Allow`.
+//! 3. `trace_call`: the server span, named by the route, continuing the client's
+//!    trace only from `TRUSTED_TRACE_SOURCES` (otherwise linked to it).
+//! 4. `authenticate`: the bearer token, required unless the RPC is public; a
+//!    token bucket per signed-in user.
+//! 5. `read_body`: the body within `MAX_BODY_BYTES` (413), its bytes reserved in
+//!    the client's share before reading (429 / 503), read within
+//!    `BODY_READ_TIMEOUT_MS` (408).
+//! 6. `set_deadline`: the client's `grpc-timeout`, capped at `REQUEST_TIMEOUT_MS`.
+//!
+//! `forward` then transcodes the JSON into the RPC's message, calls the backend
+//! and transcodes the answer (a server stream as SSE or NDJSON).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use shop_platform::budget::{Grant, Refusal};
+use shop_platform::grpc::{OTHER_LABEL, requested_budget};
+use shop_platform::telemetry;
+use tonic::Code;
+use tonic::metadata::MetadataMap;
+use tracing::Instrument;
+
+use crate::application::Gateway;
+use crate::errors::RestError;
+use crate::layers::{ClientAddress, RouteLabel, too_many};
+use crate::routes::{self, Resolved, Route};
+use crate::transcode::{self, DynamicCodec};
+
+/// Metadata forwarded from HTTP headers to the backend call.
+const FORWARDED: [&str; 4] = [
+    "authorization",
+    "x-request-id",
+    "idempotency-key",
+    "accept-language",
+];
+
+/// The request's id, as the client sent it or made here.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// The route a request matched and its path variables.
+#[derive(Clone, Debug)]
+pub struct Matched {
+    pub route: Route,
+    pub vars: Vec<(String, String)>,
+}
+
+/// Request body bytes held in the client's share until the body is transcoded
+/// (given back when this is dropped).
+#[derive(Clone, Debug)]
+pub struct BodyReservation {
+    _held: Arc<Grant>,
+}
+
+/// How long the backend call may take.
+#[derive(Clone, Copy, Debug)]
+pub struct CallDeadline(pub Duration);
+
+fn error(err: RestError) -> Response {
+    err.into_response()
+}
+
+pub async fn assign_request_id(mut request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.chars().all(|c| c.is_ascii_graphic()))
+        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+pub async fn trace_call(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let id = request
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(String::new, |r| r.0.clone());
+    let route = request
+        .extensions()
+        .get::<Matched>()
+        .map_or(OTHER_LABEL, |m| m.route.template.as_str());
+    let span = tracing::info_span!(
+        "http.server",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %path,
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        request_id = %id,
+    );
+    let trusted = request
+        .extensions()
+        .get::<ClientAddress>()
+        .is_some_and(|c| gw.trusted_trace_sources.contains(c.peer));
+    if trusted {
+        telemetry::set_parent_from_http(&span, request.headers());
+    } else {
+        telemetry::link_from_http(&span, request.headers());
+    }
+    let response = next.run(request).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+pub async fn match_route(
+    State(gw): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    match routes::resolve(&gw.routes, &method, &path) {
+        Resolved::Found(route, vars) => {
+            let label = RouteLabel(route.template.clone());
+            request.extensions_mut().insert(Matched {
+                route: route.clone(),
+                vars,
+            });
+            let mut response = next.run(request).await;
+            response.extensions_mut().insert(label);
+            response
+        }
+        Resolved::WrongMethod(allowed) => {
+            let mut err = RestError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Code::Unimplemented,
+                format!("{method} is not allowed on {path}"),
+            );
+            err.allow = Some(
+                allowed
+                    .iter()
+                    .map(http::Method::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+            error(err)
+        }
+        Resolved::NotFound => error(RestError::new(
+            StatusCode::NOT_FOUND,
+            Code::NotFound,
+            format!("no route for {method} {path}"),
+        )),
+    }
+}
+
+pub async fn authenticate(
+    State(gw): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(matched) = request.extensions().get::<Matched>() else {
+        return next.run(request).await;
+    };
+    let rpc = &matched.route.rpc;
+    let rpc_name = format!("{}/{}", rpc.parent_service().full_name(), rpc.name());
+    let metadata = MetadataMap::from_headers(request.headers().clone());
+    let caller = match gw.auth.caller(&metadata) {
+        Ok(caller) => caller,
+        Err(e) => return error(RestError::from_status(&tonic::Status::from(e))),
+    };
+    if !gw.public.contains(&rpc_name) && caller.user.is_none() {
+        return error(RestError::new(
+            StatusCode::UNAUTHORIZED,
+            Code::Unauthenticated,
+            "missing bearer token in authorization header",
+        ));
+    }
+    if let Some(user) = &caller.user
+        && let Err(seconds) = gw.limiter.check(&format!("user:{}", user.user_id))
+    {
+        return error(too_many(seconds, "user"));
+    }
+    next.run(request).await
+}
+
+pub async fn read_body(State(gw): State<Arc<Gateway>>, request: Request, next: Next) -> Response {
+    let limit = gw.settings.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return error(too_large(limit));
+    }
+    let has_body = declared.is_some_and(|n| n > 0)
+        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    if !has_body {
+        return next.run(request).await;
+    }
+    // Memory for the body is reserved before it is read: what it declares, or the
+    // largest allowed when it is chunked. Refused at once, never queued.
+    let client = request
+        .extensions()
+        .get::<ClientAddress>()
+        .map(ClientAddress::bucket);
+    let reserved = match gw
+        .body_bytes
+        .take(client.as_deref(), declared.unwrap_or(limit))
+    {
+        Ok(grant) => grant,
+        Err(refusal) => return error(body_budget_refused(refusal)),
+    };
+    let (mut parts, body) = request.into_parts();
+    let read_limit = Duration::from_millis(gw.settings.body_read_timeout_ms);
+    let bytes = match tokio::time::timeout(read_limit, axum::body::to_bytes(body, limit)).await {
+        Err(_) => return error(body_too_slow(read_limit)),
+        Ok(Err(_)) => return error(too_large(limit)),
+        Ok(Ok(bytes)) => bytes,
+    };
+    parts.extensions.insert(BodyReservation {
+        _held: Arc::new(reserved),
+    });
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
+
+pub async fn set_deadline(
+    State(gw): State<Arc<Gateway>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let sent = request
+        .headers()
+        .get("grpc-timeout")
+        .and_then(|v| v.to_str().ok());
+    let timeout = requested_budget(sent, Duration::from_millis(gw.settings.request_timeout_ms));
+    request.extensions_mut().insert(CallDeadline(timeout));
+    next.run(request).await
+}
+
+/// Transcodes the request, calls the backend, transcodes the answer.
+pub async fn forward(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    call(&gw, request).await.unwrap_or_else(error)
+}
+
+async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
+    let (mut parts, body) = request.into_parts();
+    let Some(Matched { route, vars }) = parts.extensions.remove::<Matched>() else {
+        return Err(RestError::new(
+            StatusCode::NOT_FOUND,
+            Code::NotFound,
+            format!("no route for {} {}", parts.method, parts.uri.path()),
+        ));
+    };
+    // `read_body` has buffered the body already: this takes what is there.
+    let bytes: Bytes = axum::body::to_bytes(body, gw.settings.max_body_bytes)
+        .await
+        .map_err(|_| too_large(gw.settings.max_body_bytes))?;
+    // Bodies are read as JSON whatever Content-Type says (curl -d sends a form type),
+    // as grpc-gateway's default marshaler does.
+    let message = transcode::build_request(&route, &bytes, &vars, parts.uri.query())
+        .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
+    // The body's bytes are the message's now: the reservation ends with them.
+    drop((parts.extensions.remove::<BodyReservation>(), bytes));
+
+    let timeout = parts
+        .extensions
+        .get::<CallDeadline>()
+        .map_or(Duration::from_millis(gw.settings.request_timeout_ms), |d| {
+            d.0
+        });
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    for name in FORWARDED {
+        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok())
+            && let Ok(value) = value.parse()
+        {
+            request.metadata_mut().insert(name, value);
+        }
+    }
+    // The client as resolved at the edge (services trust this from the gateway only).
+    if let Some(client) = parts.extensions.get::<ClientAddress>()
+        && let Ok(value) = client.ip.to_string().parse()
+    {
+        request.metadata_mut().insert("x-forwarded-for", value);
+    }
+    telemetry::inject_into_metadata(request.metadata_mut());
+
+    let package = route
+        .rpc
+        .parent_service()
+        .package_name()
+        .rsplit_once('.')
+        .map_or("", |(p, _)| p)
+        .to_owned();
+    let streaming = route.rpc.is_server_streaming();
+    let channel = gw.channel(&package, streaming).ok_or_else(|| {
+        RestError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            Code::Unimplemented,
+            format!("no backend for {package}"),
+        )
+    })?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    tokio::time::timeout(timeout, grpc.ready())
+        .await
+        .map_err(|_| deadline())?
+        .map_err(|e| {
+            tracing::warn!(backend = %package, error = %e, "backend unavailable");
+            RestError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                "backend unavailable, retry later",
+            )
+        })?;
+    let grpc_path: http::uri::PathAndQuery = route.grpc_path().parse().map_err(|_| {
+        RestError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Internal,
+            "bad gRPC path",
+        )
+    })?;
+    let codec = DynamicCodec {
+        output: route.rpc.output(),
+    };
+
+    if streaming {
+        let response = grpc
+            .server_streaming(request, grpc_path, codec)
+            .await
+            .map_err(|s| RestError::from_backend(&s))?;
+        return Ok(stream_response(
+            route,
+            response.into_inner(),
+            &parts.headers,
+        ));
+    }
+    let response = tokio::time::timeout(
+        timeout + Duration::from_millis(250),
+        grpc.unary(request, grpc_path, codec),
+    )
+    .await
+    .map_err(|_| deadline())?
+    .map_err(|s| RestError::from_backend(&s))?;
+    Ok(axum::Json(transcode::response_json(&route, response.get_ref())).into_response())
+}
+
+fn too_large(limit: usize) -> RestError {
+    RestError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Code::ResourceExhausted,
+        format!("request body exceeds {limit} bytes"),
+    )
+}
+
+/// A body that did not arrive in time: 408, and the connection is closed so
+/// that the rest of it is never read.
+fn body_too_slow(limit: Duration) -> RestError {
+    let mut err = RestError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        Code::DeadlineExceeded,
+        format!("request body not received within {} ms", limit.as_millis()),
+    );
+    err.close_connection = true;
+    err
+}
+
+fn body_budget_refused(refusal: Refusal) -> RestError {
+    let mut err = match refusal {
+        Refusal::Client => RestError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Code::ResourceExhausted,
+            "too many request bodies in flight from your address; retry in 1 s",
+        ),
+        Refusal::Total => RestError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unavailable,
+            "the gateway is receiving too many request bodies; retry in 1 s",
+        ),
+    };
+    err.retry_after = Some(1);
+    // The unread body stays on the wire: close rather than read it.
+    err.close_connection = true;
+    err
+}
+
+fn deadline() -> RestError {
+    RestError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        Code::DeadlineExceeded,
+        "the backend did not answer within the deadline",
+    )
+}
+
+/// A server stream as Server-Sent Events, or newline-delimited JSON when asked
+/// (`Accept: application/x-ndjson`).
+fn stream_response(
+    route: Route,
+    stream: tonic::codec::Streaming<prost_reflect::DynamicMessage>,
+    headers: &HeaderMap,
+) -> Response {
+    let ndjson = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/x-ndjson"));
+    let to_json = move |item: Result<prost_reflect::DynamicMessage, tonic::Status>| match item {
+        Ok(message) => (
+            false,
+            transcode::response_json(&route, &message).to_string(),
+        ),
+        Err(status) => (true, RestError::from_status(&status).body.to_string()),
+    };
+    if ndjson {
+        let lines = stream.map(move |item| Ok::<_, Infallible>(format!("{}\n", to_json(item).1)));
+        return (
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            Body::from_stream(lines),
+        )
+            .into_response();
+    }
+    let events = stream.map(move |item| {
+        let (is_error, data) = to_json(item);
+        Ok::<_, Infallible>(
+            Event::default()
+                .event(if is_error { "error" } else { "message" })
+                .data(data),
+        )
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
