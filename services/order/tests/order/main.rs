@@ -5,4 +5,5 @@ mod crash;
 mod flows;
 mod mesh;
 mod outage;
+mod saga;
 mod watches;
