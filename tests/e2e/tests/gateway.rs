@@ -173,7 +173,22 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     };
     let sse = watch("accept: text/event-stream");
     let ndjson = watch("accept: application/x-ndjson");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Both watches are open once the order service has answered both (it counts
+    // a stream when it sends its headers).
+    let open = shop_testkit::eventually(Duration::from_secs(10), || async {
+        let (_, metrics) = shop_testkit::http_get(9103, "/metrics").await;
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("rpc_server_requests_total{")
+                    && l.contains(r#"rpc_method="WatchOrder",grpc_code="Ok""#)
+            })
+            .and_then(|l| l.rsplit_once(' '))
+            .filter(|(_, n)| n.parse::<f64>().is_ok_and(|n| n >= 2.0))
+            .map(|_| ())
+    })
+    .await;
+    assert!(open.is_some(), "both watches reached the order service");
     let reply = curl(
         "POST",
         &format!("/v1/orders/{order_id}:cancel"),

@@ -520,3 +520,23 @@ pub async fn count_reaches(
     .await
     .is_some()
 }
+
+/// Whether this process's consumers have handled `n` events with `outcome`
+/// (`applied`, `duplicate`, `dead_lettered`) within `timeout`: the signal that a
+/// redelivered event has been seen, where a test would otherwise sleep. Services
+/// under test run in the test's process, so their metrics are in its registry.
+pub async fn consumer_outcomes_reach(outcome: &str, n: u64, timeout: Duration) -> bool {
+    let needle = format!("outcome=\"{outcome}\"}} ");
+    eventually(timeout, || {
+        let text = shop_platform::metrics::registry().render(&[]);
+        let seen: f64 = text
+            .lines()
+            .filter(|l| l.starts_with("shop_consumer_events_total{"))
+            .filter_map(|l| l.split_once(&needle).map(|(_, v)| v))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum();
+        async move { (seen >= n as f64).then_some(()) }
+    })
+    .await
+    .is_some()
+}

@@ -88,7 +88,10 @@ async fn order_events_commit_and_give_back_stock_and_replays_change_nothing() {
         .await;
         assert!(done, "round {round}: all four events applied");
         if round == 1 {
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            let seen =
+                shop_testkit::consumer_outcomes_reach("duplicate", 4, Duration::from_secs(30))
+                    .await;
+            assert!(seen, "the four redelivered events reach the consumer");
         }
         let p = app.product(&s).await;
         assert_eq!(

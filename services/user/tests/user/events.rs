@@ -185,8 +185,11 @@ async fn order_events_keep_user_figures_and_replays_change_nothing() {
         .await;
         assert!(processed, "round {round}: three distinct events processed");
         if round == 1 {
-            // Let the duplicates reach the consumer before reading the figures.
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            // The duplicates must have reached the consumer before the figures are read.
+            let seen =
+                shop_testkit::consumer_outcomes_reach("duplicate", 3, Duration::from_secs(30))
+                    .await;
+            assert!(seen, "the three redelivered events reach the consumer");
         }
         let stats = app
             .get_user(&user.user_id, Some(&token))
