@@ -33,6 +33,14 @@ for db in shop_user shop_inventory shop_order; do
 done
 
 export APP_ENV=development
+# The README's ports unless set (the same names docker-compose.yml reads).
+GATEWAY_PORT=${GATEWAY_PORT:-8080}
+USER_GRPC_PORT=${USER_GRPC_PORT:-50051}
+INVENTORY_GRPC_PORT=${INVENTORY_GRPC_PORT:-50052}
+ORDER_GRPC_PORT=${ORDER_GRPC_PORT:-50053}
+USER_ADMIN_PORT=${USER_ADMIN_PORT:-9101}
+INVENTORY_ADMIN_PORT=${INVENTORY_ADMIN_PORT:-9102}
+ORDER_ADMIN_PORT=${ORDER_ADMIN_PORT:-9103}
 export BIND_HOST=${BIND_HOST:-127.0.0.1}
 export RUST_LOG=${RUST_LOG:-info}
 AUTH_PUBLIC_KEY=$(cat "$DEV/keys/auth.pub")
@@ -52,30 +60,30 @@ stop() {
 }
 trap stop INT TERM
 
-DATABASE_URL=$(db_url shop_user) GRPC_PORT=50051 ADMIN_PORT=9101 \
+DATABASE_URL=$(db_url shop_user) GRPC_PORT=$USER_GRPC_PORT ADMIN_PORT=$USER_ADMIN_PORT \
     AUTH_PRIVATE_KEY="$(cat "$DEV/keys/auth.key")" \
     BOOTSTRAP_ADMIN_EMAIL=$ADMIN_EMAIL BOOTSTRAP_ADMIN_PASSWORD=$ADMIN_PASSWORD \
     TRUSTED_PROXIES=${USER_TRUSTED_PROXIES:-127.0.0.1} \
     "$BIN/user-service" &
 pids+=($!)
 
-DATABASE_URL=$(db_url shop_inventory) GRPC_PORT=50052 ADMIN_PORT=9102 \
+DATABASE_URL=$(db_url shop_inventory) GRPC_PORT=$INVENTORY_GRPC_PORT ADMIN_PORT=$INVENTORY_ADMIN_PORT \
     "$BIN/inventory-service" &
 pids+=($!)
 
-DATABASE_URL=$(db_url shop_order) GRPC_PORT=50053 ADMIN_PORT=9103 \
-    USER_SERVICE_ADDR=http://127.0.0.1:50051 INVENTORY_SERVICE_ADDR=http://127.0.0.1:50052 \
+DATABASE_URL=$(db_url shop_order) GRPC_PORT=$ORDER_GRPC_PORT ADMIN_PORT=$ORDER_ADMIN_PORT \
+    USER_SERVICE_ADDR=http://127.0.0.1:$USER_GRPC_PORT INVENTORY_SERVICE_ADDR=http://127.0.0.1:$INVENTORY_GRPC_PORT \
     "$BIN/order-service" &
 pids+=($!)
 
-AUTH_PUBLIC_KEY=$AUTH_PUBLIC_KEY HTTP_PORT=8080 \
-    USER_SERVICE_ADDR=http://127.0.0.1:50051 INVENTORY_SERVICE_ADDR=http://127.0.0.1:50052 \
-    ORDER_SERVICE_ADDR=http://127.0.0.1:50053 CORS_ALLOWED_ORIGINS=${CORS_ALLOWED_ORIGINS:-*} \
+AUTH_PUBLIC_KEY=$AUTH_PUBLIC_KEY HTTP_PORT=$GATEWAY_PORT \
+    USER_SERVICE_ADDR=http://127.0.0.1:$USER_GRPC_PORT INVENTORY_SERVICE_ADDR=http://127.0.0.1:$INVENTORY_GRPC_PORT \
+    ORDER_SERVICE_ADDR=http://127.0.0.1:$ORDER_GRPC_PORT CORS_ALLOWED_ORIGINS=${CORS_ALLOWED_ORIGINS:-*} \
     "$BIN/gateway" &
 pids+=($!)
 
 # Wait until every service answers grpc.health.v1.
-for port in 50051 50052 50053; do
+for port in $USER_GRPC_PORT $INVENTORY_GRPC_PORT $ORDER_GRPC_PORT; do
     for _ in $(seq 1 300); do
         grpcurl -plaintext -max-time 1 "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
             | grep -q SERVING && break
@@ -84,7 +92,7 @@ for port in 50051 50052 50053; do
 done
 
 for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:8080/readyz" >/dev/null 2>&1 && break
+    curl -fsS "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null 2>&1 && break
     sleep 0.2
 done
 
@@ -94,16 +102,16 @@ DATABASE_URL=$(db_url shop_inventory) "$BIN/inventory-service" seed deploy/demo/
 cat >&2 <<BANNER
 
   shopmesh is running (development mode)
-    user service       grpc 127.0.0.1:50051   admin http://127.0.0.1:9101/metrics
-    inventory service  grpc 127.0.0.1:50052   admin http://127.0.0.1:9102/metrics
-    order service      grpc 127.0.0.1:50053   admin http://127.0.0.1:9103/metrics
-    gateway            http://127.0.0.1:8080  (REST, /docs, /openapi.json, /readyz, /metrics)
+    user service       grpc 127.0.0.1:$USER_GRPC_PORT   admin http://127.0.0.1:$USER_ADMIN_PORT/metrics
+    inventory service  grpc 127.0.0.1:$INVENTORY_GRPC_PORT   admin http://127.0.0.1:$INVENTORY_ADMIN_PORT/metrics
+    order service      grpc 127.0.0.1:$ORDER_GRPC_PORT   admin http://127.0.0.1:$ORDER_ADMIN_PORT/metrics
+    gateway            http://127.0.0.1:$GATEWAY_PORT  (REST, /docs, /openapi.json, /readyz, /metrics)
     PostgreSQL     $server_url
     Kafka          $KAFKA_BROKERS
   demo admin account:  $ADMIN_EMAIL / $ADMIN_PASSWORD
   demo products:       MUG-001, LAMP-001, BOOK-042
-  try:  curl http://127.0.0.1:8080/v1/products
-        grpcurl -plaintext 127.0.0.1:50051 list
+  try:  curl http://127.0.0.1:$GATEWAY_PORT/v1/products
+        grpcurl -plaintext 127.0.0.1:$USER_GRPC_PORT list
   Ctrl-C stops everything.
 
 BANNER

@@ -5,7 +5,7 @@ mod dev;
 
 use std::time::Duration;
 
-use dev::{DevMesh, GATEWAY, curl};
+use dev::{DevMesh, curl};
 use tokio::process::Command;
 
 const PASSWORD: &str = "correct horse battery";
@@ -164,7 +164,7 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
                     "-H",
                     &format!("authorization: Bearer {token}"),
                 ])
-                .arg(format!("{GATEWAY}/v1/orders/{order_id}:watch"))
+                .arg(format!("{}/v1/orders/{order_id}:watch", dev::gateway()))
                 .output()
                 .await
                 .expect("curl");
@@ -176,7 +176,7 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     // Both watches are open once the order service has answered both (it counts
     // a stream when it sends its headers).
     let open = shop_testkit::eventually(Duration::from_secs(10), || async {
-        let (_, metrics) = shop_testkit::http_get(9103, "/metrics").await;
+        let (_, metrics) = shop_testkit::http_get(dev.ports.order_admin, "/metrics").await;
         metrics
             .lines()
             .find(|l| {

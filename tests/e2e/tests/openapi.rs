@@ -13,6 +13,8 @@ async fn the_openapi_document_is_valid_and_the_gateway_honours_it() {
     let dev = DevMesh::start(&[
         ("RATE_LIMIT_PER_SEC", "100000"),
         ("RATE_LIMIT_BURST", "100000"),
+        ("REGISTRATIONS_PER_ADDRESS_PER_MIN", "100000"),
+        ("REGISTRATIONS_BURST_PER_ADDRESS", "100000"),
     ])
     .await;
 
@@ -48,7 +50,7 @@ async fn the_openapi_document_is_valid_and_the_gateway_honours_it() {
     let out = Command::new("schemathesis")
         .args([
             "run",
-            &format!("{}/openapi.json", dev::GATEWAY),
+            &format!("{}/openapi.json", dev::gateway()),
             "--no-color",
         ])
         .args([

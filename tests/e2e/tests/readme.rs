@@ -1,6 +1,6 @@
-//! `make dev` (scripts/dev.sh) runs the mesh on the README's ports, the README's
-//! grpcurl and curl lines work against it as written, the gateway behaves as a
-//! REST client expects, and SIGTERM stops every process.
+//! `make dev` (scripts/dev.sh) runs the mesh, the README's grpcurl and curl lines
+//! work against it as written (pointed at the test's free ports), and SIGTERM
+//! stops every process.
 
 mod dev;
 
@@ -22,18 +22,19 @@ async fn make_dev_serves_the_readme_lines_and_stops_on_sigterm() {
     // database still register).
     let email = format!("ada-{}@example.com", std::process::id());
     let rest_email = format!("rest-{}@example.com", std::process::id());
-    let script = format!(
-        "{}\n{}\n{}",
-        readme_block("With `make dev` or `docker compose up` running:"),
-        readme_block("A whole order, as Ada"),
-        readme_block("errors as `google.rpc.Status` JSON"),
-    )
-    .replace("ada@example.com", &email)
-    .replace("rest@example.com", &rest_email)
-    .replace(
-        "rest-first-order",
-        &format!("rest-first-order-{}", std::process::id()),
-    );
+    let script = dev
+        .localize(&format!(
+            "{}\n{}\n{}",
+            readme_block("With `make dev` or `docker compose up` running:"),
+            readme_block("A whole order, as Ada"),
+            readme_block("errors as `google.rpc.Status` JSON"),
+        ))
+        .replace("ada@example.com", &email)
+        .replace("rest@example.com", &rest_email)
+        .replace(
+            "rest-first-order",
+            &format!("rest-first-order-{}", std::process::id()),
+        );
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
         .output()
@@ -56,9 +57,10 @@ async fn make_dev_serves_the_readme_lines_and_stops_on_sigterm() {
         "ListUsers as admin:\n{stdout}"
     );
 
+    let ports = dev.ports;
     let status = dev.stop().await;
     assert!(status.success(), "{status:?}");
-    for port in [50051, 9101, 50052, 9102, 50053, 9103, 8080] {
+    for port in ports.all() {
         assert!(
             !port_open(port),
             "port {port} still open: every service must stop"

@@ -189,7 +189,10 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
             .bind("127.0.0.2:0".parse().expect("address"))
             .expect("bind 127.0.0.2");
         socket
-            .connect("127.0.0.1:8080".parse().expect("address"))
+            .connect(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                dev.ports.gateway,
+            )))
             .await
             .expect("connect")
     };
@@ -240,28 +243,28 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
     };
     let expectations: HashMap<u16, Vec<&str>> = HashMap::from([
         (
-            8080,
+            dev.ports.gateway,
             vec![
                 r#"gateway_http_requests_total{service="gateway",method="POST",route="/v1/orders",status="200"}"#,
                 "gateway_http_request_duration_seconds_bucket{",
             ],
         ),
         (
-            9101,
+            dev.ports.user_admin,
             vec![
                 r#"rpc_server_requests_total{service="user-service",rpc_service="shop.user.v1.UserService",rpc_method="GetUser",grpc_code="Ok"}"#,
                 r#"shop_consumer_events_total{service="user-service",consumer="user-service",topic="shop.order.v1.events",outcome="applied"}"#,
             ],
         ),
         (
-            9102,
+            dev.ports.inventory_admin,
             vec![
                 r#"rpc_server_requests_total{service="inventory-service",rpc_service="shop.inventory.v1.InventoryService",rpc_method="ReserveStock",grpc_code="Ok"}"#,
                 r#"rpc_server_duration_seconds_bucket{service="inventory-service",rpc_service="shop.inventory.v1.InventoryService",rpc_method="ReserveStock""#,
             ],
         ),
         (
-            9103,
+            dev.ports.order_admin,
             vec![
                 r#"rpc_server_requests_total{service="order-service",rpc_service="shop.order.v1.OrderService",rpc_method="CreateOrder",grpc_code="Ok"}"#,
                 r#"shop_saga_outcomes_total{service="order-service",status="confirmed"}"#,

@@ -1,4 +1,5 @@
-//! Starting and stopping `make dev` (scripts/dev.sh) for a test, and plain HTTP with curl.
+//! Starting and stopping `make dev` (scripts/dev.sh) for a test, on free ports so
+//! that a `make dev` already running is left alone, and plain HTTP with curl.
 
 #![allow(dead_code)]
 
@@ -8,7 +9,70 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-pub const GATEWAY: &str = "http://127.0.0.1:8080";
+/// The ports a mesh listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub gateway: u16,
+    pub user: u16,
+    pub inventory: u16,
+    pub order: u16,
+    pub user_admin: u16,
+    pub inventory_admin: u16,
+    pub order_admin: u16,
+}
+
+impl Ports {
+    fn free() -> Self {
+        let mut taken = std::collections::BTreeSet::new();
+        let mut next = || loop {
+            let port = shop_testkit::free_port();
+            if taken.insert(port) {
+                return port;
+            }
+        };
+        Self {
+            gateway: next(),
+            user: next(),
+            inventory: next(),
+            order: next(),
+            user_admin: next(),
+            inventory_admin: next(),
+            order_admin: next(),
+        }
+    }
+
+    pub fn all(&self) -> [u16; 7] {
+        [
+            self.gateway,
+            self.user,
+            self.inventory,
+            self.order,
+            self.user_admin,
+            self.inventory_admin,
+            self.order_admin,
+        ]
+    }
+
+    /// The README's ports (those of a `make dev` left to its defaults) and these.
+    fn readme_pairs(&self) -> [(u16, u16); 7] {
+        [
+            (8080, self.gateway),
+            (50051, self.user),
+            (50052, self.inventory),
+            (50053, self.order),
+            (9101, self.user_admin),
+            (9102, self.inventory_admin),
+            (9103, self.order_admin),
+        ]
+    }
+}
+
+static GATEWAY: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// The running mesh's gateway, e.g. `http://127.0.0.1:41234`.
+pub fn gateway() -> String {
+    GATEWAY.lock().expect("gateway address").clone()
+}
 
 /// Tests in one process take turns (nextest runs each in its own process and
 /// serialises them with the `make-dev` test group in .config/nextest.toml).
@@ -32,6 +96,7 @@ pub fn port_open(port: u16) -> bool {
 pub struct DevMesh {
     child: Child,
     pub banner: String,
+    pub ports: Ports,
     stopped: bool,
 }
 
@@ -54,14 +119,24 @@ impl Drop for DevMesh {
 }
 
 impl DevMesh {
-    /// Runs scripts/dev.sh on the test run's PostgreSQL and broker, with extra environment.
+    /// Runs scripts/dev.sh on the test run's PostgreSQL and broker, on free ports,
+    /// with extra environment.
     pub async fn start(env: &[(&str, &str)]) -> Self {
         let root = shop_testkit::workspace_root();
+        let ports = Ports::free();
+        *GATEWAY.lock().expect("gateway address") = format!("http://127.0.0.1:{}", ports.gateway);
         let mut child = Command::new(root.join("scripts/dev.sh"))
             .current_dir(&root)
             .env("DATABASE_URL", shop_testkit::admin_database_url())
             .env("KAFKA_BROKERS", shop_testkit::kafka_brokers())
             .env("RUST_LOG", "warn")
+            .env("GATEWAY_PORT", ports.gateway.to_string())
+            .env("USER_GRPC_PORT", ports.user.to_string())
+            .env("INVENTORY_GRPC_PORT", ports.inventory.to_string())
+            .env("ORDER_GRPC_PORT", ports.order.to_string())
+            .env("USER_ADMIN_PORT", ports.user_admin.to_string())
+            .env("INVENTORY_ADMIN_PORT", ports.inventory_admin.to_string())
+            .env("ORDER_ADMIN_PORT", ports.order_admin.to_string())
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -91,8 +166,22 @@ impl DevMesh {
         Self {
             child,
             banner,
+            ports,
             stopped: false,
         }
+    }
+
+    /// README lines pointed at this mesh's ports instead of the defaults.
+    pub fn localize(&self, script: &str) -> String {
+        self.ports
+            .readme_pairs()
+            .iter()
+            .fold(script.to_owned(), |text, (readme, actual)| {
+                text.replace(
+                    &format!("127.0.0.1:{readme}"),
+                    &format!("127.0.0.1:{actual}"),
+                )
+            })
     }
 
     /// SIGTERM, as a supervisor would send it; returns how it exited.
@@ -166,7 +255,7 @@ pub async fn curl(
         cmd.args(["-H", "content-type: application/json", "--data-binary"])
             .arg(format!("@{}", file.display()));
     }
-    cmd.arg(format!("{GATEWAY}{path}"));
+    cmd.arg(format!("{}{path}", gateway()));
     let out = cmd.output().await.expect("curl must be installed");
     let status = String::from_utf8_lossy(&out.stdout)
         .trim()
