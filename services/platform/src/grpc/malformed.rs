@@ -1,8 +1,6 @@
 //! A request body that does not decode is the caller's fault: INVALID_ARGUMENT,
 //! not tonic's INTERNAL.
 
-use std::future::Future;
-
 /// tonic answers a request body that does not decode as its message (truncated,
 /// invalid UTF-8, a wrong wire type) with INTERNAL, as gRPC libraries do. The
 /// fault is the caller's bytes, so servers answer INVALID_ARGUMENT naming the
@@ -23,47 +21,14 @@ fn malformed_request_is_invalid_argument(headers: &mut http::HeaderMap) {
     }
 }
 
-/// Applies `malformed_request_is_invalid_argument` to every response.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct MalformedRequestLayer;
+/// Applies `malformed_request_is_invalid_argument` to every response a server sends.
+pub type MalformedRequestLayer = tower::util::MapResponseLayer<
+    fn(http::Response<tonic::body::Body>) -> http::Response<tonic::body::Body>,
+>;
 
-impl<S> tower::Layer<S> for MalformedRequestLayer {
-    type Service = MalformedRequest<S>;
-
-    fn layer(&self, inner: S) -> MalformedRequest<S> {
-        MalformedRequest { inner }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct MalformedRequest<S> {
-    inner: S,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for MalformedRequest<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
-
-    fn poll_ready(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let mut result = future.await;
-            if let Ok(response) = &mut result {
-                malformed_request_is_invalid_argument(response.headers_mut());
-            }
-            result
-        })
-    }
+pub fn malformed_request_layer() -> MalformedRequestLayer {
+    tower::util::MapResponseLayer::new(|mut response: http::Response<tonic::body::Body>| {
+        malformed_request_is_invalid_argument(response.headers_mut());
+        response
+    })
 }

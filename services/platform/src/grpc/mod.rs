@@ -17,7 +17,7 @@ mod server;
 
 pub use channel::{RESOLVE_EVERY, channel, channel_resolved_by};
 pub use deadline::{Deadline, parse_grpc_timeout, requested_budget};
-pub use malformed::{MalformedRequest, MalformedRequestLayer};
+pub use malformed::{MalformedRequestLayer, malformed_request_layer};
 pub use metrics::{OTHER_LABEL, Red, RedLayer};
 pub use retry::{RetryPolicy, call_idempotent, outgoing, retryable};
 pub use server::{CALLS_PER_CONNECTION, MAX_MESSAGE_BYTES, STREAMS_PER_CONNECTION, bind, server};

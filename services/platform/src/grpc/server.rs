@@ -7,7 +7,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tower::layer::util::{Identity, Stack};
 
-use super::malformed::MalformedRequestLayer;
+use super::malformed::{MalformedRequestLayer, malformed_request_layer};
 use super::metrics::RedLayer;
 use crate::telemetry;
 
@@ -40,7 +40,7 @@ pub fn server() -> Server<Stack<MalformedRequestLayer, Stack<RedLayer, Identity>
         .tcp_nodelay(true)
         // The first layer added is the outer one: metrics see the rewritten code.
         .layer(RedLayer)
-        .layer(MalformedRequestLayer)
+        .layer(malformed_request_layer())
 }
 
 /// Binds `host:port` (port 0 picks a free one).
