@@ -18,12 +18,27 @@ OVERLAYS = ["dev", "prod", "scale-out"]
 CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/")
 
 
+def proto_services():
+    """snake_case service name → fully qualified name, from the .proto files."""
+    found = {}
+    for proto in ROOT.glob("proto/shop/**/*.proto"):
+        text = proto.read_text()
+        package = re.search(r"^package ([\w.]+);", text, re.M)
+        for service in re.findall(r"^service (\w+)", text, re.M):
+            snake = re.sub(r"(?<!^)(?=[A-Z])", "_", service).lower()
+            found[snake] = f"{package.group(1)}.{service}"
+    return found
+
+
 def registered_health_names():
+    """The names the services register in grpc.health.v1: each application.rs takes
+    its SERVICE_NAME from the generated server module of its service."""
     names = {"", "liveness"}
+    services = proto_services()
     for app in ROOT.glob("services/*/src/application.rs"):
-        m = re.search(r'pub const SERVICE_NAME: &str = "([^"]+)"', app.read_text())
+        m = re.search(r"pub use shop_proto::\w+::(\w+)_server::SERVICE_NAME;", app.read_text())
         if m:
-            names.add(m.group(1))
+            names.add(services[m.group(1)])
     platform = (ROOT / "services/platform/src/health.rs").read_text()
     m = re.search(r'pub const LIVENESS: &str = "([^"]+)"', platform)
     assert m and m.group(1) == "liveness", "the liveness health name changed in health.rs"

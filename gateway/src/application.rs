@@ -21,56 +21,12 @@ use shop_platform::client_address::Networks;
 use shop_platform::http_server::{self, ConnectionLimits};
 use shop_platform::rate_limit::RateLimiter;
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 
 use crate::forward;
 use crate::layers;
-use crate::routes::{self, Route};
+use crate::routes;
 use crate::settings::Settings;
-
-/// The channels to one backend: unary calls and server streams apart.
-struct Backend {
-    unary: Channel,
-    streams: Channel,
-}
-
-/// What every request's steps share (`layers.rs`, `forward.rs`).
-pub struct Gateway {
-    pub(crate) routes: Vec<Route>,
-    /// Package prefix (`shop.user`) → its channels.
-    backends: BTreeMap<String, Backend>,
-    pub(crate) auth: Authenticator,
-    /// `package.Service/Method` of the RPCs open without a token.
-    pub(crate) public: BTreeSet<String>,
-    pub(crate) limiter: RateLimiter,
-    pub(crate) trusted_proxies: Networks,
-    pub(crate) probe_networks: Networks,
-    pub(crate) trusted_trace_sources: Networks,
-    /// Request body bytes held in memory, in all and per client.
-    pub(crate) body_bytes: SharedBudget,
-    openapi: serde_json::Value,
-    pub(crate) settings: Settings,
-}
-
-impl Gateway {
-    /// The channel for `package`'s unary calls or its server streams.
-    pub(crate) fn channel(&self, package: &str, streaming: bool) -> Option<Channel> {
-        let backend = self.backends.get(package)?;
-        Some(if streaming {
-            backend.streams.clone()
-        } else {
-            backend.unary.clone()
-        })
-    }
-}
-
-impl std::fmt::Debug for Gateway {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway")
-            .field("routes", &self.routes.len())
-            .finish_non_exhaustive()
-    }
-}
+use crate::state::{Backend, Gateway};
 
 pub struct Application {
     listener: TcpListener,

@@ -34,10 +34,10 @@ use tonic::Code;
 use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 
-use crate::application::Gateway;
 use crate::errors::RestError;
 use crate::layers::{ClientAddress, RouteLabel, too_many};
 use crate::routes::{self, Resolved, Route};
+use crate::state::Gateway;
 use crate::transcode::{self, DynamicCodec};
 
 /// Metadata forwarded from HTTP headers to the backend call.

@@ -26,8 +26,8 @@ use shop_platform::client_address::{bucket, forwarded_for};
 use shop_platform::grpc::OTHER_LABEL;
 use tonic::Code;
 
-use crate::application::Gateway;
 use crate::errors::RestError;
+use crate::state::Gateway;
 
 /// The paths the gateway serves itself (not routes to a backend).
 pub const OWN_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"];

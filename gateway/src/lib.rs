@@ -9,6 +9,7 @@ pub mod layers;
 pub mod openapi;
 pub mod routes;
 pub mod settings;
+pub mod state;
 pub mod transcode;
 
 pub use application::Application;

@@ -1,0 +1,57 @@
+//! What every request's steps share: the routes, the backends' channels, the
+//! authenticator and the limits, built once by `Application::build`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use shop_platform::auth::Authenticator;
+use shop_platform::budget::SharedBudget;
+use shop_platform::client_address::Networks;
+use shop_platform::rate_limit::RateLimiter;
+use tonic::transport::Channel;
+
+use crate::routes::Route;
+use crate::settings::Settings;
+
+/// The channels to one backend: unary calls and server streams apart.
+pub(crate) struct Backend {
+    pub(crate) unary: Channel,
+    pub(crate) streams: Channel,
+}
+
+/// The state of `layers.rs` and `forward.rs`.
+pub struct Gateway {
+    pub(crate) routes: Vec<Route>,
+    /// Package prefix (`shop.user`) → its channels.
+    pub(crate) backends: BTreeMap<String, Backend>,
+    pub(crate) auth: Authenticator,
+    /// `package.Service/Method` of the RPCs open without a token.
+    pub(crate) public: BTreeSet<String>,
+    pub(crate) limiter: RateLimiter,
+    pub(crate) trusted_proxies: Networks,
+    pub(crate) probe_networks: Networks,
+    pub(crate) trusted_trace_sources: Networks,
+    /// Request body bytes held in memory, in all and per client.
+    pub(crate) body_bytes: SharedBudget,
+    pub(crate) openapi: serde_json::Value,
+    pub(crate) settings: Settings,
+}
+
+impl Gateway {
+    /// The channel for `package`'s unary calls or its server streams.
+    pub(crate) fn channel(&self, package: &str, streaming: bool) -> Option<Channel> {
+        let backend = self.backends.get(package)?;
+        Some(if streaming {
+            backend.streams.clone()
+        } else {
+            backend.unary.clone()
+        })
+    }
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
