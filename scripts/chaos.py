@@ -44,7 +44,14 @@ ALL_SCENARIOS = ["sigkill_each", "relay_mid_batch", "broker_outage", "postgres_r
 SCENARIOS = [s for s in os.environ.get("CHAOS_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",") if s]
 SKUS = ["CHAOS-A", "CHAOS-B", "CHAOS-C", "CHAOS-D"]
 STOCK = 1_000_000
-ORDER_CONFIRMED = "shop.order.v1.OrderConfirmed"
+def _order_package():
+    """The order contract's package, read from its events.proto (as the services do)."""
+    text = (Path(__file__).resolve().parent.parent / "proto/shop/order/v1/events.proto").read_text()
+    return re.search(r"^package ([\w.]+);", text, re.M).group(1)
+
+
+ORDER_EVENTS_TOPIC = f"{_order_package()}.events"
+ORDER_CONFIRMED = f"{_order_package()}.OrderConfirmed"
 REPORT = ROOT / "docs" / "reliability.md"
 
 
@@ -577,14 +584,14 @@ def check_invariants(mesh, load):
         violations.append(f"{len(extra)} OrderConfirmed events for orders never confirmed: {extra[:3]}")
 
     # Consumers applied each order event once: their inbox holds every event id exactly once.
-    where = {h["ce_id"]: (f"{t}/{p}", o) for t, p, o, _, h in records if t == "shop.order.v1.events"}
+    where = {h["ce_id"]: (f"{t}/{p}", o) for t, p, o, _, h in records if t == ORDER_EVENTS_TOPIC}
     ends = Counter()
     for tp, offset in where.values():
         ends[tp] = max(ends[tp], offset + 1)
     for name in ("inventory", "user"):
         committed = topics["groups"].get(f"{name}-service", {})
         seen = Counter(e for (e,) in mesh.sql(
-            name, "SELECT event_id FROM inbox_events WHERE topic = 'shop.order.v1.events'"))
+            name, f"SELECT event_id FROM inbox_events WHERE topic = '{ORDER_EVENTS_TOPIC}'"))
         if set(seen) != set(where) or any(n > 1 for n in seen.values()):
             # Where the missing ones are, and where the group's committed offsets stand.
             gaps = defaultdict(list)
@@ -710,7 +717,7 @@ def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elaps
         "### Invariants (docs/design.md), checked after everything settled",
         "",
         "- every order a client saw confirmed exists, confirmed (or cancelled later by its client);",
-        "- every confirmed order has exactly one OrderConfirmed event id on `shop.order.v1.events`, "
+        f"- every confirmed order has exactly one OrderConfirmed event id on `{ORDER_EVENTS_TOPIC}`, "
         "and no other order has one;",
         "- every event on a topic has its outbox row (nothing published for a rolled-back write), and "
         "every outbox row reached its topic;",

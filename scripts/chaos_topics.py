@@ -14,21 +14,20 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-TOPICS = ["shop.user.v1.events", "shop.inventory.v1.events", "shop.order.v1.events"]
-
-
 def read(brokers, groups):
     """Every record, every dead letter and, for each consumer group, where it
     stands on each partition."""
-    return {"records": read_topics(brokers, TOPICS),
-            "dead_letters": read_topics(brokers, dead_letter_topics(brokers)),
+    return {"records": read_topics(brokers, topics_ending(brokers, ".events")),
+            "dead_letters": read_topics(brokers, topics_ending(brokers, ".dlq")),
             "groups": {g: committed(brokers, g) for g in groups}}
 
 
-def dead_letter_topics(brokers):
+def topics_ending(brokers, suffix):
+    """The broker's topics named `*<suffix>`: each package's `<package>.events`
+    (the name the services derive from their events.proto) or the dead letters."""
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-check-{uuid.uuid4()}"})
     try:
-        return sorted(t for t in consumer.list_topics(timeout=10).topics if t.endswith(".dlq"))
+        return sorted(t for t in consumer.list_topics(timeout=10).topics if t.endswith(suffix))
     finally:
         consumer.close()
 
@@ -36,9 +35,10 @@ def dead_letter_topics(brokers):
 def committed(brokers, group):
     """{"topic/partition": committed offset} of `group`, read without joining it
     (-1001 where it has committed nothing)."""
+    topics = topics_ending(brokers, ".events")
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": group, "enable.auto.commit": False})
     try:
-        partitions = [TopicPartition(topic, p) for topic in TOPICS
+        partitions = [TopicPartition(topic, p) for topic in topics
                       for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions]
         return {f"{tp.topic}/{tp.partition}": tp.offset
                 for tp in consumer.committed(partitions, timeout=10)}
