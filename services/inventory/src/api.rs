@@ -13,14 +13,28 @@ use crate::reservation::{ReservationRequest, Reservations, parse_order_id};
 
 #[derive(Debug)]
 pub struct InventoryApi {
-    pub catalog: Catalog,
-    pub reservations: Reservations,
-    pub auth: Authenticator,
+    catalog: Catalog,
+    reservations: Reservations,
+    auth: Authenticator,
     /// The only service identity that may call the internal RPCs.
-    pub order_service: String,
+    order_service: String,
 }
 
 impl InventoryApi {
+    pub fn new(
+        catalog: Catalog,
+        reservations: Reservations,
+        auth: Authenticator,
+        order_service: String,
+    ) -> Self {
+        Self {
+            catalog,
+            reservations,
+            auth,
+            order_service,
+        }
+    }
+
     fn internal<T>(&self, request: &Request<T>) -> Result<(), ApiError> {
         let caller = self.auth.caller(request.metadata())?;
         caller.require_service(&self.order_service)?;

@@ -27,6 +27,8 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 pub struct Application {
     runtime: ServiceRuntime,
     api: InventoryApi,
+    /// The same holds the API takes, for the expiry sweep and the order-event consumer.
+    reservations: Reservations,
     expiry_sweep: Duration,
 }
 
@@ -50,21 +52,18 @@ impl Application {
 
         let outbox = OutboxSignal::default();
         let low_threshold = settings.stock.stock_low_threshold;
-        let api = InventoryApi {
-            catalog: Catalog {
-                pool: pool.clone(),
-                outbox: outbox.clone(),
-                low_threshold,
-            },
-            reservations: Reservations {
-                pool: pool.clone(),
-                outbox: outbox.clone(),
-                ttl: Duration::from_secs(settings.stock.reservation_ttl_secs),
-                low_threshold,
-            },
+        let reservations = Reservations::new(
+            pool.clone(),
+            outbox.clone(),
+            Duration::from_secs(settings.stock.reservation_ttl_secs),
+            low_threshold,
+        );
+        let api = InventoryApi::new(
+            Catalog::new(pool.clone(), outbox.clone(), low_threshold),
+            reservations.clone(),
             auth,
-            order_service: settings.stock.order_service_name.clone(),
-        };
+            settings.stock.order_service_name.clone(),
+        );
         let topics = vec![
             INVENTORY_EVENTS_TOPIC.to_owned(),
             ORDER_EVENTS_TOPIC.to_owned(),
@@ -82,6 +81,7 @@ impl Application {
         Ok(Self {
             runtime,
             api,
+            reservations,
             expiry_sweep: Duration::from_millis(settings.stock.expiry_sweep_ms),
         })
     }
@@ -96,7 +96,7 @@ impl Application {
 
     /// Serves until `shutdown` fires (see `ServiceRuntime::run` for the sequence).
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let reservations = self.api.reservations.clone();
+        let reservations = self.reservations;
         let expiry: Worker = Box::pin(
             reservations
                 .clone()

@@ -198,12 +198,22 @@ pub async fn note_stock_level(
 
 #[derive(Clone, Debug)]
 pub struct Catalog {
-    pub pool: PgPool,
-    pub outbox: OutboxSignal,
-    pub low_threshold: i64,
+    pool: PgPool,
+    outbox: OutboxSignal,
+    low_threshold: i64,
 }
 
 impl Catalog {
+    /// Products in `pool`; a change wakes the relay through `outbox`; available
+    /// stock under `low_threshold` publishes StockLow.
+    pub fn new(pool: PgPool, outbox: OutboxSignal, low_threshold: i64) -> Self {
+        Self {
+            pool,
+            outbox,
+            low_threshold,
+        }
+    }
+
     #[tracing::instrument(name = "db products.create", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "create"))]
     pub async fn create(&self, product: NewProduct) -> Result<pb::Product, ApiError> {
         let mut tx = self.pool.begin().await?;

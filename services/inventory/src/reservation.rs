@@ -212,13 +212,24 @@ async fn move_stock(
 
 #[derive(Clone, Debug)]
 pub struct Reservations {
-    pub pool: PgPool,
-    pub outbox: OutboxSignal,
-    pub ttl: Duration,
-    pub low_threshold: i64,
+    pool: PgPool,
+    outbox: OutboxSignal,
+    ttl: Duration,
+    low_threshold: i64,
 }
 
 impl Reservations {
+    /// Holds in `pool` that expire after `ttl` unless committed; see `Catalog::new`
+    /// for the rest.
+    pub fn new(pool: PgPool, outbox: OutboxSignal, ttl: Duration, low_threshold: i64) -> Self {
+        Self {
+            pool,
+            outbox,
+            ttl,
+            low_threshold,
+        }
+    }
+
     /// Holds stock for every line or none. A retry with the same lines returns the
     /// same reservation; different lines for the same order are refused.
     #[tracing::instrument(name = "db reservations.reserve", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "reservations", db.operation.name = "reserve"))]

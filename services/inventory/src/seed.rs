@@ -70,11 +70,11 @@ pub struct Seeded {
 pub async fn seed(settings: &Settings, path: &Path) -> anyhow::Result<Seeded> {
     let products = read_catalogue(path)?;
     let pool = crate::application::connect(settings).await?;
-    let catalog = Catalog {
-        pool,
-        outbox: OutboxSignal::default(),
-        low_threshold: settings.stock.stock_low_threshold,
-    };
+    let catalog = Catalog::new(
+        pool.clone(),
+        OutboxSignal::default(),
+        settings.stock.stock_low_threshold,
+    );
     let mut seeded = Seeded::default();
     for product in products {
         let sku = product.sku.clone();
@@ -84,7 +84,7 @@ pub async fn seed(settings: &Settings, path: &Path) -> anyhow::Result<Seeded> {
             Err(err) => return Err(anyhow::Error::new(err).context(format!("creating {sku}"))),
         }
     }
-    catalog.pool.close().await;
+    pool.close().await;
     Ok(seeded)
 }
 

@@ -12,33 +12,52 @@ use uuid::Uuid;
 
 use crate::checkout::Checkout;
 use crate::order::{NewOrder, Order, Status as OrderStatus, parse_order_id};
+use crate::orders::Orders;
 use crate::peers::OnBehalfOf;
 use crate::watch::{WatchStream, Watches};
 
 #[derive(Debug)]
 pub struct OrderApi {
-    pub checkout: Checkout,
-    pub auth: Authenticator,
-    pub request_deadline: std::time::Duration,
-    pub watches: Watches,
+    orders: Orders,
+    checkout: Checkout,
+    watches: Watches,
+    auth: Authenticator,
+    request_deadline: std::time::Duration,
     /// Fired when the service stops, to end watch streams.
-    pub shutdown: Shutdown,
+    shutdown: Shutdown,
 }
 
 impl OrderApi {
+    pub fn new(
+        orders: Orders,
+        checkout: Checkout,
+        watches: Watches,
+        auth: Authenticator,
+        request_deadline: std::time::Duration,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            orders,
+            checkout,
+            watches,
+            auth,
+            request_deadline,
+            shutdown,
+        }
+    }
+
     /// The order, if the caller owns it or is an admin.
     async fn visible_order(&self, caller: &Caller, raw_id: &str) -> Result<Order, ApiError> {
         let me = caller.require_user()?;
         let order_id = parse_order_id(raw_id)?;
-        let order =
-            self.checkout
-                .orders
-                .get(order_id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound {
-                    resource: "order",
-                    id: order_id.to_string(),
-                })?;
+        let order = self
+            .orders
+            .get(order_id)
+            .await?
+            .ok_or_else(|| ApiError::NotFound {
+                resource: "order",
+                id: order_id.to_string(),
+            })?;
         check_owner(me, &order)?;
         Ok(order)
     }
@@ -108,11 +127,7 @@ impl OrderService for OrderApi {
             .transpose()
             .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))?;
         let owner = (!caller.is_admin()).then_some(me.user_id);
-        let (orders, more) = self
-            .checkout
-            .orders
-            .list(owner, status, page_size, before)
-            .await?;
+        let (orders, more) = self.orders.list(owner, status, page_size, before).await?;
         let next_page_token = match (more, orders.last()) {
             (true, Some(last)) => pagination::encode_token(&last.row.order_id.to_string()),
             _ => String::new(),
@@ -141,11 +156,7 @@ impl OrderService for OrderApi {
         } else {
             reason
         };
-        let order = self
-            .checkout
-            .orders
-            .cancel(order.row.order_id, reason)
-            .await?;
+        let order = self.orders.cancel(order.row.order_id, reason).await?;
         Ok(Response::new(pb::CancelOrderResponse {
             order: Some(order.to_proto()),
         }))

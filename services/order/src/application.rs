@@ -27,6 +27,11 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 pub struct Application {
     runtime: ServiceRuntime,
     api: OrderApi,
+    /// The saga and the watches the API uses, for the recovery loop and the listener.
+    checkout: Checkout,
+    watches: Watches,
+    /// Ends the watch streams when the service stops.
+    watch_stop: Shutdown,
     saga: SagaSettings,
 }
 
@@ -56,10 +61,7 @@ impl Application {
         )
         .await
         .context("USER_SERVICE_ADDR / INVENTORY_SERVICE_ADDR")?;
-        let orders = Orders {
-            pool: pool.clone(),
-            outbox: outbox.clone(),
-        };
+        let orders = Orders::new(pool.clone(), outbox.clone());
         let watches = Watches::new(
             orders.clone(),
             WatchLimits {
@@ -68,17 +70,20 @@ impl Application {
                 lifetime: Duration::from_secs(settings.watch.max_watch_secs),
             },
         );
-        let api = OrderApi {
-            checkout: Checkout {
-                orders,
-                peers,
-                give_up_after: Duration::from_millis(saga.pending_give_up_ms),
-            },
+        let checkout = Checkout::new(
+            orders.clone(),
+            peers,
+            Duration::from_millis(saga.pending_give_up_ms),
+        );
+        let watch_stop = Shutdown::new();
+        let api = OrderApi::new(
+            orders,
+            checkout.clone(),
+            watches.clone(),
             auth,
-            request_deadline: Duration::from_millis(saga.request_deadline_ms),
-            watches,
-            shutdown: Shutdown::new(),
-        };
+            Duration::from_millis(saga.request_deadline_ms),
+            watch_stop.clone(),
+        );
         let runtime = ServiceRuntime::bind(
             "order-service",
             SERVICE_NAME,
@@ -88,7 +93,14 @@ impl Application {
             vec![ORDER_EVENTS_TOPIC.to_owned()],
         )
         .await?;
-        Ok(Self { runtime, api, saga })
+        Ok(Self {
+            runtime,
+            api,
+            checkout,
+            watches,
+            watch_stop,
+            saga,
+        })
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -101,22 +113,20 @@ impl Application {
 
     /// Serves until `shutdown` fires (see `ServiceRuntime::run` for the sequence).
     pub async fn run_until_stopped(self, shutdown: Shutdown) -> anyhow::Result<()> {
-        let watches = self.api.shutdown.clone();
+        let watch_stop = self.watch_stop;
         let forward = shutdown.clone();
         tokio::spawn(async move {
             forward.wait().await;
-            watches.trigger();
+            watch_stop.trigger();
         });
-        let recovery: Worker = Box::pin(self.api.checkout.clone().run_recovery(
+        let recovery: Worker = Box::pin(self.checkout.run_recovery(
             Duration::from_millis(self.saga.recovery_interval_ms),
             Duration::from_millis(self.saga.recovery_after_ms),
             Duration::from_millis(self.saga.request_deadline_ms),
             shutdown.clone(),
         ));
         let listener: Worker = Box::pin(
-            self.api
-                .watches
-                .clone()
+            self.watches
                 .run_listener(self.runtime.pool.clone(), shutdown.clone()),
         );
         let routes = Routes::new(

@@ -21,10 +21,10 @@ use crate::peers::{OnBehalfOf, Peers};
 
 #[derive(Clone, Debug)]
 pub struct Checkout {
-    pub orders: Orders,
-    pub peers: Peers,
+    orders: Orders,
+    peers: Peers,
     /// How long a PENDING order may stay so before it is rejected and its stock released.
-    pub give_up_after: Duration,
+    give_up_after: Duration,
 }
 
 /// Where the saga left an order.
@@ -69,6 +69,14 @@ fn unavailable(what: &str, status: &tonic::Status) -> ApiError {
 }
 
 impl Checkout {
+    pub fn new(orders: Orders, peers: Peers, give_up_after: Duration) -> Self {
+        Self {
+            orders,
+            peers,
+            give_up_after,
+        }
+    }
+
     pub async fn create(
         &self,
         user: &UserPrincipal,

@@ -30,8 +30,8 @@ pub struct Price {
 
 #[derive(Clone, Debug)]
 pub struct Orders {
-    pub pool: PgPool,
-    pub outbox: OutboxSignal,
+    pool: PgPool,
+    outbox: OutboxSignal,
 }
 
 async fn load_lines(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<LineRow>, sqlx::Error> {
@@ -63,6 +63,11 @@ async fn with_lines(
 }
 
 impl Orders {
+    /// Orders in `pool`; a committed event wakes the relay through `outbox`.
+    pub fn new(pool: PgPool, outbox: OutboxSignal) -> Self {
+        Self { pool, outbox }
+    }
+
     async fn one(
         &self,
         conn: &mut PgConnection,

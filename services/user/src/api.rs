@@ -15,12 +15,28 @@ use crate::users::Accounts;
 
 #[derive(Debug)]
 pub struct UserApi {
-    pub accounts: Accounts,
-    pub auth: Authenticator,
+    accounts: Accounts,
+    auth: Authenticator,
     /// Peers whose `x-forwarded-for` names the client (the gateway).
-    pub trusted_proxies: Networks,
+    trusted_proxies: Networks,
     /// Registrations per client address.
-    pub registrations: RateLimiter,
+    registrations: RateLimiter,
+}
+
+impl UserApi {
+    pub fn new(
+        accounts: Accounts,
+        auth: Authenticator,
+        trusted_proxies: Networks,
+        registrations: RateLimiter,
+    ) -> Self {
+        Self {
+            accounts,
+            auth,
+            trusted_proxies,
+            registrations,
+        }
+    }
 }
 
 #[tonic::async_trait]

@@ -2,7 +2,6 @@
 //! prepares the database; `run_until_stopped` serves until shutdown. `main.rs`
 //! and the tests run this same code.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use shop_platform::auth::{Authenticator, TokenSigner, generate_keypair};
@@ -19,10 +18,8 @@ use tonic::service::Routes;
 
 use crate::account::Registration;
 use crate::api::UserApi;
-use crate::credentials::PasswordHasherPool;
 use crate::order_stats::{ORDER_EVENTS_TOPIC, OrderStatsHandler};
 use crate::settings::Settings;
-use crate::sign_in_throttle::SignInThrottle;
 use crate::users::{Accounts, USER_EVENTS_TOPIC};
 
 /// The name this service registers in grpc.health.v1.
@@ -78,14 +75,12 @@ impl Application {
         let pool = db::connect_and_migrate(service, &MIGRATIONS).await?;
 
         let outbox = OutboxSignal::default();
-        let accounts = Accounts {
-            pool: pool.clone(),
-            hasher: PasswordHasherPool::new(),
+        let accounts = Accounts::new(
+            pool.clone(),
             signer,
-            token_ttl: Duration::from_secs(settings.accounts.access_token_ttl_secs),
-            outbox: outbox.clone(),
-            sign_in: Arc::new(SignInThrottle::default()),
-        };
+            Duration::from_secs(settings.accounts.access_token_ttl_secs),
+            outbox.clone(),
+        );
         if !settings.accounts.bootstrap_admin_email.is_empty() {
             let admin = Registration::try_from(shop_proto::user::RegisterRequest {
                 email: settings.accounts.bootstrap_admin_email.clone(),
@@ -116,16 +111,16 @@ impl Application {
         .await?;
         Ok(Self {
             runtime,
-            api: UserApi {
+            api: UserApi::new(
                 accounts,
                 auth,
-                trusted_proxies: Networks::parse(&settings.service.trusted_proxies)
+                Networks::parse(&settings.service.trusted_proxies)
                     .map_err(|e| ConfigError::missing("TRUSTED_PROXIES", &e))?,
-                registrations: RateLimiter::per_minute(
+                RateLimiter::per_minute(
                     settings.accounts.registrations_per_address_per_min,
                     settings.accounts.registrations_burst_per_address,
                 ),
-            },
+            ),
         })
     }
 

@@ -43,15 +43,34 @@ struct Credentials {
 /// What the gRPC layer needs to serve accounts.
 #[derive(Clone, Debug)]
 pub struct Accounts {
-    pub pool: PgPool,
-    pub hasher: PasswordHasherPool,
-    pub signer: TokenSigner,
-    pub token_ttl: Duration,
-    pub outbox: OutboxSignal,
-    pub sign_in: Arc<SignInThrottle>,
+    pool: PgPool,
+    hasher: PasswordHasherPool,
+    signer: TokenSigner,
+    token_ttl: Duration,
+    outbox: OutboxSignal,
+    sign_in: Arc<SignInThrottle>,
 }
 
 impl Accounts {
+    /// Accounts in `pool`, signing tokens that live `token_ttl`; a new account's
+    /// event wakes the relay through `outbox`. Sign-ins are throttled as
+    /// `sign_in_throttle` says.
+    pub fn new(
+        pool: PgPool,
+        signer: TokenSigner,
+        token_ttl: Duration,
+        outbox: OutboxSignal,
+    ) -> Self {
+        Self {
+            pool,
+            hasher: PasswordHasherPool::new(),
+            signer,
+            token_ttl,
+            outbox,
+            sign_in: Arc::new(SignInThrottle::default()),
+        }
+    }
+
     #[tracing::instrument(name = "db users.register", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "users", db.operation.name = "register"))]
     pub async fn register(
         &self,
