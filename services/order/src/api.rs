@@ -50,14 +50,7 @@ impl OrderApi {
     async fn visible_order(&self, caller: &Caller, raw_id: &str) -> Result<Order, ApiError> {
         let me = caller.require_user()?;
         let order_id = parse_order_id(raw_id)?;
-        let order = self
-            .orders
-            .get(order_id)
-            .await?
-            .ok_or_else(|| ApiError::NotFound {
-                resource: "order",
-                id: order_id.to_string(),
-            })?;
+        let order = self.orders.require(order_id).await?;
         check_owner(me, &order)?;
         Ok(order)
     }

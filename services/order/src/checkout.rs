@@ -226,14 +226,7 @@ impl Checkout {
         // None: another path (a retry, the recovery loop) settled it first.
         match finished {
             Some(order) => Ok(order),
-            None => self
-                .orders
-                .get(order_id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound {
-                    resource: "order",
-                    id: order_id.to_string(),
-                }),
+            None => self.orders.require(order_id).await,
         }
     }
 

@@ -85,6 +85,14 @@ impl Orders {
     }
 
     #[tracing::instrument(name = "db orders.get", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "get"))]
+    /// The order, or NOT_FOUND naming it.
+    pub async fn require(&self, order_id: Uuid) -> Result<Order, ApiError> {
+        self.get(order_id).await?.ok_or_else(|| ApiError::NotFound {
+            resource: "order",
+            id: order_id.to_string(),
+        })
+    }
+
     pub async fn get(&self, order_id: Uuid) -> Result<Option<Order>, ApiError> {
         let mut conn = self.pool.acquire().await?;
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1");
