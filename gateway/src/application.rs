@@ -68,7 +68,8 @@ impl Application {
             ("shop.order", &settings.order_service_addr),
         ] {
             let dial = || async {
-                shop_platform::grpc::channel(addr, connect)
+                let every = Duration::from_millis(settings.peer_resolve_every_ms);
+                shop_platform::grpc::channel_every(addr, connect, every)
                     .await
                     .with_context(|| format!("backend address for {package}: {addr}"))
             };

@@ -65,6 +65,8 @@ pub struct Settings {
     /// bytes held at once in all (503 past it) and for one client (429 past it).
     pub max_inflight_body_bytes: usize,
     pub max_inflight_body_bytes_per_client: usize,
+    /// `PEER_RESOLVE_EVERY_MS`: how often the backends' names are looked up again.
+    pub peer_resolve_every_ms: u64,
 }
 
 impl Default for Settings {
@@ -94,6 +96,7 @@ impl Default for Settings {
             max_connections_per_client: 128,
             max_inflight_body_bytes: 32 * 1024 * 1024,
             max_inflight_body_bytes_per_client: 4 * 1024 * 1024,
+            peer_resolve_every_ms: 5_000,
         }
     }
 }
@@ -118,6 +121,7 @@ impl Settings {
             ("HEADER_READ_TIMEOUT_MS", settings.header_read_timeout_ms),
             ("BODY_READ_TIMEOUT_MS", settings.body_read_timeout_ms),
             ("REQUEST_TIMEOUT_MS", settings.request_timeout_ms),
+            ("PEER_RESOLVE_EVERY_MS", settings.peer_resolve_every_ms),
         ] {
             if ms < 100 {
                 return Err(ConfigError::missing(key, "must be at least 100"));

@@ -58,6 +58,7 @@ impl Application {
             signer,
             &saga.service_identity,
             Duration::from_millis(saga.rpc_timeout_ms),
+            Duration::from_millis(service.peer_resolve_every_ms),
         )
         .await
         .context("USER_SERVICE_ADDR / INVENTORY_SERVICE_ADDR")?;

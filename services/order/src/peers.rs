@@ -44,11 +44,12 @@ impl Peers {
         signer: TokenSigner,
         identity: &str,
         rpc_timeout: Duration,
+        resolve_every: Duration,
     ) -> anyhow::Result<Self> {
         let connect_timeout = rpc_timeout.min(Duration::from_secs(1));
-        let users = UserServiceClient::new(grpc::channel(user_addr, connect_timeout).await?);
-        let inventory =
-            InventoryServiceClient::new(grpc::channel(inventory_addr, connect_timeout).await?);
+        let dial = |addr| grpc::channel_every(addr, connect_timeout, resolve_every);
+        let users = UserServiceClient::new(dial(user_addr).await?);
+        let inventory = InventoryServiceClient::new(dial(inventory_addr).await?);
         Ok(Self {
             users,
             inventory,

@@ -198,6 +198,16 @@ pub struct ServiceSettings {
     /// `TRUSTED_PROXIES`: comma-separated networks (CIDR) whose `x-forwarded-for`
     /// metadata names the client (the gateway's); empty trusts no one.
     pub trusted_proxies: String,
+    /// `PEER_RESOLVE_EVERY_MS`: how often peers' names are looked up again, so that a
+    /// peer on a new address is followed.
+    pub peer_resolve_every_ms: u64,
+    /// `OUTBOX_BATCH_SIZE` / `OUTBOX_POLL_MS`: events the relay publishes per batch,
+    /// and how often it looks for events when no commit has woken it.
+    pub outbox_batch_size: i64,
+    pub outbox_poll_ms: u64,
+    /// `KAFKA_SESSION_TIMEOUT_MS`: how long a silent consumer keeps its partitions;
+    /// longer than a broker outage should last, shorter than a crash may wait.
+    pub kafka_session_timeout_ms: u64,
 }
 
 impl ServiceSettings {
@@ -222,6 +232,10 @@ impl ServiceSettings {
             service_public_key: Secret::default(),
             service_private_key: Secret::default(),
             trusted_proxies: String::new(),
+            peer_resolve_every_ms: 5_000,
+            outbox_batch_size: 256,
+            outbox_poll_ms: 250,
+            kafka_session_timeout_ms: 30_000,
         }
     }
 
@@ -238,6 +252,31 @@ impl ServiceSettings {
         }
         crate::client_address::Networks::parse(&self.trusted_proxies)
             .map_err(|e| ConfigError::missing("TRUSTED_PROXIES", &e))?;
+        if self.peer_resolve_every_ms < 100 {
+            return Err(ConfigError::missing(
+                "PEER_RESOLVE_EVERY_MS",
+                "must be at least 100",
+            ));
+        }
+        if !(1..=10_000).contains(&self.outbox_batch_size) {
+            return Err(ConfigError::missing(
+                "OUTBOX_BATCH_SIZE",
+                "must be between 1 and 10000",
+            ));
+        }
+        if self.outbox_poll_ms < 10 {
+            return Err(ConfigError::missing(
+                "OUTBOX_POLL_MS",
+                "must be at least 10",
+            ));
+        }
+        // Kafka brokers accept 6 s to 30 min by default (group.min/max.session.timeout.ms).
+        if !(6_000..=1_800_000).contains(&self.kafka_session_timeout_ms) {
+            return Err(ConfigError::missing(
+                "KAFKA_SESSION_TIMEOUT_MS",
+                "must be between 6000 and 1800000",
+            ));
+        }
         if self.kafka_topic_partitions < 1 {
             return Err(ConfigError::missing(
                 "KAFKA_TOPIC_PARTITIONS",
@@ -296,6 +335,29 @@ mod tests {
         settings.database_url = Secret::new("postgres://shop_user:s3cret@db/shop_user");
         settings.validate().expect("a password of one's own");
         assert_eq!(url_password("postgres://db/x"), None);
+    }
+
+    #[test]
+    fn operator_timings_out_of_range_are_refused_by_name() {
+        let valid = || {
+            let mut settings = ServiceSettings::with_ports("x", 1, 2);
+            settings.database_url = Secret::new("postgres://db/x");
+            settings.kafka_brokers = "kafka:9092".into();
+            settings
+        };
+        valid().validate().expect("the defaults are valid");
+        let mut settings = valid();
+        settings.kafka_session_timeout_ms = 1_000;
+        let err = settings.validate().expect_err("below the broker's minimum");
+        assert!(err.0.starts_with("KAFKA_SESSION_TIMEOUT_MS"), "{err}");
+        let mut settings = valid();
+        settings.outbox_batch_size = 0;
+        let err = settings.validate().expect_err("an empty batch");
+        assert!(err.0.starts_with("OUTBOX_BATCH_SIZE"), "{err}");
+        let mut settings = valid();
+        settings.peer_resolve_every_ms = 0;
+        let err = settings.validate().expect_err("a busy loop");
+        assert!(err.0.starts_with("PEER_RESOLVE_EVERY_MS"), "{err}");
     }
 
     #[test]

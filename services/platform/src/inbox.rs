@@ -15,6 +15,8 @@ use sqlx::{PgConnection, PgPool};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::config::ServiceSettings;
+
 use crate::backoff::{Backoff, MAX_BACKOFF};
 use crate::kafka::{self, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
 use crate::shutdown::Shutdown;
@@ -132,16 +134,21 @@ enum Outcome {
 }
 
 impl<H: EventHandler> InboxConsumer<H> {
-    /// `name` identifies the consumer in the inbox table and the dead-letter topic's name.
+    /// `name` identifies the consumer in the inbox table and the dead-letter topic's
+    /// name; `settings` give the brokers, the group and the session timeout.
     pub fn new(
         name: &str,
         topic: &str,
         pool: PgPool,
-        brokers: &str,
-        group_id: &str,
+        settings: &ServiceSettings,
         handler: H,
     ) -> anyhow::Result<Self> {
-        let consumer = kafka::consumer(brokers, group_id)?;
+        let brokers = settings.kafka_brokers.as_str();
+        let consumer = kafka::consumer(
+            brokers,
+            &settings.kafka_group_id,
+            Duration::from_millis(settings.kafka_session_timeout_ms),
+        )?;
         consumer.subscribe(&[topic])?;
         Ok(Self {
             name: name.into(),

@@ -52,7 +52,11 @@ pub fn producer(brokers: &str) -> anyhow::Result<FutureProducer> {
 }
 
 /// A consumer in `group` that commits offsets only when told (after processing).
-pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
+pub fn consumer(
+    brokers: &str,
+    group: &str,
+    session_timeout: Duration,
+) -> anyhow::Result<StreamConsumer> {
     ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", group)
@@ -62,8 +66,11 @@ pub fn consumer(brokers: &str, group: &str) -> anyhow::Result<StreamConsumer> {
         // Outlives a broker outage of tens of seconds without a rebalance: a rejoin while
         // the broker is unresponsive can leave a phantom member leading the group on
         // tansu 0.6, which then never assigns partitions again (make chaos found it).
-        // A crashed member's partitions move after this long.
-        .set("session.timeout.ms", "30000")
+        // A crashed member's partitions move after this long (30 s by default).
+        .set(
+            "session.timeout.ms",
+            session_timeout.as_millis().to_string(),
+        )
         // Long-polling fetches otherwise wait up to 500 ms for more data; events should
         // arrive in milliseconds (make bench, section 4).
         .set("fetch.wait.max.ms", "10")
@@ -171,7 +178,8 @@ mod tests {
         }
 
         let group = format!("resume-{}", uuid::Uuid::now_v7());
-        let first = consumer(&brokers, &group).expect("consumer");
+        let session = Duration::from_secs(30);
+        let first = consumer(&brokers, &group, session).expect("consumer");
         first.subscribe(&[&topic]).expect("subscribe");
         for expected in 0..10 {
             let message = tokio::time::timeout(Duration::from_secs(20), first.recv())
@@ -185,7 +193,7 @@ mod tests {
         }
         drop(first);
 
-        let next = consumer(&brokers, &group).expect("consumer");
+        let next = consumer(&brokers, &group, session).expect("consumer");
         next.subscribe(&[&topic]).expect("subscribe");
         // Longer than the session timeout, in case the broker waits out the first member.
         let message = tokio::time::timeout(Duration::from_secs(45), next.recv())

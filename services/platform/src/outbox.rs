@@ -83,6 +83,7 @@ pub struct OutboxRelay {
     signal: OutboxSignal,
     source: String,
     batch_size: i64,
+    poll: Duration,
 }
 
 impl std::fmt::Debug for OutboxRelay {
@@ -102,7 +103,15 @@ impl OutboxRelay {
             signal,
             source: source.into(),
             batch_size: 256,
+            poll: Duration::from_millis(250),
         }
+    }
+
+    /// Events per batch, and how often to look when no commit has woken the relay.
+    pub fn batching(mut self, batch_size: i64, poll: Duration) -> Self {
+        self.batch_size = batch_size;
+        self.poll = poll;
+        self
     }
 
     pub async fn run(self, shutdown: Shutdown) {
@@ -119,7 +128,7 @@ impl OutboxRelay {
                     tokio::select! {
                         _ = shutdown.wait() => break,
                         _ = self.signal.0.notified() => {}
-                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                        _ = tokio::time::sleep(self.poll) => {}
                     }
                 }
                 Err(err) => {

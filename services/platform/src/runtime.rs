@@ -308,7 +308,10 @@ async fn run_events(
         return;
     }
     let relay = match kafka::producer(brokers) {
-        Ok(producer) => OutboxRelay::new(pool, producer, signal, process),
+        Ok(producer) => OutboxRelay::new(pool, producer, signal, process).batching(
+            settings.outbox_batch_size,
+            Duration::from_millis(settings.outbox_poll_ms),
+        ),
         Err(err) => {
             tracing::error!(error = %err, "outbox relay not started");
             return;

@@ -144,8 +144,7 @@ impl Application {
                 CONSUMER_NAME,
                 ORDER_EVENTS_TOPIC,
                 pool,
-                &service.kafka_brokers,
-                &service.kafka_group_id,
+                &service,
                 OrderStatsHandler,
             )?;
             Ok(vec![Box::pin(consumer.run(shutdown)) as Worker])

@@ -18,16 +18,20 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// balanced across every address the names resolve to, connections kept, and the
 /// names resolved again every `RESOLVE_EVERY`.
 pub async fn channel(target: &str, connect_timeout: Duration) -> anyhow::Result<Channel> {
-    channel_resolved_by(
-        target,
-        connect_timeout,
-        RESOLVE_EVERY,
-        |authority| async move {
-            tokio::net::lookup_host(authority)
-                .await
-                .map(Iterator::collect)
-        },
-    )
+    channel_every(target, connect_timeout, RESOLVE_EVERY).await
+}
+
+/// `channel`, looking the names up again every `every` (`PEER_RESOLVE_EVERY_MS`).
+pub async fn channel_every(
+    target: &str,
+    connect_timeout: Duration,
+    every: Duration,
+) -> anyhow::Result<Channel> {
+    channel_resolved_by(target, connect_timeout, every, |authority| async move {
+        tokio::net::lookup_host(authority)
+            .await
+            .map(Iterator::collect)
+    })
     .await
 }
 
