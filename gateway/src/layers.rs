@@ -24,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shop_platform::client_address::{bucket, forwarded_for};
 use shop_platform::grpc::OTHER_LABEL;
+use shop_platform::metrics::RedFamilies;
 use tonic::Code;
 
 use crate::errors::RestError;
@@ -31,6 +32,13 @@ use crate::state::Gateway;
 
 /// The paths the gateway serves itself (not routes to a backend).
 pub const OWN_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"];
+
+const HTTP_RED: RedFamilies = RedFamilies {
+    requests: "gateway_http_requests_total",
+    requests_help: "HTTP requests by method, route and status.",
+    duration: "gateway_http_request_duration_seconds",
+    duration_help: "Time to answer an HTTP request (to the first byte for streams).",
+};
 
 /// Paths that probes and scrapers call.
 const PROBE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -109,18 +117,7 @@ pub async fn record_metrics(request: Request<Body>, next: Next) -> Response {
         ("route", route.as_str()),
         ("status", status.as_str()),
     ];
-    let registry = shop_platform::metrics::registry();
-    registry.inc(
-        "gateway_http_requests_total",
-        "HTTP requests by method, route and status.",
-        &labels,
-    );
-    registry.observe(
-        "gateway_http_request_duration_seconds",
-        "Time to answer an HTTP request (to the first byte for streams).",
-        &labels,
-        started.elapsed(),
-    );
+    shop_platform::metrics::registry().record(&HTTP_RED, &labels, started.elapsed());
     response
 }
 

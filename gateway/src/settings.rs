@@ -96,7 +96,7 @@ impl Default for Settings {
             max_connections_per_client: 128,
             max_inflight_body_bytes: 32 * 1024 * 1024,
             max_inflight_body_bytes_per_client: 4 * 1024 * 1024,
-            peer_resolve_every_ms: 5_000,
+            peer_resolve_every_ms: shop_platform::grpc::RESOLVE_EVERY.as_millis() as u64,
         }
     }
 }

@@ -103,15 +103,6 @@ impl Watches {
         }
     }
 
-    /// Orders with at least one watcher (for tests and metrics).
-    pub fn watched_orders(&self) -> usize {
-        self.hub
-            .watched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len()
-    }
-
     /// A stream of `order_id`'s states for `user_id`, who must already be
     /// allowed to see it; RESOURCE_EXHAUSTED when the user holds too many.
     pub async fn watch(

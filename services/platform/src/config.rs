@@ -232,7 +232,7 @@ impl ServiceSettings {
             service_public_key: Secret::default(),
             service_private_key: Secret::default(),
             trusted_proxies: String::new(),
-            peer_resolve_every_ms: 5_000,
+            peer_resolve_every_ms: crate::grpc::RESOLVE_EVERY.as_millis() as u64,
             outbox_batch_size: 256,
             outbox_poll_ms: 250,
             kafka_session_timeout_ms: 30_000,

@@ -35,26 +35,37 @@ struct Family {
     dropped: u64,
 }
 
+/// The slot for `key` in `series`; None, and the sample counted in `dropped`, once
+/// the family holds `MAX_SERIES_PER_FAMILY` other series.
+fn bounded_slot<'a, V: Default>(
+    series: &'a mut BTreeMap<String, V>,
+    dropped: &mut u64,
+    key: String,
+) -> Option<&'a mut V> {
+    if series.len() >= MAX_SERIES_PER_FAMILY && !series.contains_key(&key) {
+        *dropped += 1;
+        return None;
+    }
+    Some(series.entry(key).or_default())
+}
+
 impl Family {
-    /// The series for `key`; None once the family holds `MAX_SERIES_PER_FAMILY`
-    /// other series (the sample is dropped and counted in `dropped`).
     fn value(&mut self, key: String) -> Option<&mut f64> {
-        let full = self.values.len() >= MAX_SERIES_PER_FAMILY;
-        if full && !self.values.contains_key(&key) {
-            self.dropped += 1;
-            return None;
-        }
-        Some(self.values.entry(key).or_default())
+        bounded_slot(&mut self.values, &mut self.dropped, key)
     }
 
     fn histogram(&mut self, key: String) -> Option<&mut Histogram> {
-        let full = self.histograms.len() >= MAX_SERIES_PER_FAMILY;
-        if full && !self.histograms.contains_key(&key) {
-            self.dropped += 1;
-            return None;
-        }
-        Some(self.histograms.entry(key).or_default())
+        bounded_slot(&mut self.histograms, &mut self.dropped, key)
     }
+}
+
+/// A request counter and a latency histogram with the same labels (RED figures).
+#[derive(Clone, Copy, Debug)]
+pub struct RedFamilies {
+    pub requests: &'static str,
+    pub requests_help: &'static str,
+    pub duration: &'static str,
+    pub duration_help: &'static str,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +119,17 @@ impl Registry {
         });
     }
 
+    /// Counts one request and its latency, rendering the labels once for both.
+    pub fn record(&self, red: &RedFamilies, pairs: &[(&str, &str)], elapsed: Duration) {
+        let key = labels(pairs);
+        self.family(red.requests, red.requests_help, "counter", |f| {
+            if let Some(value) = f.value(key.clone()) {
+                *value += 1.0;
+            }
+        });
+        self.observe_key(red.duration, red.duration_help, key, elapsed);
+    }
+
     pub fn set(&self, name: &'static str, help: &'static str, pairs: &[(&str, &str)], value: f64) {
         self.family(name, help, "gauge", |f| {
             if let Some(slot) = f.value(labels(pairs)) {
@@ -123,9 +145,13 @@ impl Registry {
         pairs: &[(&str, &str)],
         elapsed: Duration,
     ) {
+        self.observe_key(name, help, labels(pairs), elapsed);
+    }
+
+    fn observe_key(&self, name: &'static str, help: &'static str, key: String, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         self.family(name, help, "histogram", |f| {
-            let Some(h) = f.histogram(labels(pairs)) else {
+            let Some(h) = f.histogram(key) else {
                 return;
             };
             h.count += 1;

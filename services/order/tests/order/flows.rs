@@ -347,17 +347,7 @@ async fn watch_streams_each_change_until_a_final_state() {
         .create_order(&token, "", &[(&s, 1)])
         .await
         .expect("create");
-    let mut request = Request::new(pb::WatchOrderRequest {
-        order_id: order.order_id.clone(),
-    });
-    bearer(&mut request, "authorization", &token);
-    let mut stream = mesh
-        .orders()
-        .await
-        .watch_order(request)
-        .await
-        .expect("watch")
-        .into_inner();
+    let mut stream = mesh.watch(&token, &order.order_id).await.expect("watch");
     let first = stream
         .next()
         .await
@@ -382,14 +372,8 @@ async fn watch_streams_each_change_until_a_final_state() {
     assert!(end.is_none(), "the stream ends at a final state");
 
     let (_, stranger) = mesh.customer().await;
-    let mut request = Request::new(pb::WatchOrderRequest {
-        order_id: order.order_id,
-    });
-    bearer(&mut request, "authorization", &stranger);
     let err = mesh
-        .orders()
-        .await
-        .watch_order(request)
+        .watch(&stranger, &order.order_id)
         .await
         .expect_err("not theirs");
     assert_eq!(err.code(), Code::PermissionDenied);

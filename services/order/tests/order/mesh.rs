@@ -296,6 +296,22 @@ impl Mesh {
             .map(|r| r.into_inner().order.expect("order"))
     }
 
+    pub async fn watch(
+        &self,
+        token: &str,
+        order_id: &str,
+    ) -> Result<tonic::Streaming<pb::WatchOrderResponse>, Status> {
+        let mut request = Request::new(pb::WatchOrderRequest {
+            order_id: order_id.into(),
+        });
+        bearer(&mut request, "authorization", token);
+        self.orders()
+            .await
+            .watch_order(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     pub async fn cancel(&self, token: &str, order_id: &str) -> Result<pb::Order, Status> {
         let mut request = Request::new(pb::CancelOrderRequest {
             order_id: order_id.into(),

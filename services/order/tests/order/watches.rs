@@ -5,26 +5,9 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use shop_proto::order as pb;
-use shop_testkit::bearer;
-use tonic::{Code, Request, Streaming};
+use tonic::Code;
 
 use crate::mesh::Mesh;
-
-async fn watch(
-    mesh: &Mesh,
-    token: &str,
-    order_id: &str,
-) -> Result<Streaming<pb::WatchOrderResponse>, tonic::Status> {
-    let mut request = Request::new(pb::WatchOrderRequest {
-        order_id: order_id.into(),
-    });
-    bearer(&mut request, "authorization", token);
-    mesh.orders()
-        .await
-        .watch_order(request)
-        .await
-        .map(tonic::Response::into_inner)
-}
 
 /// Transactions committed in the order service's database so far.
 async fn commits(pool: &sqlx::PgPool, database: &str) -> i64 {
@@ -53,12 +36,13 @@ async fn a_user_may_hold_only_a_few_watches_and_each_ends_after_its_lifetime() {
     let mut open = Vec::new();
     for _ in 0..3 {
         open.push(
-            watch(&mesh, &token, &order.order_id)
+            mesh.watch(&token, &order.order_id)
                 .await
                 .expect("within the cap"),
         );
     }
-    let err = watch(&mesh, &token, &order.order_id)
+    let err = mesh
+        .watch(&token, &order.order_id)
         .await
         .expect_err("past the cap");
     assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
@@ -70,7 +54,7 @@ async fn a_user_may_hold_only_a_few_watches_and_each_ends_after_its_lifetime() {
 
     // Another user is not affected by this one's watches.
     let (other, theirs) = mesh.confirmed_order("CAP").await;
-    watch(&mesh, &other, &theirs.order_id)
+    mesh.watch(&other, &theirs.order_id)
         .await
         .expect("their own cap");
 
@@ -78,7 +62,7 @@ async fn a_user_may_hold_only_a_few_watches_and_each_ends_after_its_lifetime() {
     drop(open.pop());
     let mut again = None;
     for _ in 0..50 {
-        if let Ok(stream) = watch(&mesh, &token, &order.order_id).await {
+        if let Ok(stream) = mesh.watch(&token, &order.order_id).await {
             again = Some(stream);
             break;
         }
@@ -111,7 +95,7 @@ async fn a_thousand_watchers_of_one_order_cost_no_polling_and_all_see_the_change
 
     let mut streams = Vec::with_capacity(WATCHERS);
     for _ in 0..WATCHERS {
-        let mut stream = watch(&mesh, &token, &order.order_id).await.expect("watch");
+        let mut stream = mesh.watch(&token, &order.order_id).await.expect("watch");
         let first = stream.next().await.expect("first").expect("ok");
         assert_eq!(
             first.order.expect("order").status,

@@ -16,12 +16,8 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// A channel to `target` (`http://host:port`, several comma-separated): calls
 /// balanced across every address the names resolve to, connections kept, and the
-/// names resolved again every `RESOLVE_EVERY`.
-pub async fn channel(target: &str, connect_timeout: Duration) -> anyhow::Result<Channel> {
-    channel_every(target, connect_timeout, RESOLVE_EVERY).await
-}
-
-/// `channel`, looking the names up again every `every` (`PEER_RESOLVE_EVERY_MS`).
+/// names resolved again every `every` (`PEER_RESOLVE_EVERY_MS`, by default
+/// `RESOLVE_EVERY`).
 pub async fn channel_every(
     target: &str,
     connect_timeout: Duration,
@@ -299,11 +295,11 @@ mod tests {
 
     #[tokio::test]
     async fn bad_addresses_are_named() {
-        let err = channel("http://bad host:1", Duration::from_secs(1))
+        let err = channel_every("http://bad host:1", Duration::from_secs(1), RESOLVE_EVERY)
             .await
             .expect_err("refused");
         assert!(err.to_string().contains("http://bad host:1"), "{err}");
-        let err = channel(" , ", Duration::from_secs(1))
+        let err = channel_every(" , ", Duration::from_secs(1), RESOLVE_EVERY)
             .await
             .expect_err("refused");
         assert!(err.to_string().contains("no gRPC address"), "{err}");

@@ -4,6 +4,15 @@ use std::future::Future;
 
 use tonic::Code;
 
+use crate::metrics::RedFamilies;
+
+const RPC_RED: RedFamilies = RedFamilies {
+    requests: "rpc_server_requests_total",
+    requests_help: "gRPC calls answered, by method and code.",
+    duration: "rpc_server_duration_seconds",
+    duration_help: "Time to answer a gRPC call (to the response headers for streams).",
+};
+
 /// The label value for a route, method or service the server does not know.
 pub const OTHER_LABEL: &str = "other";
 
@@ -77,18 +86,7 @@ where
                     ("rpc_method", method),
                     ("grpc_code", code.as_str()),
                 ];
-                let registry = crate::metrics::registry();
-                registry.inc(
-                    "rpc_server_requests_total",
-                    "gRPC calls answered, by method and code.",
-                    &labels,
-                );
-                registry.observe(
-                    "rpc_server_duration_seconds",
-                    "Time to answer a gRPC call (to the response headers for streams).",
-                    &labels,
-                    started.elapsed(),
-                );
+                crate::metrics::registry().record(&RPC_RED, &labels, started.elapsed());
             }
             result
         })

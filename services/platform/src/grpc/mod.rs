@@ -15,7 +15,7 @@ mod metrics;
 mod retry;
 mod server;
 
-pub use channel::{RESOLVE_EVERY, channel, channel_every, channel_resolved_by};
+pub use channel::{RESOLVE_EVERY, channel_every, channel_resolved_by};
 pub use deadline::{Deadline, parse_grpc_timeout, requested_budget};
 pub use malformed::{MalformedRequestLayer, malformed_request_layer};
 pub use metrics::{OTHER_LABEL, Red, RedLayer};
