@@ -8,8 +8,8 @@ use shop_proto::inventory as pb;
 use shop_proto::inventory::inventory_service_server::InventoryService;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{Adjustment, Catalog, NewProduct, parse_sku};
-use crate::reservation::{ReservationRequest, Reservations, parse_order_id};
+use crate::model::{Adjustment, NewProduct, ReservationRequest, parse_order_id, parse_sku};
+use crate::store::{Catalog, Reservations};
 
 #[derive(Debug)]
 pub struct InventoryApi {
@@ -56,7 +56,7 @@ impl InventoryService for InventoryApi {
         let product = NewProduct::try_from(request.into_inner())?;
         let product = self.catalog.create(product).await?;
         Ok(Response::new(pb::CreateProductResponse {
-            product: Some(product),
+            product: Some(product.into()),
         }))
     }
 
@@ -69,7 +69,7 @@ impl InventoryService for InventoryApi {
         let sku = parse_sku("sku", &request.get_ref().sku)?;
         let product = self.catalog.get(&sku).await?;
         Ok(Response::new(pb::GetProductResponse {
-            product: Some(product),
+            product: Some(product.into()),
         }))
     }
 
@@ -82,7 +82,8 @@ impl InventoryService for InventoryApi {
         let req = request.into_inner();
         let page_size = pagination::page_size(req.page_size)?;
         let after = pagination::decode_token(&req.page_token)?;
-        Ok(Response::new(self.catalog.list(page_size, after).await?))
+        let page = self.catalog.list(page_size, after).await?;
+        Ok(Response::new(page.into()))
     }
 
     #[tracing::instrument(skip_all)]
@@ -94,7 +95,7 @@ impl InventoryService for InventoryApi {
         let adjustment = Adjustment::try_from(request.into_inner())?;
         let product = self.catalog.adjust(adjustment).await?;
         Ok(Response::new(pb::AdjustStockResponse {
-            product: Some(product),
+            product: Some(product.into()),
         }))
     }
 
@@ -107,7 +108,7 @@ impl InventoryService for InventoryApi {
         let reservation = ReservationRequest::try_from(request.into_inner())?;
         let reservation = self.reservations.reserve(reservation).await?;
         Ok(Response::new(pb::ReserveStockResponse {
-            reservation: Some(reservation),
+            reservation: Some(reservation.into()),
         }))
     }
 
@@ -120,7 +121,7 @@ impl InventoryService for InventoryApi {
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         let reservation = self.reservations.release(&order_id).await?;
         Ok(Response::new(pb::ReleaseReservationResponse {
-            reservation: Some(reservation),
+            reservation: Some(reservation.into()),
         }))
     }
 
@@ -133,7 +134,7 @@ impl InventoryService for InventoryApi {
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         let reservation = self.reservations.commit(&order_id).await?;
         Ok(Response::new(pb::CommitReservationResponse {
-            reservation: Some(reservation),
+            reservation: Some(reservation.into()),
         }))
     }
 }

@@ -13,10 +13,9 @@ use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
 use crate::api::InventoryApi;
-use crate::catalog::{Catalog, INVENTORY_EVENTS_TOPIC};
-use crate::order_events::{ORDER_EVENTS_TOPIC, OrderEventsHandler};
-use crate::reservation::Reservations;
+use crate::events::{self, ORDER_EVENTS_TOPIC, OrderEventsHandler};
 use crate::settings::Settings;
+use crate::store::{Catalog, Reservations};
 
 /// The name this service registers in grpc.health.v1.
 pub use shop_proto::inventory::inventory_service_server::SERVICE_NAME;
@@ -65,7 +64,7 @@ impl Application {
             settings.stock.order_service_name.clone(),
         );
         let topics = vec![
-            INVENTORY_EVENTS_TOPIC.to_owned(),
+            events::EVENTS_TOPIC.to_owned(),
             ORDER_EVENTS_TOPIC.to_owned(),
             kafka::dead_letter_topic(ORDER_EVENTS_TOPIC, CONSUMER_NAME),
         ];
@@ -114,7 +113,7 @@ impl Application {
                 ORDER_EVENTS_TOPIC,
                 pool,
                 &service,
-                OrderEventsHandler { reservations },
+                OrderEventsHandler::new(reservations),
             )?;
             Ok(vec![Box::pin(consumer.run(shutdown)) as Worker])
         });

@@ -3,11 +3,11 @@
 
 pub mod api;
 pub mod application;
-pub mod catalog;
-pub mod order_events;
-pub mod reservation;
+pub mod events;
+pub mod model;
 pub mod seed;
 pub mod settings;
+pub mod store;
 
 pub use application::{Application, SERVICE_NAME};
 pub use settings::Settings;

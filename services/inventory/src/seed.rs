@@ -11,8 +11,9 @@ use shop_platform::outbox::OutboxSignal;
 use shop_proto::common::Money;
 use shop_proto::inventory as pb;
 
-use crate::catalog::{Catalog, NewProduct};
+use crate::model::NewProduct;
 use crate::settings::Settings;
+use crate::store::Catalog;
 
 /// One catalogue entry; the fields of CreateProductRequest.
 #[derive(Debug, Deserialize)]

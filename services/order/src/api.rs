@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::checkout::Checkout;
-use crate::order::{NewOrder, Order, Status as OrderStatus, parse_order_id};
-use crate::orders::Orders;
+use crate::model::{NewOrder, Order, Status as OrderStatus, parse_order_id};
 use crate::peers::OnBehalfOf;
+use crate::store::Orders;
 use crate::watch::{WatchStream, Watches};
 
 #[derive(Debug)]

@@ -14,9 +14,10 @@ use tonic::service::Routes;
 
 use crate::api::OrderApi;
 use crate::checkout::Checkout;
-use crate::orders::{ORDER_EVENTS_TOPIC, Orders};
+use crate::events::EVENTS_TOPIC;
 use crate::peers::Peers;
 use crate::settings::{SagaSettings, Settings};
+use crate::store::Orders;
 use crate::watch::{WatchLimits, Watches};
 
 /// The name this service registers in grpc.health.v1.
@@ -91,7 +92,7 @@ impl Application {
             settings.service.clone(),
             pool,
             outbox,
-            vec![ORDER_EVENTS_TOPIC.to_owned()],
+            vec![EVENTS_TOPIC.to_owned()],
         )
         .await?;
         Ok(Self {

@@ -15,9 +15,9 @@ use tonic::Code;
 use tonic_types::StatusExt;
 use tracing::Instrument;
 
-use crate::order::{NewOrder, Order, Status};
-use crate::orders::{Orders, Price};
+use crate::model::{NewOrder, Order, Price, Status};
 use crate::peers::{OnBehalfOf, Peers};
+use crate::store::Orders;
 
 #[derive(Clone, Debug)]
 pub struct Checkout {

@@ -4,10 +4,11 @@
 pub mod api;
 pub mod application;
 pub mod checkout;
-pub mod order;
-pub mod orders;
+pub mod events;
+pub mod model;
 pub mod peers;
 pub mod settings;
+pub mod store;
 pub mod watch;
 
 pub use application::{Application, SERVICE_NAME};

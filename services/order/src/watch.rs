@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 use uuid::Uuid;
 
-use crate::orders::Orders;
+use crate::store::Orders;
 
 /// The channel the orders table's trigger notifies (migration 0200).
 pub const ORDER_CHANGED_CHANNEL: &str = "order_changed";

@@ -10,8 +10,8 @@ use shop_proto::user::user_service_server::UserService;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::account::{self, LoginAttempt, Registration};
-use crate::users::Accounts;
+use crate::accounts::Accounts;
+use crate::model::{self, LoginAttempt, Registration};
 
 #[derive(Debug)]
 pub struct UserApi {
@@ -60,7 +60,9 @@ impl UserService for UserApi {
             .accounts
             .register(registration, Role::Customer, Some(client))
             .await?;
-        Ok(Response::new(pb::RegisterResponse { user: Some(user) }))
+        Ok(Response::new(pb::RegisterResponse {
+            user: Some(user.into()),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -70,7 +72,8 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::LoginResponse>, Status> {
         let client = client_address::of_call(&request, &self.trusted_proxies);
         let attempt = LoginAttempt::try_from(request.into_inner())?;
-        Ok(Response::new(self.accounts.login(attempt, client).await?))
+        let signed_in = self.accounts.login(attempt, client).await?;
+        Ok(Response::new(signed_in.into()))
     }
 
     #[tracing::instrument(skip_all, fields(user_id))]
@@ -79,7 +82,7 @@ impl UserService for UserApi {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        let user_id = account::parse_user_id(&request.get_ref().user_id)?;
+        let user_id = model::parse_user_id(&request.get_ref().user_id)?;
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
         if caller.service.is_none() {
             let me = caller.require_user()?;
@@ -91,7 +94,9 @@ impl UserService for UserApi {
             }
         }
         let user = self.accounts.get(user_id).await?;
-        Ok(Response::new(pb::GetUserResponse { user: Some(user) }))
+        Ok(Response::new(pb::GetUserResponse {
+            user: Some(user.into()),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -107,6 +112,7 @@ impl UserService for UserApi {
             .map(|k| Uuid::parse_str(&k))
             .transpose()
             .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))?;
-        Ok(Response::new(self.accounts.list(page_size, after).await?))
+        let page = self.accounts.list(page_size, after).await?;
+        Ok(Response::new(page.into()))
     }
 }

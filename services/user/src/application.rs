@@ -16,11 +16,12 @@ use shop_proto::user::user_service_server::UserServiceServer;
 use sqlx::migrate::Migrator;
 use tonic::service::Routes;
 
-use crate::account::Registration;
+use crate::accounts::Accounts;
 use crate::api::UserApi;
-use crate::order_stats::{ORDER_EVENTS_TOPIC, OrderStatsHandler};
+use crate::events::{self, ORDER_EVENTS_TOPIC, OrderStatsHandler};
+use crate::model::Registration;
 use crate::settings::Settings;
-use crate::users::{Accounts, USER_EVENTS_TOPIC};
+use crate::store::Users;
 
 /// The name this service registers in grpc.health.v1.
 pub use shop_proto::user::user_service_server::SERVICE_NAME;
@@ -76,10 +77,9 @@ impl Application {
 
         let outbox = OutboxSignal::default();
         let accounts = Accounts::new(
-            pool.clone(),
+            Users::new(pool.clone(), outbox.clone()),
             signer,
             Duration::from_secs(settings.accounts.access_token_ttl_secs),
-            outbox.clone(),
         );
         if !settings.accounts.bootstrap_admin_email.is_empty() {
             let admin = Registration::try_from(shop_proto::user::RegisterRequest {
@@ -96,7 +96,7 @@ impl Application {
         }
 
         let topics = vec![
-            USER_EVENTS_TOPIC.to_owned(),
+            events::EVENTS_TOPIC.to_owned(),
             ORDER_EVENTS_TOPIC.to_owned(),
             kafka::dead_letter_topic(ORDER_EVENTS_TOPIC, CONSUMER_NAME),
         ];

@@ -102,3 +102,68 @@ fn every_service_is_built_run_deployed_scraped_and_tortured() {
         );
     }
 }
+
+/// The files every service has, each in the same role (docs/code-map.md).
+const ROLE_FILES: [&str; 8] = [
+    "main.rs",
+    "lib.rs",
+    "application.rs",
+    "settings.rs",
+    "api.rs",
+    "model.rs",
+    "store.rs",
+    "events.rs",
+];
+
+/// Every Rust file of a service's `src/`, relative to it.
+fn sources(dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).expect("src dir") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let relative = path.strip_prefix(dir).expect("under src");
+                files.push(relative.to_string_lossy().into_owned());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn every_service_has_one_shape() {
+    let root = shop_testkit::workspace_root();
+    for (binary, short, _) in services(&root) {
+        let src = root.join("services").join(&short).join("src");
+        let files = sources(&src);
+        for role in ROLE_FILES {
+            assert!(
+                files.iter().any(|f| f == role),
+                "{binary}: no src/{role} ({files:?})"
+            );
+        }
+        for file in &files {
+            let text = read(&src, file);
+            // The store speaks SQL and model types; the service's messages stay in
+            // api.rs, model.rs's conversions and events.rs.
+            if file == "store.rs" || file.starts_with("store/") {
+                assert!(
+                    !text.contains("pb::") && !text.contains(&format!("shop_proto::{short}")),
+                    "{binary}: src/{file} names a wire message"
+                );
+            }
+            // Only the gRPC edge implements the generated service trait.
+            let serves = text
+                .lines()
+                .any(|l| l.starts_with("impl ") && l.contains("Service for "));
+            assert!(
+                !serves || file == "api.rs",
+                "{binary}: src/{file} implements a gRPC service outside api.rs"
+            );
+        }
+    }
+}

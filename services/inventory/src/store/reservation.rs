@@ -3,154 +3,18 @@
 //! concurrent reservations never deadlock and never oversell, whatever the number
 //! of replicas (the database does the locking, not the process).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use shop_platform::ApiError;
 use shop_platform::error::PreconditionViolation;
-use shop_platform::outbox::{self, OutboxSignal};
-use shop_platform::pagination::timestamp;
-use shop_proto::common::Money;
-use shop_proto::inventory as pb;
+use shop_platform::outbox::OutboxSignal;
 use sqlx::{PgConnection, PgPool};
 
-use crate::catalog::{INVENTORY_EVENTS_TOPIC, note_stock_level, parse_sku};
+use crate::events;
+use crate::model::{Reservation, ReservationLine, ReservationRequest, ReservationStatus};
 
-pub const MAX_LINES: usize = 100;
-const MAX_QUANTITY: i64 = 1_000_000;
-
-/// A checked ReserveStock request: SKU → quantity, each SKU once.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReservationRequest {
-    pub order_id: String,
-    pub lines: BTreeMap<String, i64>,
-}
-
-/// An order id from a request field (UUID text).
-pub fn parse_order_id(raw: &str) -> Result<String, ApiError> {
-    if raw.is_empty() {
-        return Err(ApiError::invalid("order_id", "is required"));
-    }
-    uuid::Uuid::parse_str(raw)
-        .map(|u| u.to_string())
-        .map_err(|_| ApiError::invalid("order_id", "must be a UUID"))
-}
-
-impl TryFrom<pb::ReserveStockRequest> for ReservationRequest {
-    type Error = ApiError;
-
-    fn try_from(req: pb::ReserveStockRequest) -> Result<Self, ApiError> {
-        let order_id = parse_order_id(&req.order_id)?;
-        if req.lines.is_empty() {
-            return Err(ApiError::invalid("lines", "must have at least one line"));
-        }
-        if req.lines.len() > MAX_LINES {
-            return Err(ApiError::invalid("lines", "must have at most 100 lines"));
-        }
-        let mut lines = BTreeMap::new();
-        for (i, line) in req.lines.iter().enumerate() {
-            let sku = parse_sku(&format!("lines[{i}].sku"), &line.sku)?;
-            if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-                return Err(ApiError::invalid(
-                    format!("lines[{i}].quantity"),
-                    "must be between 1 and 1000000",
-                ));
-            }
-            if lines.insert(sku, line.quantity).is_some() {
-                return Err(ApiError::invalid(
-                    format!("lines[{i}].sku"),
-                    "appears twice",
-                ));
-            }
-        }
-        Ok(Self { order_id, lines })
-    }
-}
-
-#[derive(sqlx::FromRow)]
-struct LineRow {
-    sku: String,
-    quantity: i64,
-    currency_code: String,
-    unit_price_minor: i64,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Held,
-    Committed,
-    Released,
-    Expired,
-    Returned,
-}
-
-impl Status {
-    fn from_db(s: &str) -> Self {
-        match s {
-            "committed" => Self::Committed,
-            "released" => Self::Released,
-            "expired" => Self::Expired,
-            "returned" => Self::Returned,
-            _ => Self::Held,
-        }
-    }
-
-    fn as_db(self) -> &'static str {
-        match self {
-            Self::Held => "held",
-            Self::Committed => "committed",
-            Self::Released => "released",
-            Self::Expired => "expired",
-            Self::Returned => "returned",
-        }
-    }
-
-    fn to_proto(self) -> pb::ReservationStatus {
-        match self {
-            Self::Held => pb::ReservationStatus::Held,
-            Self::Committed => pb::ReservationStatus::Committed,
-            // Returned stock was released after the commit; to the order service it is released.
-            Self::Released | Self::Returned => pb::ReservationStatus::Released,
-            Self::Expired => pb::ReservationStatus::Expired,
-        }
-    }
-}
-
-/// A reservation as stored, locked for the current transaction.
-struct Locked {
-    order_id: String,
-    status: Status,
-    expires_at: DateTime<Utc>,
-    lines: Vec<LineRow>,
-}
-
-impl Locked {
-    fn to_proto(&self) -> pb::Reservation {
-        pb::Reservation {
-            order_id: self.order_id.clone(),
-            lines: proto_lines(&self.lines),
-            status: self.status.to_proto() as i32,
-            expire_time: Some(timestamp(self.expires_at)),
-        }
-    }
-}
-
-fn proto_lines(lines: &[LineRow]) -> Vec<pb::ReservationLine> {
-    lines
-        .iter()
-        .map(|l| pb::ReservationLine {
-            sku: l.sku.clone(),
-            quantity: l.quantity,
-            unit_price: Some(Money {
-                currency_code: l.currency_code.clone(),
-                amount_minor: l.unit_price_minor,
-            }),
-        })
-        .collect()
-}
-
-async fn lock(conn: &mut PgConnection, order_id: &str) -> Result<Option<Locked>, sqlx::Error> {
+async fn lock(conn: &mut PgConnection, order_id: &str) -> Result<Option<Reservation>, sqlx::Error> {
     let Some((status, expires_at)): Option<(String, DateTime<Utc>)> = sqlx::query_as(
         "SELECT status, expires_at FROM reservations WHERE order_id = $1 FOR UPDATE",
     )
@@ -160,16 +24,16 @@ async fn lock(conn: &mut PgConnection, order_id: &str) -> Result<Option<Locked>,
     else {
         return Ok(None);
     };
-    let lines = sqlx::query_as::<_, LineRow>(
+    let lines = sqlx::query_as::<_, ReservationLine>(
         "SELECT sku, quantity, currency_code, unit_price_minor FROM reservation_lines
          WHERE order_id = $1 ORDER BY sku",
     )
     .bind(order_id)
     .fetch_all(&mut *conn)
     .await?;
-    Ok(Some(Locked {
+    Ok(Some(Reservation {
         order_id: order_id.to_owned(),
-        status: Status::from_db(&status),
+        status: ReservationStatus::from_db(&status),
         expires_at,
         lines,
     }))
@@ -179,17 +43,17 @@ async fn lock(conn: &mut PgConnection, order_id: &str) -> Result<Option<Locked>,
 /// `reserved -= q, sold += q` (commit); a committed one's `sold -= q, available += q` (return).
 async fn move_stock(
     conn: &mut PgConnection,
-    lines: &[LineRow],
-    from: Status,
-    to: Status,
+    lines: &[ReservationLine],
+    from: ReservationStatus,
+    to: ReservationStatus,
     low_threshold: i64,
 ) -> Result<(), sqlx::Error> {
     let sql = match (from, to) {
-        (Status::Held, Status::Committed) => {
+        (ReservationStatus::Held, ReservationStatus::Committed) => {
             "UPDATE products SET reserved = reserved - $2, sold = sold + $2, updated_at = now()
              WHERE sku = $1 RETURNING available, available"
         }
-        (Status::Held, _) => {
+        (ReservationStatus::Held, _) => {
             "UPDATE products SET reserved = reserved - $2, available = available + $2, updated_at = now()
              WHERE sku = $1 RETURNING available - $2, available"
         }
@@ -205,7 +69,7 @@ async fn move_stock(
             .bind(line.quantity)
             .fetch_one(&mut *conn)
             .await?;
-        note_stock_level(conn, &line.sku, before, after, low_threshold).await?;
+        events::stock_level_changed(conn, &line.sku, before, after, low_threshold).await?;
     }
     Ok(())
 }
@@ -233,7 +97,7 @@ impl Reservations {
     /// Holds stock for every line or none. A retry with the same lines returns the
     /// same reservation; different lines for the same order are refused.
     #[tracing::instrument(name = "db reservations.reserve", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "reservations", db.operation.name = "reserve"))]
-    pub async fn reserve(&self, request: ReservationRequest) -> Result<pb::Reservation, ApiError> {
+    pub async fn reserve(&self, request: ReservationRequest) -> Result<Reservation, ApiError> {
         let mut tx = self.pool.begin().await?;
         let expires_at = Utc::now() + chrono::Duration::from_std(self.ttl).unwrap_or_default();
         let claimed = sqlx::query(
@@ -250,18 +114,13 @@ impl Reservations {
             let existing = lock(&mut tx, &request.order_id).await?.ok_or_else(|| {
                 ApiError::Unavailable("reservation changed concurrently, retry".into())
             })?;
-            let same: BTreeMap<String, i64> = existing
-                .lines
-                .iter()
-                .map(|l| (l.sku.clone(), l.quantity))
-                .collect();
-            if same != request.lines {
+            if existing.quantities() != request.lines {
                 return Err(ApiError::AlreadyExists {
                     resource: "reservation with different lines for order",
                     id: request.order_id,
                 });
             }
-            return Ok(existing.to_proto());
+            return Ok(existing);
         }
 
         let skus: Vec<String> = request.lines.keys().cloned().collect();
@@ -324,7 +183,7 @@ impl Reservations {
             .bind(unit_price_minor)
             .execute(&mut *tx)
             .await?;
-            note_stock_level(
+            events::stock_level_changed(
                 &mut tx,
                 &sku,
                 available,
@@ -332,38 +191,34 @@ impl Reservations {
                 self.low_threshold,
             )
             .await?;
-            lines.push(LineRow {
+            lines.push(ReservationLine {
                 sku,
                 quantity,
                 currency_code,
                 unit_price_minor,
             });
         }
-        let reservation = Locked {
+        let reservation = Reservation {
             order_id: request.order_id.clone(),
-            status: Status::Held,
+            status: ReservationStatus::Held,
             expires_at,
             lines,
         };
-        let event = pb::StockReserved {
-            order_id: request.order_id.clone(),
-            lines: proto_lines(&reservation.lines),
-            expire_time: Some(timestamp(expires_at)),
-        };
-        outbox::enqueue(&mut tx, INVENTORY_EVENTS_TOPIC, &request.order_id, &event).await?;
+        events::stock_reserved(&mut tx, &reservation).await?;
         tx.commit().await?;
         self.outbox.notify();
-        Ok(reservation.to_proto())
+        Ok(reservation)
     }
 
     /// Returns a held reservation's stock. Idempotent; a committed reservation is refused.
-    pub async fn release(&self, order_id: &str) -> Result<pb::Reservation, ApiError> {
-        self.transition(order_id, Status::Released).await
+    pub async fn release(&self, order_id: &str) -> Result<Reservation, ApiError> {
+        self.transition(order_id, ReservationStatus::Released).await
     }
 
     /// Turns held stock into sold stock. Idempotent; a released or expired one is refused.
-    pub async fn commit(&self, order_id: &str) -> Result<pb::Reservation, ApiError> {
-        self.transition(order_id, Status::Committed).await
+    pub async fn commit(&self, order_id: &str) -> Result<Reservation, ApiError> {
+        self.transition(order_id, ReservationStatus::Committed)
+            .await
     }
 
     /// Gives back what an order took: releases a held reservation, returns committed stock.
@@ -373,8 +228,14 @@ impl Reservations {
             return Ok(());
         };
         match r.status {
-            Status::Held => self.apply(conn, r, Status::Released).await.map(|_| ()),
-            Status::Committed => self.apply(conn, r, Status::Returned).await.map(|_| ()),
+            ReservationStatus::Held => self
+                .apply(conn, r, ReservationStatus::Released)
+                .await
+                .map(|_| ()),
+            ReservationStatus::Committed => self
+                .apply(conn, r, ReservationStatus::Returned)
+                .await
+                .map(|_| ()),
             _ => Ok(()),
         }
     }
@@ -389,16 +250,19 @@ impl Reservations {
                 id: order_id.to_owned(),
             })?;
         match r.status {
-            Status::Held => self.apply(conn, r, Status::Committed).await.map(|_| ()),
-            Status::Committed | Status::Returned => Ok(()),
-            Status::Released | Status::Expired => self.reclaim(conn, r).await,
+            ReservationStatus::Held => self
+                .apply(conn, r, ReservationStatus::Committed)
+                .await
+                .map(|_| ()),
+            ReservationStatus::Committed | ReservationStatus::Returned => Ok(()),
+            ReservationStatus::Released | ReservationStatus::Expired => self.reclaim(conn, r).await,
         }
     }
 
     /// A confirmed order whose hold lapsed (its commit arrived after the expiry):
     /// takes the stock again if it is still there, straight into sold; otherwise
     /// refuses, so the event is dead-lettered and someone looks at it.
-    async fn reclaim(&self, conn: &mut PgConnection, mut r: Locked) -> Result<(), ApiError> {
+    async fn reclaim(&self, conn: &mut PgConnection, mut r: Reservation) -> Result<(), ApiError> {
         let skus: Vec<String> = r.lines.iter().map(|l| l.sku.clone()).collect();
         let available: Vec<(String, i64)> = sqlx::query_as(
             "SELECT sku, available FROM products WHERE sku = ANY($1) ORDER BY sku FOR UPDATE",
@@ -433,7 +297,7 @@ impl Reservations {
             .bind(line.quantity)
             .fetch_one(&mut *conn)
             .await?;
-            note_stock_level(conn, &line.sku, before, after, self.low_threshold).await?;
+            events::stock_level_changed(conn, &line.sku, before, after, self.low_threshold).await?;
         }
         sqlx::query(
             "UPDATE reservations SET status = 'committed', updated_at = now() WHERE order_id = $1",
@@ -442,17 +306,17 @@ impl Reservations {
         .execute(&mut *conn)
         .await?;
         tracing::warn!(order_id = %r.order_id, "lapsed reservation taken again for a confirmed order");
-        r.status = Status::Committed;
-        let e = pb::ReservationCommitted {
-            order_id: r.order_id.clone(),
-            lines: proto_lines(&r.lines),
-        };
-        outbox::enqueue(conn, INVENTORY_EVENTS_TOPIC, &r.order_id, &e).await?;
+        r.status = ReservationStatus::Committed;
+        events::reservation_moved(conn, &r).await?;
         Ok(())
     }
 
     #[tracing::instrument(name = "db reservations.transition", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "reservations", db.operation.name = "transition"))]
-    async fn transition(&self, order_id: &str, to: Status) -> Result<pb::Reservation, ApiError> {
+    async fn transition(
+        &self,
+        order_id: &str,
+        to: ReservationStatus,
+    ) -> Result<Reservation, ApiError> {
         let mut tx = self.pool.begin().await?;
         let r = lock(&mut tx, order_id)
             .await?
@@ -461,9 +325,12 @@ impl Reservations {
                 id: order_id.to_owned(),
             })?;
         let result = match (r.status, to) {
-            (Status::Held, _) => self.apply(&mut tx, r, to).await?,
-            (from, to) if from == to => return Ok(r.to_proto()),
-            (Status::Expired | Status::Returned, Status::Released) => return Ok(r.to_proto()),
+            (ReservationStatus::Held, _) => self.apply(&mut tx, r, to).await?,
+            (from, to) if from == to => return Ok(r),
+            (
+                ReservationStatus::Expired | ReservationStatus::Returned,
+                ReservationStatus::Released,
+            ) => return Ok(r),
             (from, _) => {
                 return Err(ApiError::FailedPrecondition(format!(
                     "reservation for order {order_id} is {}",
@@ -479,9 +346,9 @@ impl Reservations {
     async fn apply(
         &self,
         conn: &mut PgConnection,
-        mut r: Locked,
-        to: Status,
-    ) -> Result<pb::Reservation, ApiError> {
+        mut r: Reservation,
+        to: ReservationStatus,
+    ) -> Result<Reservation, ApiError> {
         move_stock(conn, &r.lines, r.status, to, self.low_threshold).await?;
         sqlx::query("UPDATE reservations SET status = $2, updated_at = now() WHERE order_id = $1")
             .bind(&r.order_id)
@@ -489,23 +356,8 @@ impl Reservations {
             .execute(&mut *conn)
             .await?;
         r.status = to;
-        let lines = proto_lines(&r.lines);
-        let order_id = r.order_id.clone();
-        match to {
-            Status::Committed => {
-                let e = pb::ReservationCommitted { order_id, lines };
-                outbox::enqueue(conn, INVENTORY_EVENTS_TOPIC, &r.order_id, &e).await?;
-            }
-            Status::Expired => {
-                let e = pb::ReservationExpired { order_id, lines };
-                outbox::enqueue(conn, INVENTORY_EVENTS_TOPIC, &r.order_id, &e).await?;
-            }
-            _ => {
-                let e = pb::StockReleased { order_id, lines };
-                outbox::enqueue(conn, INVENTORY_EVENTS_TOPIC, &r.order_id, &e).await?;
-            }
-        }
-        Ok(r.to_proto())
+        events::reservation_moved(conn, &r).await?;
+        Ok(r)
     }
 
     /// Expires held reservations past their time; returns how many. Rows another
@@ -527,7 +379,7 @@ impl Reservations {
             };
             if let Some(r) = lock(&mut tx, &order_id).await? {
                 tracing::warn!(order_id = %order_id, "reservation expired");
-                self.apply(&mut tx, r, Status::Expired).await?;
+                self.apply(&mut tx, r, ReservationStatus::Expired).await?;
             }
             tx.commit().await?;
             self.outbox.notify();

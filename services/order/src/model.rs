@@ -1,4 +1,5 @@
-//! Orders: checked input, states, and what an order looks like on the wire.
+//! Orders as the service sees them: checked request input, states, the records
+//! the store returns, and their wire forms.
 
 use std::collections::BTreeMap;
 
@@ -152,6 +153,13 @@ pub fn parse_order_id(raw: &str) -> Result<Uuid, ApiError> {
         return Err(ApiError::invalid("order_id", "is required"));
     }
     Uuid::parse_str(raw).map_err(|_| ApiError::invalid("order_id", "must be a UUID"))
+}
+
+/// A reservation line's price, from inventory.
+#[derive(Debug, Clone)]
+pub struct Price {
+    pub currency_code: String,
+    pub unit_price_minor: i64,
 }
 
 #[derive(sqlx::FromRow, Debug, Clone)]

@@ -1,32 +1,22 @@
-//! Orders in the database. Every state change is guarded by the state it leaves
-//! (`WHERE status = 'pending'`) and written with its event in one transaction, so
-//! the request path and the recovery loop (on any replica) never both finalize an
-//! order and no event is published for a change that rolled back.
+//! The service's database: orders and their lines. Every state change is guarded
+//! by the state it leaves (`WHERE status = 'pending'`) and written with its event
+//! in one transaction, so the request path and the recovery loop (on any replica)
+//! never both finalize an order and no event is published for a change that
+//! rolled back. Returns model types; the wire is api.rs's.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use chrono::Utc;
 use shop_platform::ApiError;
-use shop_platform::outbox::{self, OutboxSignal};
-use shop_platform::pagination::timestamp;
-use shop_proto::order as pb;
+use shop_platform::outbox::OutboxSignal;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::order::{LineRow, NewOrder, Order, OrderRow, Status};
-
-pub use shop_proto::order::EVENTS_TOPIC as ORDER_EVENTS_TOPIC;
+use crate::events;
+use crate::model::{LineRow, NewOrder, Order, OrderRow, Price, Status};
 
 const ORDER_COLUMNS: &str = "order_id, user_id, request_id, status, currency_code, total_minor, \
      rejection_reason, unavailable_skus, created_at, updated_at";
-
-/// A reservation line's price, from inventory.
-#[derive(Debug, Clone)]
-pub struct Price {
-    pub currency_code: String,
-    pub unit_price_minor: i64,
-}
 
 #[derive(Clone, Debug)]
 pub struct Orders {
@@ -163,11 +153,10 @@ impl Orders {
 
     /// Finishes a guarded state change: when `row` came back (the order was still in
     /// the state the UPDATE required), writes its event and commits; None otherwise.
-    async fn settle<M: prost::Name>(
+    async fn settle(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         row: Option<OrderRow>,
-        event: impl FnOnce(&Order) -> M,
     ) -> Result<Option<Order>, ApiError> {
         let Some(row) = row else {
             return Ok(None);
@@ -177,13 +166,7 @@ impl Orders {
             .await?
             .pop()
             .ok_or_else(|| missing(order_id))?;
-        outbox::enqueue(
-            &mut tx,
-            ORDER_EVENTS_TOPIC,
-            &order_id.to_string(),
-            &event(&order),
-        )
-        .await?;
+        events::order_settled(&mut tx, &order).await?;
         tx.commit().await?;
         self.outbox.notify();
         Ok(Some(order))
@@ -234,15 +217,7 @@ impl Orders {
         .bind(total)
         .fetch_optional(&mut *tx)
         .await?;
-        let settled = self
-            .settle(tx, row, |order| pb::OrderConfirmed {
-                order_id: order_id.to_string(),
-                user_id: order.row.user_id.to_string(),
-                lines: order.proto_lines(),
-                total: order.total(),
-                confirm_time: Some(timestamp(order.row.updated_at)),
-            })
-            .await?;
+        let settled = self.settle(tx, row).await?;
         if settled.is_some() {
             tracing::info!(order_id = %order_id, total, currency = %currency, "order confirmed");
         }
@@ -267,15 +242,7 @@ impl Orders {
         .bind(skus)
         .fetch_optional(&mut *tx)
         .await?;
-        let settled = self
-            .settle(tx, row, |order| pb::OrderRejected {
-                order_id: order_id.to_string(),
-                user_id: order.row.user_id.to_string(),
-                reason: reason.into(),
-                unavailable_skus: skus.to_vec(),
-                reject_time: Some(timestamp(order.row.updated_at)),
-            })
-            .await?;
+        let settled = self.settle(tx, row).await?;
         if settled.is_some() {
             tracing::info!(order_id = %order_id, reason, "order rejected");
         }
@@ -319,15 +286,7 @@ impl Orders {
             row,
             lines: order.lines,
         };
-        let event = pb::OrderCancelled {
-            order_id: order_id.to_string(),
-            user_id: cancelled.row.user_id.to_string(),
-            previous_status: pb::OrderStatus::Confirmed as i32,
-            total: cancelled.total(),
-            reason: reason.into(),
-            cancel_time: Some(timestamp(Utc::now())),
-        };
-        outbox::enqueue(&mut tx, ORDER_EVENTS_TOPIC, &event.order_id, &event).await?;
+        events::order_cancelled(&mut tx, &cancelled, reason).await?;
         tx.commit().await?;
         self.outbox.notify();
         tracing::info!(order_id = %order_id, "order cancelled");

@@ -1,7 +1,11 @@
-//! Accounts: checked registration input, roles, and the conversions from requests.
+//! Accounts as the service sees them: checked registration and sign-in input,
+//! roles, the users the store returns, and their wire forms.
 
+use chrono::{DateTime, Utc};
 use shop_platform::ApiError;
 use shop_platform::auth::Role;
+use shop_platform::pagination::timestamp;
+use shop_proto::common::Money;
 use shop_proto::user as pb;
 use uuid::Uuid;
 
@@ -184,6 +188,78 @@ pub fn role_to_proto(role: Role) -> pb::Role {
     match role {
         Role::Customer => pb::Role::Customer,
         Role::Admin => pb::Role::Admin,
+    }
+}
+
+/// A user with the order figures the order events keep current.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub user_id: Uuid,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub created_at: DateTime<Utc>,
+    pub stats: UserStats,
+}
+
+/// Confirmed, not cancelled orders: how many, and the spend in each currency.
+#[derive(Debug, Clone, Default)]
+pub struct UserStats {
+    pub order_count: i64,
+    pub lifetime_spend: Vec<Money>,
+}
+
+/// One page of users in id order; the token is empty on the last page.
+#[derive(Debug)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    pub next_page_token: String,
+}
+
+/// A successful sign-in: the signed token, when it expires (Unix seconds), whose it is.
+#[derive(Debug)]
+pub struct SignedIn {
+    pub access_token: String,
+    pub expires_at: u64,
+    pub user: User,
+}
+
+impl From<User> for pb::User {
+    fn from(user: User) -> Self {
+        pb::User {
+            user_id: user.user_id.to_string(),
+            email: user.email,
+            display_name: user.display_name,
+            role: role_to_proto(user.role) as i32,
+            create_time: Some(timestamp(user.created_at)),
+            stats: Some(pb::UserStats {
+                order_count: user.stats.order_count,
+                lifetime_spend: user.stats.lifetime_spend,
+            }),
+        }
+    }
+}
+
+impl From<UserPage> for pb::ListUsersResponse {
+    fn from(page: UserPage) -> Self {
+        pb::ListUsersResponse {
+            users: page.users.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }
+    }
+}
+
+impl From<SignedIn> for pb::LoginResponse {
+    fn from(signed_in: SignedIn) -> Self {
+        pb::LoginResponse {
+            access_token: signed_in.access_token,
+            token_type: "Bearer".into(),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: i64::try_from(signed_in.expires_at).unwrap_or(i64::MAX),
+                nanos: 0,
+            }),
+            user: Some(signed_in.user.into()),
+        }
     }
 }
 

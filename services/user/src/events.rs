@@ -1,14 +1,35 @@
-//! Keeps each user's order figures current from the order service's events:
-//! a confirmed order counts, a cancelled one stops counting.
+//! The event the service publishes (UserRegistered, written to the outbox in
+//! the transaction that creates the user) and the order events it consumes to
+//! keep each user's order figures current: a confirmed order counts, a
+//! cancelled one stops counting.
 
 use chrono::{DateTime, Utc};
 use prost::{Message, Name};
 use shop_platform::inbox::{EventHandler, HandlerError, InboundEvent};
+use shop_platform::outbox;
+use shop_platform::pagination::timestamp;
 use shop_proto::order as pb;
+use shop_proto::user as user_pb;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use crate::model::{self, User};
+
 pub use shop_proto::order::EVENTS_TOPIC as ORDER_EVENTS_TOPIC;
+pub use shop_proto::user::EVENTS_TOPIC;
+
+/// Keyed by user id, so one user's events stay in order.
+pub async fn user_registered(conn: &mut PgConnection, user: &User) -> Result<(), sqlx::Error> {
+    let event = user_pb::UserRegistered {
+        user_id: user.user_id.to_string(),
+        email: user.email.clone(),
+        role: model::role_to_proto(user.role) as i32,
+        register_time: Some(timestamp(user.created_at)),
+    };
+    outbox::enqueue(conn, EVENTS_TOPIC, &event.user_id, &event)
+        .await
+        .map(|_| ())
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct OrderStatsHandler;

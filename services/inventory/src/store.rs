@@ -1,0 +1,8 @@
+//! The service's database: every state change is one transaction that writes
+//! its events to the outbox with it. Returns model types; the wire is api.rs's.
+
+mod catalog;
+mod reservation;
+
+pub use catalog::Catalog;
+pub use reservation::Reservations;

@@ -1,0 +1,186 @@
+//! Products and their stock: creation, reads, pages and adjustments that never
+//! drive available stock below zero, each change written with its event.
+
+use shop_platform::ApiError;
+use shop_platform::outbox::OutboxSignal;
+use shop_platform::pagination;
+use sqlx::PgPool;
+
+use crate::events;
+use crate::model::{Adjustment, NewProduct, Product, ProductPage};
+
+const PRODUCT_COLUMNS: &str = "sku, name, description, currency_code, unit_price_minor, available, reserved, sold, created_at, updated_at";
+
+#[derive(Clone, Debug)]
+pub struct Catalog {
+    pool: PgPool,
+    outbox: OutboxSignal,
+    low_threshold: i64,
+}
+
+impl Catalog {
+    /// Products in `pool`; a change wakes the relay through `outbox`; available
+    /// stock under `low_threshold` publishes StockLow.
+    pub fn new(pool: PgPool, outbox: OutboxSignal, low_threshold: i64) -> Self {
+        Self {
+            pool,
+            outbox,
+            low_threshold,
+        }
+    }
+
+    #[tracing::instrument(name = "db products.create", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "create"))]
+    pub async fn create(&self, product: NewProduct) -> Result<Product, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO products (sku, name, description, currency_code, unit_price_minor, initial_stock, available)
+             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {PRODUCT_COLUMNS}"
+        )))
+        .bind(&product.sku)
+        .bind(&product.name)
+        .bind(&product.description)
+        .bind(&product.unit_price.currency_code)
+        .bind(product.unit_price.amount_minor)
+        .bind(product.initial_stock)
+        .fetch_one(&mut *tx)
+        .await;
+        let row = match inserted {
+            Ok(row) => row,
+            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+                return Err(ApiError::AlreadyExists {
+                    resource: "product",
+                    id: product.sku,
+                });
+            }
+            Err(err) => return Err(err.into()),
+        };
+        events::product_created(&mut tx, &row, product.initial_stock).await?;
+        events::stock_level_changed(
+            &mut tx,
+            &row.sku,
+            i64::MAX,
+            row.available,
+            self.low_threshold,
+        )
+        .await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        tracing::info!(sku = %row.sku, "product created");
+        Ok(row)
+    }
+
+    #[tracing::instrument(name = "db products.get", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "get"))]
+    pub async fn get(&self, sku: &str) -> Result<Product, ApiError> {
+        sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = $1"
+        )))
+        .bind(sku)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| ApiError::NotFound {
+            resource: "product",
+            id: sku.to_owned(),
+        })
+    }
+
+    /// Products by SKU after the token's SKU: a page never shifts when products are added.
+    #[tracing::instrument(name = "db products.list", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "list"))]
+    pub async fn list(
+        &self,
+        page_size: i64,
+        after: Option<String>,
+    ) -> Result<ProductPage, ApiError> {
+        let rows = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE $1::text IS NULL OR sku > $1 ORDER BY sku LIMIT $2"
+        )))
+        .bind(after)
+        .bind(page_size + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let has_more = rows.len() as i64 > page_size;
+        let rows: Vec<Product> = rows.into_iter().take(page_size as usize).collect();
+        let next_page_token = match (has_more, rows.last()) {
+            (true, Some(last)) => pagination::encode_token(&last.sku),
+            _ => String::new(),
+        };
+        Ok(ProductPage {
+            products: rows,
+            next_page_token,
+        })
+    }
+
+    /// Applies an adjustment once per request id.
+    #[tracing::instrument(name = "db products.adjust", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "adjust"))]
+    pub async fn adjust(&self, adjustment: Adjustment) -> Result<Product, ApiError> {
+        let mut tx = self.pool.begin().await?;
+        // The product row first (as every path locks it): concurrent adjustments queue
+        // here instead of deadlocking on the adjustment's foreign key.
+        let before: Option<i64> =
+            sqlx::query_scalar("SELECT available FROM products WHERE sku = $1 FOR UPDATE")
+                .bind(&adjustment.sku)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(before) = before else {
+            return Err(ApiError::NotFound {
+                resource: "product",
+                id: adjustment.sku,
+            });
+        };
+        let first = sqlx::query(
+            "INSERT INTO stock_adjustments (request_id, sku, delta, reason) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (request_id) DO NOTHING",
+        )
+        .bind(&adjustment.request_id)
+        .bind(&adjustment.sku)
+        .bind(adjustment.delta)
+        .bind(&adjustment.reason)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if !first {
+            let earlier: Option<(String, i64)> =
+                sqlx::query_as("SELECT sku, delta FROM stock_adjustments WHERE request_id = $1")
+                    .bind(&adjustment.request_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return match earlier {
+                Some((sku, delta)) if sku == adjustment.sku && delta == adjustment.delta => {
+                    tx.rollback().await?;
+                    self.get(&sku).await
+                }
+                _ => Err(ApiError::invalid(
+                    "request_id",
+                    "was already used for a different adjustment",
+                )),
+            };
+        }
+        if before + adjustment.delta < 0 {
+            return Err(ApiError::Precondition {
+                message: format!(
+                    "adjustment of {} would drive available stock of {} below 0 (available {before})",
+                    adjustment.delta, adjustment.sku
+                ),
+                violations: vec![shop_platform::error::PreconditionViolation {
+                    kind: "STOCK".into(),
+                    subject: adjustment.sku,
+                    description: format!("available {before}"),
+                }],
+            });
+        }
+        let row = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
+            "UPDATE products SET available = available + $2, adjusted = adjusted + $2, updated_at = now()
+             WHERE sku = $1 RETURNING {PRODUCT_COLUMNS}"
+        )))
+        .bind(&adjustment.sku)
+        .bind(adjustment.delta)
+        .fetch_one(&mut *tx)
+        .await?;
+        events::stock_adjusted(&mut tx, &row, adjustment.delta, adjustment.reason).await?;
+        events::stock_level_changed(&mut tx, &row.sku, before, row.available, self.low_threshold)
+            .await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        Ok(row)
+    }
+}
