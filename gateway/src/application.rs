@@ -196,8 +196,8 @@ fn cors(origins: &str) -> Option<tower_http::cors::CorsLayer> {
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shop_platform::metrics::registry().render(&[("service", "gateway")]),
+        [(header::CONTENT_TYPE, shop_platform::metrics::CONTENT_TYPE)],
+        shop_platform::metrics::render("gateway"),
     )
 }
 

@@ -13,6 +13,7 @@
 //! Per-user limits, body limits and deadlines need the route and the caller and
 //! live in the proxy handler.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,8 +24,7 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use shop_platform::client_address::{bucket, forwarded_for};
-use shop_platform::grpc::OTHER_LABEL;
-use shop_platform::metrics::RedFamilies;
+use shop_platform::metrics::{HttpLabels, OTHER_LABEL, metrics};
 use tonic::Code;
 
 use crate::errors::RestError;
@@ -32,13 +32,6 @@ use crate::state::Gateway;
 
 /// The paths the gateway serves itself (not routes to a backend).
 pub const OWN_PATHS: [&str; 5] = ["/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"];
-
-const HTTP_RED: RedFamilies = RedFamilies {
-    requests: "gateway_http_requests_total",
-    requests_help: "HTTP requests by method, route and status.",
-    duration: "gateway_http_request_duration_seconds",
-    duration_help: "Time to answer an HTTP request (to the first byte for streams).",
-};
 
 /// Paths that probes and scrapers call.
 const PROBE_PATHS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
@@ -106,18 +99,18 @@ pub async fn record_metrics(request: Request<Body>, next: Next) -> Response {
         .find(|p| **p == request.uri().path())
         .copied();
     let response = next.run(request).await;
+    // A template from the route table, one of the gateway's own paths, or other.
     let route = match (response.extensions().get::<RouteLabel>(), own) {
-        (Some(RouteLabel(template)), _) => template.clone(),
-        (None, Some(own)) => own.to_owned(),
-        (None, None) => OTHER_LABEL.to_owned(),
+        (Some(RouteLabel(template)), _) => Cow::Owned(template.clone()),
+        (None, Some(own)) => Cow::Borrowed(own),
+        (None, None) => Cow::Borrowed(OTHER_LABEL),
     };
-    let status = response.status().as_u16().to_string();
-    let labels = [
-        ("method", method),
-        ("route", route.as_str()),
-        ("status", status.as_str()),
-    ];
-    shop_platform::metrics::registry().record(&HTTP_RED, &labels, started.elapsed());
+    let labels = HttpLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
+    metrics().http.record(&labels, started.elapsed());
     response
 }
 

@@ -29,11 +29,13 @@ pub struct Checkout {
 
 /// Where the saga left an order.
 fn outcome(order: Order) -> Result<Order, ApiError> {
-    shop_platform::metrics::registry().inc(
-        "shop_saga_outcomes_total",
-        "CreateOrder answers, by the state the order was left in.",
-        &[("status", order.status().as_db())],
-    );
+    let labels = shop_platform::metrics::SagaLabels {
+        status: order.status().as_db(),
+    };
+    shop_platform::metrics::metrics()
+        .saga_outcomes
+        .get_or_create(&labels)
+        .inc();
     match order.status() {
         Status::Confirmed | Status::Cancelled => Ok(order),
         Status::Pending => Err(ApiError::Unavailable(format!(

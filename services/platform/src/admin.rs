@@ -51,44 +51,20 @@ async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let registry = crate::metrics::registry();
-    registry.set(
-        "shop_up",
-        "Whether the service is serving (1) or not (0).",
-        &[],
-        f64::from(u8::from(state.health.is_serving())),
-    );
+    let m = crate::metrics::metrics();
+    m.up.set(i64::from(state.health.is_serving()));
     // Read at scrape time: the outbox backlog and its age, the pool's connections.
     if let Ok(n) = outbox::backlog(&state.pool).await {
-        registry.set(
-            "shop_outbox_backlog_events",
-            "Events written to the outbox and not yet published.",
-            &[],
-            n as f64,
-        );
+        m.outbox_backlog.set(n);
     }
     if let Ok(age) = outbox::oldest_unsent_age(&state.pool).await {
-        registry.set(
-            "shop_outbox_oldest_unsent_age_seconds",
-            "Age of the oldest event not yet published (0 when none).",
-            &[],
-            age,
-        );
+        m.outbox_oldest_unsent_age.set(age);
     }
-    registry.set(
-        "shop_db_pool_connections",
-        "Open database connections in the pool.",
-        &[],
-        f64::from(state.pool.size()),
-    );
-    registry.set(
-        "shop_db_pool_idle_connections",
-        "Idle database connections in the pool.",
-        &[],
-        state.pool.num_idle() as f64,
-    );
+    m.db_pool_connections.set(i64::from(state.pool.size()));
+    m.db_pool_idle_connections
+        .set(i64::try_from(state.pool.num_idle()).unwrap_or(i64::MAX));
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        registry.render(&[("service", state.service)]),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(state.service),
     )
 }

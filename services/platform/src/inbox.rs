@@ -54,17 +54,15 @@ async fn report_lag(consumer: std::sync::Arc<StreamConsumer>, name: String, shut
         .await
         .unwrap_or_default();
         for (topic, partition, lag) in lags {
-            let partition = partition.to_string();
-            crate::metrics::registry().set(
-                "shop_consumer_lag_messages",
-                "Messages between a consumer's position and the partition's end.",
-                &[
-                    ("consumer", name.as_str()),
-                    ("topic", topic.as_str()),
-                    ("partition", partition.as_str()),
-                ],
-                lag as f64,
-            );
+            let labels = crate::metrics::LagLabels {
+                consumer: name.clone(),
+                topic,
+                partition,
+            };
+            crate::metrics::metrics()
+                .consumer_lag
+                .get_or_create(&labels)
+                .set(lag);
         }
     }
 }
@@ -126,12 +124,7 @@ impl<H> std::fmt::Debug for InboxConsumer<H> {
     }
 }
 
-/// What happened to one message.
-enum Outcome {
-    Applied,
-    Duplicate,
-    DeadLettered,
-}
+use crate::metrics::ConsumerOutcome as Outcome;
 
 impl<H: EventHandler> InboxConsumer<H> {
     /// `name` identifies the consumer in the inbox table and the dead-letter topic's
@@ -183,23 +176,19 @@ impl<H: EventHandler> InboxConsumer<H> {
             let Some(outcome) = self.process(&message, &shutdown).await else {
                 break; // shutdown mid-retry: the offset stays uncommitted
             };
-            let outcome = match outcome {
-                Outcome::Applied => "applied",
-                Outcome::Duplicate => {
-                    tracing::debug!(consumer = %self.name, "duplicate event skipped");
-                    "duplicate"
-                }
-                Outcome::DeadLettered => "dead_lettered",
+            if outcome == Outcome::Duplicate {
+                tracing::debug!(consumer = %self.name, "duplicate event skipped");
+            }
+            // The subscribed topic, not the message's: labels never come from input.
+            let labels = crate::metrics::ConsumerEventLabels {
+                consumer: self.name.clone(),
+                topic: self.topic.clone(),
+                outcome,
             };
-            crate::metrics::registry().inc(
-                "shop_consumer_events_total",
-                "Events a consumer handled, by outcome.",
-                &[
-                    ("consumer", self.name.as_str()),
-                    ("topic", message.topic()),
-                    ("outcome", outcome),
-                ],
-            );
+            crate::metrics::metrics()
+                .consumer_events
+                .get_or_create(&labels)
+                .inc();
             if let Err(err) = self.consumer.commit_message(&message, CommitMode::Async) {
                 tracing::warn!(consumer = %self.name, error = %err, "offset commit failed");
             }

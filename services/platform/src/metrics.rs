@@ -1,271 +1,327 @@
-//! Counters and histograms for Prometheus: one registry per process, rendered by
-//! the admin port (services) or /metrics (gateway), plus process figures read
-//! from /proc at scrape time.
+//! Every metric the mesh exports, declared once with its type and its label set
+//! (prometheus-client), rendered in the OpenMetrics text format by the admin
+//! port (services) and /metrics (gateway).
+//!
+//! Label values never come from a request: each is an enum, a number with a
+//! fixed range, or a value from the program's own tables (the methods in the
+//! contracts' descriptors, the gateway's route templates, the topics a process
+//! publishes or subscribes to). So every family's series are bounded by
+//! construction, whatever clients send.
 
-use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
+use std::borrow::Cow;
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-/// Label sets kept per family. Labels come from known routes, methods and codes,
-/// so a family never needs this many; the cap is the backstop that keeps a
-/// scrape bounded if a label ever takes a value from a client.
-pub const MAX_SERIES_PER_FAMILY: usize = 1_000;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// What /metrics answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The label value for a route, method or service the process does not know.
+pub const OTHER_LABEL: &str = "other";
 
 /// Latency buckets in seconds.
 const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-#[derive(Debug, Default, Clone)]
-struct Histogram {
-    count: u64,
-    sum: f64,
-    buckets: [u64; BUCKETS.len()],
+fn latency_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
 }
 
-#[derive(Debug, Default)]
-struct Family {
-    help: &'static str,
-    kind: &'static str,
-    /// Rendered label set (`a="x",b="y"`) → value.
-    values: BTreeMap<String, f64>,
-    histograms: BTreeMap<String, Histogram>,
-    /// Samples refused because the family was full.
-    dropped: u64,
+type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// A gRPC status code as its name (`Ok`, `NotFound`, …): 17 values.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct GrpcCode(pub tonic::Code);
+
+impl EncodeLabelValue for GrpcCode {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        write!(encoder, "{:?}", self.0)
+    }
 }
 
-/// The slot for `key` in `series`; None, and the sample counted in `dropped`, once
-/// the family holds `MAX_SERIES_PER_FAMILY` other series.
-fn bounded_slot<'a, V: Default>(
-    series: &'a mut BTreeMap<String, V>,
-    dropped: &mut u64,
-    key: String,
-) -> Option<&'a mut V> {
-    if series.len() >= MAX_SERIES_PER_FAMILY && !series.contains_key(&key) {
-        *dropped += 1;
-        return None;
-    }
-    Some(series.entry(key).or_default())
+/// A call a gRPC server answered: service and method from the contracts'
+/// descriptors (`other` for anything else), and the code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc_service: &'static str,
+    pub rpc_method: &'static str,
+    pub grpc_code: GrpcCode,
 }
 
-impl Family {
-    fn value(&mut self, key: String) -> Option<&mut f64> {
-        bounded_slot(&mut self.values, &mut self.dropped, key)
-    }
+/// A request the gateway answered: a standard method or `other`; a route
+/// template from its table, one of its own paths or `other`; the status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: &'static str,
+    pub route: Cow<'static, str>,
+    pub status: u16,
+}
 
-    fn histogram(&mut self, key: String) -> Option<&mut Histogram> {
-        bounded_slot(&mut self.histograms, &mut self.dropped, key)
+/// A topic this process publishes to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    pub topic: String,
+}
+
+/// What became of an event a consumer received.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum ConsumerOutcome {
+    Applied,
+    Duplicate,
+    DeadLettered,
+}
+
+impl ConsumerOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Duplicate => "duplicate",
+            Self::DeadLettered => "dead_lettered",
+        }
     }
+}
+
+impl EncodeLabelValue for ConsumerOutcome {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// A consumer (its name) and the one topic it subscribes to.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerEventLabels {
+    pub consumer: String,
+    pub topic: String,
+    pub outcome: ConsumerOutcome,
+}
+
+/// A partition of a consumer's topic.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LagLabels {
+    pub consumer: String,
+    pub topic: String,
+    pub partition: i32,
+}
+
+/// The state CreateOrder left an order in (the order service's four states).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SagaLabels {
+    pub status: &'static str,
 }
 
 /// A request counter and a latency histogram with the same labels (RED figures).
-#[derive(Clone, Copy, Debug)]
-pub struct RedFamilies {
-    pub requests: &'static str,
-    pub requests_help: &'static str,
-    pub duration: &'static str,
-    pub duration_help: &'static str,
+#[derive(Debug)]
+pub struct Red<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug> {
+    pub requests: Family<L, Counter>,
+    pub duration: LatencyFamily<L>,
 }
 
-#[derive(Debug, Default)]
-pub struct Registry {
-    families: Mutex<BTreeMap<&'static str, Family>>,
-}
-
-fn labels(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            format!(
-                "{k}=\"{}\"",
-                v.replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', " ")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// The process's registry.
-pub fn registry() -> &'static Registry {
-    static REGISTRY: OnceLock<Registry> = OnceLock::new();
-    REGISTRY.get_or_init(Registry::default)
-}
-
-impl Registry {
-    fn family<R>(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        kind: &'static str,
-        f: impl FnOnce(&mut Family) -> R,
-    ) -> R {
-        let mut families = self.families.lock().unwrap_or_else(|e| e.into_inner());
-        let family = families.entry(name).or_insert_with(|| Family {
-            help,
-            kind,
-            ..Family::default()
-        });
-        f(family)
-    }
-
-    pub fn inc(&self, name: &'static str, help: &'static str, pairs: &[(&str, &str)]) {
-        self.family(name, help, "counter", |f| {
-            if let Some(value) = f.value(labels(pairs)) {
-                *value += 1.0;
-            }
-        });
-    }
-
-    /// Counts one request and its latency, rendering the labels once for both.
-    pub fn record(&self, red: &RedFamilies, pairs: &[(&str, &str)], elapsed: Duration) {
-        let key = labels(pairs);
-        self.family(red.requests, red.requests_help, "counter", |f| {
-            if let Some(value) = f.value(key.clone()) {
-                *value += 1.0;
-            }
-        });
-        self.observe_key(red.duration, red.duration_help, key, elapsed);
-    }
-
-    pub fn set(&self, name: &'static str, help: &'static str, pairs: &[(&str, &str)], value: f64) {
-        self.family(name, help, "gauge", |f| {
-            if let Some(slot) = f.value(labels(pairs)) {
-                *slot = value;
-            }
-        });
-    }
-
-    pub fn observe(
-        &self,
-        name: &'static str,
-        help: &'static str,
-        pairs: &[(&str, &str)],
-        elapsed: Duration,
-    ) {
-        self.observe_key(name, help, labels(pairs), elapsed);
-    }
-
-    fn observe_key(&self, name: &'static str, help: &'static str, key: String, elapsed: Duration) {
-        let secs = elapsed.as_secs_f64();
-        self.family(name, help, "histogram", |f| {
-            let Some(h) = f.histogram(key) else {
-                return;
-            };
-            h.count += 1;
-            h.sum += secs;
-            for (i, bound) in BUCKETS.iter().enumerate() {
-                if secs <= *bound {
-                    h.buckets[i] += 1;
-                }
-            }
-        });
-    }
-
-    /// Prometheus text format; `base` labels (e.g. `service="order-service"`) go on every line.
-    pub fn render(&self, base: &[(&str, &str)]) -> String {
-        let base = labels(base);
-        let join = |l: &str| match (base.is_empty(), l.is_empty()) {
-            (true, _) => l.to_owned(),
-            (false, true) => base.clone(),
-            (false, false) => format!("{base},{l}"),
-        };
-        let mut out = String::new();
-        let families = self.families.lock().unwrap_or_else(|e| e.into_inner());
-        let dropped: Vec<(&str, u64)> = families
-            .iter()
-            .filter(|(_, f)| f.dropped > 0)
-            .map(|(name, f)| (*name, f.dropped))
-            .collect();
-        if !dropped.is_empty() {
-            let _ = writeln!(
-                out,
-                "# HELP shop_metrics_series_dropped_total Samples not recorded because their family already held {MAX_SERIES_PER_FAMILY} series."
-            );
-            let _ = writeln!(out, "# TYPE shop_metrics_series_dropped_total counter");
-            for (family, n) in dropped {
-                let l = join(&labels(&[("family", family)]));
-                let _ = writeln!(out, "shop_metrics_series_dropped_total{{{l}}} {n}");
-            }
+impl<L> Red<L>
+where
+    L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn new() -> Self {
+        Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram as fn() -> Histogram),
         }
-        for (name, f) in families.iter() {
-            let _ = writeln!(out, "# HELP {name} {}", f.help);
-            let _ = writeln!(out, "# TYPE {name} {}", f.kind);
-            for (l, v) in &f.values {
-                let _ = writeln!(out, "{name}{{{}}} {v}", join(l));
-            }
-            for (l, h) in &f.histograms {
-                let l = join(l);
-                let sep = if l.is_empty() { "" } else { "," };
-                for (i, bound) in BUCKETS.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}_bucket{{{l}{sep}le=\"{bound}\"}} {}",
-                        h.buckets[i]
-                    );
-                }
-                let _ = writeln!(out, "{name}_bucket{{{l}{sep}le=\"+Inf\"}} {}", h.count);
-                let _ = writeln!(out, "{name}_sum{{{l}}} {}", h.sum);
-                let _ = writeln!(out, "{name}_count{{{l}}} {}", h.count);
-            }
-        }
-        out.push_str(&process_metrics(&base));
-        out
+    }
+
+    /// Counts one request and its latency.
+    pub fn record(&self, labels: &L, elapsed: Duration) {
+        self.requests.get_or_create(labels).inc();
+        self.duration
+            .get_or_create(labels)
+            .observe(elapsed.as_secs_f64());
     }
 }
 
-/// Resident memory, CPU time and open files of this process (Linux /proc).
-fn process_metrics(base: &str) -> String {
+/// The process's metrics. Gauges read at scrape time (the outbox backlog, the
+/// pool) are set by the admin port just before it renders.
+#[derive(Debug)]
+pub struct Metrics {
+    pub rpc: Red<RpcLabels>,
+    pub http: Red<HttpLabels>,
+    pub outbox_published: Family<TopicLabels, Counter>,
+    pub outbox_backlog: Gauge,
+    pub outbox_oldest_unsent_age: Gauge<f64, AtomicU64>,
+    pub consumer_events: Family<ConsumerEventLabels, Counter>,
+    pub consumer_lag: Family<LagLabels, Gauge>,
+    pub saga_outcomes: Family<SagaLabels, Counter>,
+    pub up: Gauge,
+    pub db_pool_connections: Gauge,
+    pub db_pool_idle_connections: Gauge,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        Self {
+            rpc: Red::new(),
+            http: Red::new(),
+            outbox_published: Family::default(),
+            outbox_backlog: Gauge::default(),
+            outbox_oldest_unsent_age: Gauge::default(),
+            consumer_events: Family::default(),
+            consumer_lag: Family::default(),
+            saga_outcomes: Family::default(),
+            up: Gauge::default(),
+            db_pool_connections: Gauge::default(),
+            db_pool_idle_connections: Gauge::default(),
+        }
+    }
+
+    /// Registers every family (the registry holds clones: they share the values).
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "rpc_server_requests",
+            "gRPC calls answered, by method and code",
+            self.rpc.requests.clone(),
+        );
+        registry.register(
+            "rpc_server_duration_seconds",
+            "Time to answer a gRPC call (to the response headers for streams)",
+            self.rpc.duration.clone(),
+        );
+        registry.register(
+            "gateway_http_requests",
+            "HTTP requests by method, route and status",
+            self.http.requests.clone(),
+        );
+        registry.register(
+            "gateway_http_request_duration_seconds",
+            "Time to answer an HTTP request (to the first byte for streams)",
+            self.http.duration.clone(),
+        );
+        registry.register(
+            "shop_outbox_published",
+            "Events the relay published, by topic",
+            self.outbox_published.clone(),
+        );
+        registry.register(
+            "shop_outbox_backlog_events",
+            "Events written to the outbox and not yet published",
+            self.outbox_backlog.clone(),
+        );
+        registry.register(
+            "shop_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest event not yet published (0 when none)",
+            self.outbox_oldest_unsent_age.clone(),
+        );
+        registry.register(
+            "shop_consumer_events",
+            "Events a consumer handled, by outcome",
+            self.consumer_events.clone(),
+        );
+        registry.register(
+            "shop_consumer_lag_messages",
+            "Messages between a consumer's position and the partition's end",
+            self.consumer_lag.clone(),
+        );
+        registry.register(
+            "shop_saga_outcomes",
+            "CreateOrder answers, by the state the order was left in",
+            self.saga_outcomes.clone(),
+        );
+        registry.register(
+            "shop_up",
+            "Whether the service is serving (1) or not (0)",
+            self.up.clone(),
+        );
+        registry.register(
+            "shop_db_pool_connections",
+            "Open database connections in the pool",
+            self.db_pool_connections.clone(),
+        );
+        registry.register(
+            "shop_db_pool_idle_connections",
+            "Idle database connections in the pool",
+            self.db_pool_idle_connections.clone(),
+        );
+        registry.register_collector(Box::new(ProcessCollector));
+    }
+}
+
+/// The process's metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The OpenMetrics text of every family, each line labelled `service`.
+pub fn render(service: &str) -> String {
+    let labels = [(Cow::Borrowed("service"), Cow::Owned(service.to_owned()))];
+    let mut registry = Registry::with_labels(labels.into_iter());
+    metrics().register(&mut registry);
     let mut out = String::new();
-    let page = 4096.0;
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm")
-        && let Some(rss) = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<f64>().ok())
-    {
-        let _ = writeln!(
-            out,
-            "# HELP process_resident_memory_bytes Resident memory size in bytes."
-        );
-        let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
-        let _ = writeln!(
-            out,
-            "process_resident_memory_bytes{{{base}}} {}",
-            rss * page
-        );
-    }
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        // Fields after the command name (which may hold spaces) start after ')'.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .map(|(_, r)| r.split_whitespace().collect())
-            .unwrap_or_default();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        let cpu = (ticks(11) + ticks(12)) / 100.0;
-        let _ = writeln!(
-            out,
-            "# HELP process_cpu_seconds_total User and system CPU time spent in seconds."
-        );
-        let _ = writeln!(out, "# TYPE process_cpu_seconds_total counter");
-        let _ = writeln!(out, "process_cpu_seconds_total{{{base}}} {cpu}");
-    }
-    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-        let _ = writeln!(
-            out,
-            "# HELP process_open_fds Number of open file descriptors."
-        );
-        let _ = writeln!(out, "# TYPE process_open_fds gauge");
-        let _ = writeln!(out, "process_open_fds{{{base}}} {}", fds.count());
+    if let Err(err) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+        tracing::warn!(error = %err, "metrics could not be rendered");
     }
     out
+}
+
+/// Resident memory, CPU time and open files of this process, read from Linux's
+/// /proc at scrape time.
+#[derive(Debug)]
+struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let page = 4096.0;
+        if let Some(rss) = std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<f64>().ok())
+        {
+            let gauge = ConstGauge::new(rss * page);
+            gauge.encode(encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+            // Fields after the command name (which may hold spaces) start after ')'.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().collect())
+                .unwrap_or_default();
+            let ticks = |i: usize| {
+                fields
+                    .get(i)
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let counter = ConstCounter::new((ticks(11) + ticks(12)) / 100.0);
+            counter.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent in seconds",
+                None,
+                counter.metric_type(),
+            )?)?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let gauge = ConstGauge::new(fds.count() as i64);
+            gauge.encode(encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -273,67 +329,46 @@ mod tests {
     use super::*;
 
     #[test]
-    fn renders_counters_gauges_and_histograms() {
-        let r = Registry::default();
-        r.inc("x_total", "Things.", &[("k", "a\"b")]);
-        r.inc("x_total", "Things.", &[("k", "a\"b")]);
-        r.set("y", "Level.", &[], 3.0);
-        r.observe(
-            "z_seconds",
-            "Time.",
-            &[("rpc", "Get")],
-            Duration::from_millis(3),
-        );
-        let text = r.render(&[("service", "s")]);
+    fn renders_typed_families_with_the_service_label() {
+        let m = metrics();
+        let labels = RpcLabels {
+            rpc_service: "shop.test.v1.Probe",
+            rpc_method: "Get",
+            grpc_code: GrpcCode(tonic::Code::NotFound),
+        };
+        m.rpc.record(&labels, Duration::from_millis(3));
+        m.rpc.record(&labels, Duration::from_millis(30));
+        m.saga_outcomes
+            .get_or_create(&SagaLabels { status: "confirmed" })
+            .inc();
+        let text = render("s");
+        let series = "service=\"s\",rpc_service=\"shop.test.v1.Probe\",rpc_method=\"Get\",grpc_code=\"NotFound\"";
         assert!(
-            text.contains("x_total{service=\"s\",k=\"a\\\"b\"} 2"),
+            text.contains(&format!("rpc_server_requests_total{{{series}}} 2")),
             "{text}"
         );
-        assert!(text.contains("y{service=\"s\"} 3"), "{text}");
+        let bucket = |le: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("rpc_server_duration_seconds_bucket{")
+                        && l.contains(&format!("le=\"{le}\""))
+                        && l.contains("grpc_code=\"NotFound\"")
+                })
+                .and_then(|l| l.rsplit(' ').next())
+                .map(str::to_owned)
+        };
+        assert_eq!(bucket("0.001").as_deref(), Some("0"), "{text}");
+        assert_eq!(bucket("0.005").as_deref(), Some("1"), "{text}");
+        assert_eq!(bucket("0.05").as_deref(), Some("2"), "{text}");
+        assert!(text.contains("# TYPE rpc_server_duration_seconds histogram"));
         assert!(
-            text.contains("z_seconds_bucket{service=\"s\",rpc=\"Get\",le=\"0.005\"} 1"),
+            text.contains("shop_saga_outcomes_total{service=\"s\",status=\"confirmed\"}"),
             "{text}"
         );
         assert!(
-            text.contains("z_seconds_bucket{service=\"s\",rpc=\"Get\",le=\"0.001\"} 0"),
+            text.contains("process_open_fds{service=\"s\"}"),
             "{text}"
         );
-        assert!(
-            text.contains("z_seconds_count{service=\"s\",rpc=\"Get\"} 1"),
-            "{text}"
-        );
-        assert!(text.contains("# TYPE z_seconds histogram"), "{text}");
-    }
-
-    #[test]
-    fn a_family_holds_at_most_its_cap_of_series_and_counts_the_rest() {
-        let r = Registry::default();
-        for i in 0..MAX_SERIES_PER_FAMILY + 50 {
-            r.inc("junk_total", "Junk.", &[("k", &i.to_string())]);
-            r.observe(
-                "junk_seconds",
-                "Junk.",
-                &[("k", &i.to_string())],
-                Duration::ZERO,
-            );
-        }
-        // A series that exists keeps counting once the family is full.
-        r.inc("junk_total", "Junk.", &[("k", "0")]);
-        let text = r.render(&[]);
-        let series = text
-            .lines()
-            .filter(|l| l.starts_with("junk_total{"))
-            .count();
-        assert_eq!(series, MAX_SERIES_PER_FAMILY);
-        let histograms = text
-            .lines()
-            .filter(|l| l.starts_with("junk_seconds_count{"))
-            .count();
-        assert_eq!(histograms, MAX_SERIES_PER_FAMILY);
-        assert!(text.contains("junk_total{k=\"0\"} 2"), "{text}");
-        assert!(
-            text.contains("shop_metrics_series_dropped_total{family=\"junk_total\"} 50"),
-            "{text}"
-        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -191,11 +191,13 @@ impl OutboxRelay {
             }
         }
         for event in events.iter().take(published.len()) {
-            crate::metrics::registry().inc(
-                "shop_outbox_published_total",
-                "Events the relay published, by topic.",
-                &[("topic", event.topic.as_str())],
-            );
+            let labels = crate::metrics::TopicLabels {
+                topic: event.topic.clone(),
+            };
+            crate::metrics::metrics()
+                .outbox_published
+                .get_or_create(&labels)
+                .inc();
         }
         sqlx::query("UPDATE outbox_events SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)")
             .bind(&published)

@@ -528,7 +528,7 @@ pub async fn count_reaches(
 pub async fn consumer_outcomes_reach(outcome: &str, n: u64, timeout: Duration) -> bool {
     let needle = format!("outcome=\"{outcome}\"}} ");
     eventually(timeout, || {
-        let text = shop_platform::metrics::registry().render(&[]);
+        let text = shop_platform::metrics::render("test");
         let seen: f64 = text
             .lines()
             .filter(|l| l.starts_with("shop_consumer_events_total{"))

@@ -1,20 +1,46 @@
 //! RED metrics for every call a gRPC server answers.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::OnceLock;
 
+use prost::Message as _;
 use tonic::Code;
 
-use crate::metrics::RedFamilies;
+use crate::metrics::{GrpcCode, OTHER_LABEL, RpcLabels, metrics};
 
-const RPC_RED: RedFamilies = RedFamilies {
-    requests: "rpc_server_requests_total",
-    requests_help: "gRPC calls answered, by method and code.",
-    duration: "rpc_server_duration_seconds",
-    duration_help: "Time to answer a gRPC call (to the response headers for streams).",
-};
+/// `/package.Service/Method` → (service, method) for every method in the
+/// contracts' descriptors: the only values the RPC labels take besides `other`.
+fn known_methods() -> &'static HashMap<String, (&'static str, &'static str)> {
+    static KNOWN: OnceLock<HashMap<String, (&'static str, &'static str)>> = OnceLock::new();
+    KNOWN.get_or_init(|| {
+        let set = prost_types::FileDescriptorSet::decode(shop_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        let mut known = HashMap::new();
+        for file in set.file {
+            let package = file.package().to_owned();
+            for service in file.service {
+                // Leaked once per process: a fixed, small table.
+                let full: &'static str =
+                    Box::leak(format!("{package}.{}", service.name()).into_boxed_str());
+                for method in service.method {
+                    let name: &'static str = Box::leak(method.name().to_owned().into_boxed_str());
+                    known.insert(format!("/{full}/{name}"), (full, name));
+                }
+            }
+        }
+        known
+    })
+}
 
-/// The label value for a route, method or service the server does not know.
-pub const OTHER_LABEL: &str = "other";
+/// The labels of a call to `path`: the method's names when the contracts have
+/// it, `other` for anything else (a path is the client's to choose).
+fn method_labels(path: &str) -> (&'static str, &'static str) {
+    known_methods()
+        .get(path)
+        .copied()
+        .unwrap_or((OTHER_LABEL, OTHER_LABEL))
+}
 
 /// RED metrics for every call a gRPC server answers: requests and latency by
 /// service, method and gRPC code.
@@ -51,15 +77,12 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
+        let (service, method) = method_labels(request.uri().path());
+        let internal = request.uri().path().starts_with("/grpc.");
         let started = std::time::Instant::now();
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
-            let (service, method) = path
-                .trim_start_matches('/')
-                .split_once('/')
-                .unwrap_or(("", &path));
             // Errors come back trailers-only (grpc-status in the headers); success puts
             // it in the trailers, so an absent header is OK for unary calls.
             let code = match &result {
@@ -71,22 +94,14 @@ where
                     .map_or(Code::Ok, Code::from),
                 Err(_) => Code::Unknown,
             };
-            // The path is the client's: a service or method this server does not
-            // serve is answered UNIMPLEMENTED by the router, and shares one label
-            // value so that junk paths cannot grow the metrics.
-            let (service, method) = if code == Code::Unimplemented {
-                (OTHER_LABEL, OTHER_LABEL)
-            } else {
-                (service, method)
-            };
-            if !service.starts_with("grpc.") {
-                let code = format!("{code:?}");
-                let labels = [
-                    ("rpc_service", service),
-                    ("rpc_method", method),
-                    ("grpc_code", code.as_str()),
-                ];
-                crate::metrics::registry().record(&RPC_RED, &labels, started.elapsed());
+            // Health and reflection are the platform's, not the service's calls.
+            if !internal {
+                let labels = RpcLabels {
+                    rpc_service: service,
+                    rpc_method: method,
+                    grpc_code: GrpcCode(code),
+                };
+                metrics().rpc.record(&labels, started.elapsed());
             }
             result
         })
