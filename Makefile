@@ -69,7 +69,7 @@ chaos: chaos-native
 	else echo "no Docker engine answers: the compose variant (make chaos-compose) is skipped"; fi
 
 chaos-native: tools build
-	env -u DATABASE_URL -u KAFKA_BROKERS scripts/with-infra.sh python3 scripts/chaos.py
+	env -u DATABASE_URL -u KAFKA_BROKERS scripts/with-infra.sh python3 tests/chaos/run.py
 
 chaos-compose: tools
 	scripts/compose-test.sh chaos

@@ -7,7 +7,7 @@
 #                            published ports, SIGKILLs a service container's process
 #                            and checks that it restarts and the mesh recovers;
 #   compose-test.sh chaos    (`make chaos-compose`) adds deploy/compose/chaos.yml and
-#                            runs `scripts/chaos.py --compose` against the stack;
+#                            runs `tests/chaos/run.py --compose` against the stack;
 #
 # and finally removes every container, network and volume it made. Built images
 # are kept, so a second run reuses them and the cached dependency layer.
@@ -161,7 +161,7 @@ log "all healthy after $(elapsed)"
 if [ "$MODE" = chaos ]; then
     log "make chaos against the compose stack"
     SHOPMESH_COMPOSE_PROJECT=$PROJECT READER_IMAGE=$READER_IMAGE BASE_IMAGE=$BASE_IMAGE \
-        python3 scripts/chaos.py --compose
+        python3 tests/chaos/run.py --compose
     exit 0
 fi
 

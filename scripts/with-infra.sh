@@ -50,7 +50,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
         start >/dev/null || { cat "$WORK/postgres.log"; exit 1; }
     PG_STARTED=1
     export DATABASE_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
-    # For scripts/chaos.py, which restarts this server under load.
+    # For tests/chaos/run.py, which restarts this server under load.
     export SHOPMESH_PGDATA="$WORK/pg" SHOPMESH_PG_BIN="$PG_BIN"
     log "throwaway PostgreSQL on 127.0.0.1:$PG_PORT"
 fi
@@ -68,7 +68,7 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
         sleep 0.1
     done
     export KAFKA_BROKERS="127.0.0.1:$K_PORT"
-    # For scripts/chaos.py, which stops this broker for a while (SIGSTOP / SIGCONT).
+    # For tests/chaos/run.py, which stops this broker for a while (SIGSTOP / SIGCONT).
     export SHOPMESH_BROKER_PID=$TANSU_PID
     log "throwaway tansu broker on $KAFKA_BROKERS"
 fi

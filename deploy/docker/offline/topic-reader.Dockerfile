@@ -1,7 +1,7 @@
 # The invariant checker's topic reader for `make chaos-compose`: Python with
 # confluent-kafka from PyPI (its wheel carries a librdkafka that speaks to tansu;
 # Debian's older one fails tansu's ApiVersions answer). It runs
-# scripts/chaos_topics.py, mounted rather than copied, on the compose network,
+# tests/chaos/topics.py, mounted rather than copied, on the compose network,
 # where the broker's advertised name resolves. PyPI is reached the way this
 # machine reaches it, so the image trusts the machine's CA bundle (images.sh).
 ARG BASE_IMAGE

@@ -339,7 +339,9 @@ mod tests {
         m.rpc.record(&labels, Duration::from_millis(3));
         m.rpc.record(&labels, Duration::from_millis(30));
         m.saga_outcomes
-            .get_or_create(&SagaLabels { status: "confirmed" })
+            .get_or_create(&SagaLabels {
+                status: "confirmed",
+            })
             .inc();
         let text = render("s");
         let series = "service=\"s\",rpc_service=\"shop.test.v1.Probe\",rpc_method=\"Get\",grpc_code=\"NotFound\"";
@@ -365,10 +367,7 @@ mod tests {
             text.contains("shop_saga_outcomes_total{service=\"s\",status=\"confirmed\"}"),
             "{text}"
         );
-        assert!(
-            text.contains("process_open_fds{service=\"s\"}"),
-            "{text}"
-        );
+        assert!(text.contains("process_open_fds{service=\"s\"}"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

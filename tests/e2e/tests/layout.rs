@@ -49,11 +49,11 @@ fn every_service_is_built_run_deployed_scraped_and_tortured() {
     let prometheus = read(&root, "deploy/compose/prometheus.yml");
     let chaos_compose = read(&root, "deploy/compose/chaos.yml");
     let dev = read(&root, "scripts/dev.sh");
-    let chaos = read(&root, "scripts/chaos_mesh.py");
+    let chaos = read(&root, "tests/chaos/mesh.py");
     let chaos_services = chaos
         .lines()
         .find_map(|l| l.strip_prefix("SERVICES = "))
-        .expect("SERVICES in chaos_mesh.py");
+        .expect("SERVICES in tests/chaos/mesh.py");
     for (binary, short, admin_port) in &services {
         let missing: Vec<&str> = [
             (
@@ -88,7 +88,7 @@ fn every_service_is_built_run_deployed_scraped_and_tortured() {
                 dev.contains(&format!("\"$BIN/{binary}\"")),
             ),
             (
-                "scripts/chaos_mesh.py SERVICES",
+                "tests/chaos/mesh.py SERVICES",
                 chaos_services.contains(&format!("\"{short}\"")),
             ),
         ]

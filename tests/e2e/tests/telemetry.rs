@@ -260,7 +260,7 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
             dev.ports.inventory_admin,
             vec![
                 r#"rpc_server_requests_total{service="inventory-service",rpc_service="shop.inventory.v1.InventoryService",rpc_method="ReserveStock",grpc_code="Ok"}"#,
-                r#"rpc_server_duration_seconds_bucket{service="inventory-service",rpc_service="shop.inventory.v1.InventoryService",rpc_method="ReserveStock""#,
+                r#"rpc_server_duration_seconds_count{service="inventory-service",rpc_service="shop.inventory.v1.InventoryService",rpc_method="ReserveStock""#,
             ],
         ),
         (

@@ -7,19 +7,6 @@ use shop_testkit::{Identity, TestDatabase, bearer};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-/// One SKU's counters and what the other tables say they should be.
-#[derive(sqlx::FromRow)]
-struct StockBooks {
-    sku: String,
-    initial: i64,
-    adjustments: i64,
-    available: i64,
-    reserved: i64,
-    sold: i64,
-    held: i64,
-    committed: i64,
-}
-
 pub struct TestApp {
     pub grpc_port: u16,
     pub client: InventoryServiceClient<Channel>,
@@ -199,44 +186,20 @@ impl TestApp {
         sqlx::PgPool::connect(&self.db.url).await.expect("pool")
     }
 
-    /// Checks conservation and non-negativity for every SKU, from the tables alone:
-    /// initial + adjustments = available + reserved + sold; reserved and sold equal
-    /// what held and committed reservations say.
+    /// Checks the stock invariants (tests/chaos: conservation, nothing negative,
+    /// adjusted, reserved and sold equal what adjustments and reservations say)
+    /// for every SKU, from the tables alone.
     pub async fn assert_stock_invariants(&self) {
         let pool = self.pool().await;
-        let rows: Vec<StockBooks> = sqlx::query_as(
-            "SELECT p.sku, p.initial_stock AS initial,
-                    COALESCE((SELECT sum(delta) FROM stock_adjustments a WHERE a.sku = p.sku), 0)::bigint AS adjustments,
-                    p.available, p.reserved, p.sold,
-                    COALESCE((SELECT sum(l.quantity) FROM reservation_lines l JOIN reservations r USING (order_id)
-                              WHERE l.sku = p.sku AND r.status = 'held'), 0)::bigint AS held,
-                    COALESCE((SELECT sum(l.quantity) FROM reservation_lines l JOIN reservations r USING (order_id)
-                              WHERE l.sku = p.sku AND r.status = 'committed'), 0)::bigint AS committed
-             FROM products p",
-        )
-        .fetch_all(&pool)
-        .await
-        .expect("stock rows");
-        for StockBooks {
-            sku,
-            initial,
-            adjustments,
-            available,
-            reserved,
-            sold,
-            held,
-            committed,
-        } in rows
-        {
-            assert!(available >= 0, "{sku}: available {available} < 0");
-            assert_eq!(
-                initial + adjustments,
-                available + reserved + sold,
-                "{sku}: initial {initial} + adjustments {adjustments} != available {available} + reserved {reserved} + sold {sold}"
-            );
-            assert_eq!(reserved, held, "{sku}: reserved vs held reservations");
-            assert_eq!(sold, committed, "{sku}: sold vs committed reservations");
-        }
+        let mut rows = shop_chaos::Rows::new();
+        shop_chaos::gather::read_database(&mut rows, "inventory", &pool, &["products"])
+            .await
+            .expect("products");
+        let mut snapshot = shop_chaos::Snapshot::default();
+        snapshot.add_rows(&rows).expect("snapshot");
+        let report = shop_chaos::check(&snapshot);
+        assert_eq!(report.checked, vec!["6 stock adds up"]);
+        assert!(report.violations.is_empty(), "{:#?}", report.violations);
     }
 
     pub async fn stop(self) {

@@ -19,6 +19,8 @@ pub const PASSWORD: &str = "correct horse battery staple";
 pub struct Running {
     pub port: u16,
     pub db: TestDatabase,
+    /// The consumer group its event consumer commits under.
+    pub group: String,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -48,6 +50,7 @@ pub async fn start_user(identity: &Identity, brokers: &str) -> Running {
     let mut settings = shop_user::Settings::default();
     settings.service = identity.settings(settings.service, &db, brokers);
     settings.accounts.auth_private_key = Secret::new(identity.auth.private_pem.clone());
+    let group = settings.service.kafka_group_id.clone();
     let app = shop_user::Application::build(settings)
         .await
         .expect("user service");
@@ -58,6 +61,7 @@ pub async fn start_user(identity: &Identity, brokers: &str) -> Running {
     Running {
         port,
         db,
+        group,
         shutdown,
         task,
     }
@@ -77,6 +81,7 @@ pub async fn start_inventory(
     let mut settings = shop_inventory::Settings::default();
     settings.service = identity.settings(settings.service, &db, brokers);
     settings.service.grpc_port = port;
+    let group = settings.service.kafka_group_id.clone();
     let app = shop_inventory::Application::build(settings)
         .await
         .expect("inventory service");
@@ -86,6 +91,7 @@ pub async fn start_inventory(
     Running {
         port,
         db,
+        group,
         shutdown,
         task,
     }
@@ -128,6 +134,7 @@ impl Mesh {
         let mut settings =
             order_settings(&identity, &broker.brokers, &db, user_port, inventory_port);
         configure(&mut settings);
+        let group = settings.service.kafka_group_id.clone();
         let app = shop_order::Application::build(settings)
             .await
             .expect("order service");
@@ -145,6 +152,7 @@ impl Mesh {
             order: Some(Running {
                 port: order_port,
                 db,
+                group,
                 shutdown,
                 task,
             }),

@@ -11,7 +11,7 @@ import urllib.request
 import uuid
 from http.client import HTTPConnection
 
-from chaos_mesh import http
+from mesh import http
 
 
 def _address(url):

@@ -25,7 +25,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ("user", "inventory", "order")
 NAMES = SERVICES + ("gateway",)
 
@@ -296,7 +296,7 @@ class NativeMesh(Mesh):
         return (self.keys / "auth.key").read_bytes()
 
     def read_topics(self, groups):
-        from chaos_topics import read
+        from topics import read
         return read(self.brokers, groups)
 
     def pause_broker(self):
@@ -477,8 +477,8 @@ class ComposeMesh(Mesh):
     def read_topics(self, groups):
         # The broker advertises its compose name, so the reader runs on the compose network.
         out = docker("run", "--rm", "--network", self.network,
-                     "-v", f"{ROOT / 'scripts' / 'chaos_topics.py'}:/chaos_topics.py:ro",
-                     self.reader_image, "python3", "/chaos_topics.py", "kafka:9092", *groups)
+                     "-v", f"{ROOT / 'tests' / 'chaos' / 'topics.py'}:/topics.py:ro",
+                     self.reader_image, "python3", "/topics.py", "kafka:9092", *groups)
         return json.loads(out.splitlines()[-1])
 
     def pause_broker(self):

@@ -2,12 +2,14 @@
 """`make chaos`: faults, load and hostile input against the mesh, then the design's
 invariants checked by reading every database and every topic.
 
-    chaos.py            the native mesh (scripts/with-infra.sh provides PostgreSQL and
+    run.py              the native mesh (scripts/with-infra.sh provides PostgreSQL and
                         tansu and says how to restart the one and pause the other)
-    chaos.py --compose  docker-compose.yml's containers (run by `scripts/compose-test.sh
+    run.py --compose    docker-compose.yml's containers (run by `scripts/compose-test.sh
                         chaos`, which brings the stack up and tears it down)
 
-scripts/chaos_mesh.py holds the two forms of the mesh and the faults each can cause.
+mesh.py holds the two forms of the mesh and the faults each can cause, attacks.py the
+hostile clients, topics.py the topic reader; the invariants themselves are Rust
+(src/lib.rs), shared with the crash test and the inventory tests.
 Mixed traffic runs through the gateway the whole time; the report for each form
 goes into its own section of docs/reliability.md.
 """
@@ -30,10 +32,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from chaos_attacks import hostile_clients, sign_in_attacks
-from chaos_mesh import SERVICES, ComposeMesh, NativeMesh, http, http_status
+from attacks import hostile_clients, sign_in_attacks
+from mesh import SERVICES, ComposeMesh, NativeMesh, http, http_status
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BROKER_OUTAGE_SECS = int(os.environ.get("CHAOS_BROKER_OUTAGE_SECS", "15"))
 SOAK_SECS = int(os.environ.get("CHAOS_SOAK_SECS", "60"))
 SEED = int(os.environ.get("CHAOS_SEED", "20261127"))
@@ -46,12 +48,11 @@ SKUS = ["CHAOS-A", "CHAOS-B", "CHAOS-C", "CHAOS-D"]
 STOCK = 1_000_000
 def _order_package():
     """The order contract's package, read from its events.proto (as the services do)."""
-    text = (Path(__file__).resolve().parent.parent / "proto/shop/order/v1/events.proto").read_text()
+    text = (ROOT / "proto/shop/order/v1/events.proto").read_text()
     return re.search(r"^package ([\w.]+);", text, re.M).group(1)
 
 
 ORDER_EVENTS_TOPIC = f"{_order_package()}.events"
-ORDER_CONFIRMED = f"{_order_package()}.OrderConfirmed"
 REPORT = ROOT / "docs" / "reliability.md"
 
 
@@ -538,95 +539,32 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
 # --- the invariant checker --------------------------------------------------------
 
 def check_invariants(mesh, load):
-    violations = []
-    facts = {}
-    orders = {o: (u, s) for o, u, s in mesh.sql("order", "SELECT order_id, user_id, status FROM orders")}
-    facts["orders"] = len(orders)
-    facts["confirmed"] = sum(1 for _, s in orders.values() if s in ("confirmed", "cancelled"))
-    missing = [o for o in load.confirmed if orders.get(o, (None, None))[1] not in ("confirmed", "cancelled")]
-    if missing:
-        violations.append(f"{len(missing)} orders a client saw confirmed are not stored as such: {missing[:3]}")
-    pending = [o for o, (_, s) in orders.items() if s == "pending"]
-    if pending:
-        violations.append(f"{len(pending)} orders still pending")
-
-    topics = mesh.read_topics([f"{name}-service" for name in ("inventory", "user")])
-    records = topics["records"]
-    facts["events"] = len(records)
-    for topic, _, _, key, headers in topics["dead_letters"]:
-        violations.append(f"dead letter on {topic}: {headers.get('ce_type')} for {key} "
-                          f"(offset {headers.get('dlq_source_offset')}): {headers.get('dlq_error')}")
-    published = {}
-    for name in SERVICES:
-        for event_id, topic, unpublished in mesh.sql(
-                name, "SELECT event_id, topic, published_at IS NULL FROM outbox_events"):
-            published[event_id] = (name, topic, unpublished == "t")
-    on_topics = Counter(h.get("ce_id") for *_, h in records)
-    facts["duplicate deliveries"] = sum(n - 1 for n in on_topics.values() if n > 1)
-    stray = [e for e in on_topics if e not in published]
-    if stray:
-        violations.append(f"{len(stray)} events on topics have no outbox row (a rolled-back write?): {stray[:3]}")
-    unsent = [f"{e} ({t}, {'not stamped' if u else 'stamped sent'})"
-              for e, (_, t, u) in published.items() if u or e not in on_topics]
-    if unsent:
-        violations.append(f"{len(unsent)} outbox events never reached their topic: {unsent[:3]}")
-
-    confirmed_events = defaultdict(set)
-    for topic, _, _, key, headers in records:
-        if headers.get("ce_type") == ORDER_CONFIRMED:
-            confirmed_events[key].add(headers["ce_id"])
-    ever_confirmed = {o for o, (_, s) in orders.items() if s in ("confirmed", "cancelled")}
-    wrong = [o for o in ever_confirmed if len(confirmed_events.get(o, ())) != 1]
-    extra = [o for o in confirmed_events if o not in ever_confirmed]
-    if wrong:
-        violations.append(f"{len(wrong)} confirmed orders without exactly one OrderConfirmed: {wrong[:3]}")
-    if extra:
-        violations.append(f"{len(extra)} OrderConfirmed events for orders never confirmed: {extra[:3]}")
-
-    # Consumers applied each order event once: their inbox holds every event id exactly once.
-    where = {h["ce_id"]: (f"{t}/{p}", o) for t, p, o, _, h in records if t == ORDER_EVENTS_TOPIC}
-    ends = Counter()
-    for tp, offset in where.values():
-        ends[tp] = max(ends[tp], offset + 1)
-    for name in ("inventory", "user"):
-        committed = topics["groups"].get(f"{name}-service", {})
-        seen = Counter(e for (e,) in mesh.sql(
-            name, f"SELECT event_id FROM inbox_events WHERE topic = '{ORDER_EVENTS_TOPIC}'"))
-        if set(seen) != set(where) or any(n > 1 for n in seen.values()):
-            # Where the missing ones are, and where the group's committed offsets stand.
-            gaps = defaultdict(list)
-            for event_id in set(where) - set(seen):
-                gaps[where[event_id][0]].append(where[event_id][1])
-            detail = "; ".join(f"{tp}: {len(o)} missing at offsets {min(o)}–{max(o)}, group committed "
-                               f"{committed.get(tp)}" for tp, o in sorted(gaps.items()))
-            violations.append(f"{name} consumer: inbox holds {len(seen)} of {len(where)} order events"
-                              + (f" ({detail})" if detail else ""))
-        # And the group has committed every order event, whatever its lag gauge said.
-        behind = {tp: (committed.get(tp), end) for tp, end in ends.items() if (committed.get(tp) or 0) < end}
-        if behind:
-            violations.append(f"{name}-service group has not committed to the end of "
-                              + ", ".join(f"{tp} ({c} of {e})" for tp, (c, e) in sorted(behind.items())))
-
-    # Stock: the four counters add up, and sold is what live confirmed orders hold.
-    sold_by_orders = dict(mesh.sql("order", """
-        SELECT l.sku, sum(l.quantity) FROM order_lines l JOIN orders o USING (order_id)
-        WHERE o.status = 'confirmed' GROUP BY l.sku"""))
-    for sku, initial, adjusted, available, reserved, sold in mesh.sql(
-            "inventory", "SELECT sku, initial_stock, adjusted, available, reserved, sold FROM products"):
-        initial, adjusted, available, reserved, sold = map(int, (initial, adjusted, available, reserved, sold))
-        if initial + adjusted != available + reserved + sold or available < 0:
-            violations.append(f"{sku}: {initial}+{adjusted} != {available}+{reserved}+{sold}")
-        if sku in SKUS and (sold != int(sold_by_orders.get(sku, 0)) or reserved != 0):
-            violations.append(f"{sku}: sold {sold} reserved {reserved}, orders say sold "
-                              f"{sold_by_orders.get(sku, 0)} reserved 0")
-
-    # Users: figures equal what their orders say.
-    want = Counter(u for u, s in orders.values() if s == "confirmed")
-    have = Counter({u: int(n) for u, n in mesh.sql(
-        "user", "SELECT user_id, count(*) FROM user_orders WHERE cancelled_at IS NULL GROUP BY user_id")})
-    if want != have:
-        violations.append(f"user figures differ from orders for {len(set(want) ^ set(have)) or len(want)} users")
-    return facts, violations
+    """The invariants of docs/design.md §5, as tests/chaos/src/lib.rs defines them:
+    this gathers what the checker reads (its queries, run with psql on each service's
+    database, and every topic) and runs `check-invariants` on it."""
+    checker = ["cargo", "run", "--quiet", "-p", "shop-chaos", "--bin", "check-invariants", "--"]
+    queries = json.loads(subprocess.run(checker + ["queries"], cwd=ROOT, check=True,
+                                        capture_output=True, text=True).stdout)
+    rows = {q["part"]: {service: mesh.sql(service, q["sql"]) for service in q["services"]}
+            for q in queries}
+    raw = mesh.read_topics([f"{name}-service" for name in ("inventory", "user")])
+    topics = {
+        "records": [{"topic": t, "partition": p, "offset": o, "key": k or "",
+                     "event_id": h.get("ce_id", ""), "event_type": h.get("ce_type", "")}
+                    for t, p, o, k, h in raw["records"]],
+        "dead_letters": [{"topic": t, "key": k or "", "event_type": h.get("ce_type", ""),
+                          "source_offset": str(h.get("dlq_source_offset", "")),
+                          "error": h.get("dlq_error", "")}
+                         for t, _, _, k, h in raw["dead_letters"]],
+        "groups": raw["groups"],
+    }
+    snapshot = {"rows": rows, "topics": topics, "client_confirmed": sorted(load.confirmed),
+                "tracked_skus": SKUS}
+    report = json.loads(subprocess.run(checker, cwd=ROOT, check=True, capture_output=True,
+                                       text=True, input=json.dumps(snapshot)).stdout)
+    if len(report["checked"]) != 8:
+        report["violations"].append(f"only {report['checked']} were checked")
+    return report["facts"], report["violations"]
 
 
 def settle(mesh, timeout=120):
@@ -659,7 +597,7 @@ def settle(mesh, timeout=120):
 
 REPORT_HEAD = """# Reliability
 
-Written by `make chaos` (scripts/chaos.py): the same scenarios, load, hostile input and
+Written by `make chaos` (tests/chaos/run.py): the same scenarios, load, hostile input and
 invariant checker, run once against the native mesh and once against docker-compose.yml's
 containers. Each run rewrites its own section below and keeps the other's.
 """
@@ -714,7 +652,7 @@ def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elaps
         "service cannot answer. What must hold is that nothing a client was told is lost and "
         "every effect happens once; the checker below reads every database and topic for that.",
         "",
-        "### Invariants (docs/design.md), checked after everything settled",
+        "### Invariants (docs/design.md §5, checked by tests/chaos/src/lib.rs), after everything settled",
         "",
         "- every order a client saw confirmed exists, confirmed (or cancelled later by its client);",
         f"- every confirmed order has exactly one OrderConfirmed event id on `{ORDER_EVENTS_TOPIC}`, "
@@ -722,7 +660,8 @@ def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elaps
         "- every event on a topic has its outbox row (nothing published for a rolled-back write), and "
         "every outbox row reached its topic;",
         "- each consumer's inbox holds every order event id exactly once;",
-        "- per SKU, initial + adjustments = available + reserved + sold, available ≥ 0; sold equals "
+        "- per SKU, initial + adjustments = available + reserved + sold, nothing negative; adjusted, "
+        "reserved and sold equal what adjustments, held and committed reservations say; sold equals "
         "the lines of confirmed orders and nothing stays reserved;",
         "- each user's figures equal their confirmed, not cancelled, orders;",
         "- no order left pending, no outbox backlog, no consumer lag.",

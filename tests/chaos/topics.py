@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Every record on shopmesh's event topics, for `make chaos`'s invariant checker.
 
-Imported by scripts/chaos.py when the broker is reachable from this machine; run
-as `chaos_topics.py BROKERS GROUP...` inside a container on the compose network
+Imported by run.py (through mesh.py) when the broker is reachable from this machine; run
+as `topics.py BROKERS GROUP...` inside a container on the compose network
 when it is not (the broker advertises its compose name), printing what `read`
 returns as JSON.
 """
