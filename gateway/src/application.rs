@@ -157,6 +157,7 @@ impl Application {
             max_connections: gw.settings.max_connections,
             max_connections_per_client: gw.settings.max_connections_per_client,
             trusted_proxies: gw.trusted_proxies.clone(),
+            drain_limit: Duration::from_millis(gw.settings.shutdown_timeout_ms),
         };
         http_server::serve(self.listener, app, limits, shutdown)
             .await

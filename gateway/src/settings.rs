@@ -57,6 +57,10 @@ pub struct Settings {
     /// `BODY_READ_TIMEOUT_MS`: a request body not received within this long gets 408
     /// and the connection is closed.
     pub body_read_timeout_ms: u64,
+    /// `SHUTDOWN_TIMEOUT_MS`: on SIGTERM, how long open connections (watch streams
+    /// included) may stay before the gateway stops without them; keep it below the
+    /// supervisor's kill grace (30 s in Kubernetes by default).
+    pub shutdown_timeout_ms: u64,
     /// `MAX_CONNECTIONS` / `MAX_CONNECTIONS_PER_CLIENT`: open connections in all and
     /// from one client address; more are answered 503 and closed.
     pub max_connections: usize,
@@ -92,6 +96,7 @@ impl Default for Settings {
             trusted_trace_sources: String::new(),
             header_read_timeout_ms: 5_000,
             body_read_timeout_ms: 5_000,
+            shutdown_timeout_ms: 20_000,
             max_connections: 4_096,
             max_connections_per_client: 128,
             max_inflight_body_bytes: 32 * 1024 * 1024,
@@ -122,6 +127,7 @@ impl Settings {
             ("BODY_READ_TIMEOUT_MS", settings.body_read_timeout_ms),
             ("REQUEST_TIMEOUT_MS", settings.request_timeout_ms),
             ("PEER_RESOLVE_EVERY_MS", settings.peer_resolve_every_ms),
+            ("SHUTDOWN_TIMEOUT_MS", settings.shutdown_timeout_ms),
         ] {
             if ms < 100 {
                 return Err(ConfigError::missing(key, "must be at least 100"));

@@ -46,13 +46,21 @@ ALL_SCENARIOS = ["sigkill_each", "relay_mid_batch", "broker_outage", "postgres_r
 SCENARIOS = [s for s in os.environ.get("CHAOS_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",") if s]
 SKUS = ["CHAOS-A", "CHAOS-B", "CHAOS-C", "CHAOS-D"]
 STOCK = 1_000_000
-def _order_package():
-    """The order contract's package, read from its events.proto (as the services do)."""
-    text = (ROOT / "proto/shop/order/v1/events.proto").read_text()
+
+
+def package(contract):
+    """A contract's package (`shop.order.v1`), read from its events.proto as the
+    services' build reads it: the names below follow the protos, never a copy."""
+    text = (ROOT / f"proto/shop/{contract}/v1/events.proto").read_text()
     return re.search(r"^package ([\w.]+);", text, re.M).group(1)
 
 
-ORDER_EVENTS_TOPIC = f"{_order_package()}.events"
+def rpc(contract, service, method):
+    """`package.Service/Method`, as grpcurl and the gRPC path name it."""
+    return f"{package(contract)}.{service}/{method}"
+
+
+ORDER_EVENTS_TOPIC = f"{package('order')}.events"
 REPORT = ROOT / "docs" / "reliability.md"
 
 
@@ -492,13 +500,13 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
 
     # gRPC straight to the services: bytes that are not the message they claim to be.
     grpc_cases = [
-        ("truncated protobuf", mesh.ports["user"], "shop.user.v1.UserService/Login",
+        ("truncated protobuf", mesh.ports["user"], rpc("user", "UserService", "Login"),
          b"\x0a\x10ada@example"),
-        ("invalid UTF-8 in a protobuf string", mesh.ports["user"], "shop.user.v1.UserService/Login",
-         b"\x0a\x04\xff\xfe\xfd\xfc\x12\x03abc"),
-        ("wrong wire type", mesh.ports["inventory"], "shop.inventory.v1.InventoryService/GetProduct",
-         b"\x0d\x01\x02\x03\x04"),
-        ("length past the end", mesh.ports["order"], "shop.order.v1.OrderService/GetOrder",
+        ("invalid UTF-8 in a protobuf string", mesh.ports["user"],
+         rpc("user", "UserService", "Login"), b"\x0a\x04\xff\xfe\xfd\xfc\x12\x03abc"),
+        ("wrong wire type", mesh.ports["inventory"],
+         rpc("inventory", "InventoryService", "GetProduct"), b"\x0d\x01\x02\x03\x04"),
+        ("length past the end", mesh.ports["order"], rpc("order", "OrderService", "GetOrder"),
          b"\x0a\xff\xff\xff\x0f"),
     ]
     client_errors = {3, 5, 7, 9, 11, 16}   # INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...

@@ -28,6 +28,7 @@ pub async fn serve(
     service: &'static str,
     health: Health,
     pool: PgPool,
+    drain_limit: std::time::Duration,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
     let state = AdminState {
@@ -39,7 +40,8 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .with_state(state);
-    crate::http_server::serve(listener, app, ConnectionLimits::admin(), shutdown).await
+    let limits = ConnectionLimits::admin(drain_limit);
+    crate::http_server::serve(listener, app, limits, shutdown).await
 }
 
 async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {

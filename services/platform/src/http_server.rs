@@ -25,10 +25,6 @@ use tower::ServiceExt as _;
 
 use crate::budget::{Refusal, SharedBudget};
 
-/// How long shutdown waits for open connections (server streams included);
-/// below the 30 s a supervisor commonly allows before SIGKILL.
-const DRAIN_LIMIT: Duration = Duration::from_secs(20);
-
 /// Refused connections being answered at once; past it a refused connection is
 /// dropped without an answer, so that a connect flood costs no more.
 const REFUSALS_IN_FLIGHT: usize = 64;
@@ -40,16 +36,21 @@ pub struct ConnectionLimits {
     pub max_connections_per_client: usize,
     /// Peers counted in the total only (a proxy carries many clients).
     pub trusted_proxies: Networks,
+    /// How long shutdown waits for open connections (server streams included)
+    /// before it stops without them.
+    pub drain_limit: Duration,
 }
 
 impl ConnectionLimits {
-    /// An admin port: probes and scrapes from a few sources.
-    pub fn admin() -> Self {
+    /// An admin port: probes and scrapes from a few sources; at shutdown, open
+    /// scrapes get `drain_limit` (the service's `SHUTDOWN_TIMEOUT_MS`).
+    pub fn admin(drain_limit: Duration) -> Self {
         Self {
             header_read_timeout: Duration::from_secs(5),
             max_connections: 256,
             max_connections_per_client: 32,
             trusted_proxies: Networks::default(),
+            drain_limit,
         }
     }
 }
@@ -112,7 +113,7 @@ pub async fn serve(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(DRAIN_LIMIT) => {
+        () = tokio::time::sleep(limits.drain_limit) => {
             tracing::warn!("connections still open after the drain limit; stopping without them");
         }
     }

@@ -60,6 +60,13 @@ pub struct RpcLabels {
     pub grpc_code: GrpcCode,
 }
 
+/// A gRPC method, as `RpcLabels` names it, without the code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActiveLabels {
+    pub rpc_service: &'static str,
+    pub rpc_method: &'static str,
+}
+
 /// A request the gateway answered: a standard method or `other`; a route
 /// template from its table, one of its own paths or `other`; the status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -153,6 +160,7 @@ where
 #[derive(Debug)]
 pub struct Metrics {
     pub rpc: Red<RpcLabels>,
+    pub rpc_active: Family<ActiveLabels, Gauge>,
     pub http: Red<HttpLabels>,
     pub outbox_published: Family<TopicLabels, Counter>,
     pub outbox_backlog: Gauge,
@@ -169,6 +177,7 @@ impl Metrics {
     fn new() -> Self {
         Self {
             rpc: Red::new(),
+            rpc_active: Family::default(),
             http: Red::new(),
             outbox_published: Family::default(),
             outbox_backlog: Gauge::default(),
@@ -193,6 +202,11 @@ impl Metrics {
             "rpc_server_duration_seconds",
             "Time to answer a gRPC call (to the response headers for streams)",
             self.rpc.duration.clone(),
+        );
+        registry.register(
+            "rpc_server_active_requests",
+            "gRPC calls being answered (until the response headers for streams), by method",
+            self.rpc_active.clone(),
         );
         registry.register(
             "gateway_http_requests",

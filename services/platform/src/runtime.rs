@@ -213,6 +213,7 @@ impl ServiceRuntime {
             self.process,
             health.clone(),
             self.pool.clone(),
+            Duration::from_millis(self.settings.shutdown_timeout_ms),
             shutdown.clone(),
         );
         tasks.spawn(async move {

@@ -194,7 +194,10 @@ async fn sigkill_under_load_loses_no_confirmed_order_and_keeps_every_invariant()
     ];
     let parts: Vec<&str> = shop_chaos::queries().iter().map(|q| q.part).collect();
     let consumer_groups = [
-        (running(mesh.inventory.as_ref()).group.clone(), "inventory-service"),
+        (
+            running(mesh.inventory.as_ref()).group.clone(),
+            "inventory-service",
+        ),
         (running(mesh.user.as_ref()).group.clone(), "user-service"),
     ];
     let deadline = std::time::Instant::now() + Duration::from_secs(60);

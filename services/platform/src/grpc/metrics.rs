@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use prost::Message as _;
 use tonic::Code;
 
-use crate::metrics::{GrpcCode, OTHER_LABEL, RpcLabels, metrics};
+use crate::metrics::{ActiveLabels, GrpcCode, OTHER_LABEL, RpcLabels, metrics};
 
 /// `/package.Service/Method` → (service, method) for every method in the
 /// contracts' descriptors: the only values the RPC labels take besides `other`.
@@ -40,6 +40,26 @@ fn method_labels(path: &str) -> (&'static str, &'static str) {
         .get(path)
         .copied()
         .unwrap_or((OTHER_LABEL, OTHER_LABEL))
+}
+
+/// A call counted in `rpc_server_active_requests` until it is answered or dropped.
+struct Active(ActiveLabels);
+
+impl Active {
+    fn start(rpc_service: &'static str, rpc_method: &'static str) -> Self {
+        let labels = ActiveLabels {
+            rpc_service,
+            rpc_method,
+        };
+        metrics().rpc_active.get_or_create(&labels).inc();
+        Self(labels)
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        metrics().rpc_active.get_or_create(&self.0).dec();
+    }
 }
 
 /// RED metrics for every call a gRPC server answers: requests and latency by
@@ -80,9 +100,11 @@ where
         let (service, method) = method_labels(request.uri().path());
         let internal = request.uri().path().starts_with("/grpc.");
         let started = std::time::Instant::now();
+        let active = (!internal).then(|| Active::start(service, method));
         let future = self.inner.call(request);
         Box::pin(async move {
             let result = future.await;
+            drop(active);
             // Errors come back trailers-only (grpc-status in the headers); success puts
             // it in the trailers, so an absent header is OK for unary calls.
             let code = match &result {

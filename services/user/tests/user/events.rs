@@ -96,7 +96,24 @@ async fn events_written_while_the_broker_is_down_are_published_once_it_is_back()
         .register(&unique_email())
         .await
         .expect("registration works while the broker is down");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The relay has read the event and waits on the broker: its transaction is
+    // open after the outbox query.
+    let relay_waits = shop_testkit::eventually(Duration::from_secs(30), || {
+        let pool = pool.clone();
+        async move {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                 AND state = 'idle in transaction'
+                 AND query LIKE '%FROM outbox_events WHERE published_at IS NULL%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .expect("activity");
+            (waiting == 1).then_some(())
+        }
+    })
+    .await;
+    assert!(relay_waits.is_some(), "the relay took the event");
     assert_eq!(backlog().await, 1, "the event waits in the outbox");
     broker.resume();
 

@@ -73,8 +73,9 @@ async fn bad_configuration_stops_startup_naming_the_key() {
 #[tokio::test]
 async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
     let db = TestDatabase::create().await;
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
     let mut child = base_command(&db, port)
+        .env("ADMIN_PORT", admin_port.to_string())
         .env("DRAIN_DELAY_MS", "300")
         .spawn()
         .expect("start user-service");
@@ -150,7 +151,20 @@ async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // SIGTERM once the service is answering all four (hashing their passwords).
+    let in_flight = shop_testkit::eventually(Duration::from_secs(10), || async {
+        let (_, metrics) = shop_testkit::http_get(admin_port, "/metrics").await;
+        metrics
+            .lines()
+            .any(|l| {
+                l.starts_with("rpc_server_active_requests{")
+                    && l.contains(r#"rpc_method="Register""#)
+                    && l.ends_with(" 4")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(in_flight.is_some(), "four registrations in flight");
     let pid = child.id().to_string();
     assert!(
         Command::new("kill")
