@@ -90,3 +90,19 @@ pub async fn connect_and_migrate(
     .context("DATABASE_URL: database not reachable within 60 s")??;
     Ok(pool)
 }
+
+/// An insert's result, with a unique-constraint violation as ALREADY_EXISTS
+/// naming `resource` and `id` (the row a concurrent or earlier request wrote).
+pub fn unless_exists<T>(
+    inserted: Result<T, sqlx::Error>,
+    resource: &'static str,
+    id: impl FnOnce() -> String,
+) -> Result<T, crate::ApiError> {
+    match inserted {
+        Ok(row) => Ok(row),
+        Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
+            Err(crate::ApiError::AlreadyExists { resource, id: id() })
+        }
+        Err(err) => Err(err.into()),
+    }
+}

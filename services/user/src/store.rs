@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use shop_platform::ApiError;
 use shop_platform::auth::Role;
 use shop_platform::outbox::OutboxSignal;
 use shop_platform::pagination;
+use shop_platform::{ApiError, db};
 use shop_proto::common::Money;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -92,16 +92,9 @@ impl Users {
         .bind(model::role_to_db(new.role))
         .fetch_one(&mut *tx)
         .await;
-        let row = match inserted {
-            Ok(row) => row,
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                return Err(ApiError::AlreadyExists {
-                    resource: "user with email",
-                    id: new.email.as_str().to_owned(),
-                });
-            }
-            Err(err) => return Err(err.into()),
-        };
+        let row = db::unless_exists(inserted, "user with email", || {
+            new.email.as_str().to_owned()
+        })?;
         let user = row.with_stats(UserStats::default());
         events::user_registered(&mut tx, &user).await?;
         tx.commit().await?;

@@ -1,9 +1,9 @@
 //! Products and their stock: creation, reads, pages and adjustments that never
 //! drive available stock below zero, each change written with its event.
 
-use shop_platform::ApiError;
 use shop_platform::outbox::OutboxSignal;
 use shop_platform::pagination;
+use shop_platform::{ApiError, db};
 use sqlx::PgPool;
 
 use crate::events;
@@ -44,16 +44,7 @@ impl Catalog {
         .bind(product.initial_stock)
         .fetch_one(&mut *tx)
         .await;
-        let row = match inserted {
-            Ok(row) => row,
-            Err(sqlx::Error::Database(db)) if db.is_unique_violation() => {
-                return Err(ApiError::AlreadyExists {
-                    resource: "product",
-                    id: product.sku,
-                });
-            }
-            Err(err) => return Err(err.into()),
-        };
+        let row = db::unless_exists(inserted, "product", || product.sku.clone())?;
         events::product_created(&mut tx, &row, product.initial_stock).await?;
         events::stock_level_changed(
             &mut tx,
