@@ -14,10 +14,8 @@ BIN=${CARGO_TARGET_DIR:-target}/${SHOPMESH_BUILD_PROFILE:-debug}
 DEV=.dev
 mkdir -p "$DEV"
 
-# Development keys: generated once, kept out of git (.dev/ is ignored).
-if [ ! -f "$DEV/keys/auth.key" ]; then
-    "$BIN/user-service" generate-keys "$DEV/keys"
-fi
+# Development keys: each pair generated once, kept out of git (.dev/ is ignored).
+"$BIN/user-service" generate-keys "$DEV/keys" 2>/dev/null
 
 # One database per service on the server DATABASE_URL names.
 server_url=$DATABASE_URL
@@ -60,18 +58,25 @@ stop() {
 }
 trap stop INT TERM
 
+# Each service signs its events with its own key; user and inventory apply only
+# events the order service signed.
+ORDER_EVENTS_PUBLIC_KEY=$(cat "$DEV/keys/events-order.pub")
+
 DATABASE_URL=$(db_url shop_user) GRPC_PORT=$USER_GRPC_PORT ADMIN_PORT=$USER_ADMIN_PORT \
     AUTH_PRIVATE_KEY="$(cat "$DEV/keys/auth.key")" \
+    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-user.key")" EVENT_PUBLIC_KEYS=$ORDER_EVENTS_PUBLIC_KEY \
     BOOTSTRAP_ADMIN_EMAIL=$ADMIN_EMAIL BOOTSTRAP_ADMIN_PASSWORD=$ADMIN_PASSWORD \
     TRUSTED_PROXIES=${USER_TRUSTED_PROXIES:-127.0.0.1} \
     "$BIN/user-service" &
 pids+=($!)
 
 DATABASE_URL=$(db_url shop_inventory) GRPC_PORT=$INVENTORY_GRPC_PORT ADMIN_PORT=$INVENTORY_ADMIN_PORT \
+    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-inventory.key")" EVENT_PUBLIC_KEYS=$ORDER_EVENTS_PUBLIC_KEY \
     "$BIN/inventory-service" &
 pids+=($!)
 
 DATABASE_URL=$(db_url shop_order) GRPC_PORT=$ORDER_GRPC_PORT ADMIN_PORT=$ORDER_ADMIN_PORT \
+    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-order.key")" \
     USER_SERVICE_ADDR=http://127.0.0.1:$USER_GRPC_PORT INVENTORY_SERVICE_ADDR=http://127.0.0.1:$INVENTORY_GRPC_PORT \
     "$BIN/order-service" &
 pids+=($!)

@@ -60,6 +60,14 @@ pub async fn time_to_serving(server_url: &str, brokers: &str) -> anyhow::Result<
             "SERVICE_PUBLIC_KEY",
             std::fs::read_to_string(keys.join("service.pub"))?,
         )
+        .env(
+            "EVENT_SIGNING_KEY",
+            std::fs::read_to_string(keys.join("events-inventory.key"))?,
+        )
+        .env(
+            "EVENT_PUBLIC_KEYS",
+            std::fs::read_to_string(keys.join("events-order.pub"))?,
+        )
         .env("RUST_LOG", "error")
         .kill_on_drop(true)
         .spawn()?;

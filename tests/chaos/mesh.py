@@ -240,7 +240,11 @@ class NativeMesh(Mesh):
                        RATE_LIMIT_PER_SEC="5000", RATE_LIMIT_BURST="5000")
             return env
         env.update(DATABASE_URL=self.dbs[name], GRPC_PORT=str(self.ports[name]),
-                   ADMIN_PORT=str(self.admin_ports[name]))
+                   ADMIN_PORT=str(self.admin_ports[name]),
+                   # Its own event key; user and inventory apply only the order service's events.
+                   EVENT_SIGNING_KEY=key(f"events-{name}.key"))
+        if name in ("user", "inventory"):
+            env.update(EVENT_PUBLIC_KEYS=key("events-order.pub"))
         if name == "user":
             env.update(AUTH_PRIVATE_KEY=key("auth.key"), BOOTSTRAP_ADMIN_EMAIL=self.admin[0],
                        BOOTSTRAP_ADMIN_PASSWORD=self.admin[1],

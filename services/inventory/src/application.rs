@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use shop_platform::auth::Authenticator;
+use shop_platform::event_signature::EventVerifier;
 use shop_platform::inbox::InboxConsumer;
 use shop_platform::outbox::OutboxSignal;
 use shop_platform::runtime::{EventWorkers, ServiceRuntime, Worker};
@@ -29,6 +30,8 @@ pub struct Application {
     /// The same holds the API takes, for the expiry sweep and the order-event consumer.
     reservations: Reservations,
     expiry_sweep: Duration,
+    /// The order service's event keys: only its events are applied.
+    order_events_owner: EventVerifier,
 }
 
 impl std::fmt::Debug for Application {
@@ -77,8 +80,10 @@ impl Application {
             topics,
         )
         .await?;
+        let order_events_owner = EventVerifier::from_settings(&settings.service)?;
         Ok(Self {
             runtime,
+            order_events_owner,
             api,
             reservations,
             expiry_sweep: Duration::from_millis(settings.stock.expiry_sweep_ms),
@@ -107,12 +112,14 @@ impl Application {
         );
         let pool = self.runtime.pool.clone();
         let service = self.runtime.settings.clone();
+        let order_events_owner = self.order_events_owner;
         let consumers: EventWorkers = Box::new(move |shutdown| {
             let consumer = InboxConsumer::new(
                 CONSUMER_NAME,
                 ORDER_EVENTS_TOPIC,
                 pool,
                 &service,
+                order_events_owner,
                 OrderEventsHandler::new(reservations),
             )?;
             Ok(vec![Box::pin(consumer.run(shutdown)) as Worker])

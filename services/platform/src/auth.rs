@@ -329,27 +329,36 @@ pub fn generate_keypair() -> (Secret, String) {
     (private, public)
 }
 
-/// Writes two key pairs into `dir` for development: `auth.key`/`auth.pub` (user
-/// access tokens) and `service.key`/`service.pub` (service identity), unless all
-/// four files are there already.
+/// The key pairs `write_keypairs` makes: user access tokens, service identity,
+/// and each publishing service's own event-signing key.
+pub const KEY_PAIRS: [&str; 5] = [
+    "auth",
+    "service",
+    "events-user",
+    "events-inventory",
+    "events-order",
+];
+
+/// Writes the `KEY_PAIRS` into `dir` as `<name>.key` (PKCS#8, mode 0600) and
+/// `<name>.pub` (SPKI). A pair already there is kept, so a restarted key job
+/// never invalidates issued tokens or signed events; a missing one is made.
 pub fn write_keypairs(dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    // Kept when complete, so a restarted key job never invalidates issued tokens.
-    let files = ["auth.key", "auth.pub", "service.key", "service.pub"];
-    if files.iter().all(|f| dir.join(f).is_file()) {
-        eprintln!("keys already present in {}; kept", dir.display());
-        return Ok(());
-    }
-    for name in ["auth", "service"] {
-        let (private, public) = generate_keypair();
+    for name in KEY_PAIRS {
         let key = dir.join(format!("{name}.key"));
+        let public = dir.join(format!("{name}.pub"));
+        if key.is_file() && public.is_file() {
+            continue;
+        }
+        let (private, public_pem) = generate_keypair();
         std::fs::write(&key, private.expose())?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
         }
-        std::fs::write(dir.join(format!("{name}.pub")), public)?;
+        std::fs::write(public, public_pem)?;
+        eprintln!("made {name}.key and {name}.pub in {}", dir.display());
     }
     Ok(())
 }

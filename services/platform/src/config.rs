@@ -195,6 +195,13 @@ pub struct ServiceSettings {
     pub service_public_key: Secret,
     /// `SERVICE_PRIVATE_KEY`: PEM (PKCS#8) key this service signs its identity with.
     pub service_private_key: Secret,
+    /// `EVENT_SIGNING_KEY`: this service's own Ed25519 key (PKCS#8 PEM) that signs
+    /// every event it publishes (platform::event_signature).
+    pub event_signing_key: Secret,
+    /// `EVENT_PUBLIC_KEYS`: the public key(s) (SPKI PEM; two while one rotates) of
+    /// the service whose events this one consumes; events not signed by one of them
+    /// are dead-lettered.
+    pub event_public_keys: Secret,
     /// `TRUSTED_PROXIES`: comma-separated networks (CIDR) whose `x-forwarded-for`
     /// metadata names the client (the gateway's); empty trusts no one.
     pub trusted_proxies: String,
@@ -231,6 +238,8 @@ impl ServiceSettings {
             auth_public_key: Secret::default(),
             service_public_key: Secret::default(),
             service_private_key: Secret::default(),
+            event_signing_key: Secret::default(),
+            event_public_keys: Secret::default(),
             trusted_proxies: String::new(),
             peer_resolve_every_ms: crate::grpc::RESOLVE_EVERY.as_millis() as u64,
             outbox_batch_size: 256,

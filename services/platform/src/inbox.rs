@@ -16,9 +16,10 @@ use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::config::ServiceSettings;
+use crate::event_signature::{EventVerifier, SignedFields};
 
 use crate::backoff::{Backoff, MAX_BACKOFF};
-use crate::kafka::{self, HEADER_EVENT_ID, HEADER_EVENT_TYPE};
+use crate::kafka::{self, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SOURCE};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
@@ -111,6 +112,8 @@ pub struct InboxConsumer<H> {
     pool: PgPool,
     consumer: std::sync::Arc<StreamConsumer>,
     dead_letters: FutureProducer,
+    /// The topic owner's keys: an event that does not verify is dead-lettered unapplied.
+    owner: EventVerifier,
     handler: H,
     max_attempts: u32,
 }
@@ -128,12 +131,14 @@ use crate::metrics::ConsumerOutcome as Outcome;
 
 impl<H: EventHandler> InboxConsumer<H> {
     /// `name` identifies the consumer in the inbox table and the dead-letter topic's
-    /// name; `settings` give the brokers, the group and the session timeout.
+    /// name; `settings` give the brokers, the group and the session timeout; only
+    /// events signed by one of `owner`'s keys reach `handler`.
     pub fn new(
         name: &str,
         topic: &str,
         pool: PgPool,
         settings: &ServiceSettings,
+        owner: EventVerifier,
         handler: H,
     ) -> anyhow::Result<Self> {
         let brokers = settings.kafka_brokers.as_str();
@@ -149,6 +154,7 @@ impl<H: EventHandler> InboxConsumer<H> {
             pool,
             consumer: std::sync::Arc::new(consumer),
             dead_letters: kafka::producer(brokers)?,
+            owner,
             handler,
             max_attempts: 3,
         })
@@ -243,6 +249,20 @@ impl<H: EventHandler> InboxConsumer<H> {
                 shutdown,
             )
             .await?;
+            return Some(Outcome::DeadLettered);
+        }
+        // Before the inbox sees it: a forged event must not even claim its id.
+        let signed = SignedFields {
+            topic: &event.topic,
+            key: event.key.as_deref().unwrap_or_default(),
+            event_id: &event.event_id,
+            event_type: &event.event_type,
+            source: event.headers.get(HEADER_SOURCE).map_or("", String::as_str),
+            payload: &event.payload,
+        };
+        if let Err(unverified) = self.owner.verify(&signed, &event.headers) {
+            self.dead_letter(event, &unverified.to_string(), shutdown)
+                .await?;
             return Some(Outcome::DeadLettered);
         }
         let mut attempt = 0;

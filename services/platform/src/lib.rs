@@ -11,6 +11,7 @@ pub mod client_address;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod event_signature;
 pub mod grpc;
 pub mod health;
 pub mod http_server;

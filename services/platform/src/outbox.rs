@@ -18,6 +18,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::backoff::{Backoff, MAX_BACKOFF};
+use crate::event_signature::{EventSigner, SignedFields};
 use crate::kafka::{
     self, CONTENT_TYPE_PROTOBUF, HEADER_CONTENT_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE,
     HEADER_SOURCE, HEADER_SPEC_VERSION, HEADER_TIME,
@@ -82,6 +83,7 @@ pub struct OutboxRelay {
     producer: FutureProducer,
     signal: OutboxSignal,
     source: String,
+    signer: EventSigner,
     batch_size: i64,
     poll: Duration,
 }
@@ -96,12 +98,20 @@ impl std::fmt::Debug for OutboxRelay {
 }
 
 impl OutboxRelay {
-    pub fn new(pool: PgPool, producer: FutureProducer, signal: OutboxSignal, source: &str) -> Self {
+    /// Publishes `pool`'s outbox as `source`, each event signed by `signer`.
+    pub fn new(
+        pool: PgPool,
+        producer: FutureProducer,
+        signal: OutboxSignal,
+        source: &str,
+        signer: EventSigner,
+    ) -> Self {
         Self {
             pool,
             producer,
             signal,
             source: source.into(),
+            signer,
             batch_size: 256,
             poll: Duration::from_millis(250),
         }
@@ -222,6 +232,14 @@ impl OutboxRelay {
             let trace = telemetry::current_trace_headers();
             let event_id = event.event_id.to_string();
             let time = event.created_at.to_rfc3339();
+            let signature = self.signer.sign(&SignedFields {
+                topic: &event.topic,
+                key: &event.event_key,
+                event_id: &event_id,
+                event_type: &event.event_type,
+                source: &self.source,
+                payload: &event.payload,
+            });
             let mut pairs = vec![
                 (HEADER_EVENT_ID, event_id.as_str()),
                 (HEADER_EVENT_TYPE, event.event_type.as_str()),
@@ -230,6 +248,7 @@ impl OutboxRelay {
                 (HEADER_TIME, time.as_str()),
                 (HEADER_CONTENT_TYPE, CONTENT_TYPE_PROTOBUF),
             ];
+            pairs.extend(signature.iter().map(|(k, v)| (*k, v.as_str())));
             pairs.extend(trace.iter().map(|(k, v)| (k.as_str(), v.as_str())));
             let record = FutureRecord::to(&event.topic)
                 .key(&event.event_key)

@@ -15,6 +15,7 @@ use tonic::service::Routes;
 
 use crate::admin;
 use crate::config::ServiceSettings;
+use crate::event_signature::EventSigner;
 use crate::health::{self, Health};
 use crate::outbox::{OutboxRelay, OutboxSignal};
 use crate::{Shutdown, grpc, kafka};
@@ -128,6 +129,8 @@ pub struct ServiceRuntime {
     pub outbox: OutboxSignal,
     /// Topics this service produces to or consumes from (created when missing).
     pub topics: Vec<String>,
+    /// Signs every event the outbox relay publishes.
+    signer: EventSigner,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
     grpc_addr: SocketAddr,
@@ -154,6 +157,8 @@ impl ServiceRuntime {
         outbox: OutboxSignal,
         topics: Vec<String>,
     ) -> anyhow::Result<Self> {
+        let signer =
+            EventSigner::from_pem(settings.event_signing_key.expose(), "EVENT_SIGNING_KEY")?;
         let (grpc_listener, grpc_addr) =
             grpc::bind(&settings.bind_host, settings.grpc_port).await?;
         let (admin_listener, admin_addr) =
@@ -165,6 +170,7 @@ impl ServiceRuntime {
             pool,
             outbox,
             topics,
+            signer,
             grpc_listener,
             admin_listener,
             grpc_addr,
@@ -229,6 +235,7 @@ impl ServiceRuntime {
             settings.clone(),
             self.pool.clone(),
             self.outbox.clone(),
+            self.signer,
             self.topics,
             event_workers,
             events_stop.clone(),
@@ -297,6 +304,7 @@ async fn run_events(
     settings: ServiceSettings,
     pool: PgPool,
     signal: OutboxSignal,
+    signer: EventSigner,
     topics: Vec<String>,
     event_workers: EventWorkers,
     shutdown: Shutdown,
@@ -309,7 +317,7 @@ async fn run_events(
         return;
     }
     let relay = match kafka::producer(brokers) {
-        Ok(producer) => OutboxRelay::new(pool, producer, signal, process).batching(
+        Ok(producer) => OutboxRelay::new(pool, producer, signal, process, signer).batching(
             settings.outbox_batch_size,
             Duration::from_millis(settings.outbox_poll_ms),
         ),

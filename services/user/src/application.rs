@@ -7,6 +7,7 @@ use std::time::Duration;
 use shop_platform::auth::{Authenticator, TokenSigner, generate_keypair};
 use shop_platform::client_address::Networks;
 use shop_platform::config::{ConfigError, Environment, Secret};
+use shop_platform::event_signature::EventVerifier;
 use shop_platform::inbox::InboxConsumer;
 use shop_platform::outbox::OutboxSignal;
 use shop_platform::rate_limit::RateLimiter;
@@ -32,6 +33,8 @@ static MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 pub struct Application {
     runtime: ServiceRuntime,
     api: UserApi,
+    /// The order service's event keys: only its events are applied.
+    order_events_owner: EventVerifier,
 }
 
 impl std::fmt::Debug for Application {
@@ -109,8 +112,10 @@ impl Application {
             topics,
         )
         .await?;
+        let order_events_owner = EventVerifier::from_settings(&settings.service)?;
         Ok(Self {
             runtime,
+            order_events_owner,
             api: UserApi::new(
                 accounts,
                 auth,
@@ -139,12 +144,14 @@ impl Application {
         );
         let pool = self.runtime.pool.clone();
         let service = self.runtime.settings.clone();
+        let order_events_owner = self.order_events_owner;
         let consumers: EventWorkers = Box::new(move |shutdown| {
             let consumer = InboxConsumer::new(
                 CONSUMER_NAME,
                 ORDER_EVENTS_TOPIC,
                 pool,
                 &service,
+                order_events_owner,
                 OrderStatsHandler,
             )?;
             Ok(vec![Box::pin(consumer.run(shutdown)) as Worker])

@@ -371,6 +371,8 @@ pub async fn http_get(port: u16, path: &str) -> (u16, String) {
 pub struct Identity {
     pub auth: KeyPair,
     pub service: KeyPair,
+    /// Signs every service's events in a test mesh, and is the key consumers trust.
+    pub events: KeyPair,
 }
 
 impl Default for Identity {
@@ -384,6 +386,7 @@ impl Identity {
         Self {
             auth: keypair(),
             service: keypair(),
+            events: keypair(),
         }
     }
 
@@ -439,6 +442,8 @@ impl Identity {
         base.auth_public_key = Secret::new(self.auth.public_pem.clone());
         base.service_public_key = Secret::new(self.service.public_pem.clone());
         base.service_private_key = Secret::new(self.service.private_pem.clone());
+        base.event_signing_key = Secret::new(self.events.private_pem.clone());
+        base.event_public_keys = Secret::new(self.events.public_pem.clone());
         base
     }
 }
@@ -482,8 +487,16 @@ pub fn telemetry() {
     GUARD.get_or_init(|| shop_platform::telemetry::init("test").ok());
 }
 
+/// How a test event is signed: by a key (the owner's, or a forger's), or not at all.
+#[derive(Clone, Copy, Debug)]
+pub enum Signing<'a> {
+    By(&'a KeyPair),
+    Unsigned,
+}
+
 /// Produces one event with the headers the outbox relay writes (CloudEvents
-/// binding), for consumer tests.
+/// binding, the signature included unless `signing` says not), as the order
+/// service, for consumer tests.
 pub async fn produce_event(
     brokers: &str,
     topic: &str,
@@ -491,19 +504,32 @@ pub async fn produce_event(
     event_id: &str,
     event_type: &str,
     payload: &[u8],
+    signing: Signing<'_>,
 ) {
-    produce(
-        brokers,
-        topic,
-        key,
-        payload,
-        &[
-            ("ce_id", event_id),
-            ("ce_type", event_type),
-            ("content-type", "application/protobuf"),
-        ],
-    )
-    .await;
+    use shop_platform::event_signature::{EventSigner, SignedFields};
+    let source = "order-service";
+    let signature = match signing {
+        Signing::By(keys) => EventSigner::from_pem(&keys.private_pem, "test")
+            .expect("event key")
+            .sign(&SignedFields {
+                topic,
+                key,
+                event_id,
+                event_type,
+                source,
+                payload,
+            })
+            .to_vec(),
+        Signing::Unsigned => Vec::new(),
+    };
+    let mut headers = vec![
+        ("ce_id", event_id),
+        ("ce_type", event_type),
+        ("ce_source", source),
+        ("content-type", "application/protobuf"),
+    ];
+    headers.extend(signature.iter().map(|(k, v)| (*k, v.as_str())));
+    produce(brokers, topic, key, payload, &headers).await;
 }
 
 /// Whether the single number `sql` selects reaches `n` within `timeout`.

@@ -32,6 +32,7 @@ fn spawn_order_service(settings: &shop_order::Settings, port: u16, admin_port: u
         .env("AUTH_PUBLIC_KEY", s.auth_public_key.expose())
         .env("SERVICE_PUBLIC_KEY", s.service_public_key.expose())
         .env("SERVICE_PRIVATE_KEY", s.service_private_key.expose())
+        .env("EVENT_SIGNING_KEY", s.event_signing_key.expose())
         .env("USER_SERVICE_ADDR", &saga.user_service_addr)
         .env("INVENTORY_SERVICE_ADDR", &saga.inventory_service_addr)
         .env("RECOVERY_AFTER_MS", saga.recovery_after_ms.to_string())

@@ -7,7 +7,7 @@ use prost::{Message, Name};
 use shop_proto::common::Money;
 use shop_proto::order as order_pb;
 use shop_proto::user as pb;
-use shop_testkit::{Broker, read_topic};
+use shop_testkit::{Broker, Signing, read_topic};
 
 use crate::helpers::{spawn_app, spawn_app_with, unique_email};
 
@@ -152,8 +152,24 @@ fn confirmed(order_id: &str, user_id: &str, amount_minor: i64) -> Vec<u8> {
     .encode_to_vec()
 }
 
-async fn send(brokers: &str, key: &str, event_id: &str, event_type: &str, payload: &[u8]) {
-    shop_testkit::produce_event(brokers, ORDER_TOPIC, key, event_id, event_type, payload).await;
+async fn send(
+    brokers: &str,
+    signing: Signing<'_>,
+    key: &str,
+    event_id: &str,
+    event_type: &str,
+    payload: &[u8],
+) {
+    shop_testkit::produce_event(
+        brokers,
+        ORDER_TOPIC,
+        key,
+        event_id,
+        event_type,
+        payload,
+        signing,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -190,7 +206,15 @@ async fn order_events_keep_user_figures_and_replays_change_nothing() {
     // Every event twice: the consumer must act on each once.
     for round in 0..2 {
         for (event_id, key, event_type, payload) in &events {
-            send(&broker.brokers, key, event_id, event_type, payload).await;
+            send(
+                &broker.brokers,
+                Signing::By(&app.event_keys),
+                key,
+                event_id,
+                event_type,
+                payload,
+            )
+            .await;
         }
         let pool = app.pool().await;
         let processed = shop_testkit::count_reaches(
@@ -238,6 +262,7 @@ async fn undecodable_order_events_go_to_the_dead_letter_topic() {
     let key = uuid::Uuid::now_v7().to_string();
     send(
         &broker.brokers,
+        Signing::By(&app.event_keys),
         &key,
         "poison-1",
         &order_pb::OrderConfirmed::full_name(),
@@ -249,6 +274,7 @@ async fn undecodable_order_events_go_to_the_dead_letter_topic() {
     let order = uuid::Uuid::now_v7().to_string();
     send(
         &broker.brokers,
+        Signing::By(&app.event_keys),
         &order,
         "good-1",
         &order_pb::OrderConfirmed::full_name(),

@@ -17,6 +17,8 @@ pub struct TestApp {
     pub db: TestDatabase,
     pub auth_keys: KeyPair,
     pub service_keys: KeyPair,
+    /// The key the mesh's events are signed with (and the consumer trusts).
+    pub event_keys: KeyPair,
     pub admin_email: String,
     pub brokers: String,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -34,6 +36,7 @@ pub async fn spawn_app_with(brokers: &str) -> TestApp {
     let identity = Identity::new();
     let auth_keys = identity.auth.clone();
     let service_keys = identity.service.clone();
+    let event_keys = identity.events.clone();
     let admin_email = format!("admin-{}@example.com", uuid::Uuid::now_v7().simple());
     let mut settings = Settings::default();
     settings.service = identity.settings(settings.service, &db, brokers);
@@ -59,6 +62,7 @@ pub async fn spawn_app_with(brokers: &str) -> TestApp {
         db,
         auth_keys,
         service_keys,
+        event_keys,
         admin_email,
         brokers: brokers.into(),
         task,

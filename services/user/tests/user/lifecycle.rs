@@ -16,6 +16,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_user-service");
 
 fn base_command(db: &TestDatabase, grpc_port: u16) -> Command {
     let keys = shop_testkit::keypair();
+    let events = shop_testkit::keypair();
+    let order_events = shop_testkit::keypair();
     let mut cmd = Command::new(BIN);
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -30,6 +32,8 @@ fn base_command(db: &TestDatabase, grpc_port: u16) -> Command {
         .env("ADMIN_PORT", free_port().to_string())
         .env("AUTH_PRIVATE_KEY", keys.private_pem)
         .env("AUTH_PUBLIC_KEY", keys.public_pem)
+        .env("EVENT_SIGNING_KEY", events.private_pem)
+        .env("EVENT_PUBLIC_KEYS", order_events.public_pem)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -58,6 +62,19 @@ async fn bad_configuration_stops_startup_naming_the_key() {
         !stderr.contains("PRIVATE KEY-----"),
         "no key material in errors"
     );
+
+    for key in ["EVENT_SIGNING_KEY", "EVENT_PUBLIC_KEYS"] {
+        let out = base_command(&db, free_port())
+            .env_remove(key)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(key), "{stderr}");
+        assert!(
+            !stderr.contains("PRIVATE KEY-----"),
+            "no key material in errors"
+        );
+    }
 
     let out = base_command(&db, free_port())
         .env_remove("DATABASE_URL")
