@@ -230,12 +230,15 @@ impl ServiceRuntime {
         // The relay and the consumers stop only after the in-flight calls have finished,
         // so that events those calls commit during the drain are still published.
         let events_stop = Shutdown::new();
+        let publisher = Publisher {
+            source: self.process,
+            signer: self.signer,
+        };
         tasks.spawn(run_events(
-            self.process,
+            publisher,
             settings.clone(),
             self.pool.clone(),
             self.outbox.clone(),
-            self.signer,
             self.topics,
             event_workers,
             events_stop.clone(),
@@ -298,13 +301,18 @@ impl ServiceRuntime {
     }
 }
 
+/// Who the outbox relay publishes as: the process (the events' source) and its key.
+struct Publisher {
+    source: &'static str,
+    signer: EventSigner,
+}
+
 /// Creates the topics, then runs the outbox relay and the event workers until shutdown.
 async fn run_events(
-    process: &'static str,
+    publisher: Publisher,
     settings: ServiceSettings,
     pool: PgPool,
     signal: OutboxSignal,
-    signer: EventSigner,
     topics: Vec<String>,
     event_workers: EventWorkers,
     shutdown: Shutdown,
@@ -317,10 +325,12 @@ async fn run_events(
         return;
     }
     let relay = match kafka::producer(brokers) {
-        Ok(producer) => OutboxRelay::new(pool, producer, signal, process, signer).batching(
-            settings.outbox_batch_size,
-            Duration::from_millis(settings.outbox_poll_ms),
-        ),
+        Ok(producer) => {
+            OutboxRelay::new(pool, producer, signal, publisher.source, publisher.signer).batching(
+                settings.outbox_batch_size,
+                Duration::from_millis(settings.outbox_poll_ms),
+            )
+        }
         Err(err) => {
             tracing::error!(error = %err, "outbox relay not started");
             return;
