@@ -68,6 +68,8 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
         sleep 0.1
     done
     export KAFKA_BROKERS="127.0.0.1:$K_PORT"
+    # tansu's quirk (ADR 0006): every producer here sends one record per batch.
+    export KAFKA_ONE_RECORD_PER_BATCH=true
     # For tests/chaos/run.py, which stops this broker for a while (SIGSTOP / SIGCONT).
     export SHOPMESH_BROKER_PID=$TANSU_PID
     log "throwaway tansu broker on $KAFKA_BROKERS"

@@ -230,6 +230,7 @@ class NativeMesh(Mesh):
             "KAFKA_BROKERS": self.brokers, "AUTH_PUBLIC_KEY": key("auth.pub"),
             "SERVICE_PUBLIC_KEY": key("service.pub"), "SERVICE_PRIVATE_KEY": key("service.key"),
             "DRAIN_DELAY_MS": "300",
+            "KAFKA_ONE_RECORD_PER_BATCH": os.environ.get("KAFKA_ONE_RECORD_PER_BATCH", "false"),
         }
         if name == "gateway":
             env.update(HTTP_PORT=str(self.ports["gateway"]),

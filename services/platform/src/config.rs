@@ -179,6 +179,11 @@ pub struct ServiceSettings {
     pub kafka_brokers: String,
     /// `KAFKA_GROUP_ID`: the consumer group of this service's consumers.
     pub kafka_group_id: String,
+    /// `KAFKA_ONE_RECORD_PER_BATCH`: send each record as a batch of its own. A
+    /// workaround for tansu 0.6, the development and test broker, which answers a
+    /// fetch from inside a batch with the next batch (ADR 0006); the dev and test
+    /// scripts turn it on. Leave it off with Apache Kafka.
+    pub kafka_one_record_per_batch: bool,
     /// `KAFKA_TOPIC_PARTITIONS`: partitions of the topics a service creates when missing.
     pub kafka_topic_partitions: i32,
     /// `DRAIN_DELAY_MS`: time between NOT_SERVING and closing the listener, so that
@@ -230,6 +235,7 @@ impl ServiceSettings {
             database_max_connections: 10,
             kafka_brokers: String::new(),
             kafka_group_id: name.into(),
+            kafka_one_record_per_batch: false,
             kafka_topic_partitions: 3,
             drain_delay_ms: 0,
             shutdown_timeout_ms: 10_000,

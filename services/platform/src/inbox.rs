@@ -153,7 +153,7 @@ impl<H: EventHandler> InboxConsumer<H> {
             topic: topic.into(),
             pool,
             consumer: std::sync::Arc::new(consumer),
-            dead_letters: kafka::producer(brokers)?,
+            dead_letters: kafka::producer(brokers, settings.kafka_one_record_per_batch)?,
             owner,
             handler,
             max_attempts: 3,

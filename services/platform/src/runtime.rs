@@ -324,7 +324,7 @@ async fn run_events(
         tracing::info!(error = %err, "events not started");
         return;
     }
-    let relay = match kafka::producer(brokers) {
+    let relay = match kafka::producer(brokers, settings.kafka_one_record_per_batch) {
         Ok(producer) => {
             OutboxRelay::new(pool, producer, signal, publisher.source, publisher.signer).batching(
                 settings.outbox_batch_size,

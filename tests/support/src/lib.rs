@@ -439,6 +439,9 @@ impl Identity {
             base.kafka_group_id,
             uuid::Uuid::now_v7().simple()
         );
+        // The broker's workaround as the infrastructure script says (tansu: on).
+        base.kafka_one_record_per_batch =
+            std::env::var("KAFKA_ONE_RECORD_PER_BATCH").is_ok_and(|v| v == "true");
         base.auth_public_key = Secret::new(self.auth.public_pem.clone());
         base.service_public_key = Secret::new(self.service.public_pem.clone());
         base.service_private_key = Secret::new(self.service.private_pem.clone());

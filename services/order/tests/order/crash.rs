@@ -29,6 +29,10 @@ fn spawn_order_service(settings: &shop_order::Settings, port: u16, admin_port: u
         .env("DATABASE_URL", s.database_url.expose())
         .env("KAFKA_BROKERS", &s.kafka_brokers)
         .env("KAFKA_GROUP_ID", &s.kafka_group_id)
+        .env(
+            "KAFKA_ONE_RECORD_PER_BATCH",
+            s.kafka_one_record_per_batch.to_string(),
+        )
         .env("AUTH_PUBLIC_KEY", s.auth_public_key.expose())
         .env("SERVICE_PUBLIC_KEY", s.service_public_key.expose())
         .env("SERVICE_PRIVATE_KEY", s.service_private_key.expose())

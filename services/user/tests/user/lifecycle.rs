@@ -34,6 +34,10 @@ fn base_command(db: &TestDatabase, grpc_port: u16) -> Command {
         .env("AUTH_PUBLIC_KEY", keys.public_pem)
         .env("EVENT_SIGNING_KEY", events.private_pem)
         .env("EVENT_PUBLIC_KEYS", order_events.public_pem)
+        .env(
+            "KAFKA_ONE_RECORD_PER_BATCH",
+            std::env::var("KAFKA_ONE_RECORD_PER_BATCH").unwrap_or_default(),
+        )
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
