@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection as _, PgPool};
 
 use crate::backoff::{Backoff, MAX_BACKOFF};
 use crate::config::ServiceSettings;
@@ -30,6 +30,27 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
                 .any(|class| code.starts_with(class))
         }),
         _ => false,
+    }
+}
+
+/// Why a connection attempt can never succeed as configured: the server's
+/// certificate is not trusted (TLS), or the server refused us (authentication,
+/// pg_hba, an unknown database). None for what may pass (down, restarting, full).
+fn refusal(err: &sqlx::Error) -> Option<String> {
+    match err {
+        sqlx::Error::Tls(tls) => Some(format!("TLS: {tls}")),
+        // rustls' verdict on the server's certificate arrives as invalid data.
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::InvalidData => {
+            Some(format!("TLS: {io}"))
+        }
+        sqlx::Error::Database(db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("28") || c == "3D000") =>
+        {
+            Some(db.message().to_owned())
+        }
+        _ => None,
     }
 }
 
@@ -59,6 +80,13 @@ pub async fn migrate(pool: &PgPool, service: &Migrator, shutdown: &Shutdown) -> 
             Err(sqlx::migrate::MigrateError::Execute(
                 sqlx::Error::PoolTimedOut | sqlx::Error::Io(_),
             )) => {
+                // The pool reports a refused connection as a timeout: one direct
+                // attempt tells an unreachable server from one that refuses us.
+                if let Err(err) = sqlx::PgConnection::connect_with(&pool.connect_options()).await
+                    && let Some(refusal) = refusal(&err)
+                {
+                    anyhow::bail!("DATABASE_URL: the database refused the connection: {refusal}");
+                }
                 tracing::warn!(
                     retry_in_ms = backoff.current().as_millis() as u64,
                     "database not reachable yet"

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod client_address;
 pub mod config;
 pub mod db;
+pub mod dev_pki;
 pub mod error;
 pub mod event_signature;
 pub mod grpc;

@@ -2,6 +2,8 @@
 //! names, a private tansu broker that a test may pause, Kafka readers, key pairs,
 //! free ports and the grpcurl command. Everything here talks to real servers.
 
+pub mod postgres_tls;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::PathBuf;
