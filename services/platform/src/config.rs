@@ -200,6 +200,12 @@ pub struct ServiceSettings {
     pub service_public_key: Secret,
     /// `SERVICE_PRIVATE_KEY`: PEM (PKCS#8) key this service signs its identity with.
     pub service_private_key: Secret,
+    /// `TLS_CERT_FILE` / `TLS_KEY_FILE` / `TLS_CA_FILE`: the workload's certificate
+    /// (its `spiffe://shopmesh/<name>` identity), key, and the mesh's CA. Set, the
+    /// gRPC port speaks mutual TLS only (platform::tls); unset, plaintext.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub tls_ca_file: String,
     /// `EVENT_SIGNING_KEY`: this service's own Ed25519 key (PKCS#8 PEM) that signs
     /// every event it publishes (platform::event_signature).
     pub event_signing_key: Secret,
@@ -244,6 +250,9 @@ impl ServiceSettings {
             auth_public_key: Secret::default(),
             service_public_key: Secret::default(),
             service_private_key: Secret::default(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
             event_signing_key: Secret::default(),
             event_public_keys: Secret::default(),
             trusted_proxies: String::new(),

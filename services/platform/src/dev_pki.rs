@@ -12,8 +12,7 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
-/// The trust domain of workload identities: `spiffe://shopmesh/<service-name>`.
-pub const TRUST_DOMAIN: &str = "shopmesh";
+use crate::tls::TRUST_DOMAIN;
 
 /// A certificate and its private key, both PEM.
 #[derive(Clone)]

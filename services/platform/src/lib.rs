@@ -25,6 +25,7 @@ pub mod rate_limit;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
 pub use error::ApiError;
 pub use shutdown::Shutdown;

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -18,6 +19,7 @@ use crate::config::ServiceSettings;
 use crate::event_signature::EventSigner;
 use crate::health::{self, Health};
 use crate::outbox::{OutboxRelay, OutboxSignal};
+use crate::tls::{self, TlsFiles};
 use crate::{Shutdown, grpc, kafka};
 
 /// How `BINARY healthcheck` asks a running process whether it is healthy (for
@@ -131,6 +133,8 @@ pub struct ServiceRuntime {
     pub topics: Vec<String>,
     /// Signs every event the outbox relay publishes.
     signer: EventSigner,
+    /// The gRPC port's mutual TLS, when `TLS_*_FILE` are set.
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
     grpc_addr: SocketAddr,
@@ -159,6 +163,10 @@ impl ServiceRuntime {
     ) -> anyhow::Result<Self> {
         let signer =
             EventSigner::from_pem(settings.event_signing_key.expose(), "EVENT_SIGNING_KEY")?;
+        let tls = match TlsFiles::from_settings(&settings)? {
+            Some(files) => Some(tls::server_config(&files)?),
+            None => None,
+        };
         let (grpc_listener, grpc_addr) =
             grpc::bind(&settings.bind_host, settings.grpc_port).await?;
         let (admin_listener, admin_addr) =
@@ -171,6 +179,7 @@ impl ServiceRuntime {
             outbox,
             topics,
             signer,
+            tls,
             grpc_listener,
             admin_listener,
             grpc_addr,
@@ -257,18 +266,26 @@ impl ServiceRuntime {
                 health.close_watches().await;
             }
         };
-        let server = grpc::server()
+        let router = grpc::server()
             .add_routes(routes)
             .add_service(health_service)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(
-                // Small responses must not wait for the peer's delayed ACK (Nagle).
-                tonic::transport::server::TcpIncoming::from(self.grpc_listener)
-                    .with_nodelay(Some(true)),
-                stop,
-            );
-        let mut server = tokio::spawn(server);
+            .add_service(reflection_v1alpha);
+        let mut server = match self.tls {
+            // Mutual TLS only: a plaintext client gets a failed handshake.
+            Some(config) => tokio::spawn(
+                router
+                    .serve_with_incoming_shutdown(tls::incoming(self.grpc_listener, config), stop),
+            ),
+            None => tokio::spawn(
+                router.serve_with_incoming_shutdown(
+                    // Small responses must not wait for the peer's delayed ACK (Nagle).
+                    tonic::transport::server::TcpIncoming::from(self.grpc_listener)
+                        .with_nodelay(Some(true)),
+                    stop,
+                ),
+            ),
+        };
         shutdown.wait().await;
         let limit = drain_delay + Duration::from_millis(settings.shutdown_timeout_ms);
         match tokio::time::timeout(limit, &mut server).await {

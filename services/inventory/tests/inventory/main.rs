@@ -4,4 +4,5 @@
 mod catalog;
 mod events;
 mod helpers;
+mod mtls;
 mod reservations;
