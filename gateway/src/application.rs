@@ -61,6 +61,11 @@ impl Application {
             .filter(|m| !m.is_empty())
             .collect();
         let connect = Duration::from_secs(1);
+        let tls = shop_platform::tls::TlsFiles::from_paths(
+            &settings.tls_cert_file,
+            &settings.tls_key_file,
+            &settings.tls_ca_file,
+        )?;
         let mut backends = BTreeMap::new();
         for (package, addr) in [
             ("shop.user", &settings.user_service_addr),
@@ -69,7 +74,7 @@ impl Application {
         ] {
             let dial = || async {
                 let every = Duration::from_millis(settings.peer_resolve_every_ms);
-                shop_platform::grpc::channel_every(addr, connect, every)
+                shop_platform::grpc::channel_every(addr, connect, every, tls.as_ref())
                     .await
                     .with_context(|| format!("backend address for {package}: {addr}"))
             };

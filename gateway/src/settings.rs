@@ -57,6 +57,12 @@ pub struct Settings {
     /// `BODY_READ_TIMEOUT_MS`: a request body not received within this long gets 408
     /// and the connection is closed.
     pub body_read_timeout_ms: u64,
+    /// `TLS_CERT_FILE` / `TLS_KEY_FILE` / `TLS_CA_FILE`: the gateway's own
+    /// certificate (`spiffe://shopmesh/gateway`), key and the mesh's CA, for
+    /// `https://` backend addresses (mutual TLS); unset, backends are plaintext.
+    pub tls_cert_file: String,
+    pub tls_key_file: String,
+    pub tls_ca_file: String,
     /// `SHUTDOWN_TIMEOUT_MS`: on SIGTERM, how long open connections (watch streams
     /// included) may stay before the gateway stops without them; keep it below the
     /// supervisor's kill grace (30 s in Kubernetes by default).
@@ -97,6 +103,9 @@ impl Default for Settings {
             header_read_timeout_ms: 5_000,
             body_read_timeout_ms: 5_000,
             shutdown_timeout_ms: 20_000,
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_ca_file: String::new(),
             max_connections: 4_096,
             max_connections_per_client: 128,
             max_inflight_body_bytes: 32 * 1024 * 1024,

@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use shop_platform::auth::{Authenticator, TokenSigner};
 use shop_platform::outbox::OutboxSignal;
 use shop_platform::runtime::{EventWorkers, ServiceRuntime, Worker};
+use shop_platform::tls::TlsFiles;
 use shop_platform::{Shutdown, db, grpc};
 use shop_proto::order::order_service_server::OrderServiceServer;
 use sqlx::migrate::Migrator;
@@ -53,6 +54,7 @@ impl Application {
         let pool = db::connect_and_migrate(service, &MIGRATIONS).await?;
 
         let outbox = OutboxSignal::default();
+        let tls = TlsFiles::from_settings(service)?;
         let peers = Peers::connect(
             &saga.user_service_addr,
             &saga.inventory_service_addr,
@@ -60,6 +62,7 @@ impl Application {
             &saga.service_identity,
             Duration::from_millis(saga.rpc_timeout_ms),
             Duration::from_millis(service.peer_resolve_every_ms),
+            tls.as_ref(),
         )
         .await
         .context("USER_SERVICE_ADDR / INVENTORY_SERVICE_ADDR")?;

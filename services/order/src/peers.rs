@@ -8,6 +8,7 @@ use std::time::Duration;
 use shop_platform::auth::SERVICE_AUTHORIZATION;
 use shop_platform::auth::TokenSigner;
 use shop_platform::grpc::{self, Deadline, RetryPolicy};
+use shop_platform::tls::TlsFiles;
 use shop_proto::inventory as inv;
 use shop_proto::inventory::inventory_service_client::InventoryServiceClient;
 use shop_proto::user as user_pb;
@@ -45,9 +46,10 @@ impl Peers {
         identity: &str,
         rpc_timeout: Duration,
         resolve_every: Duration,
+        tls: Option<&TlsFiles>,
     ) -> anyhow::Result<Self> {
         let connect_timeout = rpc_timeout.min(Duration::from_secs(1));
-        let dial = |addr| grpc::channel_every(addr, connect_timeout, resolve_every);
+        let dial = |addr| grpc::channel_every(addr, connect_timeout, resolve_every, tls);
         let users = UserServiceClient::new(dial(user_addr).await?);
         let inventory = InventoryServiceClient::new(dial(inventory_addr).await?);
         Ok(Self {

@@ -48,10 +48,20 @@ impl TlsFiles {
     /// The three files, or None when none is set (plaintext); some but not all is
     /// a configuration error naming what is missing.
     pub fn from_settings(settings: &ServiceSettings) -> Result<Option<Self>, ConfigError> {
+        Self::from_paths(
+            &settings.tls_cert_file,
+            &settings.tls_key_file,
+            &settings.tls_ca_file,
+        )
+    }
+
+    /// `TLS_CERT_FILE`, `TLS_KEY_FILE` and `TLS_CA_FILE` as given (the gateway's
+    /// settings name them too).
+    pub fn from_paths(cert: &str, key: &str, ca: &str) -> Result<Option<Self>, ConfigError> {
         let set = [
-            ("TLS_CERT_FILE", &settings.tls_cert_file),
-            ("TLS_KEY_FILE", &settings.tls_key_file),
-            ("TLS_CA_FILE", &settings.tls_ca_file),
+            ("TLS_CERT_FILE", cert),
+            ("TLS_KEY_FILE", key),
+            ("TLS_CA_FILE", ca),
         ];
         if set.iter().all(|(_, v)| v.is_empty()) {
             return Ok(None);
@@ -63,9 +73,9 @@ impl TlsFiles {
             ));
         }
         Ok(Some(Self {
-            cert: settings.tls_cert_file.clone().into(),
-            key: settings.tls_key_file.clone().into(),
-            ca: settings.tls_ca_file.clone().into(),
+            cert: cert.into(),
+            key: key.into(),
+            ca: ca.into(),
         }))
     }
 

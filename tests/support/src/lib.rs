@@ -2,6 +2,7 @@
 //! names, a private tansu broker that a test may pause, Kafka readers, key pairs,
 //! free ports and the grpcurl command. Everything here talks to real servers.
 
+pub mod mesh_tls;
 pub mod postgres_tls;
 
 use std::collections::HashMap;
@@ -375,6 +376,9 @@ pub struct Identity {
     pub service: KeyPair,
     /// Signs every service's events in a test mesh, and is the key consumers trust.
     pub events: KeyPair,
+    /// With it, every service's gRPC port speaks mutual TLS (its certificate named
+    /// after the service) and the helpers here dial with TLS.
+    pub pki: Option<std::sync::Arc<mesh_tls::MeshPki>>,
 }
 
 impl Default for Identity {
@@ -389,7 +393,49 @@ impl Identity {
             auth: keypair(),
             service: keypair(),
             events: keypair(),
+            pki: None,
         }
+    }
+
+    /// The same keys, and mutual TLS on every gRPC port.
+    pub fn with_tls() -> Self {
+        Self {
+            pki: Some(std::sync::Arc::new(mesh_tls::MeshPki::new())),
+            ..Self::new()
+        }
+    }
+
+    /// `http://127.0.0.1:port`, or the https form when the mesh speaks TLS.
+    pub fn address(&self, port: u16) -> String {
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{port}")
+    }
+
+    /// A channel to `port` as a test client (TLS as the workload `test-client`).
+    pub fn channel(&self, port: u16) -> tonic::transport::Channel {
+        let endpoint = tonic::transport::Channel::from_shared(self.address(port)).expect("uri");
+        let endpoint = match &self.pki {
+            Some(pki) => endpoint.tls_config(pki.client("test-client")).expect("tls"),
+            None => endpoint,
+        };
+        endpoint.connect_lazy()
+    }
+
+    /// Waits until the gRPC port answers grpc.health.v1 SERVING, over TLS when
+    /// the mesh speaks it.
+    pub async fn wait_serving(&self, port: u16) {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let serving = eventually(Duration::from_secs(15), || async move {
+            let status = HealthClient::new(self.channel(port))
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .ok()?;
+            (status.into_inner().status == 1).then_some(())
+        })
+        .await;
+        assert!(serving.is_some(), "port {port} never reported SERVING");
     }
 
     /// An access token as the user service would issue it.
@@ -431,6 +477,8 @@ impl Identity {
         db: &TestDatabase,
         brokers: &str,
     ) -> ServiceSettings {
+        // The default group id is the process name: the workload's certificate name.
+        let process = base.kafka_group_id.clone();
         base.bind_host = "127.0.0.1".into();
         base.grpc_port = 0;
         base.admin_port = 0;
@@ -447,6 +495,11 @@ impl Identity {
         base.auth_public_key = Secret::new(self.auth.public_pem.clone());
         base.service_public_key = Secret::new(self.service.public_pem.clone());
         base.service_private_key = Secret::new(self.service.private_pem.clone());
+        if let Some(pki) = &self.pki {
+            let files = pki.workload(&process);
+            (base.tls_cert_file, base.tls_key_file, base.tls_ca_file) =
+                (files.cert, files.key, files.ca);
+        }
         base.event_signing_key = Secret::new(self.events.private_pem.clone());
         base.event_public_keys = Secret::new(self.events.public_pem.clone());
         base

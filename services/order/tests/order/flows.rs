@@ -430,3 +430,15 @@ async fn bad_order_input_is_refused_field_by_field() {
         .expect_err("no token");
     assert_eq!(err.code(), Code::Unauthenticated);
 }
+
+#[tokio::test]
+async fn the_saga_runs_over_mutual_tls() {
+    // Every port speaks mutual TLS: the order service reaches the user and
+    // inventory services with its own certificate, and inventory's reservation
+    // RPCs accept it by that certificate's identity.
+    let mesh = Mesh::start_tls().await;
+    let (token, order) = mesh.confirmed_order("MTLS").await;
+    assert_eq!(order.lines[0].quantity, 1);
+    let stored = mesh.get_order(&token, &order.order_id).await.expect("get");
+    assert_eq!(stored.status, pb::OrderStatus::Confirmed as i32);
+}

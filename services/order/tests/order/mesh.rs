@@ -57,7 +57,7 @@ pub async fn start_user(identity: &Identity, brokers: &str) -> Running {
     let port = app.grpc_port();
     let shutdown = Shutdown::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    shop_testkit::wait_serving(port).await;
+    identity.wait_serving(port).await;
     Running {
         port,
         db,
@@ -87,7 +87,7 @@ pub async fn start_inventory(
         .expect("inventory service");
     let shutdown = Shutdown::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    shop_testkit::wait_serving(port).await;
+    identity.wait_serving(port).await;
     Running {
         port,
         db,
@@ -107,8 +107,8 @@ pub fn order_settings(
 ) -> shop_order::Settings {
     let mut settings = shop_order::Settings::default();
     settings.service = identity.settings(settings.service, db, brokers);
-    settings.saga.user_service_addr = format!("http://127.0.0.1:{user_port}");
-    settings.saga.inventory_service_addr = format!("http://127.0.0.1:{inventory_port}");
+    settings.saga.user_service_addr = identity.address(user_port);
+    settings.saga.inventory_service_addr = identity.address(inventory_port);
     settings.saga.recovery_after_ms = 1000;
     settings.saga.recovery_interval_ms = 200;
     settings.saga.rpc_timeout_ms = 1000;
@@ -121,11 +121,22 @@ impl Mesh {
         Self::start_with(|_| {}).await
     }
 
+    /// The mesh with mutual TLS on every gRPC port and call.
+    pub async fn start_tls() -> Self {
+        Self::start_identity(Identity::with_tls(), |_| {}).await
+    }
+
     /// The mesh with the order service's settings changed by `configure`.
     pub async fn start_with(configure: impl FnOnce(&mut shop_order::Settings)) -> Self {
+        Self::start_identity(Identity::new(), configure).await
+    }
+
+    async fn start_identity(
+        identity: Identity,
+        configure: impl FnOnce(&mut shop_order::Settings),
+    ) -> Self {
         shop_testkit::telemetry();
         let broker = Broker::start();
-        let identity = Identity::new();
         let user = start_user(&identity, &broker.brokers).await;
         let inventory_port = shop_testkit::free_port();
         let inventory = start_inventory(&identity, &broker.brokers, inventory_port, None).await;
@@ -141,7 +152,7 @@ impl Mesh {
         let order_port = app.grpc_port();
         let shutdown = Shutdown::new();
         let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-        shop_testkit::wait_serving(order_port).await;
+        identity.wait_serving(order_port).await;
         Self {
             broker,
             identity,
@@ -160,23 +171,22 @@ impl Mesh {
         }
     }
 
-    /// Connects on first use, so a service that is restarting answers UNAVAILABLE.
-    pub async fn channel(port: u16) -> Channel {
-        Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("uri")
-            .connect_lazy()
+    /// Connects on first use, so a service that is restarting answers UNAVAILABLE;
+    /// over mutual TLS when the mesh speaks it.
+    pub fn channel(&self, port: u16) -> Channel {
+        self.identity.channel(port)
     }
 
     pub async fn orders(&self) -> OrderServiceClient<Channel> {
-        OrderServiceClient::new(Self::channel(self.order_port).await)
+        OrderServiceClient::new(self.channel(self.order_port))
     }
 
     pub async fn users(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::new(Self::channel(self.user_port).await)
+        UserServiceClient::new(self.channel(self.user_port))
     }
 
     pub async fn inventory_client(&self) -> InventoryServiceClient<Channel> {
-        InventoryServiceClient::new(Self::channel(self.inventory_port).await)
+        InventoryServiceClient::new(self.channel(self.inventory_port))
     }
 
     /// Registers a customer through the user service and signs in: (user id, token).

@@ -7,27 +7,39 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tonic::transport::channel::Change;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+use crate::tls::TlsFiles;
 
 /// How often a channel resolves its peers' names again, so that a peer which comes
 /// back on a new address (a recreated container, a pod rescheduled behind a
 /// headless service) is reached without restarting the caller.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
-/// A channel to `target` (`http://host:port`, several comma-separated): calls
-/// balanced across every address the names resolve to, connections kept, and the
-/// names resolved again every `every` (`PEER_RESOLVE_EVERY_MS`, by default
-/// `RESOLVE_EVERY`).
+/// A channel to `target` (`http://host:port` or, with `tls`, `https://host:port`;
+/// several comma-separated): calls balanced across every address the names
+/// resolve to, connections kept, and the names resolved again every `every`
+/// (`PEER_RESOLVE_EVERY_MS`, by default `RESOLVE_EVERY`). Over https each
+/// connection presents this workload's certificate and requires the peer's to
+/// name the host written in `target`; a changed certificate on disk is used for
+/// the connections made after the next look-up.
 pub async fn channel_every(
     target: &str,
     connect_timeout: Duration,
     every: Duration,
+    tls: Option<&TlsFiles>,
 ) -> anyhow::Result<Channel> {
-    channel_resolved_by(target, connect_timeout, every, |authority| async move {
-        tokio::net::lookup_host(authority)
-            .await
-            .map(Iterator::collect)
-    })
+    channel_resolved_by(
+        target,
+        connect_timeout,
+        every,
+        tls,
+        |authority| async move {
+            tokio::net::lookup_host(authority)
+                .await
+                .map(Iterator::collect)
+        },
+    )
     .await
 }
 
@@ -39,6 +51,7 @@ pub async fn channel_resolved_by<R, F>(
     target: &str,
     connect_timeout: Duration,
     every: Duration,
+    tls: Option<&TlsFiles>,
     resolve: R,
 ) -> anyhow::Result<Channel>
 where
@@ -54,12 +67,19 @@ where
         .collect();
     anyhow::ensure!(!targets.is_empty(), "no gRPC address in {target:?}");
     for uri in &targets {
-        peer_endpoint(uri, connect_timeout)
+        peer_endpoint(uri, connect_timeout, None)
             .with_context(|| format!("not a valid gRPC address: {uri}"))?;
+        if uri.starts_with("https://") && tls.is_none() {
+            anyhow::bail!(
+                "{uri}: an https:// peer needs this workload's certificate (TLS_CERT_FILE, TLS_KEY_FILE, TLS_CA_FILE)"
+            );
+        }
     }
     let (channel, changes) = Channel::balance_channel::<String>(1024);
     let mut peers = PeerSet {
         targets,
+        tls: tls.cloned(),
+        tls_stamp: None,
         connect_timeout,
         lookup_timeout: every.max(Duration::from_secs(1)),
         by_target: BTreeMap::new(),
@@ -80,21 +100,51 @@ where
     Ok(channel)
 }
 
+/// An endpoint for `address`; with `tls`, the client configuration for a peer
+/// whose certificate must name the host in it.
 fn peer_endpoint(
     address: &str,
     connect_timeout: Duration,
+    tls: Option<ClientTlsConfig>,
 ) -> Result<Endpoint, tonic::transport::Error> {
-    Ok(Endpoint::from_shared(address.to_owned())?
+    let endpoint = Endpoint::from_shared(address.to_owned())?
         .connect_timeout(connect_timeout)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_while_idle(true))
+        .keep_alive_while_idle(true);
+    match tls {
+        Some(tls) if address.starts_with("https://") => endpoint.tls_config(tls),
+        _ => Ok(endpoint),
+    }
+}
+
+/// The host a target names (`https://inventory-service:50052` → `inventory-service`).
+fn host_of(target: &str) -> &str {
+    let authority = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+        .unwrap_or(target);
+    authority
+        .rsplit_once(':')
+        .map_or(authority, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+}
+
+/// When a certificate or key file last changed.
+fn stamp(files: &TlsFiles) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some((modified(&files.cert)?, modified(&files.key)?))
 }
 
 /// The addresses a balanced channel holds, per target, changed only by what a
 /// lookup changed.
 struct PeerSet {
     targets: Vec<String>,
+    /// This workload's pair, presented over https.
+    tls: Option<TlsFiles>,
+    /// The pair's files as last read: a change re-dials every address.
+    tls_stamp: Option<(std::time::SystemTime, std::time::SystemTime)>,
     connect_timeout: Duration,
     lookup_timeout: Duration,
     by_target: BTreeMap<String, BTreeSet<String>>,
@@ -121,11 +171,16 @@ impl PeerSet {
                 .unwrap_or(uri);
             let looked_up =
                 tokio::time::timeout(self.lookup_timeout, resolve(authority.to_owned())).await;
+            let scheme = if uri.starts_with("https://") {
+                "https"
+            } else {
+                "http"
+            };
             let usable = |addrs: Vec<SocketAddr>| -> BTreeSet<String> {
                 addrs
                     .iter()
-                    .map(|a| format!("http://{a}"))
-                    .filter(|a| peer_endpoint(a, self.connect_timeout).is_ok())
+                    .map(|a| format!("{scheme}://{a}"))
+                    .filter(|a| peer_endpoint(a, self.connect_timeout, None).is_ok())
                     .collect()
             };
             let found = match looked_up {
@@ -142,12 +197,35 @@ impl PeerSet {
             self.by_target.insert(uri.clone(), found);
         }
         let now: BTreeSet<String> = self.by_target.values().flatten().cloned().collect();
-        if now == self.inserted {
+        let stamp = self.tls.as_ref().and_then(stamp);
+        // A new pair on disk: every address is dialled again with it.
+        let rotated = stamp != self.tls_stamp;
+        if now == self.inserted && !rotated {
             return true;
         }
-        for address in now.difference(&self.inserted) {
+        let redial: BTreeSet<String> = if rotated {
+            now.clone()
+        } else {
+            now.difference(&self.inserted).cloned().collect()
+        };
+        for address in &redial {
+            let target = self
+                .by_target
+                .iter()
+                .find(|(_, addresses)| addresses.contains(address))
+                .map_or(address.as_str(), |(target, _)| target.as_str());
+            let tls = match &self.tls {
+                Some(files) => match crate::tls::client_config(files, host_of(target)) {
+                    Ok(tls) => Some(tls),
+                    Err(err) => {
+                        tracing::error!(error = %format!("{err:#}"), "client certificate unreadable; peer not dialled");
+                        continue;
+                    }
+                },
+                None => None,
+            };
             // Every address in `now` was checked by `peer_endpoint` already.
-            let Ok(endpoint) = peer_endpoint(address, self.connect_timeout) else {
+            let Ok(endpoint) = peer_endpoint(address, self.connect_timeout, tls) else {
                 continue;
             };
             if changes
@@ -163,10 +241,11 @@ impl PeerSet {
                 return false;
             }
         }
-        if !self.inserted.is_empty() {
+        if !self.inserted.is_empty() && now != self.inserted {
             tracing::info!(was = ?self.inserted, now = ?now, "peer addresses changed");
         }
         self.inserted = now;
+        self.tls_stamp = stamp;
         true
     }
 }
@@ -221,6 +300,7 @@ mod tests {
             "http://peer.test:50051",
             Duration::from_millis(200),
             Duration::from_millis(100),
+            None,
             move |authority| {
                 let now = (authority == "peer.test:50051").then(|| *lookup.lock().expect("lock"));
                 async move { Ok(now.into_iter().collect()) }
@@ -270,6 +350,7 @@ mod tests {
             "http://peer.test:50051",
             Duration::from_millis(200),
             Duration::from_millis(50),
+            None,
             move |_| {
                 let first = counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
                 async move {
@@ -295,11 +376,16 @@ mod tests {
 
     #[tokio::test]
     async fn bad_addresses_are_named() {
-        let err = channel_every("http://bad host:1", Duration::from_secs(1), RESOLVE_EVERY)
-            .await
-            .expect_err("refused");
+        let err = channel_every(
+            "http://bad host:1",
+            Duration::from_secs(1),
+            RESOLVE_EVERY,
+            None,
+        )
+        .await
+        .expect_err("refused");
         assert!(err.to_string().contains("http://bad host:1"), "{err}");
-        let err = channel_every(" , ", Duration::from_secs(1), RESOLVE_EVERY)
+        let err = channel_every(" , ", Duration::from_secs(1), RESOLVE_EVERY, None)
             .await
             .expect_err("refused");
         assert!(err.to_string().contains("no gRPC address"), "{err}");
