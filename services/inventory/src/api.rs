@@ -4,7 +4,7 @@
 use shop_platform::ApiError;
 use shop_platform::auth::Authenticator;
 use shop_platform::pagination;
-use shop_platform::tls::{self, TRUST_DOMAIN};
+use shop_platform::tls;
 use shop_proto::inventory as pb;
 use shop_proto::inventory::inventory_service_server::InventoryService;
 use tonic::{Request, Response, Status};
@@ -38,14 +38,7 @@ impl InventoryApi {
 
     fn internal<T>(&self, request: &Request<T>) -> Result<(), ApiError> {
         // On a mutual-TLS port the certificate says which workload calls.
-        if let Some(peer) = tls::peer_identity(request) {
-            let allowed = format!("spiffe://{TRUST_DOMAIN}/{}", self.order_service);
-            if peer != allowed {
-                return Err(ApiError::PermissionDenied(format!(
-                    "{peer} may not call this method; only {allowed} may"
-                )));
-            }
-        }
+        tls::require_peer(request, &self.order_service)?;
         let caller = self.auth.caller(request.metadata())?;
         caller.require_service(&self.order_service)?;
         if let Some(user) = &caller.user {

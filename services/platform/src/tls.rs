@@ -133,6 +133,22 @@ pub fn peer_identity<T>(request: &tonic::Request<T>) -> Option<String> {
     spiffe_id(certs.first()?)
 }
 
+/// On a mutual-TLS port, refuses a call whose certificate is not `service`'s
+/// (`spiffe://shopmesh/<service>`); on a plaintext port there is no certificate
+/// to ask, and the service token decides alone.
+pub fn require_peer<T>(request: &tonic::Request<T>, service: &str) -> Result<(), crate::ApiError> {
+    let Some(peer) = peer_identity(request) else {
+        return Ok(());
+    };
+    let allowed = format!("spiffe://{TRUST_DOMAIN}/{service}");
+    if peer == allowed {
+        return Ok(());
+    }
+    Err(crate::ApiError::PermissionDenied(format!(
+        "{peer} may not call this method; only {allowed} may"
+    )))
+}
+
 struct Loaded {
     stamps: (SystemTime, SystemTime),
     key: Arc<CertifiedKey>,

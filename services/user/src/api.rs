@@ -5,6 +5,7 @@ use shop_platform::auth::{Authenticator, Role};
 use shop_platform::client_address::{self, Networks};
 use shop_platform::pagination;
 use shop_platform::rate_limit::RateLimiter;
+use shop_platform::tls;
 use shop_proto::user as pb;
 use shop_proto::user::user_service_server::UserService;
 use tonic::{Request, Response, Status};
@@ -21,6 +22,8 @@ pub struct UserApi {
     trusted_proxies: Networks,
     /// Registrations per client address.
     registrations: RateLimiter,
+    /// The only service identity that may read any user.
+    order_service: String,
 }
 
 impl UserApi {
@@ -29,12 +32,14 @@ impl UserApi {
         auth: Authenticator,
         trusted_proxies: Networks,
         registrations: RateLimiter,
+        order_service: String,
     ) -> Self {
         Self {
             accounts,
             auth,
             trusted_proxies,
             registrations,
+            order_service,
         }
     }
 }
@@ -84,7 +89,12 @@ impl UserService for UserApi {
         let caller = self.auth.caller(request.metadata())?;
         let user_id = model::parse_user_id(&request.get_ref().user_id)?;
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
-        if caller.service.is_none() {
+        if caller.service.is_some() {
+            // Only the order service reads other users' accounts, by token and,
+            // on a mutual-TLS port, by certificate.
+            caller.require_service(&self.order_service)?;
+            tls::require_peer(&request, &self.order_service)?;
+        } else {
             let me = caller.require_user()?;
             if me.user_id != user_id && me.role != Role::Admin {
                 return Err(ApiError::PermissionDenied(

@@ -125,6 +125,7 @@ impl Application {
                     settings.accounts.registrations_per_address_per_min,
                     settings.accounts.registrations_burst_per_address,
                 ),
+                settings.accounts.order_service_name.clone(),
             ),
         })
     }

@@ -27,6 +27,9 @@ pub struct AccountSettings {
     /// how many accounts one client address may create.
     pub registrations_per_address_per_min: u32,
     pub registrations_burst_per_address: u32,
+    /// `ORDER_SERVICE_NAME`: the one service identity that may read any user
+    /// (the saga checks its customer exists).
+    pub order_service_name: String,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for AccountSettings {
             bootstrap_admin_password: Secret::default(),
             registrations_per_address_per_min: 20,
             registrations_burst_per_address: 20,
+            order_service_name: "order-service".into(),
         }
     }
 }

@@ -225,7 +225,7 @@ async fn get_user_checks_the_token_and_who_asks() {
         .expect_err("unknown id");
     assert_eq!(err.code(), Code::NotFound);
 
-    // Another service, with its own identity, may read any user.
+    // The order service, by its service identity, may read any user.
     let mut request = Request::new(pb::GetUserRequest {
         user_id: bob.user_id.clone(),
     });
@@ -242,6 +242,23 @@ async fn get_user_checks_the_token_and_who_asks() {
         .expect("service reads")
         .into_inner();
     assert_eq!(user.user.expect("user").user_id, bob.user_id);
+
+    // Any other service identity may not.
+    let mut request = Request::new(pb::GetUserRequest {
+        user_id: bob.user_id.clone(),
+    });
+    bearer(
+        &mut request,
+        "x-service-authorization",
+        &app.service_token("gateway"),
+    );
+    let err = app
+        .client
+        .clone()
+        .get_user(request)
+        .await
+        .expect_err("only the order service");
+    assert_eq!(err.code(), Code::PermissionDenied);
 
     // A service token signed with a user key is not a service identity.
     let mut request = Request::new(pb::GetUserRequest {
