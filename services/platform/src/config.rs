@@ -206,6 +206,9 @@ pub struct ServiceSettings {
     pub tls_cert_file: String,
     pub tls_key_file: String,
     pub tls_ca_file: String,
+    /// `HEALTH_PORT`: a plaintext port serving grpc.health.v1 alone, for probes
+    /// that cannot present a client certificate (the kubelet's); 0 for none.
+    pub health_port: u16,
     /// `EVENT_SIGNING_KEY`: this service's own Ed25519 key (PKCS#8 PEM) that signs
     /// every event it publishes (platform::event_signature).
     pub event_signing_key: Secret,
@@ -253,6 +256,7 @@ impl ServiceSettings {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_ca_file: String::new(),
+            health_port: 0,
             event_signing_key: Secret::default(),
             event_public_keys: Secret::default(),
             trusted_proxies: String::new(),

@@ -47,7 +47,15 @@ async fn healthcheck(probe: Probe) -> anyhow::Result<()> {
         match probe {
             Probe::Grpc { default_port } => {
                 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-                let url = format!("http://127.0.0.1:{}", port("GRPC_PORT", default_port));
+                // The plaintext health-only port when there is one (a mutual-TLS
+                // gRPC port wants a client certificate).
+                let health = port("HEALTH_PORT", 0);
+                let probed = if health != 0 {
+                    health
+                } else {
+                    port("GRPC_PORT", default_port)
+                };
+                let url = format!("http://127.0.0.1:{probed}");
                 let channel = tonic::transport::Endpoint::from_shared(url)?
                     .connect()
                     .await?;
@@ -135,6 +143,8 @@ pub struct ServiceRuntime {
     signer: EventSigner,
     /// The gRPC port's mutual TLS, when `TLS_*_FILE` are set.
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// The plaintext port that serves grpc.health.v1 alone, when `HEALTH_PORT` is set.
+    health_listener: Option<TcpListener>,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
     grpc_addr: SocketAddr,
@@ -171,6 +181,10 @@ impl ServiceRuntime {
             grpc::bind(&settings.bind_host, settings.grpc_port).await?;
         let (admin_listener, admin_addr) =
             grpc::bind(&settings.bind_host, settings.admin_port).await?;
+        let health_listener = match settings.health_port {
+            0 => None,
+            port => Some(grpc::bind(&settings.bind_host, port).await?.0),
+        };
         Ok(Self {
             process,
             health_name,
@@ -180,6 +194,7 @@ impl ServiceRuntime {
             topics,
             signer,
             tls,
+            health_listener,
             grpc_listener,
             admin_listener,
             grpc_addr,
@@ -266,6 +281,23 @@ impl ServiceRuntime {
                 health.close_watches().await;
             }
         };
+        if let Some(listener) = self.health_listener {
+            // Probes that cannot present a certificate (the kubelet's) ask here.
+            let probes = tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(listener),
+                    {
+                        let stop = events_stop.clone();
+                        async move { stop.wait().await }
+                    },
+                );
+            tasks.spawn(async move {
+                if let Err(err) = probes.await {
+                    tracing::error!(error = %err, "health port failed");
+                }
+            });
+        }
         let router = grpc::server()
             .add_routes(routes)
             .add_service(health_service)

@@ -63,6 +63,14 @@ fn path(p: &Path) -> String {
 }
 
 async fn start(pki: &Pki, server: &Issued) -> anyhow::Result<(u16, Shutdown, Identity)> {
+    start_with_health(pki, server, 0).await
+}
+
+async fn start_with_health(
+    pki: &Pki,
+    server: &Issued,
+    health_port: u16,
+) -> anyhow::Result<(u16, Shutdown, Identity)> {
     shop_testkit::telemetry();
     let db = TestDatabase::create().await;
     let identity = Identity::new();
@@ -72,6 +80,7 @@ async fn start(pki: &Pki, server: &Issued) -> anyhow::Result<(u16, Shutdown, Ide
     settings.service.tls_cert_file = path(&cert);
     settings.service.tls_key_file = path(&key);
     settings.service.tls_ca_file = path(&pki.ca_file());
+    settings.service.health_port = health_port;
     let app = Application::build(settings).await?;
     let port = app.grpc_port();
     let shutdown = Shutdown::new();
@@ -131,9 +140,11 @@ fn assert_no_answer(result: Result<(), tonic::Status>) {
 #[tokio::test]
 async fn only_the_mesh_ca_gets_in_and_the_certificate_decides_who_reserves() {
     let pki = Pki::new();
-    let (port, shutdown, identity) = start(&pki, &pki.workload("inventory-service"))
-        .await
-        .expect("starts with TLS");
+    let health_port = shop_testkit::free_port();
+    let (port, shutdown, identity) =
+        start_with_health(&pki, &pki.workload("inventory-service"), health_port)
+            .await
+            .expect("starts with TLS");
 
     // The order service's certificate and token: the call reaches the handler.
     let order = pki.workload("order-service");
@@ -183,6 +194,19 @@ async fn only_the_mesh_ca_gets_in_and_the_certificate_decides_who_reserves() {
         Err(err) => Err(tonic::Status::unavailable(err.to_string())),
     };
     assert_no_answer(plaintext);
+
+    // Probes that cannot present a certificate ask the plaintext health-only port,
+    // which serves grpc.health.v1 and nothing else.
+    shop_testkit::wait_serving(health_port).await;
+    let on_health_port =
+        match InventoryServiceClient::connect(format!("http://127.0.0.1:{health_port}")).await {
+            Ok(mut c) => c.reserve_stock(reserve(&identity)).await.map(|_| ()),
+            Err(err) => Err(tonic::Status::unavailable(err.to_string())),
+        };
+    assert_eq!(
+        on_health_port.expect_err("health only").code(),
+        Code::Unimplemented
+    );
     shutdown.trigger();
 }
 
