@@ -15,7 +15,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERLAYS = ["dev", "prod", "scale-out"]
 # Custom resources of operators (Strimzi, CloudNativePG): no core schema to check against.
-CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/")
+CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "cert-manager.io/")
 
 
 def proto_services():
@@ -85,6 +85,42 @@ def check_workload(doc, health_names, config, problems):
             problems.append(f"{cw}: must run as non-root")
 
 
+def check_mtls(doc, config, certificates, problems):
+    """A workload that speaks mutual TLS mounts the secret of a Certificate naming it
+    spiffe://shopmesh/<name> where TLS_*_FILE point, and its gRPC probes ask the
+    plaintext HEALTH_PORT (the kubelet has no client certificate)."""
+    kind, name = doc["kind"], doc["metadata"]["name"]
+    where = f"{kind}/{name}"
+    pod = doc["spec"]["template"]["spec"]
+    cert_file = config.get("TLS_CERT_FILE")
+    if not cert_file:
+        return
+    tls_dir = cert_file.rsplit("/", 1)[0]
+    for key in ("TLS_KEY_FILE", "TLS_CA_FILE"):
+        if not config.get(key, "").startswith(tls_dir + "/"):
+            problems.append(f"{where}: {key} is not beside TLS_CERT_FILE in {tls_dir}")
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for c in pod["containers"]:
+        uses_config = any(src.get("configMapRef", {}).get("name") == "shopmesh-config"
+                          for src in c.get("envFrom", []))
+        if not uses_config:
+            continue  # not a shopmesh process (the dev overlay's PostgreSQL, Kafka)
+        mounts = [m for m in c.get("volumeMounts", []) if m["mountPath"] == tls_dir]
+        secret = volumes.get(mounts[0]["name"], {}).get("secret", {}).get("secretName") if mounts else None
+        wanted = f"spiffe://shopmesh/{name}"
+        issued = [cert for cert in certificates if cert["spec"].get("secretName") == secret]
+        if not issued:
+            problems.append(f"{where}: no Certificate's secret is mounted at {tls_dir}")
+        elif wanted not in issued[0]["spec"].get("uris", []):
+            problems.append(f"{where}: its certificate does not name {wanted}")
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        health = env.get("HEALTH_PORT")
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            grpc = c.get(probe, {}).get("grpc")
+            if grpc is not None and str(grpc.get("port")) != str(health):
+                problems.append(f"{where}: {probe} asks the mutual-TLS port; it must ask HEALTH_PORT")
+
+
 def self_test(health_names):
     """The checks must catch what they are for: a bare workload fails each of them."""
     bare = {
@@ -116,6 +152,7 @@ def main():
         docs = [d for d in yaml.safe_load_all(rendered) if d]
         config = next((d.get("data", {}) for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "shopmesh-config"), {})
         validated = custom = 0
+        certificates = [d for d in docs if d["kind"] == "Certificate"]
         for doc in docs:
             if doc["apiVersion"].startswith(CRD_GROUPS):
                 custom += 1
@@ -129,13 +166,15 @@ def main():
                 problems.append(f"{overlay}: {doc['kind']}/{doc['metadata'].get('name')}: {err}")
             if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
                 check_workload(doc, health_names, config, problems)
+                check_mtls(doc, config, certificates, problems)
         counts[overlay] = (len(docs), validated, custom)
     for overlay, (total, validated, custom) in counts.items():
         print(f"{overlay}: {total} resources rendered, {validated} valid against the Kubernetes schemas, {custom} custom resources")
     if problems:
         print("\n".join(["problems:"] + [f"  - {p}" for p in problems]))
         return 1
-    print(f"every workload has probes, limits and a hardened pod; gRPC probes ask for {sorted(health_names - {''})}")
+    print(f"every workload has probes, limits and a hardened pod, mounts a certificate naming it and probes "
+          f"the health-only port; gRPC probes ask for {sorted(health_names - {''})}")
     return 0
 
 
