@@ -167,6 +167,13 @@ def main():
             if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
                 check_workload(doc, health_names, config, problems)
                 check_mtls(doc, config, certificates, problems)
+        for ingress in (d for d in docs if d["kind"] == "Ingress"):
+            paths = [p["path"] for r in ingress["spec"].get("rules", []) for p in r.get("http", {}).get("paths", [])]
+            exposed = [p for p in paths if not p.startswith("/v1/") and p not in ("/docs", "/openapi.json")]
+            if exposed:
+                problems.append(f"{overlay}: Ingress/{ingress['metadata']['name']} exposes {exposed}: only /v1/ is public")
+            if overlay != "dev" and not ingress["spec"].get("tls"):
+                problems.append(f"{overlay}: Ingress/{ingress['metadata']['name']} has no TLS section")
         counts[overlay] = (len(docs), validated, custom)
     for overlay, (total, validated, custom) in counts.items():
         print(f"{overlay}: {total} resources rendered, {validated} valid against the Kubernetes schemas, {custom} custom resources")
