@@ -33,7 +33,8 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber and propagator. Spans always get W3C trace ids
 /// (so that trace context crosses every hop); they leave the process only when
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, through a bounded batch queue.
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, through a bounded batch queue (over TLS
+/// when it is `https://`, see `otlp_tls`).
 pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     global::set_text_map_propagator(TraceContextPropagator::new());
 
@@ -52,8 +53,12 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
     if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty()) {
         use anyhow::Context as _;
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
+        use opentelemetry_otlp::WithTonicConfig as _;
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(tls) = otlp_tls()? {
+            exporter = exporter.with_tls_config(tls);
+        }
+        let exporter = exporter
             .build()
             .context("building the OTLP span exporter")?;
         builder = builder.with_batch_exporter(exporter);
@@ -264,4 +269,33 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     );
     set_parent_from_http(&span, request.headers());
     span
+}
+
+/// The OTLP exporter's TLS from the specification's variables: the collector's CA
+/// (`OTEL_EXPORTER_OTLP_CERTIFICATE`) and, for a collector that asks for one, this
+/// process's certificate (`OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and
+/// `OTEL_EXPORTER_OTLP_CLIENT_KEY`), all PEM files. None when no CA is named: an
+/// `https://` endpoint is then checked against the built-in roots.
+fn otlp_tls() -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    use anyhow::Context as _;
+    let read = |var: &str| -> anyhow::Result<Option<String>> {
+        match std::env::var(var) {
+            Ok(path) if !path.is_empty() => std::fs::read_to_string(&path)
+                .map(Some)
+                .with_context(|| format!("{var}: cannot read {path}")),
+            _ => Ok(None),
+        }
+    };
+    let Some(ca) = read("OTEL_EXPORTER_OTLP_CERTIFICATE")? else {
+        return Ok(None);
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+    if let (Some(cert), Some(key)) = (
+        read("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE")?,
+        read("OTEL_EXPORTER_OTLP_CLIENT_KEY")?,
+    ) {
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Ok(Some(tls))
 }

@@ -61,10 +61,21 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
-    let otlp = format!("http://{}", listener.local_addr().expect("addr"));
+    // The collector speaks TLS with a certificate from a CA of this test's own:
+    // the mesh exports over https, trusting that CA (OTEL_EXPORTER_OTLP_CERTIFICATE).
+    let otlp = format!("https://{}", listener.local_addr().expect("addr"));
+    let ca = shop_platform::dev_pki::DevCa::new("collector test CA").expect("CA");
+    let server_cert = ca.server(&["127.0.0.1"]).expect("cert");
+    let ca_file = std::env::temp_dir().join(format!("otlp-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca_file, ca.cert_pem()).expect("write CA");
+    let tls = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(&server_cert.cert_pem, &server_cert.key_pem),
+    );
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
+            .tls_config(tls)
+            .expect("collector TLS")
             .add_service(TraceServiceServer::new(receiver.clone()))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
@@ -75,6 +86,10 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
     );
     let dev = DevMesh::start(&[
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.as_str()),
+        (
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            ca_file.to_str().expect("utf-8"),
+        ),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
         // This test's client continues its own trace; anyone else starts a new one.
         ("TRUSTED_TRACE_SOURCES", "127.0.0.1"),
