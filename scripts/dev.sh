@@ -62,35 +62,40 @@ trap stop INT TERM
 # events the order service signed.
 ORDER_EVENTS_PUBLIC_KEY=$(cat "$DEV/keys/events-order.pub")
 
-DATABASE_URL=$(db_url shop_user) GRPC_PORT=$USER_GRPC_PORT ADMIN_PORT=$USER_ADMIN_PORT \
+# Mutual TLS on every gRPC hop: each process presents its own certificate from the
+# development CA ($DEV/keys/tls, made by generate-keys) and names its peers by https.
+PKI="$PWD/$DEV/keys/tls"
+tls() { echo "TLS_CERT_FILE=$PKI/$1.crt TLS_KEY_FILE=$PKI/$1.key TLS_CA_FILE=$PKI/ca.pem"; }
+PEERS="USER_SERVICE_ADDR=https://127.0.0.1:$USER_GRPC_PORT INVENTORY_SERVICE_ADDR=https://127.0.0.1:$INVENTORY_GRPC_PORT"
+
+env $(tls user-service) DATABASE_URL=$(db_url shop_user) GRPC_PORT=$USER_GRPC_PORT ADMIN_PORT=$USER_ADMIN_PORT \
     AUTH_PRIVATE_KEY="$(cat "$DEV/keys/auth.key")" \
-    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-user.key")" EVENT_PUBLIC_KEYS=$ORDER_EVENTS_PUBLIC_KEY \
-    BOOTSTRAP_ADMIN_EMAIL=$ADMIN_EMAIL BOOTSTRAP_ADMIN_PASSWORD=$ADMIN_PASSWORD \
+    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-user.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
+    BOOTSTRAP_ADMIN_EMAIL="$ADMIN_EMAIL" BOOTSTRAP_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
     TRUSTED_PROXIES=${USER_TRUSTED_PROXIES:-127.0.0.1} \
     "$BIN/user-service" &
 pids+=($!)
 
-DATABASE_URL=$(db_url shop_inventory) GRPC_PORT=$INVENTORY_GRPC_PORT ADMIN_PORT=$INVENTORY_ADMIN_PORT \
-    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-inventory.key")" EVENT_PUBLIC_KEYS=$ORDER_EVENTS_PUBLIC_KEY \
+env $(tls inventory-service) DATABASE_URL=$(db_url shop_inventory) GRPC_PORT=$INVENTORY_GRPC_PORT ADMIN_PORT=$INVENTORY_ADMIN_PORT \
+    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-inventory.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
     "$BIN/inventory-service" &
 pids+=($!)
 
-DATABASE_URL=$(db_url shop_order) GRPC_PORT=$ORDER_GRPC_PORT ADMIN_PORT=$ORDER_ADMIN_PORT \
+env $(tls order-service) $PEERS DATABASE_URL=$(db_url shop_order) GRPC_PORT=$ORDER_GRPC_PORT ADMIN_PORT=$ORDER_ADMIN_PORT \
     EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-order.key")" \
-    USER_SERVICE_ADDR=http://127.0.0.1:$USER_GRPC_PORT INVENTORY_SERVICE_ADDR=http://127.0.0.1:$INVENTORY_GRPC_PORT \
     "$BIN/order-service" &
 pids+=($!)
 
-AUTH_PUBLIC_KEY=$AUTH_PUBLIC_KEY HTTP_PORT=$GATEWAY_PORT \
-    USER_SERVICE_ADDR=http://127.0.0.1:$USER_GRPC_PORT INVENTORY_SERVICE_ADDR=http://127.0.0.1:$INVENTORY_GRPC_PORT \
-    ORDER_SERVICE_ADDR=http://127.0.0.1:$ORDER_GRPC_PORT CORS_ALLOWED_ORIGINS=${CORS_ALLOWED_ORIGINS:-*} \
+env $(tls gateway) $PEERS AUTH_PUBLIC_KEY="$AUTH_PUBLIC_KEY" HTTP_PORT=$GATEWAY_PORT \
+    ORDER_SERVICE_ADDR=https://127.0.0.1:$ORDER_GRPC_PORT CORS_ALLOWED_ORIGINS="${CORS_ALLOWED_ORIGINS:-*}" \
     "$BIN/gateway" &
 pids+=($!)
 
 # Wait until every service answers grpc.health.v1.
 for port in $USER_GRPC_PORT $INVENTORY_GRPC_PORT $ORDER_GRPC_PORT; do
     for _ in $(seq 1 300); do
-        grpcurl -plaintext -max-time 1 "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
+        grpcurl -cacert "$PKI/ca.pem" -cert "$PKI/you.crt" -key "$PKI/you.key" -max-time 1 \
+            "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
             | grep -q SERVING && break
         sleep 0.2
     done
@@ -116,7 +121,7 @@ cat >&2 <<BANNER
   demo admin account:  $ADMIN_EMAIL / $ADMIN_PASSWORD
   demo products:       MUG-001, LAMP-001, BOOK-042
   try:  curl http://127.0.0.1:$GATEWAY_PORT/v1/products
-        grpcurl -plaintext 127.0.0.1:$USER_GRPC_PORT list
+        grpcurl -cacert $DEV/keys/tls/ca.pem -cert $DEV/keys/tls/you.crt -key $DEV/keys/tls/you.key 127.0.0.1:$USER_GRPC_PORT list
   Ctrl-C stops everything.
 
 BANNER

@@ -11,6 +11,7 @@ It talks to the published ports only (gateway 8080, gRPC 50051-50053 on 127.0.0.
 """
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -22,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "http://127.0.0.1:8080"
 GRPC = {"user": "127.0.0.1:50051", "inventory": "127.0.0.1:50052", "order": "127.0.0.1:50053"}
+# The compose key job's client bundle (CA and the `you` certificate), for grpcurl.
+PKI = ROOT / ".dev" / "compose-tls"
 
 
 def fail(message):
@@ -74,8 +77,9 @@ def run_readme():
                        "With `make dev` or `docker compose up` running:",
                        "A whole order, as Ada")
     )
+    # Compose's key job puts the CA and the client certificate in .dev/compose-tls.
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=300, cwd=ROOT, env={**os.environ, "PKI": str(PKI)})
     if done.returncode != 0:
         fail(f"README lines exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
     for needle in ('"sku": "MUG-001"', "shop.user.v1.UserService", '"SERVING"',
@@ -88,7 +92,8 @@ def run_readme():
 
 def grpc_health():
     for name, address in GRPC.items():
-        done = subprocess.run(["grpcurl", "-plaintext", "-max-time", "5", address,
+        done = subprocess.run(["grpcurl", "-cacert", str(PKI / "ca.pem"), "-cert", str(PKI / "you.crt"),
+                               "-key", str(PKI / "you.key"), "-max-time", "5", address,
                                "grpc.health.v1.Health/Check"], capture_output=True, text=True)
         if '"SERVING"' not in done.stdout:
             fail(f"grpcurl {address} (the {name} service): {done.stdout}{done.stderr}")

@@ -112,3 +112,102 @@ impl DevCa {
         })
     }
 }
+
+/// The workloads `write_mesh_pki` issues certificates to, and the person at the
+/// keyboard (`you`, for grpcurl).
+pub const WORKLOADS: [&str; 5] = [
+    "user-service",
+    "inventory-service",
+    "order-service",
+    "gateway",
+    "you",
+];
+
+const CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Certificates closer than this to their end are issued again (with a new CA).
+const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Whether `dir` holds a complete set of certificates good for another month.
+fn complete(dir: &std::path::Path) -> bool {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    use x509_cert::der::Decode as _;
+    let good = |file: std::path::PathBuf| {
+        CertificateDer::from_pem_file(&file)
+            .ok()
+            .and_then(|der| x509_cert::Certificate::from_der(der.as_ref()).ok())
+            .is_some_and(|cert| {
+                let not_after = cert.tbs_certificate.validity.not_after.to_system_time();
+                std::time::SystemTime::now() + RENEW_BEFORE < not_after
+            })
+    };
+    good(dir.join("ca.pem"))
+        && WORKLOADS
+            .iter()
+            .all(|w| good(dir.join(format!("{w}.crt"))) && dir.join(format!("{w}.key")).is_file())
+}
+
+/// The development mesh's PKI in `dir`: `ca.pem`, and `<workload>.crt` /
+/// `<workload>.key` for each of `WORKLOADS`, each certificate naming
+/// `spiffe://shopmesh/<workload>` and the hosts it is reached by (its compose
+/// name, localhost, 127.0.0.1). A complete set good for another month is kept;
+/// otherwise the whole set is made again.
+pub fn write_mesh_pki(dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if complete(dir) {
+        return Ok(());
+    }
+    let ca = DevCa::new("shopmesh development CA")?;
+    for workload in WORKLOADS {
+        let issued = ca.workload(
+            workload,
+            &[workload, "localhost", "127.0.0.1"],
+            valid_for(CERT_LIFETIME),
+        )?;
+        let key = dir.join(format!("{workload}.key"));
+        std::fs::write(&key, &issued.key_pem)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+        }
+        std::fs::write(dir.join(format!("{workload}.crt")), &issued.cert_pem)?;
+    }
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    eprintln!("made the development CA and certificates in {}", dir.display());
+    Ok(())
+}
+
+/// `user-service generate-keys DIR`: the signing keys (`auth::write_keypairs`) and
+/// the mesh's PKI under `DIR/tls`. Two variables serve docker compose, whose key
+/// job runs as root: `KEYS_OWNER=uid:gid` hands every file to the services' user,
+/// and `CLIENT_BUNDLE_DIR` receives `ca.pem`, `you.crt` and `you.key`, readable by
+/// the person at the keyboard, for grpcurl.
+pub fn generate_dev_keys(dir: &std::path::Path) -> anyhow::Result<()> {
+    crate::auth::write_keypairs(dir)?;
+    let tls = dir.join("tls");
+    write_mesh_pki(&tls)?;
+    if let Ok(owner) = std::env::var("KEYS_OWNER") {
+        let (uid, gid) = owner
+            .split_once(':')
+            .and_then(|(u, g)| Some((u.parse::<u32>().ok()?, g.parse::<u32>().ok()?)))
+            .context("KEYS_OWNER must be uid:gid")?;
+        for path in [dir.to_path_buf(), tls.clone()] {
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))?;
+            for entry in std::fs::read_dir(&path)? {
+                std::os::unix::fs::chown(entry?.path(), Some(uid), Some(gid))?;
+            }
+        }
+    }
+    if let Ok(bundle) = std::env::var("CLIENT_BUNDLE_DIR") {
+        let bundle = std::path::Path::new(&bundle);
+        std::fs::create_dir_all(bundle)?;
+        for file in ["ca.pem", "you.crt", "you.key"] {
+            let target = bundle.join(file);
+            std::fs::copy(tls.join(file), &target)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
+}

@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
             let dir = args
                 .next()
                 .context("usage: user-service generate-keys DIR")?;
-            return shop_platform::auth::write_keypairs(std::path::Path::new(&dir));
+            return shop_platform::dev_pki::generate_dev_keys(std::path::Path::new(&dir));
         }
         Some(other) => {
             anyhow::bail!(

@@ -35,8 +35,11 @@ async fn make_dev_serves_the_readme_lines_and_stops_on_sigterm() {
             "rest-first-order",
             &format!("rest-first-order-{}", std::process::id()),
         );
+    // From the checkout's root, as a person would run them (.dev/keys/tls is there).
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(shop_testkit::workspace_root())
+        .env_remove("PKI")
         .output()
         .await
         .expect("bash");
