@@ -88,12 +88,16 @@ class Mesh:
     """What both forms share: health through the published ports, memory and backlog."""
 
     gateway = ports = admin_ports = None
+    # The client bundle for mutual-TLS gRPC ports (compose); None where they are plaintext.
+    pki = None
     pending_sql = "SELECT count(*) FROM orders WHERE status = 'pending'"
 
     def healthy(self, name):
         if name == "gateway":
             return http_status(f"{self.gateway}/readyz") == 200
-        done = subprocess.run(["grpcurl", "-plaintext", "-max-time", "1",
+        transport = (["-cacert", str(self.pki / "ca.pem"), "-cert", str(self.pki / "you.crt"),
+                      "-key", str(self.pki / "you.key")] if self.pki else ["-plaintext"])
+        done = subprocess.run(["grpcurl", *transport, "-max-time", "1",
                                f"127.0.0.1:{self.ports[name]}", "grpc.health.v1.Health/Check"],
                               capture_output=True, text=True)
         return '"SERVING"' in done.stdout
@@ -383,6 +387,8 @@ class ComposeMesh(Mesh):
 
     def __init__(self, work):
         self.work = work
+        # The keys job's client bundle: the services' gRPC ports speak mutual TLS.
+        self.pki = ROOT / ".dev" / "compose-tls"
         self.project = os.environ["SHOPMESH_COMPOSE_PROJECT"]
         self.reader_image = os.environ["READER_IMAGE"]
         self.base_image = os.environ.get("BASE_IMAGE", "")

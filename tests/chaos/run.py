@@ -392,16 +392,23 @@ def jwt(key, claims, alg="EdDSA"):
     return f"{header}.{body}.{b64url(key.sign(f'{header}.{body}'.encode()))}"
 
 
-def grpc_raw(port, method, message):
-    """Sends one gRPC frame with the given bytes (h2c, curl) and returns grpc-status and -message."""
+def grpc_raw(port, method, message, pki=None):
+    """Sends one gRPC frame with the given bytes (curl: h2c, or mutual TLS with the
+    client bundle in `pki`) and returns grpc-status and -message."""
     frame = b"\x00" + len(message).to_bytes(4, "big") + message
+    if pki:
+        transport = ["--cacert", str(pki / "ca.pem"), "--cert", str(pki / "you.crt"),
+                     "--key", str(pki / "you.key")]
+        url = f"https://127.0.0.1:{port}/{method}"
+    else:
+        transport, url = ["--http2-prior-knowledge"], f"http://127.0.0.1:{port}/{method}"
     with tempfile.NamedTemporaryFile() as body:
         body.write(frame)
         body.flush()
         out = subprocess.run(
-            ["curl", "-s", "--http2-prior-knowledge", "-o", "/dev/null", "-D", "-", "-X", "POST",
+            ["curl", "-s", "--http2", *transport, "-o", "/dev/null", "-D", "-", "-X", "POST",
              "-H", "content-type: application/grpc", "-H", "te: trailers",
-             "--data-binary", f"@{body.name}", f"http://127.0.0.1:{port}/{method}"],
+             "--data-binary", f"@{body.name}", url],
             capture_output=True, text=True, timeout=10).stdout
     headers = {}
     for line in out.splitlines():
@@ -511,7 +518,7 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
     ]
     client_errors = {3, 5, 7, 9, 11, 16}   # INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED, ...
     for name, port, method, message in grpc_cases:
-        code, text = grpc_raw(port, method, message)
+        code, text = grpc_raw(port, method, message, getattr(mesh, "pki", None))
         results.append((name, f"gRPC {code}", text[:110], code in client_errors and bool(text)))
 
     # A flood above the rate limit, on a gateway of its own with low limits.
