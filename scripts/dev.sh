@@ -43,8 +43,7 @@ export BIND_HOST=${BIND_HOST:-127.0.0.1}
 export RUST_LOG=${RUST_LOG:-info}
 AUTH_PUBLIC_KEY=$(cat "$DEV/keys/auth.pub")
 SERVICE_PUBLIC_KEY=$(cat "$DEV/keys/service.pub")
-SERVICE_PRIVATE_KEY=$(cat "$DEV/keys/service.key")
-export AUTH_PUBLIC_KEY SERVICE_PUBLIC_KEY SERVICE_PRIVATE_KEY
+export AUTH_PUBLIC_KEY SERVICE_PUBLIC_KEY
 ADMIN_EMAIL=${BOOTSTRAP_ADMIN_EMAIL:-admin@shopmesh.dev}
 ADMIN_PASSWORD=${BOOTSTRAP_ADMIN_PASSWORD:-dev-admin-password}
 
@@ -83,6 +82,7 @@ pids+=($!)
 
 env $(tls order-service) $PEERS DATABASE_URL=$(db_url shop_order) GRPC_PORT=$ORDER_GRPC_PORT ADMIN_PORT=$ORDER_ADMIN_PORT \
     EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-order.key")" \
+    SERVICE_PRIVATE_KEY="$(cat "$DEV/keys/service.key")" \
     "$BIN/order-service" &
 pids+=($!)
 

@@ -232,7 +232,7 @@ class NativeMesh(Mesh):
             "PATH": os.environ["PATH"], "RUST_LOG": os.environ.get("CHAOS_RUST_LOG", "warn"),
             "BIND_HOST": "127.0.0.1",
             "KAFKA_BROKERS": self.brokers, "AUTH_PUBLIC_KEY": key("auth.pub"),
-            "SERVICE_PUBLIC_KEY": key("service.pub"), "SERVICE_PRIVATE_KEY": key("service.key"),
+            "SERVICE_PUBLIC_KEY": key("service.pub"),
             "DRAIN_DELAY_MS": "300",
             "KAFKA_ONE_RECORD_PER_BATCH": os.environ.get("KAFKA_ONE_RECORD_PER_BATCH", "false"),
         }
@@ -256,6 +256,8 @@ class NativeMesh(Mesh):
                        # The gateway's x-forwarded-for names the client for the sign-in throttle.
                        TRUSTED_PROXIES="127.0.0.1")
         if name == "order":
+            # Only the order service calls other services with a service token.
+            env.update(SERVICE_PRIVATE_KEY=key("service.key"))
             env.update(USER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['user']}",
                        INVENTORY_SERVICE_ADDR=f"http://127.0.0.1:{self.proxy.port}",
                        RPC_TIMEOUT_MS="1000", REQUEST_DEADLINE_MS="4000",
