@@ -174,7 +174,10 @@ pub fn write_mesh_pki(dir: &std::path::Path) -> anyhow::Result<()> {
         std::fs::write(dir.join(format!("{workload}.crt")), &issued.cert_pem)?;
     }
     std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
-    eprintln!("made the development CA and certificates in {}", dir.display());
+    eprintln!(
+        "made the development CA and certificates in {}",
+        dir.display()
+    );
     Ok(())
 }
 

@@ -424,18 +424,7 @@ impl Identity {
     /// Waits until the gRPC port answers grpc.health.v1 SERVING, over TLS when
     /// the mesh speaks it.
     pub async fn wait_serving(&self, port: u16) {
-        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-        let serving = eventually(Duration::from_secs(15), || async move {
-            let status = HealthClient::new(self.channel(port))
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .ok()?;
-            (status.into_inner().status == 1).then_some(())
-        })
-        .await;
-        assert!(serving.is_some(), "port {port} never reported SERVING");
+        serving_on(port, || self.channel(port)).await;
     }
 
     /// An access token as the user service would issue it.
@@ -506,26 +495,27 @@ impl Identity {
     }
 }
 
-/// Waits until the gRPC port answers grpc.health.v1 SERVING (overall).
+/// Waits until the gRPC port answers grpc.health.v1 SERVING (overall), plaintext.
 pub async fn wait_serving(port: u16) {
+    serving_on(port, || {
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("uri")
+            .connect_lazy()
+    })
+    .await;
+}
+
+/// Waits until a channel that `dial` makes reports SERVING (overall).
+async fn serving_on(port: u16, dial: impl Fn() -> tonic::transport::Channel) {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let url = format!("http://127.0.0.1:{port}");
-    let serving = eventually(Duration::from_secs(15), || {
-        let url = url.clone();
-        async move {
-            let channel = tonic::transport::Channel::from_shared(url)
-                .ok()?
-                .connect()
-                .await
-                .ok()?;
-            let status = HealthClient::new(channel)
-                .check(HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-                .ok()?;
-            (status.into_inner().status == 1).then_some(())
-        }
+    let serving = eventually(Duration::from_secs(15), || async {
+        let status = HealthClient::new(dial())
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .ok()?;
+        (status.into_inner().status == 1).then_some(())
     })
     .await;
     assert!(serving.is_some(), "port {port} never reported SERVING");
