@@ -6,6 +6,7 @@
 //! `x-service-authorization` header; the end user's token travels alongside in
 //! `authorization` for audit.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -99,7 +100,8 @@ impl Caller {
 pub struct Authenticator {
     user_key: DecodingKey,
     user_validation: Validation,
-    service_key: Option<DecodingKey>,
+    /// The keys that sign service tokens, by key id (two while one rotates).
+    service_keys: Option<HashMap<String, DecodingKey>>,
     service_validation: Validation,
 }
 
@@ -110,6 +112,24 @@ impl std::fmt::Debug for Authenticator {
             .field("audience", &self.user_validation.aud)
             .finish_non_exhaustive()
     }
+}
+
+/// The service-token keys in `pems` (one or more SPKI PEM blocks), by key id.
+fn service_keys(pems: &str) -> Result<HashMap<String, DecodingKey>, ConfigError> {
+    use ed25519_dalek::pkcs8::DecodePublicKey as _;
+    const END: &str = "-----END PUBLIC KEY-----";
+    let bad = || ConfigError::missing("SERVICE_PUBLIC_KEY", "not Ed25519 public key PEM blocks");
+    let mut keys = HashMap::new();
+    for block in pems.split_inclusive(END).filter(|b| !b.trim().is_empty()) {
+        let public =
+            ed25519_dalek::VerifyingKey::from_public_key_pem(block.trim()).map_err(|_| bad())?;
+        let key = DecodingKey::from_ed_pem(block.trim().as_bytes()).map_err(|_| bad())?;
+        keys.insert(crate::event_signature::key_id(&public), key);
+    }
+    if keys.is_empty() {
+        return Err(bad());
+    }
+    Ok(keys)
 }
 
 fn validation(issuer: &str, audience: &str) -> Validation {
@@ -134,20 +154,11 @@ impl Authenticator {
                 &format!("not an Ed25519 public key PEM: {e}"),
             )
         })?;
-        let service_key = service_public_pem
-            .map(|pem| {
-                DecodingKey::from_ed_pem(pem.as_bytes()).map_err(|e| {
-                    ConfigError::missing(
-                        "SERVICE_PUBLIC_KEY",
-                        &format!("not an Ed25519 public key PEM: {e}"),
-                    )
-                })
-            })
-            .transpose()?;
+        let service_keys = service_public_pem.map(service_keys).transpose()?;
         Ok(Self {
             user_key,
             user_validation: validation(issuer, audience),
-            service_key,
+            service_keys,
             service_validation: validation(SERVICE_ISSUER, SERVICE_AUDIENCE),
         })
     }
@@ -182,8 +193,20 @@ impl Authenticator {
             caller.user = Some(UserPrincipal { user_id, role });
         }
         if let Some(token) = bearer(metadata, SERVICE_AUTHORIZATION)? {
-            let key = self.service_key.as_ref().ok_or_else(|| {
+            let keys = self.service_keys.as_ref().ok_or_else(|| {
                 ApiError::Unauthenticated("this service does not accept service tokens".into())
+            })?;
+            // The header names the key; only a key this service was given verifies.
+            let kid = jsonwebtoken::decode_header(token)
+                .ok()
+                .and_then(|h| h.kid)
+                .ok_or_else(|| {
+                    ApiError::Unauthenticated("service token names no key (kid)".into())
+                })?;
+            let key = keys.get(&kid).ok_or_else(|| {
+                ApiError::Unauthenticated(
+                    "service token is signed by a key this service does not trust".into(),
+                )
             })?;
             let claims = decode(token, key, &self.service_validation, "service token")?;
             caller.service = Some(claims.sub);
@@ -235,6 +258,8 @@ fn decode(
 #[derive(Clone)]
 pub struct TokenSigner {
     key: EncodingKey,
+    /// The key's id, written as `kid` in every token's header.
+    key_id: String,
     issuer: String,
     audience: String,
 }
@@ -268,8 +293,16 @@ impl TokenSigner {
                 &format!("not an Ed25519 PKCS#8 private key PEM: {e}"),
             )
         })?;
+        let key_id = {
+            use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+            let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(private_pem).map_err(|_| {
+                ConfigError::missing(key_name, "not an Ed25519 PKCS#8 private key PEM")
+            })?;
+            crate::event_signature::key_id(&signing.verifying_key())
+        };
         Ok(Self {
             key,
+            key_id,
             issuer: issuer.into(),
             audience: audience.into(),
         })
@@ -302,7 +335,9 @@ impl TokenSigner {
             jti: Uuid::now_v7().to_string(),
             role,
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.key)
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.key_id.clone());
+        let token = jsonwebtoken::encode(&header, &claims, &self.key)
             .map_err(|e| ApiError::Internal(anyhow::Error::new(e).context("signing token")))?;
         Ok((token, claims.exp))
     }
@@ -422,6 +457,52 @@ mod tests {
             .caller(&md(&format!("{header}.{body}.")))
             .expect_err("alg none");
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    }
+
+    fn service_md(token: &str) -> MetadataMap {
+        let mut m = MetadataMap::new();
+        m.insert(
+            SERVICE_AUTHORIZATION,
+            MetadataValue::try_from(format!("Bearer {token}")).expect("ascii"),
+        );
+        m
+    }
+
+    #[test]
+    fn service_tokens_name_their_key_and_only_trusted_keys_verify() {
+        let (_, user_public) = generate_keypair();
+        let (old_private, old_public) = generate_keypair();
+        let (new_private, new_public) = generate_keypair();
+        // While a key rotates, both public keys are trusted.
+        let both = format!("{old_public}\n{new_public}");
+        let auth = Authenticator::new(&user_public, "iss", "aud", Some(&both)).expect("auth");
+        for private in [&old_private, &new_private] {
+            let token = TokenSigner::for_service(private.expose())
+                .expect("signer")
+                .service_token("order-service")
+                .expect("token");
+            let caller = auth.caller(&service_md(&token)).expect("trusted key");
+            assert_eq!(caller.service.as_deref(), Some("order-service"));
+        }
+        // Another service's own key is not trusted here.
+        let (other_private, _) = generate_keypair();
+        let token = TokenSigner::for_service(other_private.expose())
+            .expect("signer")
+            .service_token("order-service")
+            .expect("token");
+        let err = auth.caller(&service_md(&token)).expect_err("untrusted key");
+        assert!(err.to_string().contains("does not trust"), "{err}");
+        // A token without a key id is refused.
+        let claims = format!(
+            r#"{{"iss":"{SERVICE_ISSUER}","aud":"{SERVICE_AUDIENCE}","sub":"order-service","exp":{},"iat":0,"jti":"x"}}"#,
+            now_secs() + 60
+        );
+        let key = EncodingKey::from_ed_pem(old_private.expose().as_bytes()).expect("key");
+        let claims: serde_json::Value = serde_json::from_str(&claims).expect("json");
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).expect("jwt");
+        let err = auth.caller(&service_md(&token)).expect_err("no kid");
+        assert!(err.to_string().contains("kid"), "{err}");
     }
 
     fn base64_url(s: &str) -> String {
