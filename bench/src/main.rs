@@ -25,10 +25,28 @@ pub struct Plan {
     pub rounds: usize,
 }
 
+/// A channel to a `make dev` service: mutual TLS with the development
+/// certificate for the person at the keyboard (`.dev/keys/tls/you.*`), as grpcurl.
+async fn dev_channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let pki = std::path::Path::new(".dev/keys/tls");
+    let read = |file: &str| {
+        std::fs::read_to_string(pki.join(file))
+            .with_context(|| format!("{}: run `make dev` once first", pki.join(file).display()))
+    };
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(read("ca.pem")?))
+        .identity(Identity::from_pem(read("you.crt")?, read("you.key")?))
+        .domain_name("127.0.0.1");
+    Ok(Endpoint::from_shared(addr.to_owned())?
+        .tls_config(tls)?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
 pub async fn grpc_round(addr: &str, sku: &str, plan: Plan) -> anyhow::Result<Summary> {
-    let client = InventoryServiceClient::connect(addr.to_owned())
-        .await
-        .context("gRPC connect")?;
+    let client = InventoryServiceClient::new(dev_channel(addr).await.context("gRPC connect")?);
     let deadline = Instant::now() + Duration::from_secs(plan.seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..plan.concurrency)
@@ -112,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
     let idle = footprint::resident().await;
 
     // 1. Gateway overhead, and the REST and gRPC rows of section 2.
-    let (grpc_addr, sku) = ("http://127.0.0.1:50052", "MUG-001");
+    let (grpc_addr, sku) = ("https://127.0.0.1:50052", "MUG-001");
     let warm = Plan { seconds: 1, ..plan };
     grpc_round(grpc_addr, sku, warm).await?;
     http_round(orders::GATEWAY, sku, warm).await?;
@@ -136,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!("## 1. Gateway overhead\n");
     println!(
-        "GET /v1/products/{{sku}} through the gateway against GetProduct straight to inventory over gRPC: {} workers, each on a connection of its own, {} rounds of {} s per path, alternating; medians over the rounds.\n",
+        "GET /v1/products/{{sku}} through the gateway against GetProduct straight to inventory over gRPC (both hops mutual TLS, as `make dev` runs them): {} workers, each on a connection of its own, {} rounds of {} s per path, alternating; medians over the rounds.\n",
         plan.concurrency, plan.rounds, plan.seconds
     );
     println!("| path | requests/s | p50 (ms) | p99 (ms) |\n|---|---:|---:|---:|");
