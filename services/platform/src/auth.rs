@@ -116,15 +116,11 @@ impl std::fmt::Debug for Authenticator {
 
 /// The service-token keys in `pems` (one or more SPKI PEM blocks), by key id.
 fn service_keys(pems: &str) -> Result<HashMap<String, DecodingKey>, ConfigError> {
-    use ed25519_dalek::pkcs8::DecodePublicKey as _;
-    const END: &str = "-----END PUBLIC KEY-----";
     let bad = || ConfigError::missing("SERVICE_PUBLIC_KEY", "not Ed25519 public key PEM blocks");
     let mut keys = HashMap::new();
-    for block in pems.split_inclusive(END).filter(|b| !b.trim().is_empty()) {
-        let public =
-            ed25519_dalek::VerifyingKey::from_public_key_pem(block.trim()).map_err(|_| bad())?;
-        let key = DecodingKey::from_ed_pem(block.trim().as_bytes()).map_err(|_| bad())?;
-        keys.insert(crate::event_signature::key_id(&public), key);
+    for (id, _, block) in crate::event_signature::public_keys(pems).ok_or_else(bad)? {
+        let key = DecodingKey::from_ed_pem(block.as_bytes()).map_err(|_| bad())?;
+        keys.insert(id, key);
     }
     if keys.is_empty() {
         return Err(bad());

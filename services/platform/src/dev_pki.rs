@@ -131,15 +131,11 @@ const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
 fn complete(dir: &std::path::Path) -> bool {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject as _;
-    use x509_cert::der::Decode as _;
     let good = |file: std::path::PathBuf| {
         CertificateDer::from_pem_file(&file)
             .ok()
-            .and_then(|der| x509_cert::Certificate::from_der(der.as_ref()).ok())
-            .is_some_and(|cert| {
-                let not_after = cert.tbs_certificate.validity.not_after.to_system_time();
-                std::time::SystemTime::now() + RENEW_BEFORE < not_after
-            })
+            .and_then(|der| crate::tls::validity(&der).ok())
+            .is_some_and(|(_, not_after)| std::time::SystemTime::now() + RENEW_BEFORE < not_after)
     };
     good(dir.join("ca.pem"))
         && WORKLOADS

@@ -59,6 +59,21 @@ pub fn key_id(key: &VerifyingKey) -> String {
         .collect()
 }
 
+/// The Ed25519 public keys in `pems` (one or more SPKI PEM blocks, several while
+/// a key rotates), each with its id and its own PEM block; None when a block is not
+/// such a key. Event verifiers and service-token verifiers read their keys so.
+pub fn public_keys(pems: &str) -> Option<Vec<(String, VerifyingKey, &str)>> {
+    const END: &str = "-----END PUBLIC KEY-----";
+    pems.split_inclusive(END)
+        .map(str::trim)
+        .filter(|block| !block.is_empty())
+        .map(|block| {
+            let key = VerifyingKey::from_public_key_pem(block).ok()?;
+            Some((key_id(&key), key, block))
+        })
+        .collect()
+}
+
 /// Signs this service's events (the outbox relay holds one).
 #[derive(Clone)]
 pub struct EventSigner {
@@ -125,17 +140,16 @@ impl EventVerifier {
     /// From one or more SPKI PEM public keys (several while a key rotates);
     /// `setting` names where they came from in errors.
     pub fn from_pems(pems: &str, setting: &str) -> Result<Self, ConfigError> {
-        const END: &str = "-----END PUBLIC KEY-----";
-        let mut keys = HashMap::new();
-        for block in pems.split_inclusive(END).filter(|b| !b.trim().is_empty()) {
-            let key = VerifyingKey::from_public_key_pem(block.trim()).map_err(|_| {
+        let keys: HashMap<String, VerifyingKey> = public_keys(pems)
+            .ok_or_else(|| {
                 ConfigError::missing(
                     setting,
                     "holds something that is not an SPKI PEM Ed25519 public key",
                 )
-            })?;
-            keys.insert(key_id(&key), key);
-        }
+            })?
+            .into_iter()
+            .map(|(id, key, _)| (id, key))
+            .collect();
         if keys.is_empty() {
             return Err(ConfigError::missing(
                 setting,

@@ -36,6 +36,9 @@ const HANDSHAKES_IN_FLIGHT: usize = 256;
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The modification times of a certificate file and its key file.
+pub type FileStamp = (SystemTime, SystemTime);
+
 /// The workload's certificate, its key and the CA that signs every workload's.
 #[derive(Clone, Debug)]
 pub struct TlsFiles {
@@ -79,6 +82,13 @@ impl TlsFiles {
         }))
     }
 
+    /// When the certificate and key files last changed (None while one is
+    /// missing): a new stamp means a new pair to load or dial with.
+    pub fn stamp(&self) -> Option<FileStamp> {
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        Some((modified(&self.cert)?, modified(&self.key)?))
+    }
+
     pub fn ca_pem(&self) -> anyhow::Result<String> {
         std::fs::read_to_string(&self.ca)
             .with_context(|| format!("TLS_CA_FILE: cannot read {}", self.ca.display()))
@@ -100,7 +110,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The validity window of a DER certificate.
-fn validity(cert: &CertificateDer<'_>) -> anyhow::Result<(SystemTime, SystemTime)> {
+pub(crate) fn validity(cert: &CertificateDer<'_>) -> anyhow::Result<(SystemTime, SystemTime)> {
     let cert =
         x509_cert::Certificate::from_der(cert.as_ref()).context("not an X.509 certificate")?;
     let validity = &cert.tbs_certificate.validity;
@@ -149,52 +159,43 @@ pub fn require_peer<T>(request: &tonic::Request<T>, service: &str) -> Result<(),
     )))
 }
 
+/// A pair as loaded, with the files' modification times it was loaded at.
 struct Loaded {
-    stamps: (SystemTime, SystemTime),
+    stamp: Option<FileStamp>,
     key: Arc<CertifiedKey>,
     not_after: SystemTime,
 }
 
 /// The server's pair, loaded again when its files change.
-#[derive(Debug)]
 pub struct ReloadingPair {
     files: TlsFiles,
     provider: Arc<CryptoProvider>,
-    loaded: Mutex<Option<LoadedSlot>>,
+    loaded: Mutex<Loaded>,
 }
 
-#[derive(Clone)]
-struct LoadedSlot(Arc<Loaded>);
-
-impl std::fmt::Debug for LoadedSlot {
+impl std::fmt::Debug for ReloadingPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loaded").finish_non_exhaustive()
+        f.debug_struct("ReloadingPair")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
     }
-}
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
 impl ReloadingPair {
     /// Loads the pair once to fail at start on a bad one.
     pub fn new(files: TlsFiles) -> anyhow::Result<Self> {
-        let pair = Self {
+        let provider = provider();
+        let loaded = Self::load(&files, &provider)?;
+        Ok(Self {
             files,
-            provider: provider(),
-            loaded: Mutex::new(None),
-        };
-        let loaded = pair.load()?;
-        *pair.loaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(LoadedSlot(Arc::new(loaded)));
-        Ok(pair)
+            provider,
+            loaded: Mutex::new(loaded),
+        })
     }
 
-    fn load(&self) -> anyhow::Result<Loaded> {
-        let TlsFiles { cert, key, .. } = &self.files;
-        let stamps = (
-            modified(cert).unwrap_or(SystemTime::UNIX_EPOCH),
-            modified(key).unwrap_or(SystemTime::UNIX_EPOCH),
-        );
+    fn load(files: &TlsFiles, provider: &CryptoProvider) -> anyhow::Result<Loaded> {
+        let TlsFiles { cert, key, .. } = files;
+        let stamp = files.stamp();
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
             .with_context(|| format!("TLS_CERT_FILE: cannot read {}", cert.display()))?
             .collect::<Result<_, _>>()
@@ -219,15 +220,14 @@ impl ReloadingPair {
         );
         let private = PrivateKeyDer::from_pem_file(key)
             .with_context(|| format!("TLS_KEY_FILE: no PEM private key in {}", key.display()))?;
-        let certified =
-            CertifiedKey::from_der(chain, private, &self.provider).with_context(|| {
-                format!(
-                    "TLS_KEY_FILE: {} does not match the certificate",
-                    key.display()
-                )
-            })?;
+        let certified = CertifiedKey::from_der(chain, private, provider).with_context(|| {
+            format!(
+                "TLS_KEY_FILE: {} does not match the certificate",
+                key.display()
+            )
+        })?;
         Ok(Loaded {
-            stamps,
+            stamp,
             key: Arc::new(certified),
             not_after,
         })
@@ -236,38 +236,26 @@ impl ReloadingPair {
     /// The pair for a new handshake: the files' current one when it is good,
     /// otherwise the last good one while it is still valid.
     fn current(&self) -> Option<Arc<CertifiedKey>> {
-        let stamps = (
-            modified(&self.files.cert).unwrap_or(SystemTime::UNIX_EPOCH),
-            modified(&self.files.key).unwrap_or(SystemTime::UNIX_EPOCH),
-        );
-        let mut slot = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        let changed = slot.as_ref().is_none_or(|s| s.0.stamps != stamps);
-        if changed {
-            match self.load() {
-                Ok(loaded) => {
+        let stamp = self.files.stamp();
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.stamp != stamp {
+            match Self::load(&self.files, &self.provider) {
+                Ok(fresh) => {
                     tracing::info!(cert = %self.files.cert.display(), "TLS certificate loaded");
-                    *slot = Some(LoadedSlot(Arc::new(loaded)));
+                    *loaded = fresh;
                 }
                 Err(err) => {
                     tracing::error!(error = %format!("{err:#}"), "TLS certificate refused; keeping the previous one while it is valid");
-                    // Remember the stamps so a bad pair is not parsed on every handshake.
-                    if let Some(previous) = slot.as_ref() {
-                        let kept = Loaded {
-                            stamps,
-                            key: previous.0.key.clone(),
-                            not_after: previous.0.not_after,
-                        };
-                        *slot = Some(LoadedSlot(Arc::new(kept)));
-                    }
+                    // Remember the stamp so a bad pair is not parsed on every handshake.
+                    loaded.stamp = stamp;
                 }
             }
         }
-        let loaded = slot.as_ref()?;
-        if SystemTime::now() > loaded.0.not_after {
+        if SystemTime::now() > loaded.not_after {
             tracing::error!(cert = %self.files.cert.display(), "TLS certificate has expired; refusing handshakes until it is replaced");
             return None;
         }
-        Some(loaded.0.key.clone())
+        Some(loaded.key.clone())
     }
 }
 

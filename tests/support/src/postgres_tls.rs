@@ -38,17 +38,22 @@ fn as_root() -> bool {
 
 /// `program args…`, as the postgres user when the test runs as root (initdb
 /// refuses root).
-fn run(program: &Path, args: &[&str]) {
-    let status = if as_root() {
-        Command::new("runuser")
-            .args(["-u", "postgres", "--"])
-            .arg(program)
-            .args(args)
-            .status()
+fn as_postgres(program: &Path, args: &[&str]) -> Command {
+    let mut command = if as_root() {
+        let mut runuser = Command::new("runuser");
+        runuser.args(["-u", "postgres", "--"]).arg(program);
+        runuser
     } else {
-        Command::new(program).args(args).status()
-    }
-    .expect("run PostgreSQL tool");
+        Command::new(program)
+    };
+    command.args(args);
+    command
+}
+
+fn run(program: &Path, args: &[&str]) {
+    let status = as_postgres(program, args)
+        .status()
+        .expect("run PostgreSQL tool");
     assert!(status.success(), "{} {args:?} failed", program.display());
 }
 
@@ -142,18 +147,8 @@ impl Drop for TlsPostgres {
     fn drop(&mut self) {
         let data = self.dir.join("data");
         if let Some(data) = data.to_str() {
-            let pg_ctl = self.bin.join("pg_ctl");
-            let _ = if as_root() {
-                Command::new("runuser")
-                    .args(["-u", "postgres", "--"])
-                    .arg(&pg_ctl)
-                    .args(["-D", data, "-m", "immediate", "stop"])
-                    .status()
-            } else {
-                Command::new(&pg_ctl)
-                    .args(["-D", data, "-m", "immediate", "stop"])
-                    .status()
-            };
+            let stop = ["-D", data, "-m", "immediate", "stop"];
+            let _ = as_postgres(&self.bin.join("pg_ctl"), &stop).status();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
-use crate::tls::TlsFiles;
+use crate::tls::{FileStamp, TlsFiles};
 
 /// How often a channel resolves its peers' names again, so that a peer which comes
 /// back on a new address (a recreated container, a pod rescheduled behind a
@@ -131,12 +131,6 @@ fn host_of(target: &str) -> &str {
         .trim_end_matches(']')
 }
 
-/// When a certificate or key file last changed.
-fn stamp(files: &TlsFiles) -> Option<(std::time::SystemTime, std::time::SystemTime)> {
-    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    Some((modified(&files.cert)?, modified(&files.key)?))
-}
-
 /// The addresses a balanced channel holds, per target, changed only by what a
 /// lookup changed.
 struct PeerSet {
@@ -144,7 +138,7 @@ struct PeerSet {
     /// This workload's pair, presented over https.
     tls: Option<TlsFiles>,
     /// The pair's files as last read: a change re-dials every address.
-    tls_stamp: Option<(std::time::SystemTime, std::time::SystemTime)>,
+    tls_stamp: Option<FileStamp>,
     connect_timeout: Duration,
     lookup_timeout: Duration,
     by_target: BTreeMap<String, BTreeSet<String>>,
@@ -197,7 +191,7 @@ impl PeerSet {
             self.by_target.insert(uri.clone(), found);
         }
         let now: BTreeSet<String> = self.by_target.values().flatten().cloned().collect();
-        let stamp = self.tls.as_ref().and_then(stamp);
+        let stamp = self.tls.as_ref().and_then(TlsFiles::stamp);
         // A new pair on disk: every address is dialled again with it.
         let rotated = stamp != self.tls_stamp;
         if now == self.inserted && !rotated {
