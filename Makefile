@@ -22,6 +22,9 @@ help:
 	@echo "make fuzz   - cargo fuzz (nightly) on the gateway's transcoding and the services' request checks"
 	@echo "make compose-test - build every image locally (no registry needed), bring compose up, smoke, teardown"
 
+# Copies of each process that `make dev` runs.
+REPLICAS ?= 1
+
 tools:
 	scripts/install-tools.sh
 
@@ -41,7 +44,7 @@ fmt:
 	cargo fmt --all
 
 dev: tools build
-	scripts/dev.sh
+	REPLICAS=$(REPLICAS) scripts/dev.sh
 
 k8s-validate: tools
 	PATH="$(PY_SCRIPTS):$$PATH" scripts/k8s-validate.py

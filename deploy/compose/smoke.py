@@ -136,8 +136,10 @@ def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "readme"
     grpc_health()
     if what == "readme":
-        status, _ = http("GET", "/readyz")
-        expect(status, {}, 200, "gateway /readyz")
+        status, report = http("GET", "/readyz")
+        expect(status, report, 200, "gateway /readyz")
+        if set(report.get("backends", {}).values()) != {"SERVING"}:
+            raise SystemExit(f"gateway /readyz: a backend is not serving: {report}")
         run_readme()
     place_order()
 

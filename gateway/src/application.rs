@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,7 +20,10 @@ use shop_platform::auth::Authenticator;
 use shop_platform::budget::SharedBudget;
 use shop_platform::client_address::Networks;
 use shop_platform::http_server::{self, ConnectionLimits};
-use shop_platform::rate_limit::RateLimiter;
+use shop_platform::metrics::BackendLabels;
+use shop_platform::rate_limit::SharedRateLimiter;
+use shop_platform::revocation::Revocations;
+use shop_platform::shared_store::SharedStore;
 use tokio::net::TcpListener;
 
 use crate::forward;
@@ -48,12 +52,14 @@ impl Application {
             .context("reading the descriptor set")?;
         let routes =
             routes::from_descriptors(&pool).map_err(|e| anyhow::anyhow!("google.api.http: {e}"))?;
+        let shared_store = SharedStore::from_url(settings.redis_url.expose())?;
         let auth = Authenticator::new(
             settings.auth_public_key.expose(),
             &settings.auth_issuer,
             &settings.auth_audience,
             None,
-        )?;
+        )?
+        .with_revocations(Revocations::follow(shared_store.clone()));
         let public: BTreeSet<String> = settings
             .public_methods
             .split(',')
@@ -110,7 +116,14 @@ impl Application {
                 backends,
                 auth,
                 public,
-                limiter: RateLimiter::new(settings.rate_limit_per_sec, settings.rate_limit_burst),
+                limiter: SharedRateLimiter::new(
+                    "gateway",
+                    settings.rate_limit_per_sec,
+                    settings.rate_limit_burst,
+                    shared_store.clone(),
+                ),
+                shared_store,
+                draining: AtomicBool::new(false),
                 trusted_proxies,
                 probe_networks,
                 trusted_trace_sources,
@@ -164,7 +177,24 @@ impl Application {
             trusted_proxies: gw.trusted_proxies.clone(),
             drain_limit: Duration::from_millis(gw.settings.shutdown_timeout_ms),
         };
-        http_server::serve(self.listener, app, limits, shutdown)
+        // SIGTERM: first /readyz turns 503 while everything else is served, so that
+        // load balancers move new connections elsewhere; then the listener closes
+        // and open requests finish within SHUTDOWN_TIMEOUT_MS.
+        let listener_stop = Shutdown::new();
+        let drain_delay = Duration::from_millis(gw.settings.drain_delay_ms);
+        let draining = gw.clone();
+        let stop = listener_stop.clone();
+        tokio::spawn(async move {
+            shutdown.wait().await;
+            draining.draining.store(true, Ordering::Relaxed);
+            tracing::info!(
+                drain_delay_ms = drain_delay.as_millis() as u64,
+                "draining: readyz fails, requests still served"
+            );
+            tokio::time::sleep(drain_delay).await;
+            stop.trigger();
+        });
+        http_server::serve(self.listener, app, limits, listener_stop)
             .await
             .context("HTTP server failed")
     }
@@ -211,12 +241,13 @@ async fn openapi(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     axum::Json(gw.openapi.clone())
 }
 
-/// Ready when every backend answers grpc.health.v1 SERVING.
+/// Ready when this gateway can serve: it is not draining. Each backend's health
+/// and the shared store's are reported in the body, not as a reason to leave the
+/// load balancer: with one backend down, the others' routes still answer (and a
+/// gateway pod taken out would help no one, since every copy sees the same).
 async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-    let mut report = serde_json::Map::new();
-    let mut ready = true;
-    for (package, backend) in &gw.backends {
+    let checks = gw.backends.iter().map(|(package, backend)| async move {
         let mut client = HealthClient::new(backend.unary.clone());
         let check = client.check(HealthCheckRequest {
             service: String::new(),
@@ -237,19 +268,36 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
                 "backend unavailable"
             }
         };
-        ready &= status == "SERVING";
-        report.insert(
-            package.clone(),
-            serde_json::Value::String(status.to_owned()),
-        );
-    }
-    let code = if ready {
-        StatusCode::OK
-    } else {
+        shop_platform::metrics::metrics()
+            .backend_up
+            .get_or_create(&BackendLabels {
+                backend: package.clone(),
+            })
+            .set(i64::from(status == "SERVING"));
+        (package.clone(), serde_json::Value::String(status.to_owned()))
+    });
+    let report: serde_json::Map<String, serde_json::Value> = futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect();
+    let shared_store = match &gw.shared_store {
+        None => "not configured",
+        Some(store) if store.reachable() => "reachable",
+        Some(_) => "unreachable (limits decided by this copy alone)",
+    };
+    let draining = gw.draining.load(Ordering::Relaxed);
+    let code = if draining {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (
         code,
-        axum::Json(serde_json::json!({ "ready": ready, "backends": report })),
+        axum::Json(serde_json::json!({
+            "ready": !draining,
+            "draining": draining,
+            "backends": report,
+            "shared_store": shared_store,
+        })),
     )
 }

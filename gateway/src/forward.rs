@@ -188,7 +188,7 @@ pub async fn authenticate(
         ));
     }
     if let Some(user) = &caller.user
-        && let Err(seconds) = gw.limiter.check(&format!("user:{}", user.user_id))
+        && let Err(seconds) = gw.limiter.check(&format!("user:{}", user.user_id)).await
     {
         return error(too_many(seconds, "user"));
     }

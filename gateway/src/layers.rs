@@ -124,7 +124,7 @@ pub async fn limit_rate_by_client(
     };
     let probe =
         PROBE_PATHS.contains(&request.uri().path()) && gw.probe_networks.contains(client.peer);
-    if !probe && let Err(seconds) = gw.limiter.check(&format!("ip:{}", client.bucket())) {
+    if !probe && let Err(seconds) = gw.limiter.check(&format!("ip:{}", client.bucket())).await {
         return too_many(seconds, "client").into_response();
     }
     next.run(request).await

@@ -77,6 +77,13 @@ pub struct Settings {
     pub max_inflight_body_bytes_per_client: usize,
     /// `PEER_RESOLVE_EVERY_MS`: how often the backends' names are looked up again.
     pub peer_resolve_every_ms: u64,
+    /// `REDIS_URL`: the Redis that every gateway copy shares its rate limits and the
+    /// revoked tokens through; empty keeps both in this copy alone (one copy).
+    pub redis_url: Secret,
+    /// `DRAIN_DELAY_MS`: on SIGTERM, how long the gateway keeps serving while
+    /// `/readyz` says it is draining, so that load balancers stop sending it new
+    /// connections before it closes its listener.
+    pub drain_delay_ms: u64,
 }
 
 impl Default for Settings {
@@ -111,6 +118,8 @@ impl Default for Settings {
             max_inflight_body_bytes: 32 * 1024 * 1024,
             max_inflight_body_bytes_per_client: 4 * 1024 * 1024,
             peer_resolve_every_ms: shop_platform::grpc::RESOLVE_EVERY.as_millis() as u64,
+            redis_url: Secret::default(),
+            drain_delay_ms: 0,
         }
     }
 }

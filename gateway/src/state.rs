@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use shop_platform::auth::Authenticator;
 use shop_platform::budget::SharedBudget;
 use shop_platform::client_address::Networks;
-use shop_platform::rate_limit::RateLimiter;
+use shop_platform::rate_limit::SharedRateLimiter;
+use shop_platform::shared_store::SharedStore;
 use tonic::transport::Channel;
 
 use crate::routes::Route;
@@ -26,7 +27,12 @@ pub struct Gateway {
     pub(crate) auth: Authenticator,
     /// `package.Service/Method` of the RPCs open without a token.
     pub(crate) public: BTreeSet<String>,
-    pub(crate) limiter: RateLimiter,
+    /// Requests per client address and per user, shared by every gateway copy.
+    pub(crate) limiter: SharedRateLimiter,
+    /// The Redis every copy shares, when `REDIS_URL` names one (reported by /readyz).
+    pub(crate) shared_store: Option<std::sync::Arc<SharedStore>>,
+    /// Set on SIGTERM: /readyz answers 503 while the listener still serves.
+    pub(crate) draining: std::sync::atomic::AtomicBool,
     pub(crate) trusted_proxies: Networks,
     pub(crate) probe_networks: Networks,
     pub(crate) trusted_trace_sources: Networks,

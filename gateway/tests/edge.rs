@@ -14,7 +14,7 @@ use tokio::net::{TcpSocket, TcpStream};
 
 struct Gateway {
     port: u16,
-    _shutdown: Shutdown,
+    shutdown: Shutdown,
 }
 
 async fn start(configure: impl FnOnce(&mut Settings)) -> Gateway {
@@ -33,10 +33,7 @@ async fn start(configure: impl FnOnce(&mut Settings)) -> Gateway {
     let port = app.port();
     let shutdown = Shutdown::new();
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    Gateway {
-        port,
-        _shutdown: shutdown,
-    }
+    Gateway { port, shutdown }
 }
 
 /// A connection to the gateway from `source`.
@@ -310,9 +307,13 @@ async fn every_path_is_rate_limited_and_forwarded_addresses_count_only_from_trus
 #[tokio::test]
 async fn a_backend_outage_is_reported_without_transport_details() {
     let gw = start(|s| s.request_timeout_ms = 1_000).await;
+    // Ready means "this gateway can serve": a backend outage is reported, not a
+    // reason for every gateway copy to leave the load balancer.
     let ready = request(gw.port, "127.0.0.1", "GET", "/readyz", &[]).await;
-    assert_eq!(ready.status, 503);
+    assert_eq!(ready.status, 200, "{}", ready.body);
     let report: serde_json::Value = serde_json::from_str(&ready.body).expect("json");
+    assert_eq!(report["ready"], true, "{}", ready.body);
+    assert_eq!(report["shared_store"], "not configured", "{}", ready.body);
     for (backend, state) in report["backends"].as_object().expect("backends") {
         assert_eq!(state, "backend unavailable", "{backend}: {}", ready.body);
     }
@@ -327,4 +328,102 @@ async fn a_backend_outage_is_reported_without_transport_details() {
             products.body
         );
     }
+}
+
+#[tokio::test]
+async fn on_sigterm_readiness_fails_first_while_requests_are_still_served() {
+    let gw = start(|s| s.drain_delay_ms = 1_500).await;
+    assert_eq!(
+        request(gw.port, "127.0.0.1", "GET", "/readyz", &[])
+            .await
+            .status,
+        200
+    );
+    gw.shutdown.trigger();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ready = request(gw.port, "127.0.0.1", "GET", "/readyz", &[]).await;
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains(r#""draining":true"#), "{}", ready.body);
+    let alive = request(gw.port, "127.0.0.1", "GET", "/healthz", &[]).await;
+    assert_eq!(alive.status, 200, "still served while draining");
+    // After the drain delay the listener closes.
+    let closed = shop_testkit::eventually(Duration::from_secs(5), || async {
+        TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        closed.is_some(),
+        "the listener closes after the drain delay"
+    );
+}
+
+/// The Redis that scripts/with-infra.sh started for this run.
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").expect("REDIS_URL: run the tests through scripts/with-infra.sh")
+}
+
+/// Statuses of `n` requests from `source`, sent to each gateway in turn.
+async fn spread(ports: &[u16], source: &str, n: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for i in 0..n {
+        let port = ports[i % ports.len()];
+        statuses.push(request(port, source, "GET", "/nowhere", &[]).await.status);
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_rate_limit_through_redis() {
+    let shared = |s: &mut Settings| {
+        s.rate_limit_per_sec = 1;
+        s.rate_limit_burst = 6;
+        s.probe_networks = "127.0.0.1".into();
+        s.redis_url = Secret::new(redis_url());
+    };
+    let (a, b) = (start(shared).await, start(shared).await);
+    // A source address no other test uses: its bucket is this test's alone.
+    let statuses = spread(&[a.port, b.port], "127.0.0.61", 12).await;
+    let admitted = statuses.iter().filter(|s| **s == 404).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    // The burst (6) in all, plus at most one refill during the run: not 12.
+    assert!((6..=7).contains(&admitted), "{statuses:?}");
+    assert_eq!(admitted + refused, 12, "{statuses:?}");
+    let ready = request(a.port, "127.0.0.1", "GET", "/readyz", &[]).await;
+    assert!(
+        ready.body.contains(r#""shared_store":"reachable""#),
+        "{}",
+        ready.body
+    );
+}
+
+#[tokio::test]
+async fn with_redis_unreachable_each_gateway_still_limits_alone() {
+    let nowhere = format!("redis://127.0.0.1:{}", shop_testkit::free_port());
+    let gw = start(|s| {
+        s.rate_limit_per_sec = 1;
+        s.rate_limit_burst = 4;
+        s.probe_networks = "127.0.0.1".into();
+        s.redis_url = Secret::new(nowhere);
+    })
+    .await;
+    let started = Instant::now();
+    let statuses = spread(&[gw.port], "127.0.0.62", 8).await;
+    let admitted = statuses.iter().filter(|s| **s == 404).count();
+    assert!((4..=5).contains(&admitted), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| [404, 429].contains(s)),
+        "nothing fails for the outage: {statuses:?}"
+    );
+    // One failed call, then the store rests: the outage costs little.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let ready = request(gw.port, "127.0.0.1", "GET", "/readyz", &[]).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert!(ready.body.contains("unreachable"), "{}", ready.body);
 }

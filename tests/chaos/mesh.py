@@ -94,7 +94,12 @@ class Mesh:
 
     def healthy(self, name):
         if name == "gateway":
-            return http_status(f"{self.gateway}/readyz") == 200
+            # Ready means the gateway serves; its backends' health is in the body.
+            try:
+                status, report = http("GET", f"{self.gateway}/readyz", timeout=2)
+            except OSError:
+                return False
+            return status == 200 and set(report.get("backends", {}).values()) == {"SERVING"}
         transport = (["-cacert", str(self.pki / "ca.pem"), "-cert", str(self.pki / "you.crt"),
                       "-key", str(self.pki / "you.key")] if self.pki else ["-plaintext"])
         done = subprocess.run(["grpcurl", *transport, "-max-time", "1",

@@ -7,6 +7,7 @@
 //! `authorization` for audit.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
@@ -16,6 +17,9 @@ use uuid::Uuid;
 
 use crate::config::{ConfigError, Secret, ServiceSettings};
 use crate::error::ApiError;
+use crate::revocation::Revocations;
+pub use crate::revocation::TokenFacts;
+use crate::shared_store::SharedStore;
 
 /// The audience and issuer of service identity tokens.
 pub const SERVICE_AUDIENCE: &str = "shopmesh-internal";
@@ -49,6 +53,8 @@ pub struct Claims {
 pub struct UserPrincipal {
     pub user_id: Uuid,
     pub role: Role,
+    /// The access token the user called with (what a logout revokes).
+    pub token: TokenFacts,
 }
 
 /// Who is calling: possibly nobody, an end user, a service, or a service acting
@@ -103,6 +109,8 @@ pub struct Authenticator {
     /// The keys that sign service tokens, by key id (two while one rotates).
     service_keys: Option<HashMap<String, DecodingKey>>,
     service_validation: Validation,
+    /// Revoked tokens, when this process follows them (platform::revocation).
+    revocations: Option<Arc<Revocations>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -156,12 +164,33 @@ impl Authenticator {
             user_validation: validation(issuer, audience),
             service_keys,
             service_validation: validation(SERVICE_ISSUER, SERVICE_AUDIENCE),
+            revocations: None,
         })
     }
 
-    /// The verifier that the common settings describe (`AUTH_PUBLIC_KEY`, and
-    /// `SERVICE_PUBLIC_KEY` when this service accepts calls from other services).
+    /// The same, also refusing the tokens that `revocations` names.
+    #[must_use]
+    pub fn with_revocations(mut self, revocations: Arc<Revocations>) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
+    /// The revocations this authenticator refuses by, if it follows any.
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        self.revocations.as_ref()
+    }
+
+    /// The verifier that the common settings describe (`AUTH_PUBLIC_KEY`,
+    /// `SERVICE_PUBLIC_KEY` when this service accepts calls from other services),
+    /// refusing revoked tokens: those shared in `REDIS_URL`'s store, or with no
+    /// store, those revoked in this process. Call within the runtime: following
+    /// the store is a task.
     pub fn from_settings(settings: &ServiceSettings) -> Result<Self, ConfigError> {
+        let store = SharedStore::from_url(settings.redis_url.expose())?;
+        Ok(Self::from_keys(settings)?.with_revocations(Revocations::follow(store)))
+    }
+
+    fn from_keys(settings: &ServiceSettings) -> Result<Self, ConfigError> {
         if settings.auth_public_key.is_empty() {
             return Err(ConfigError::missing("AUTH_PUBLIC_KEY", "must be set (PEM)"));
         }
@@ -186,7 +215,26 @@ impl Authenticator {
             let role = claims
                 .role
                 .ok_or_else(|| ApiError::Unauthenticated("access token has no role".into()))?;
-            caller.user = Some(UserPrincipal { user_id, role });
+            let token = TokenFacts {
+                id: claims.jti,
+                user_id,
+                issued_at: claims.iat,
+                expires_at: claims.exp,
+            };
+            if self
+                .revocations
+                .as_ref()
+                .is_some_and(|revocations| revocations.is_revoked(&token))
+            {
+                return Err(ApiError::Unauthenticated(
+                    "access token has been revoked; sign in again".into(),
+                ));
+            }
+            caller.user = Some(UserPrincipal {
+                user_id,
+                role,
+                token,
+            });
         }
         if let Some(token) = bearer(metadata, SERVICE_AUTHORIZATION)? {
             let keys = self.service_keys.as_ref().ok_or_else(|| {
@@ -269,7 +317,7 @@ impl std::fmt::Debug for TokenSigner {
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -418,13 +466,10 @@ mod tests {
             .sign(&id.to_string(), Some(Role::Admin), Duration::from_secs(60))
             .expect("sign");
         let caller = auth.caller(&md(&token)).expect("valid");
-        assert_eq!(
-            caller.user,
-            Some(UserPrincipal {
-                user_id: id,
-                role: Role::Admin
-            })
-        );
+        let user = caller.user.expect("a user");
+        assert_eq!((user.user_id, user.role), (id, Role::Admin));
+        assert_eq!(user.token.user_id, id);
+        assert!(user.token.expires_at > user.token.issued_at);
 
         // wrong audience
         let other = TokenSigner::new(private.expose(), "iss", "someone-else", "K").expect("signer");

@@ -229,6 +229,9 @@ pub struct ServiceSettings {
     /// `KAFKA_SESSION_TIMEOUT_MS`: how long a silent consumer keeps its partitions;
     /// longer than a broker outage should last, shorter than a crash may wait.
     pub kafka_session_timeout_ms: u64,
+    /// `REDIS_URL`: the Redis that every copy shares revoked tokens through
+    /// (platform::revocation); empty keeps them in this process alone.
+    pub redis_url: Secret,
 }
 
 impl ServiceSettings {
@@ -264,6 +267,7 @@ impl ServiceSettings {
             outbox_batch_size: 256,
             outbox_poll_ms: 250,
             kafka_session_timeout_ms: 30_000,
+            redis_url: Secret::default(),
         }
     }
 

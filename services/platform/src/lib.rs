@@ -1,6 +1,6 @@
 //! What every shopmesh service shares: configuration, telemetry, health and
 //! reflection, graceful shutdown, the database pool and migrations, the
-//! transactional outbox and the idempotent consumer, gRPC client channels, the
+//! transactional outbox and the idempotent consumer, state shared through Redis, gRPC client channels, the
 //! error table and token verification.
 
 pub mod admin;
@@ -22,7 +22,9 @@ pub mod metrics;
 pub mod outbox;
 pub mod pagination;
 pub mod rate_limit;
+pub mod revocation;
 pub mod runtime;
+pub mod shared_store;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

@@ -128,6 +128,35 @@ pub struct SagaLabels {
     pub status: &'static str,
 }
 
+/// A backend of the gateway: a package from its own route table (`shop.user`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    pub backend: String,
+}
+
+/// Where a rate limit was decided: in the shared Redis, or by this copy alone
+/// while Redis was unreachable.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimiterLabels {
+    pub decided_by: LimitDecider,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum LimitDecider {
+    Shared,
+    Local,
+}
+
+impl EncodeLabelValue for LimitDecider {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let name = match self {
+            Self::Shared => "shared",
+            Self::Local => "local",
+        };
+        EncodeLabelValue::encode(&name, encoder)
+    }
+}
+
 /// A request counter and a latency histogram with the same labels (RED figures).
 #[derive(Debug)]
 pub struct Red<L: EncodeLabelSet + Clone + std::hash::Hash + Eq + std::fmt::Debug> {
@@ -171,6 +200,14 @@ pub struct Metrics {
     pub up: Gauge,
     pub db_pool_connections: Gauge,
     pub db_pool_idle_connections: Gauge,
+    /// Calls to the shared Redis that failed or timed out (the local fallback answered).
+    pub shared_store_failures: Counter,
+    /// Whether the shared Redis answered the last call (1) or not (0).
+    pub shared_store_up: Gauge,
+    /// The gateway's view of each backend at its last readiness check.
+    pub backend_up: Family<BackendLabels, Gauge>,
+    /// Requests the rate limit refused, by where the decision was made.
+    pub rate_limited: Family<LimiterLabels, Counter>,
 }
 
 impl Metrics {
@@ -188,6 +225,10 @@ impl Metrics {
             up: Gauge::default(),
             db_pool_connections: Gauge::default(),
             db_pool_idle_connections: Gauge::default(),
+            shared_store_failures: Counter::default(),
+            shared_store_up: Gauge::default(),
+            rate_limited: Family::default(),
+            backend_up: Family::default(),
         }
     }
 
@@ -262,6 +303,26 @@ impl Metrics {
             "shop_db_pool_idle_connections",
             "Idle database connections in the pool",
             self.db_pool_idle_connections.clone(),
+        );
+        registry.register(
+            "shop_shared_store_failures",
+            "Calls to the shared Redis that failed or timed out",
+            self.shared_store_failures.clone(),
+        );
+        registry.register(
+            "shop_shared_store_up",
+            "Whether the shared Redis answered the last call (1) or not (0)",
+            self.shared_store_up.clone(),
+        );
+        registry.register(
+            "shop_rate_limited",
+            "Requests a rate limit refused, by where the decision was made",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "gateway_backend_up",
+            "Whether a backend answered SERVING at the gateway's last readiness check",
+            self.backend_up.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
     }

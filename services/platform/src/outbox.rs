@@ -2,7 +2,10 @@
 //! the state change; the relay publishes unpublished rows in order with an
 //! idempotent producer and stamps them only after the broker acknowledged them.
 //! One relay publishes at a time per database (an advisory lock), so several
-//! replicas keep per-key order.
+//! replicas keep per-key order. A commit with events wakes the relay of its own
+//! process at once (`OutboxSignal`) and, through PostgreSQL's NOTIFY, the relays
+//! of every other copy: the one holding the lock publishes without waiting for
+//! its next poll.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +32,9 @@ use crate::telemetry;
 /// Advisory lock key held by the publishing relay ("outbox" in ASCII).
 const RELAY_LOCK: i64 = 0x6f75_7462_6f78;
 
+/// The channel a transaction that wrote events notifies on commit.
+const WAKE_CHANNEL: &str = "shop_outbox";
+
 /// Wakes the relay right after a transaction with events commits, so events do not
 /// wait for the next poll.
 #[derive(Clone, Debug, Default)]
@@ -50,9 +56,13 @@ pub async fn enqueue<M: Name>(
 ) -> Result<Uuid, sqlx::Error> {
     let event_id = Uuid::now_v7();
     let trace = serde_json::to_value(telemetry::current_trace_headers()).unwrap_or_default();
+    // The notification goes out when (and only if) the transaction commits, and
+    // PostgreSQL folds a transaction's identical notifications into one.
     sqlx::query(
-        "INSERT INTO outbox_events (event_id, topic, event_key, event_type, payload, trace_context)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "WITH written AS (
+             INSERT INTO outbox_events (event_id, topic, event_key, event_type, payload, trace_context)
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING 1)
+         SELECT pg_notify($7, '') FROM written",
     )
     .bind(event_id)
     .bind(topic)
@@ -60,9 +70,56 @@ pub async fn enqueue<M: Name>(
     .bind(M::full_name())
     .bind(event.encode_to_vec())
     .bind(trace)
+    .bind(WAKE_CHANNEL)
     .execute(conn)
     .await?;
     Ok(event_id)
+}
+
+/// Wakes `signal` whenever any copy commits events to `pool`'s outbox, until
+/// shutdown. A lost connection also wakes it (notifications sent meanwhile are
+/// gone, so the relay looks) and is made again after a back-off.
+pub async fn wake_on_commits(pool: PgPool, signal: OutboxSignal, shutdown: Shutdown) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(WAKE_CHANNEL).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            _ = shutdown.wait() => return,
+            listening = listening => match listening {
+                Ok(listener) => listener,
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox wake-ups not listened for; relying on polls");
+                    if !backoff.wait(&shutdown).await {
+                        return;
+                    }
+                    continue;
+                }
+            },
+        };
+        backoff.reset();
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.wait() => return,
+                received = listener.try_recv() => received,
+            };
+            match received {
+                // A notification, or a reconnection that may have missed some.
+                Ok(Some(_) | None) => signal.notify(),
+                Err(err) => {
+                    tracing::warn!(error = %err, "outbox wake-up connection lost");
+                    signal.notify();
+                    break;
+                }
+            }
+        }
+        if !backoff.wait(&shutdown).await {
+            return;
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]

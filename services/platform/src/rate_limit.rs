@@ -2,10 +2,16 @@
 //! and the user service's registration limit. An empty bucket says how many
 //! seconds to wait, which callers send as 429 `Retry-After` or RESOURCE_EXHAUSTED
 //! with RetryInfo.
+//!
+//! `SharedRateLimiter` keeps the buckets in Redis, so that N copies of the gateway
+//! admit the configured rate in all, not N times it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use crate::metrics::{LimitDecider, LimiterLabels, metrics};
+use crate::shared_store::SharedStore;
 
 /// Keys a limiter remembers at most.
 const MAX_KEYS: usize = 100_000;
@@ -86,6 +92,98 @@ impl RateLimiter {
         } else {
             Err(((1.0 - bucket.tokens) / self.per_second).ceil().max(1.0) as u64)
         }
+    }
+}
+
+/// The generic cell rate algorithm in one round trip: the key holds the
+/// theoretical arrival time (TAT) in microseconds of Redis's clock, so every copy
+/// judges by one clock. Answers 0 when admitted, else the microseconds to wait.
+const GCRA: &str = r"
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+local interval = tonumber(ARGV[1])
+local tolerance = interval * tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + interval
+local wait = next_tat - tolerance - now
+if wait > 0 then return wait end
+redis.call('SET', KEYS[1], string.format('%d', next_tat), 'PX', math.ceil((next_tat - now) / 1000) + 1)
+return 0
+";
+
+/// A rate limit that every copy shares through Redis, with this copy's own
+/// buckets deciding while Redis is unreachable (then each copy admits up to the
+/// whole rate: N copies admit N times it until Redis is back, which keeps a
+/// flood bounded without refusing anyone for the outage).
+pub struct SharedRateLimiter {
+    /// Keys in Redis start with this (`shopmesh:rl:gateway:`).
+    prefix: String,
+    /// Microseconds between two admitted requests of one key.
+    interval_micros: u64,
+    burst: u32,
+    store: Option<Arc<SharedStore>>,
+    script: redis::Script,
+    local: RateLimiter,
+}
+
+impl std::fmt::Debug for SharedRateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRateLimiter")
+            .field("prefix", &self.prefix)
+            .field("shared", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SharedRateLimiter {
+    /// `per_second` requests a second and `burst` at once per key, across every
+    /// copy that names the same `store` and `scope`; with no store, this copy's alone.
+    pub fn new(scope: &str, per_second: u32, burst: u32, store: Option<Arc<SharedStore>>) -> Self {
+        let per_second = per_second.max(1);
+        Self {
+            prefix: format!("shopmesh:rl:{scope}:"),
+            interval_micros: 1_000_000 / u64::from(per_second),
+            burst: burst.max(1),
+            store,
+            script: redis::Script::new(GCRA),
+            local: RateLimiter::new(per_second, burst),
+        }
+    }
+
+    /// Takes a request for `key`; Err(seconds to wait) when the rate is used up.
+    pub async fn check(&self, key: &str) -> Result<(), u64> {
+        let shared = match &self.store {
+            Some(store) => {
+                let redis_key = format!("{}{key}", self.prefix);
+                store
+                    .call("rate limit", |mut connection| async move {
+                        self.script
+                            .key(redis_key)
+                            .arg(self.interval_micros)
+                            .arg(self.burst)
+                            .invoke_async::<u64>(&mut connection)
+                            .await
+                    })
+                    .await
+            }
+            None => None,
+        };
+        let (decided_by, verdict) = match shared {
+            Some(0) => (LimitDecider::Shared, Ok(())),
+            Some(wait_micros) => (
+                LimitDecider::Shared,
+                Err(wait_micros.div_ceil(1_000_000).max(1)),
+            ),
+            None => (LimitDecider::Local, self.local.check(key)),
+        };
+        if verdict.is_err() {
+            metrics()
+                .rate_limited
+                .get_or_create(&LimiterLabels { decided_by })
+                .inc();
+        }
+        verdict
     }
 }
 

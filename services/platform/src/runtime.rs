@@ -373,6 +373,7 @@ async fn run_events(
         tracing::info!(error = %err, "events not started");
         return;
     }
+    let wake_ups = crate::outbox::wake_on_commits(pool.clone(), signal.clone(), shutdown.clone());
     let relay = match kafka::producer(brokers, settings.kafka_one_record_per_batch) {
         Ok(producer) => {
             OutboxRelay::new(pool, producer, signal, publisher.source, publisher.signer).batching(
@@ -392,7 +393,7 @@ async fn run_events(
             Vec::new()
         }
     };
-    let mut all: Vec<Worker> = vec![Box::pin(relay.run(shutdown))];
+    let mut all: Vec<Worker> = vec![Box::pin(relay.run(shutdown)), Box::pin(wake_ups)];
     all.extend(workers);
     futures::future::join_all(all).await;
 }

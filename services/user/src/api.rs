@@ -5,14 +5,17 @@ use shop_platform::auth::{Authenticator, Role};
 use shop_platform::client_address::{self, Networks};
 use shop_platform::pagination;
 use shop_platform::rate_limit::RateLimiter;
+use shop_platform::revocation::Revocations;
 use shop_platform::tls;
 use shop_proto::user as pb;
 use shop_proto::user::user_service_server::UserService;
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::accounts::Accounts;
 use crate::model::{self, LoginAttempt, Registration};
+use crate::settings::MAX_ACCESS_TOKEN_TTL_SECS;
 
 #[derive(Debug)]
 pub struct UserApi {
@@ -41,6 +44,14 @@ impl UserApi {
             registrations,
             order_service,
         }
+    }
+}
+
+impl UserApi {
+    fn revocations(&self) -> Result<&Revocations, ApiError> {
+        self.auth.revocations().map(AsRef::as_ref).ok_or_else(|| {
+            ApiError::Internal(anyhow::anyhow!("this service follows no revocations"))
+        })
     }
 }
 
@@ -79,6 +90,36 @@ impl UserService for UserApi {
         let attempt = LoginAttempt::try_from(request.into_inner())?;
         let signed_in = self.accounts.login(attempt, client).await?;
         Ok(Response::new(signed_in.into()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let caller = self.auth.caller(request.metadata())?;
+        let me = caller.require_user()?;
+        self.revocations()?.revoke_token(&me.token).await?;
+        tracing::info!(user_id = %me.user_id, "signed out: token revoked");
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(user_id))]
+    async fn revoke_user_tokens(
+        &self,
+        request: Request<pb::RevokeUserTokensRequest>,
+    ) -> Result<Response<pb::RevokeUserTokensResponse>, Status> {
+        let caller = self.auth.caller(request.metadata())?;
+        let admin = caller.require_admin()?;
+        let user_id = model::parse_user_id(&request.get_ref().user_id)?;
+        tracing::Span::current().record("user_id", tracing::field::display(user_id));
+        // An unknown id is named as such rather than revoked in the void.
+        self.accounts.get(user_id).await?;
+        self.revocations()?
+            .revoke_user(user_id, Duration::from_secs(MAX_ACCESS_TOKEN_TTL_SECS))
+            .await?;
+        tracing::info!(admin = %admin.user_id, "every token of the user revoked");
+        Ok(Response::new(pb::RevokeUserTokensResponse {}))
     }
 
     #[tracing::instrument(skip_all, fields(user_id))]

@@ -5,6 +5,9 @@ use shop_platform::config::{self, ConfigError, Secret, ServiceSettings};
 
 pub const GRPC_PORT: u16 = 50051;
 pub const ADMIN_PORT: u16 = 9101;
+/// The longest an access token may live (`ACCESS_TOKEN_TTL_SECS` at most); a
+/// revocation of all of a user's tokens is kept this long.
+pub const MAX_ACCESS_TOKEN_TTL_SECS: u64 = 86_400;
 
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -65,7 +68,7 @@ impl Settings {
         };
         settings.service.validate()?;
         let accounts = &settings.accounts;
-        if !(60..=86_400).contains(&accounts.access_token_ttl_secs) {
+        if !(60..=MAX_ACCESS_TOKEN_TTL_SECS).contains(&accounts.access_token_ttl_secs) {
             return Err(ConfigError::missing(
                 "ACCESS_TOKEN_TTL_SECS",
                 "must be between 60 and 86400",

@@ -297,3 +297,43 @@ async fn forged_order_events_are_dead_lettered_and_change_nothing() {
     assert_eq!(inbox, vec!["real-1".to_owned()]);
     app.assert_stock_invariants().await;
 }
+
+#[tokio::test]
+async fn events_committed_by_another_copy_wake_this_relay_without_a_poll() {
+    // A relay that would look on its own only once a minute.
+    let app = spawn_app_with(&shop_testkit::kafka_brokers(), |s| {
+        s.service.outbox_poll_ms = 60_000;
+    })
+    .await;
+    // Let the relay finish its first look and go to sleep.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Another copy of the service commits an event to the same database: its
+    // commit reaches this process only through PostgreSQL's NOTIFY.
+    let pool = sqlx::PgPool::connect(&app.db.url).await.expect("pool");
+    let mut tx = pool.begin().await.expect("begin");
+    let event = shop_proto::inventory::StockLow {
+        sku: "WAKE-001".into(),
+        ..Default::default()
+    };
+    let event_id = shop_platform::outbox::enqueue(
+        &mut tx,
+        shop_inventory::events::EVENTS_TOPIC,
+        "WAKE-001",
+        &event,
+    )
+    .await
+    .expect("enqueue");
+    tx.commit().await.expect("commit");
+    let published = shop_testkit::eventually(Duration::from_secs(10), || async {
+        let stamped: bool = sqlx::query_scalar(
+            "SELECT published_at IS NOT NULL FROM outbox_events WHERE event_id = $1",
+        )
+        .bind(event_id)
+        .fetch_one(&pool)
+        .await
+        .expect("select");
+        stamped.then_some(())
+    })
+    .await;
+    assert!(published.is_some(), "published long before the next poll");
+}

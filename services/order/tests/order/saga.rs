@@ -238,6 +238,20 @@ impl UserService for Users {
     ) -> Result<Response<user_pb::ListUsersResponse>, Status> {
         Err(Status::unimplemented("not scripted"))
     }
+
+    async fn logout(
+        &self,
+        _: Request<user_pb::LogoutRequest>,
+    ) -> Result<Response<user_pb::LogoutResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
+    async fn revoke_user_tokens(
+        &self,
+        _: Request<user_pb::RevokeUserTokensRequest>,
+    ) -> Result<Response<user_pb::RevokeUserTokensResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
 }
 
 /// The order service between two scripted peers.

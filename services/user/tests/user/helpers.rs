@@ -21,6 +21,8 @@ pub struct TestApp {
     pub event_keys: KeyPair,
     pub admin_email: String,
     pub brokers: String,
+    /// What this copy was built from: another copy of the service starts from it.
+    pub settings: Settings,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
@@ -31,6 +33,20 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the service's own Application code on free ports, with a database of its
 /// own and the given broker.
 pub async fn spawn_app_with(brokers: &str) -> TestApp {
+    spawn_configured(brokers, |_| {}).await
+}
+
+/// A copy that shares its revoked tokens with others through the run's Redis.
+pub async fn spawn_app_sharing_redis() -> TestApp {
+    let redis =
+        std::env::var("REDIS_URL").expect("REDIS_URL: run the tests through scripts/with-infra.sh");
+    spawn_configured(&shop_testkit::kafka_brokers(), |settings| {
+        settings.service.redis_url = Secret::new(redis);
+    })
+    .await
+}
+
+async fn spawn_configured(brokers: &str, configure: impl FnOnce(&mut Settings)) -> TestApp {
     shop_testkit::telemetry();
     let db = TestDatabase::create().await;
     let identity = Identity::new();
@@ -43,8 +59,36 @@ pub async fn spawn_app_with(brokers: &str) -> TestApp {
     settings.accounts.auth_private_key = Secret::new(auth_keys.private_pem.clone());
     settings.accounts.bootstrap_admin_email = admin_email.clone();
     settings.accounts.bootstrap_admin_password = Secret::new(PASSWORD);
+    configure(&mut settings);
+    let (app, client, task, shutdown) = start(&settings).await;
+    let app = TestApp {
+        grpc_port: app.0,
+        admin_port: app.1,
+        client,
+        shutdown,
+        db,
+        auth_keys,
+        service_keys,
+        event_keys,
+        admin_email,
+        brokers: brokers.into(),
+        settings,
+        task,
+    };
+    app.wait_serving().await;
+    app
+}
 
-    let app = Application::build(settings)
+type Started = (
+    (u16, u16),
+    UserServiceClient<Channel>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+    Shutdown,
+);
+
+/// Builds and runs the Application from `settings`.
+async fn start(settings: &Settings) -> Started {
+    let app = Application::build(settings.clone())
         .await
         .expect("application builds");
     let grpc_port = app.grpc_port();
@@ -54,24 +98,28 @@ pub async fn spawn_app_with(brokers: &str) -> TestApp {
     let client = UserServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
         .await
         .expect("connect");
-    let app = TestApp {
-        grpc_port,
-        admin_port,
-        client,
-        shutdown,
-        db,
-        auth_keys,
-        service_keys,
-        event_keys,
-        admin_email,
-        brokers: brokers.into(),
-        task,
-    };
-    app.wait_serving().await;
-    app
+    ((grpc_port, admin_port), client, task, shutdown)
+}
+
+/// A second copy of a running service: the same database, keys and Redis.
+pub struct Copy {
+    pub client: UserServiceClient<Channel>,
+    _shutdown: Shutdown,
+    _task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
 impl TestApp {
+    /// Another copy of this service on ports of its own.
+    pub async fn copy(&self) -> Copy {
+        let ((grpc_port, _), client, task, shutdown) = start(&self.settings).await;
+        shop_testkit::wait_serving(grpc_port).await;
+        Copy {
+            client,
+            _shutdown: shutdown,
+            _task: task,
+        }
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.grpc_port)
     }

@@ -7,3 +7,4 @@ mod grpcurl;
 mod helpers;
 mod hostile;
 mod lifecycle;
+mod revocation;
