@@ -84,13 +84,14 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 
 log "stand-in images (built once, then reused)"
-standins=(base rust postgres tansu)
+standins=(base rust postgres redis tansu)
 [ "$MODE" = chaos ] && standins+=(reader)
 images=$(deploy/docker/offline/images.sh "${standins[@]}")
 eval "$images"
-export BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE TANSU_IMAGE
+export BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE TANSU_IMAGE
 cat >&2 <<EOF
     postgres     -> $POSTGRES_IMAGE (Debian's postgresql-15)
+    redis        -> $REDIS_IMAGE (Debian's redis-server)
     kafka        -> $TANSU_IMAGE (tansu, Kafka protocol, in-memory storage)
     RUST_IMAGE   -> $RUST_IMAGE (Debian base + this machine's toolchain)
     left out: otel-collector, jaeger, prometheus, grafana (the observability layer:

@@ -9,6 +9,8 @@
 #   shopmesh-local/postgres:15       PostgreSQL from Debian's package, with the
 #                                    official image's init-script convention
 #   shopmesh-local/tansu:<version>   the tansu broker binary, standing in for Kafka
+#   shopmesh-local/redis:7           Redis from Debian's package, with the official
+#                                    image's command and /data convention
 #
 # and, for `make chaos-compose` only (`images.sh base rust postgres tansu reader`):
 #
@@ -108,6 +110,16 @@ build_postgres() {
         --label "org.shopmesh.inputs=$sum" -t "$POSTGRES_IMAGE" . >/dev/null
 }
 
+build_redis() {
+    REDIS_IMAGE=shopmesh-local/redis:7
+    local sum
+    sum=$(sha256sum <redis.Dockerfile | cut -c1-16)
+    [ "$(label_of "$REDIS_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
+    log "building $REDIS_IMAGE (Debian's redis-server)"
+    quiet_build -f redis.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
+        --label "org.shopmesh.inputs=$sum" -t "$REDIS_IMAGE" . >/dev/null
+}
+
 build_tansu() {
     local tansu version context sum
     tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
@@ -141,12 +153,12 @@ build_reader() {
 
 # Prerequisites first; `images.sh rust` builds one (and what it needs).
 steps=("$@")
-[ $# -eq 0 ] && steps=(base rust postgres tansu)
+[ $# -eq 0 ] && steps=(base rust postgres redis tansu)
 for step in base "${steps[@]}"; do "build_$step"; done
 
 # For the caller (scripts/compose-test.sh): the names of the images built, as
 # shell assignments.
 BASE_IMAGE=$BASE
-for name in BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE TANSU_IMAGE READER_IMAGE; do
+for name in BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE TANSU_IMAGE READER_IMAGE; do
     [ -z "${!name:-}" ] || echo "$name=${!name}"
 done

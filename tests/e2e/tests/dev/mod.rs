@@ -41,6 +41,24 @@ impl Ports {
         }
     }
 
+    /// Free ports for `replicas` copies: copy k uses each service port + 10k and
+    /// the gateway port + k (scripts/dev.sh), so those must be free as well.
+    fn free_for(replicas: u16) -> Self {
+        let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        loop {
+            let ports = Self::free();
+            let copies_free = (1..replicas).all(|k| {
+                free(ports.gateway + k)
+                    && ports.all()[1..]
+                        .iter()
+                        .all(|port| port.checked_add(10 * k).is_some_and(free))
+            });
+            if copies_free {
+                return ports;
+            }
+        }
+    }
+
     pub fn all(&self) -> [u16; 7] {
         [
             self.gateway,
@@ -122,13 +140,20 @@ impl DevMesh {
     /// Runs scripts/dev.sh on the test run's PostgreSQL and broker, on free ports,
     /// with extra environment.
     pub async fn start(env: &[(&str, &str)]) -> Self {
+        let replicas: u16 = env
+            .iter()
+            .find(|(key, _)| *key == "REPLICAS")
+            .map_or(1, |(_, n)| n.parse().expect("REPLICAS is a number"));
         let root = shop_testkit::workspace_root();
-        let ports = Ports::free();
+        let ports = Ports::free_for(replicas);
         *GATEWAY.lock().expect("gateway address") = format!("http://127.0.0.1:{}", ports.gateway);
         let mut child = Command::new(root.join("scripts/dev.sh"))
             .current_dir(&root)
             .env("DATABASE_URL", shop_testkit::admin_database_url())
             .env("KAFKA_BROKERS", shop_testkit::kafka_brokers())
+            // A Redis of its own (started by scripts/with-infra.sh), as `make dev`
+            // has: rate-limit buckets never carry over from another test's mesh.
+            .env("REDIS_URL", "")
             .env("RUST_LOG", "warn")
             .env("GATEWAY_PORT", ports.gateway.to_string())
             .env("USER_GRPC_PORT", ports.user.to_string())
@@ -234,6 +259,18 @@ pub async fn curl(
     body: Option<&str>,
     headers: &[&str],
 ) -> Reply {
+    curl_at(&gateway(), method, path, token, body, headers).await
+}
+
+/// `curl` against the gateway at `base` (`http://127.0.0.1:port`).
+pub async fn curl_at(
+    base: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    headers: &[&str],
+) -> Reply {
     let dir = std::env::temp_dir().join(format!("shopmesh-curl-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let (head_file, body_file) = (dir.join("head"), dir.join("body"));
@@ -255,7 +292,7 @@ pub async fn curl(
         cmd.args(["-H", "content-type: application/json", "--data-binary"])
             .arg(format!("@{}", file.display()));
     }
-    cmd.arg(format!("{}{path}", gateway()));
+    cmd.arg(format!("{base}{path}"));
     let out = cmd.output().await.expect("curl must be installed");
     let status = String::from_utf8_lossy(&out.stdout)
         .trim()
