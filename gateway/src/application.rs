@@ -124,6 +124,7 @@ impl Application {
                 ),
                 shared_store,
                 draining: AtomicBool::new(false),
+                retries: shop_platform::grpc::RetryBudget::new(),
                 trusted_proxies,
                 probe_networks,
                 trusted_trace_sources,

@@ -348,13 +348,50 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
             &parts.headers,
         ));
     }
-    let response = tokio::time::timeout(
-        timeout + Duration::from_millis(250),
-        grpc.unary(request, grpc_path, codec),
-    )
-    .await
-    .map_err(|_| deadline())?
-    .map_err(|s| RestError::from_backend(&s))?;
+    // A call that is safe to repeat (a GET, or one with an Idempotency-Key the
+    // backend deduplicates by) is tried once more on another copy when the first
+    // found its copy unavailable, as the retry budget allows.
+    let repeatable =
+        parts.method == http::Method::GET || parts.headers.contains_key("idempotency-key");
+    let started = std::time::Instant::now();
+    gw.retries.deposit();
+    let mut attempt = request;
+    let mut retried = false;
+    let response = loop {
+        let again = (repeatable && !retried)
+            .then(|| (attempt.get_ref().clone(), attempt.metadata().clone()));
+        let outcome = tokio::time::timeout(
+            timeout + Duration::from_millis(250),
+            grpc.unary(attempt, grpc_path.clone(), codec.clone()),
+        )
+        .await
+        .map_err(|_| deadline())?;
+        let left = timeout.saturating_sub(started.elapsed());
+        match (outcome, again) {
+            (Err(status), Some((message, metadata)))
+                if status.code() == Code::Unavailable
+                    && !left.is_zero()
+                    && gw.retries.withdraw() =>
+            {
+                tracing::debug!(backend = %package, "backend copy unavailable; trying another");
+                attempt =
+                    tonic::Request::from_parts(metadata, http::Extensions::default(), message);
+                attempt.set_timeout(left);
+                retried = true;
+                tokio::time::timeout(left, grpc.ready())
+                    .await
+                    .map_err(|_| deadline())?
+                    .map_err(|_| {
+                        RestError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            Code::Unavailable,
+                            "backend unavailable, retry later",
+                        )
+                    })?;
+            }
+            (outcome, _) => break outcome.map_err(|s| RestError::from_backend(&s))?,
+        }
+    };
     Ok(axum::Json(transcode::response_json(&route, response.get_ref())).into_response())
 }
 

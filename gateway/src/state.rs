@@ -31,6 +31,8 @@ pub struct Gateway {
     pub(crate) limiter: SharedRateLimiter,
     /// The Redis every copy shares, when `REDIS_URL` names one (reported by /readyz).
     pub(crate) shared_store: Option<std::sync::Arc<SharedStore>>,
+    /// Retries of calls that found a backend copy unavailable, as a share of calls.
+    pub(crate) retries: shop_platform::grpc::RetryBudget,
     /// Set on SIGTERM: /readyz answers 503 while the listener still serves.
     pub(crate) draining: std::sync::atomic::AtomicBool,
     pub(crate) trusted_proxies: Networks,

@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use shop_platform::auth::SERVICE_AUTHORIZATION;
 use shop_platform::auth::TokenSigner;
-use shop_platform::grpc::{self, Deadline, RetryPolicy};
+use shop_platform::grpc::{self, Deadline, RetryBudget, RetryPolicy};
 use shop_platform::tls::TlsFiles;
 use shop_proto::inventory as inv;
 use shop_proto::inventory::inventory_service_client::InventoryServiceClient;
 use shop_proto::user as user_pb;
 use shop_proto::user::user_service_client::UserServiceClient;
+use std::sync::Arc;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
@@ -24,6 +25,8 @@ pub struct Peers {
     signer: TokenSigner,
     identity: String,
     rpc_timeout: Duration,
+    /// Retries of calls to both peers, as a share of the calls.
+    retries: Arc<RetryBudget>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -58,6 +61,7 @@ impl Peers {
             signer,
             identity: identity.into(),
             rpc_timeout,
+            retries: Arc::new(RetryBudget::new()),
         })
     }
 
@@ -103,6 +107,7 @@ impl Peers {
     {
         grpc::call_idempotent(
             self.policy(),
+            &self.retries,
             || self.request(message.clone(), user, deadline),
             |req| call(client.clone(), req),
         )

@@ -204,6 +204,10 @@ pub struct Metrics {
     pub shared_store_failures: Counter,
     /// Whether the shared Redis answered the last call (1) or not (0).
     pub shared_store_up: Gauge,
+    /// Retries a retry budget refused (the call failed with its first error).
+    pub retries_refused: Counter,
+    /// Peer addresses a client took out of its balance after a failed health probe.
+    pub peer_ejections: Counter,
     /// The gateway's view of each backend at its last readiness check.
     pub backend_up: Family<BackendLabels, Gauge>,
     /// Requests the rate limit refused, by where the decision was made.
@@ -229,6 +233,8 @@ impl Metrics {
             shared_store_up: Gauge::default(),
             rate_limited: Family::default(),
             backend_up: Family::default(),
+            peer_ejections: Counter::default(),
+            retries_refused: Counter::default(),
         }
     }
 
@@ -323,6 +329,16 @@ impl Metrics {
             "gateway_backend_up",
             "Whether a backend answered SERVING at the gateway's last readiness check",
             self.backend_up.clone(),
+        );
+        registry.register(
+            "shop_peer_ejections",
+            "Peer addresses taken out of a client's balance after a failed health probe",
+            self.peer_ejections.clone(),
+        );
+        registry.register(
+            "shop_retries_refused",
+            "Retries a retry budget refused",
+            self.retries_refused.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
     }

@@ -1,10 +1,19 @@
 //! Client channels: connections kept, calls balanced over every address a name
-//! resolves to, and the names looked up again as peers move.
+//! resolves to, the names looked up again as peers move, and copies that stop
+//! answering taken out of the balance until they answer again.
+//!
+//! Balancing is tonic's: tower's power-of-two-choices over the ready endpoints,
+//! by pending requests. What tower cannot see is a copy that accepts connections
+//! but never answers (frozen, overloaded) or has gone for good: every caller
+//! probes each address with grpc.health.v1 once a `PROBE_EVERY`, and one that
+//! fails, times out or says NOT_SERVING is ejected for a period that doubles with
+//! each failed probe back (1 s up to 30 s). The balance is never left empty: if
+//! every copy is ejected, all are kept, as Envoy's panic threshold does.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::channel::Change;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
@@ -15,6 +24,14 @@ use crate::tls::{FileStamp, TlsFiles};
 /// back on a new address (a recreated container, a pod rescheduled behind a
 /// headless service) is reached without restarting the caller.
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// How often every address a channel holds is asked whether it serves.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// A probe without an answer this long is a failure (a frozen copy).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// The first ejection of an address; each failed probe back doubles it.
+const FIRST_EJECTION: Duration = Duration::from_secs(1);
+const MAX_EJECTION: Duration = Duration::from_secs(30);
 
 /// A channel to `target` (`http://host:port` or, with `tls`, `https://host:port`;
 /// several comma-separated): calls balanced across every address the names
@@ -84,15 +101,24 @@ where
         lookup_timeout: every.max(Duration::from_secs(1)),
         by_target: BTreeMap::new(),
         inserted: BTreeSet::new(),
+        probes: BTreeMap::new(),
+        ejected: BTreeMap::new(),
     };
-    peers.refresh(&changes, &resolve).await;
+    peers.resolve(&resolve).await;
+    peers.apply(&changes).await;
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(every);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
+        let mut lookups = tokio::time::interval(every);
+        let mut probes = tokio::time::interval(PROBE_EVERY);
+        for ticks in [&mut lookups, &mut probes] {
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        lookups.tick().await;
         loop {
-            ticks.tick().await;
-            if changes.is_closed() || !peers.refresh(&changes, &resolve).await {
+            tokio::select! {
+                _ = lookups.tick() => peers.resolve(&resolve).await,
+                _ = probes.tick() => peers.probe().await,
+            }
+            if changes.is_closed() || !peers.apply(&changes).await {
                 break;
             }
         }
@@ -143,17 +169,107 @@ struct PeerSet {
     lookup_timeout: Duration,
     by_target: BTreeMap<String, BTreeSet<String>>,
     inserted: BTreeSet<String>,
+    /// A connection per address for its health probes, apart from the calls'.
+    probes: BTreeMap<String, Channel>,
+    /// Addresses out of the balance, and until when.
+    ejected: BTreeMap<String, Ejection>,
+}
+
+/// An address out of the balance until `until`; `period` is how long it was put
+/// out for, doubled at each failed probe back.
+#[derive(Clone, Copy, Debug)]
+struct Ejection {
+    until: Instant,
+    period: Duration,
 }
 
 impl PeerSet {
-    /// Looks every target up and applies the difference, adding new addresses
-    /// before removing gone ones so that the channel is never left with none.
-    /// False once the channel has been dropped.
-    async fn refresh<R, F>(
-        &mut self,
-        changes: &tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
-        resolve: &R,
-    ) -> bool
+    /// Every address the targets resolve to.
+    fn resolved(&self) -> BTreeSet<String> {
+        self.by_target.values().flatten().cloned().collect()
+    }
+
+    /// The target an address came from (the host its certificate must name).
+    fn target_of<'a>(&'a self, address: &'a str) -> &'a str {
+        self.by_target
+            .iter()
+            .find(|(_, addresses)| addresses.contains(address))
+            .map_or(address, |(target, _)| target.as_str())
+    }
+
+    /// An endpoint for `address`, with this workload's TLS pair where it speaks https.
+    fn endpoint(&self, address: &str) -> Option<Endpoint> {
+        let tls = match &self.tls {
+            Some(files) => match crate::tls::client_config(files, host_of(self.target_of(address)))
+            {
+                Ok(tls) => Some(tls),
+                Err(err) => {
+                    tracing::error!(error = %format!("{err:#}"), "client certificate unreadable; peer not dialled");
+                    return None;
+                }
+            },
+            None => None,
+        };
+        peer_endpoint(address, self.connect_timeout, tls).ok()
+    }
+
+    /// Asks every address that is not resting in its ejection whether it serves;
+    /// ejects those that do not answer SERVING and takes back those that do.
+    async fn probe(&mut self) {
+        use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .resolved()
+            .into_iter()
+            .filter(|address| self.ejected.get(address).is_none_or(|e| e.until <= now))
+            .collect();
+        let mut asked = Vec::new();
+        for address in due {
+            if !self.probes.contains_key(&address) {
+                let Some(endpoint) = self.endpoint(&address) else {
+                    continue;
+                };
+                self.probes.insert(address.clone(), endpoint.connect_lazy());
+            }
+            let channel = self.probes[&address].clone();
+            asked.push(async move {
+                let mut client = HealthClient::new(channel);
+                let check = client.check(HealthCheckRequest {
+                    service: String::new(),
+                });
+                let serving = tokio::time::timeout(PROBE_TIMEOUT, check)
+                    .await
+                    .is_ok_and(|reply| reply.is_ok_and(|r| r.get_ref().status == 1));
+                (address, serving)
+            });
+        }
+        for (address, serving) in futures::future::join_all(asked).await {
+            if serving {
+                if self.ejected.remove(&address).is_some() {
+                    tracing::info!(peer = %address, "peer answers again; back in the balance");
+                }
+                continue;
+            }
+            let period = self
+                .ejected
+                .get(&address)
+                .map_or(FIRST_EJECTION, |e| (e.period * 2).min(MAX_EJECTION));
+            if !self.ejected.contains_key(&address) {
+                tracing::warn!(peer = %address, "peer failed its health probe; ejected from the balance");
+                crate::metrics::metrics().peer_ejections.inc();
+            }
+            self.ejected.insert(
+                address,
+                Ejection {
+                    until: Instant::now() + period,
+                    period,
+                },
+            );
+        }
+    }
+
+    /// Looks every target up again.
+    async fn resolve<R, F>(&mut self, resolve: &R)
     where
         R: Fn(String) -> F,
         F: Future<Output = std::io::Result<Vec<SocketAddr>>>,
@@ -190,7 +306,30 @@ impl PeerSet {
             };
             self.by_target.insert(uri.clone(), found);
         }
-        let now: BTreeSet<String> = self.by_target.values().flatten().cloned().collect();
+        let resolved = self.resolved();
+        self.ejected.retain(|address, _| resolved.contains(address));
+        self.probes.retain(|address, _| resolved.contains(address));
+    }
+
+    /// Brings the balance to the resolved addresses that are not ejected (all of
+    /// them if every one is), adding new addresses before removing gone ones so
+    /// that the channel is never left with none. False once the channel has been
+    /// dropped.
+    async fn apply(
+        &mut self,
+        changes: &tokio::sync::mpsc::Sender<Change<String, Endpoint>>,
+    ) -> bool {
+        let resolved = self.resolved();
+        let healthy: BTreeSet<String> = resolved
+            .iter()
+            .filter(|address| !self.ejected.contains_key(*address))
+            .cloned()
+            .collect();
+        let now = if healthy.is_empty() {
+            resolved
+        } else {
+            healthy
+        };
         let stamp = self.tls.as_ref().and_then(TlsFiles::stamp);
         // A new pair on disk: every address is dialled again with it.
         let rotated = stamp != self.tls_stamp;
@@ -202,24 +341,12 @@ impl PeerSet {
         } else {
             now.difference(&self.inserted).cloned().collect()
         };
+        if rotated {
+            // Probes dial again with the new pair too.
+            self.probes.clear();
+        }
         for address in &redial {
-            let target = self
-                .by_target
-                .iter()
-                .find(|(_, addresses)| addresses.contains(address))
-                .map_or(address.as_str(), |(target, _)| target.as_str());
-            let tls = match &self.tls {
-                Some(files) => match crate::tls::client_config(files, host_of(target)) {
-                    Ok(tls) => Some(tls),
-                    Err(err) => {
-                        tracing::error!(error = %format!("{err:#}"), "client certificate unreadable; peer not dialled");
-                        continue;
-                    }
-                },
-                None => None,
-            };
-            // Every address in `now` was checked by `peer_endpoint` already.
-            let Ok(endpoint) = peer_endpoint(address, self.connect_timeout, tls) else {
+            let Some(endpoint) = self.endpoint(address) else {
                 continue;
             };
             if changes
@@ -248,6 +375,8 @@ impl PeerSet {
 mod tests {
     use super::super::server::bind;
     use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use tonic::transport::Server;
 
     type Stop = (
@@ -258,7 +387,8 @@ mod tests {
     /// A health server on a free port, and what stops it.
     async fn peer() -> (SocketAddr, Stop) {
         let (listener, addr) = bind("127.0.0.1", 0).await.expect("bind");
-        let (_health, service) = crate::health::Health::new("peer").await;
+        let (health, service) = crate::health::Health::new("peer").await;
+        health.set(true).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
             .add_service(service)
@@ -366,6 +496,111 @@ mod tests {
         for _ in 0..5 {
             assert!(alive(&channel).await, "still reaches the address it had");
         }
+    }
+
+    /// A TCP proxy in front of `upstream` that stops passing bytes on once the
+    /// returned flag is set: a copy frozen mid-flight (SIGSTOP), with its
+    /// connections still open.
+    async fn freezable(upstream: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        async fn pump(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            frozen: Arc<AtomicBool>,
+        ) {
+            let mut buf = vec![0; 16 * 1024];
+            while let Ok(n) = from.read(&mut buf).await {
+                while frozen.load(Ordering::SeqCst) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if n == 0 || to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let frozen = Arc::new(AtomicBool::new(false));
+        let flag = frozen.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pump(client_read, server_write, flag.clone()));
+                tokio::spawn(pump(server_read, client_write, flag.clone()));
+            }
+        });
+        (addr, frozen)
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_freezes_is_ejected_and_the_other_carries_every_call() {
+        let (healthy, _keep) = peer().await;
+        let (behind_proxy, _keep_too) = peer().await;
+        let (freezing, frozen) = freezable(behind_proxy).await;
+        let channel = channel_resolved_by(
+            "http://peer.test:50051",
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            None,
+            move |_| async move { Ok(vec![healthy, freezing]) },
+        )
+        .await
+        .expect("channel");
+        for _ in 0..10 {
+            assert!(alive(&channel).await, "both copies answer at first");
+        }
+        frozen.store(true, Ordering::SeqCst);
+        // One probe round (PROBE_EVERY) and its timeout, and the frozen copy is out.
+        tokio::time::sleep(PROBE_EVERY + PROBE_TIMEOUT + Duration::from_millis(300)).await;
+        for call in 0..20 {
+            let started = Instant::now();
+            assert!(alive(&channel).await, "call {call} answered");
+            assert!(
+                started.elapsed() < Duration::from_millis(300),
+                "call {call} took {:?}",
+                started.elapsed()
+            );
+        }
+        assert!(
+            crate::metrics::metrics().peer_ejections.get() >= 1,
+            "the ejection is counted"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_every_copy_failing_its_probes_none_is_ejected() {
+        // A health server that says NOT_SERVING still answers calls: with no
+        // better copy, the balance keeps it.
+        let (listener, addr) = bind("127.0.0.1", 0).await.expect("bind");
+        let (_health, service) = crate::health::Health::new("peer").await;
+        tokio::spawn(
+            Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let channel = channel_resolved_by(
+            "http://peer.test:50051",
+            Duration::from_millis(200),
+            Duration::from_secs(60),
+            None,
+            move |_| async move { Ok(vec![addr]) },
+        )
+        .await
+        .expect("channel");
+        tokio::time::sleep(PROBE_EVERY * 2).await;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let reply = client
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: crate::health::LIVENESS.into(),
+            })
+            .await;
+        assert!(reply.is_ok(), "the only copy still gets calls: {reply:?}");
     }
 
     #[tokio::test]

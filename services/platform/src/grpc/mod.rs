@@ -3,7 +3,8 @@
 //!   limits) and binding its port;
 //! - `channel`: client channels balanced over every address a name resolves to,
 //!   looked up again as peers move;
-//! - `retry`: outgoing requests and bounded retries of idempotent calls;
+//! - `retry`: outgoing requests and bounded retries of idempotent calls, within
+//!   a retry budget;
 //! - `deadline`: `grpc-timeout` parsing and the time a call has left;
 //! - `metrics`: the RED layer on every server;
 //! - `malformed`: the layer that answers undecodable requests INVALID_ARGUMENT.
@@ -19,5 +20,5 @@ pub use channel::{RESOLVE_EVERY, channel_every, channel_resolved_by};
 pub use deadline::{Deadline, parse_grpc_timeout, requested_budget};
 pub use malformed::{MalformedRequestLayer, malformed_request_layer};
 pub use metrics::{Red, RedLayer};
-pub use retry::{RetryPolicy, call_idempotent, outgoing, retryable};
+pub use retry::{RetryBudget, RetryPolicy, call_idempotent, outgoing, retryable};
 pub use server::{CALLS_PER_CONNECTION, MAX_MESSAGE_BYTES, STREAMS_PER_CONNECTION, bind, server};
