@@ -2,7 +2,7 @@
 # toolchain: it installs what is missing and starts what the tests need.
 SHELL := /bin/bash
 
-.PHONY: help build test lint fmt dev up up-core down logs tools clean bench k8s-validate compose-test chaos chaos-native chaos-compose fuzz
+.PHONY: help build test lint fmt dev up up-core down logs tools clean bench k8s-validate compose-test chaos chaos-native chaos-replicas chaos-compose fuzz
 
 # Compose v2 where it is installed, otherwise Debian's docker-compose 1.29.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -18,7 +18,8 @@ help:
 	@echo "make up      - the whole mesh in containers, with Jaeger, Prometheus, Grafana (docker compose up -d --build)"
 	@echo "make up-core - the core mesh alone; make down / make logs"
 	@echo "make chaos  - faults, load and hostile input, then the invariant checker; writes docs/reliability.md"
-	@echo "              (chaos-native, then chaos-compose where a Docker engine answers)"
+	@echo "              (chaos-native, chaos-replicas with two copies of everything, then"
+	@echo "              chaos-compose where a Docker engine answers)"
 	@echo "make fuzz   - cargo fuzz (nightly) on the gateway's transcoding and the services' request checks"
 	@echo "make compose-test - build every image locally (no registry needed), bring compose up, smoke, teardown"
 
@@ -67,12 +68,16 @@ logs:
 compose-test: tools
 	scripts/compose-test.sh
 
-chaos: chaos-native
+chaos: chaos-native chaos-replicas
 	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory chaos-compose; \
 	else echo "no Docker engine answers: the compose variant (make chaos-compose) is skipped"; fi
 
 chaos-native: tools build
-	env -u DATABASE_URL -u KAFKA_BROKERS scripts/with-infra.sh python3 tests/chaos/run.py
+	env -u DATABASE_URL -u KAFKA_BROKERS -u REDIS_URL scripts/with-infra.sh python3 tests/chaos/run.py
+
+# Two copies of every process: one copy killed, frozen, restarted; Redis stopped.
+chaos-replicas: tools build
+	env -u DATABASE_URL -u KAFKA_BROKERS -u REDIS_URL CHAOS_REPLICAS=2 scripts/with-infra.sh python3 tests/chaos/run.py
 
 chaos-compose: tools
 	scripts/compose-test.sh chaos

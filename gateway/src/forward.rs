@@ -27,8 +27,9 @@ use axum::middleware::Next;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
+use prost_reflect::DynamicMessage;
 use shop_platform::budget::{Grant, Refusal};
-use shop_platform::grpc::requested_budget;
+use shop_platform::grpc::{self, RetryPolicy, requested_budget};
 use shop_platform::metrics::OTHER_LABEL;
 use shop_platform::telemetry;
 use tonic::Code;
@@ -42,6 +43,11 @@ use crate::state::Gateway;
 use crate::transcode::{self, DynamicCodec};
 
 /// Metadata forwarded from HTTP headers to the backend call.
+/// How long a repeatable call may go unanswered before it is also sent to another
+/// copy of its backend: above a CreateOrder's usual time, so that hedges stay
+/// rare, and low enough that a copy frozen mid-call keeps answers under a second.
+const HEDGE_AFTER: Duration = Duration::from_millis(500);
+
 const FORWARDED: [&str; 4] = [
     "authorization",
     "x-request-id",
@@ -348,50 +354,54 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
             &parts.headers,
         ));
     }
-    // A call that is safe to repeat (a GET, or one with an Idempotency-Key the
-    // backend deduplicates by) is tried once more on another copy when the first
-    // found its copy unavailable, as the retry budget allows.
+    // A call that is safe to repeat (a GET, or a write with an Idempotency-Key the
+    // backend deduplicates by) is hedged on another copy when its first attempt is
+    // slow and tried once more when its copy was unavailable, as the retry budget
+    // allows; any other call is sent once.
     let repeatable =
         parts.method == http::Method::GET || parts.headers.contains_key("idempotency-key");
-    let started = std::time::Instant::now();
-    gw.retries.deposit();
-    let mut attempt = request;
-    let mut retried = false;
-    let response = loop {
-        let again = (repeatable && !retried)
-            .then(|| (attempt.get_ref().clone(), attempt.metadata().clone()));
-        let outcome = tokio::time::timeout(
-            timeout + Duration::from_millis(250),
-            grpc.unary(attempt, grpc_path.clone(), codec.clone()),
-        )
-        .await
-        .map_err(|_| deadline())?;
-        let left = timeout.saturating_sub(started.elapsed());
-        match (outcome, again) {
-            (Err(status), Some((message, metadata)))
-                if status.code() == Code::Unavailable
-                    && !left.is_zero()
-                    && gw.retries.withdraw() =>
-            {
-                tracing::debug!(backend = %package, "backend copy unavailable; trying another");
-                attempt =
-                    tonic::Request::from_parts(metadata, http::Extensions::default(), message);
-                attempt.set_timeout(left);
-                retried = true;
-                tokio::time::timeout(left, grpc.ready())
-                    .await
-                    .map_err(|_| deadline())?
-                    .map_err(|_| {
-                        RestError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            Code::Unavailable,
-                            "backend unavailable, retry later",
-                        )
-                    })?;
-            }
-            (outcome, _) => break outcome.map_err(|s| RestError::from_backend(&s))?,
+    let unary = |request: tonic::Request<DynamicMessage>| {
+        let mut grpc = grpc.clone();
+        let (path, codec, package) = (grpc_path.clone(), codec.clone(), package.clone());
+        async move {
+            grpc.ready().await.map_err(|e| {
+                tracing::warn!(backend = %package, error = %e, "backend unavailable");
+                tonic::Status::unavailable("backend unavailable, retry later")
+            })?;
+            grpc.unary(request, path, codec).await
         }
     };
+    let answer = if repeatable {
+        let started = std::time::Instant::now();
+        let (message, metadata) = (request.get_ref().clone(), request.metadata().clone());
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            first_backoff: Duration::from_millis(25),
+            attempt_timeout: timeout,
+            hedge_after: Some(HEDGE_AFTER),
+            retry_codes: &[Code::Unavailable],
+        };
+        let attempt = || {
+            let mut attempt = tonic::Request::from_parts(
+                metadata.clone(),
+                http::Extensions::default(),
+                message.clone(),
+            );
+            attempt.set_timeout(timeout.saturating_sub(started.elapsed()));
+            Ok(attempt)
+        };
+        tokio::time::timeout(
+            timeout + Duration::from_millis(250),
+            grpc::call_idempotent(policy, &gw.retries, attempt, unary),
+        )
+        .await
+        .map(|answer| answer.map(tonic::Response::new))
+    } else {
+        tokio::time::timeout(timeout + Duration::from_millis(250), unary(request)).await
+    };
+    let response = answer
+        .map_err(|_| deadline())?
+        .map_err(|s| RestError::from_backend(&s))?;
     Ok(axum::Json(transcode::response_json(&route, response.get_ref())).into_response())
 }
 

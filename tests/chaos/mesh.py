@@ -93,10 +93,11 @@ class Mesh:
     pending_sql = "SELECT count(*) FROM orders WHERE status = 'pending'"
 
     def healthy(self, name):
-        if name == "gateway":
+        if name.partition("#")[0] == "gateway":
             # Ready means the gateway serves; its backends' health is in the body.
+            url = f"http://127.0.0.1:{self.ports[name]}" if "#" in name else self.gateway
             try:
-                status, report = http("GET", f"{self.gateway}/readyz", timeout=2)
+                status, report = http("GET", f"{url}/readyz", timeout=2)
             except OSError:
                 return False
             return status == 200 and set(report.get("backends", {}).values()) == {"SERVING"}
@@ -204,6 +205,12 @@ class NativeMesh(Mesh):
     admin = ("admin@chaos.test", "chaos-admin-password")
 
     def __init__(self, work):
+        # CHAOS_REPLICAS=N runs N copies of every process: copy k of `user` is the
+        # key `user#k` (copy 0 is plain `user`), each on ports of its own, and every
+        # caller names all copies of a peer in one comma-separated address.
+        self.copies = int(os.environ.get("CHAOS_REPLICAS", "1"))
+        if self.copies > 1:
+            self.target = "native-replicas"
         profile = os.environ.get("SHOPMESH_BUILD_PROFILE", "debug")
         self.bin = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / profile
         self.work = work
@@ -218,11 +225,13 @@ class NativeMesh(Mesh):
             psql(self.server, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
             psql(self.server, f"CREATE DATABASE {db}")
             self.dbs[name] = db_url(self.server, db)
-        self.ports = {name: free_port() for name in NAMES}
-        self.admin_ports = {name: free_port() for name in SERVICES}
+        self.ports = {key: free_port() for name in NAMES for key in self.copies_of(name)}
+        self.admin_ports = {key: free_port() for name in SERVICES for key in self.copies_of(name)}
         self.proxy = Proxy(self.ports["inventory"])
         self.procs = {}
-        self.gateway = f"http://127.0.0.1:{self.ports['gateway']}"
+        self.gateways = [f"http://127.0.0.1:{self.ports[key]}" for key in self.copies_of("gateway")]
+        self.gateway = self.gateways[0]
+        self.redis_pid = int(os.environ.get("SHOPMESH_REDIS_PID") or 0)
         self.broker_pid = int(os.environ["SHOPMESH_BROKER_PID"])
         self.pgdata = os.environ.get("SHOPMESH_PGDATA")
         self.can_restart_postgres = bool(self.pgdata)
@@ -230,8 +239,22 @@ class NativeMesh(Mesh):
             f"The mesh ran from `target/{profile}` against this run's own PostgreSQL and tansu "
             "broker (scripts/with-infra.sh); the order service reached inventory through a TCP "
             "proxy that added latency or cut the link.")
+        if self.copies > 1:
+            self.describe = (
+                f"The mesh ran from `target/{profile}` against this run's own PostgreSQL, tansu "
+                f"broker and Redis (scripts/with-infra.sh), {self.copies} copies of every service "
+                "and of the gateway; every caller named all copies of a peer and balanced over "
+                "them, and the client spread its requests over the gateways.")
 
-    def env(self, name):
+    def copies_of(self, name):
+        """The keys of every copy of `name`: `name`, then `name#1`, …"""
+        return [name] + [f"{name}#{k}" for k in range(1, self.copies)]
+
+    def addresses(self, name):
+        return ",".join(f"http://127.0.0.1:{self.ports[key]}" for key in self.copies_of(name))
+
+    def env(self, proc):
+        name = proc.partition("#")[0]
         key = lambda f: (self.keys / f).read_text()
         env = {
             "PATH": os.environ["PATH"], "RUST_LOG": os.environ.get("CHAOS_RUST_LOG", "warn"),
@@ -240,17 +263,19 @@ class NativeMesh(Mesh):
             "SERVICE_PUBLIC_KEY": key("service.pub"),
             "DRAIN_DELAY_MS": "300",
             "KAFKA_ONE_RECORD_PER_BATCH": os.environ.get("KAFKA_ONE_RECORD_PER_BATCH", "false"),
+            # Revoked tokens and the gateways' limits, shared by every copy.
+            "REDIS_URL": os.environ.get("REDIS_URL", ""),
         }
         if name == "gateway":
-            env.update(HTTP_PORT=str(self.ports["gateway"]),
-                       USER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['user']}",
-                       INVENTORY_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['inventory']}",
-                       ORDER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['order']}",
+            env.update(HTTP_PORT=str(self.ports[proc]),
+                       USER_SERVICE_ADDR=self.addresses("user"),
+                       INVENTORY_SERVICE_ADDR=self.addresses("inventory"),
+                       ORDER_SERVICE_ADDR=self.addresses("order"),
                        # The load comes from one address; the flood test has its own limits.
                        RATE_LIMIT_PER_SEC="5000", RATE_LIMIT_BURST="5000")
             return env
-        env.update(DATABASE_URL=self.dbs[name], GRPC_PORT=str(self.ports[name]),
-                   ADMIN_PORT=str(self.admin_ports[name]),
+        env.update(DATABASE_URL=self.dbs[name], GRPC_PORT=str(self.ports[proc]),
+                   ADMIN_PORT=str(self.admin_ports[proc]),
                    # Its own event key; user and inventory apply only the order service's events.
                    EVENT_SIGNING_KEY=key(f"events-{name}.key"))
         if name in ("user", "inventory"):
@@ -263,25 +288,42 @@ class NativeMesh(Mesh):
         if name == "order":
             # Only the order service calls other services with a service token.
             env.update(SERVICE_PRIVATE_KEY=key("service.key"))
-            env.update(USER_SERVICE_ADDR=f"http://127.0.0.1:{self.ports['user']}",
-                       INVENTORY_SERVICE_ADDR=f"http://127.0.0.1:{self.proxy.port}",
+            # One copy of inventory sits behind the fault proxy; several are named directly.
+            inventory = (f"http://127.0.0.1:{self.proxy.port}" if self.copies == 1
+                         else self.addresses("inventory"))
+            env.update(USER_SERVICE_ADDR=self.addresses("user"),
+                       INVENTORY_SERVICE_ADDR=inventory,
                        RPC_TIMEOUT_MS="1000", REQUEST_DEADLINE_MS="4000",
                        RECOVERY_AFTER_MS="3000", RECOVERY_INTERVAL_MS="500")
         return env
 
-    def binary(self, name):
+    def binary(self, key):
+        name = key.partition("#")[0]
         return self.bin / ("gateway" if name == "gateway" else f"{name}-service")
 
     def start_all(self):
         for name in NAMES:
-            self.start(name)
-        return f"gateway {self.gateway}; logs in {self.work}"
+            for key in self.copies_of(name):
+                self.start(key)
+        return f"gateways {', '.join(self.gateways)}; logs in {self.work}"
 
-    def start(self, name):
-        logfile = open(self.work / f"{name}.log", "a")
-        self.procs[name] = subprocess.Popen([self.binary(name)], env=self.env(name),
-                                            stdout=logfile, stderr=logfile)
-        self.wait_serving(name)
+    def start(self, key):
+        logfile = open(self.work / f"{key}.log", "a")
+        self.procs[key] = subprocess.Popen([self.binary(key)], env=self.env(key),
+                                           stdout=logfile, stderr=logfile)
+        self.wait_serving(key)
+
+    def freeze(self, key):
+        self.procs[key].send_signal(signal.SIGSTOP)
+
+    def thaw(self, key):
+        self.procs[key].send_signal(signal.SIGCONT)
+
+    def pause_redis(self):
+        os.kill(self.redis_pid, signal.SIGSTOP)
+
+    def resume_redis(self):
+        os.kill(self.redis_pid, signal.SIGCONT)
 
     def killer(self, name):
         """A SIGKILL of `name`, ready to fire at once; firing it returns when the
@@ -306,7 +348,7 @@ class NativeMesh(Mesh):
         return {n: p.pid for n, p in self.procs.items() if p.poll() is None}
 
     def sql(self, name, query):
-        return psql(self.dbs[name], query)
+        return psql(self.dbs[name.partition("#")[0]], query)
 
     def auth_key(self):
         return (self.keys / "auth.key").read_bytes()

@@ -43,7 +43,13 @@ WORKERS = int(os.environ.get("CHAOS_WORKERS", "4"))
 ALL_SCENARIOS = ["sigkill_each", "relay_mid_batch", "broker_outage", "postgres_restart",
                  "slow_and_partitioned", "peer_moved", "rolling_restart", "soak"]
 # CHAOS_SCENARIOS=broker_outage,soak runs a subset (the report then says so).
-SCENARIOS = [s for s in os.environ.get("CHAOS_SCENARIOS", ",".join(ALL_SCENARIOS)).split(",") if s]
+# With CHAOS_REPLICAS=2 (`make chaos-replicas`): faults that one copy of each process
+# suffers while the other carries the load.
+REPLICA_SCENARIOS = ["sigkill_one_copy_each", "freeze_one_copy", "rolling_restart_copies",
+                     "redis_outage"]
+REPLICAS = int(os.environ.get("CHAOS_REPLICAS", "1"))
+SCENARIOS = [s for s in os.environ.get(
+    "CHAOS_SCENARIOS", ",".join(REPLICA_SCENARIOS if REPLICAS > 1 else ALL_SCENARIOS)).split(",") if s]
 SKUS = ["CHAOS-A", "CHAOS-B", "CHAOS-C", "CHAOS-D"]
 STOCK = 1_000_000
 
@@ -90,6 +96,11 @@ class Load:
         self.sent = Counter()
         self.in_flight = 0
         self.failed = Counter()
+        # Requests whose first attempt failed (a connection error or 502/503/504),
+        # whether or not a retry then succeeded.
+        self.first_try_failed = Counter()
+        self.first_failures = defaultdict(list)
+        self.latencies = defaultdict(list)
         self.failures = defaultdict(list)
         self.statuses = Counter()
         self.confirmed = {}   # order id -> user id, as clients saw it
@@ -121,16 +132,30 @@ class Load:
     def _call(self, method, path, token, body, retry, key, phase):
         started = time.monotonic()
         delay = 0.25
+        # Spread over every gateway; a retry goes to the next one.
+        gateways = getattr(self.mesh, "gateways", [self.mesh.gateway])
+        turn = random.randrange(len(gateways))
+        first = True
         while True:
             attempt = time.monotonic()
-            status, reply = http(method, self.mesh.gateway + path, body, {**bearer(token), **key},
-                                 timeout=12)
+            status, reply = http(method, gateways[turn % len(gateways)] + path, body,
+                                 {**bearer(token), **key}, timeout=12)
             with self.lock:
-                self.latency_max[phase] = max(self.latency_max[phase], time.monotonic() - attempt)
+                took = time.monotonic() - attempt
+                self.latency_max[phase] = max(self.latency_max[phase], took)
+                self.latencies[phase].append(took)
+                if first and status in self.RETRYABLE:
+                    self.first_try_failed[phase] += 1
+                    if len(self.first_failures[phase]) < 3:
+                        self.first_failures[phase].append(
+                            f"{method} {path.split('?')[0]}: {status} {json.dumps(reply)[:120]}")
+            first = False
             if status not in self.RETRYABLE or not retry or time.monotonic() - started > 10:
                 break
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            turn += 1
+            if len(gateways) == 1:
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
         with self.lock:
             self.sent[phase] += 1
             self.statuses[status] += 1
@@ -341,6 +366,96 @@ class Chaos:
         if failed:
             self.violations.append(f"{failed} failed requests during the rolling restart: "
                                    f"{self.load.failures['rolling restart']}")
+
+    # --- with several copies of every process (CHAOS_REPLICAS=2) -----------------
+
+    def _expect_no_failures(self, phase, first_try=True):
+        """Nothing failed in `phase`: no request after the client's retries and, where
+        the mesh must absorb the fault itself, none at its first attempt either."""
+        failed, first = self.load.failed[phase], self.load.first_try_failed[phase]
+        self.note(f"{self.load.sent[phase]} requests, {first} failed at the first attempt, "
+                  f"{failed} after the client's retries")
+        if first:
+            self.note(f"first attempts that failed: {self.load.first_failures[phase]}")
+        if failed or (first_try and first):
+            self.violations.append(f"{phase}: {first} requests failed at the first attempt, "
+                                   f"{failed} after retries: {self.load.failures[phase]}")
+
+    def sigkill_one_copy_each(self):
+        for name in ("user", "inventory", "order", "gateway"):
+            phase = f"sigkill one {name} copy"
+            self.phase(phase, 2)
+            key = f"{name}#1"
+            self.mesh.killer(key)()
+            time.sleep(3)
+            self.mesh.revive(key)
+            self.note(f"{key} SIGKILLed; the other copy carried the load for 3 s; revived")
+            time.sleep(1)
+            # A gateway that dies drops its clients' connections: they go to the other
+            # gateway, as they would behind a load balancer; the services' copies are
+            # the mesh's own to absorb.
+            self._expect_no_failures(phase, first_try=name != "gateway")
+
+    def freeze_one_copy(self):
+        for name in ("inventory", "user", "order"):
+            phase = f"one {name} copy frozen"
+            self.phase(phase, 1)
+            key = f"{name}#1"
+            self.mesh.freeze(key)
+            time.sleep(6)
+            self.mesh.thaw(key)
+            time.sleep(2)
+            times = sorted(self.load.latencies[phase])
+            p99 = times[int(len(times) * 0.99) - 1] if times else 0.0
+            self.note(f"{key} SIGSTOPped for 6 s, then SIGCONT; p99 of the requests meanwhile "
+                      f"{p99 * 1000:.0f} ms")
+            if p99 >= 1.0:
+                self.violations.append(f"{phase}: p99 {p99:.2f} s, not under 1 s")
+            self._expect_no_failures(phase)
+
+    def rolling_restart_copies(self):
+        phase = "rolling restart of every copy"
+        self.phase(phase, 1)
+        for name in ("user", "inventory", "order", "gateway"):
+            for key in self.mesh.copies_of(name):
+                started = time.monotonic()
+                code = self.mesh.stop(key)
+                self.mesh.start(key)
+                self.note(f"{key}: SIGTERM → exit {code}, SERVING again after "
+                          f"{time.monotonic() - started:.1f} s")
+                if code != 0:
+                    self.violations.append(f"{key} exited {code} on SIGTERM")
+                time.sleep(1)
+        self._expect_no_failures(phase, first_try=False)
+
+    def redis_outage(self):
+        phase = "redis stopped for 10 s"
+        # A token revoked before the outage must stay refused through it.
+        user_id, token = self.load.customers[0]
+        email = f"revoked-{uuid.uuid4().hex[:8]}@example.com"
+        password = "correct horse battery"
+        http("POST", self.mesh.gateway + "/v1/users", {"email": email, "password": password})
+        revoked = http("POST", self.mesh.gateway + "/v1/auth:login",
+                       {"email": email, "password": password})[1]["accessToken"]
+        status, _ = http("POST", self.mesh.gateway + "/v1/auth:logout", {}, bearer(revoked))
+        if status != 200:
+            self.violations.append(f"{phase}: logout answered {status}")
+        time.sleep(1)
+        self.phase(phase)
+        self.mesh.pause_redis()
+        try:
+            time.sleep(2)
+            answers = {gw: http("GET", gw + "/v1/orders", None, bearer(revoked))[0]
+                       for gw in self.mesh.gateways}
+            time.sleep(8)
+        finally:
+            self.mesh.resume_redis()
+        self.note(f"Redis SIGSTOPped for 10 s; a token revoked before the outage was answered "
+                  f"{sorted(set(answers.values()))} by the gateways during it")
+        if set(answers.values()) != {401}:
+            self.violations.append(f"{phase}: a token revoked before the outage was answered {answers}")
+        time.sleep(1)
+        self._expect_no_failures(phase)
 
     def soak(self):
         self.phase(f"soak ({SOAK_SECS} s)", 0)
@@ -592,8 +707,9 @@ def settle(mesh, timeout=120):
         held = int(mesh.sql("inventory", "SELECT count(*) FROM reservations WHERE status = 'held'")[0][0])
         if pending == 0 and held == 0 and sum(mesh.backlog().values()) == 0:
             lag = 0
-            for name in ("inventory", "user"):
-                metrics = mesh.metrics(name)
+            copies = getattr(mesh, "copies_of", lambda name: [name])
+            for key in (k for name in ("inventory", "user") for k in copies(name)):
+                metrics = mesh.metrics(key)
                 lag += sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                            if line.startswith("shop_consumer_lag_messages"))
             if lag == 0:
@@ -616,7 +732,9 @@ Written by `make chaos` (tests/chaos/run.py): the same scenarios, load, hostile 
 invariant checker, run once against the native mesh and once against docker-compose.yml's
 containers. Each run rewrites its own section below and keeps the other's.
 """
-TITLES = {"native": "Native mesh (`make chaos-native`)", "compose": "Compose mesh (`make chaos-compose`)"}
+TITLES = {"native": "Native mesh (`make chaos-native`)",
+          "native-replicas": "Native mesh, two copies of everything (`make chaos-replicas`)",
+          "compose": "Compose mesh (`make chaos-compose`)"}
 
 
 def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elapsed):
@@ -652,14 +770,14 @@ def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elaps
         "",
         "### Scenarios",
         "",
-        "| scenario | requests | failed (after retries) | what happened |",
-        "|---|---|---|---|",
+        "| scenario | requests | failed at the first attempt | failed (after retries) | what happened |",
+        "|---|---|---|---|---|",
     ]
     by_phase = defaultdict(list)
     for phase, what in chaos.notes:
         by_phase[phase].append(what)
     for phase in chaos.phases:
-        lines.append(f"| {phase} | {load.sent[phase]} | {load.failed[phase]} | "
+        lines.append(f"| {phase} | {load.sent[phase]} | {load.first_try_failed[phase]} | {load.failed[phase]} | "
                      f"{'; '.join(by_phase.get(phase, [])) or '—'} |")
     lines += [
         "",
@@ -693,7 +811,7 @@ def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elaps
         lines.append(f"| {name} | {answer} | {message} | {'yes' if ok else '**no**'} |")
     sections = {}
     if REPORT.exists():
-        for target, body in re.findall(r"<!-- chaos run: (\w+) -->\n(.*?)(?=<!-- chaos run: |\Z)",
+        for target, body in re.findall(r"<!-- chaos run: ([\w-]+) -->\n(.*?)(?=<!-- chaos run: |\Z)",
                                        REPORT.read_text(), re.S):
             sections[target] = f"<!-- chaos run: {target} -->\n{body.rstrip()}\n"
     sections[mesh.target] = "\n".join(lines) + "\n"
@@ -728,28 +846,33 @@ def main():
         for scenario in SCENARIOS:
             getattr(chaos, scenario)()
 
-        log("hostile input (load paused)")
-        load.phase = "hostile input"
-        load.paused.set()
-        # Calls still retrying must land before the snapshot the suite compares with.
-        for _ in range(2):
-            while load.in_flight:
-                time.sleep(0.1)
-            time.sleep(0.5)
-        # Consumers still working through a backlog would change stock under the comparison.
-        if not settle(mesh):
-            chaos.violations.append("the mesh did not settle before the hostile input")
-        first_order = next((o for o, u in load.confirmed.items() if u == customers[0][0]), None)
-        if first_order is None:
-            status, reply = http("POST", mesh.gateway + "/v1/orders",
-                                 {"lines": [{"sku": "CHAOS-A", "quantity": 1}]}, bearer(customers[0][1]))
-            first_order = reply["order"]["orderId"]
-        hostile, unchanged = hostile_input(mesh, customers, admin, first_order)
-        bad = [r for r in hostile if not r[3]]
-        for name, answer, message, _ in bad:
-            chaos.violations.append(f"hostile input '{name}': {answer} {message}")
-        if not unchanged:
-            chaos.violations.append("hostile input changed stored data")
+        if REPLICAS > 1:
+            # The hostile-input suite runs against one copy (chaos-native): its limits
+            # per process (watches per user, the sign-in throttle) are per copy here.
+            hostile, unchanged = [], True
+        else:
+            log("hostile input (load paused)")
+            load.phase = "hostile input"
+            load.paused.set()
+            # Calls still retrying must land before the snapshot the suite compares with.
+            for _ in range(2):
+                while load.in_flight:
+                    time.sleep(0.1)
+                time.sleep(0.5)
+            # Consumers still working through a backlog would change stock under the comparison.
+            if not settle(mesh):
+                chaos.violations.append("the mesh did not settle before the hostile input")
+            first_order = next((o for o, u in load.confirmed.items() if u == customers[0][0]), None)
+            if first_order is None:
+                status, reply = http("POST", mesh.gateway + "/v1/orders",
+                                     {"lines": [{"sku": "CHAOS-A", "quantity": 1}]}, bearer(customers[0][1]))
+                first_order = reply["order"]["orderId"]
+            hostile, unchanged = hostile_input(mesh, customers, admin, first_order)
+            bad = [r for r in hostile if not r[3]]
+            for name, answer, message, _ in bad:
+                chaos.violations.append(f"hostile input '{name}': {answer} {message}")
+            if not unchanged:
+                chaos.violations.append("hostile input changed stored data")
         load.stop()
 
         log("settling, then checking the invariants")

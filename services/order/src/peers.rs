@@ -18,6 +18,10 @@ use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
+/// How long a call to a peer may go unanswered before it is also sent to another
+/// copy (a few times the usual answer time, well under the saga's deadline).
+const HEDGE_AFTER: Duration = Duration::from_millis(250);
+
 #[derive(Clone)]
 pub struct Peers {
     users: UserServiceClient<Channel>,
@@ -88,6 +92,9 @@ impl Peers {
             max_attempts: 3,
             first_backoff: Duration::from_millis(50),
             attempt_timeout: self.rpc_timeout,
+            // A peer copy that froze mid-call costs this, not the call's deadline.
+            hedge_after: Some(HEDGE_AFTER),
+            ..RetryPolicy::default()
         }
     }
 

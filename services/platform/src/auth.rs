@@ -187,6 +187,14 @@ impl Authenticator {
     /// the store is a task.
     pub fn from_settings(settings: &ServiceSettings) -> Result<Self, ConfigError> {
         let store = SharedStore::from_url(settings.redis_url.expose())?;
+        Self::from_settings_sharing(settings, store)
+    }
+
+    /// `from_settings`, following the revocations in a store the caller shares.
+    pub fn from_settings_sharing(
+        settings: &ServiceSettings,
+        store: Option<Arc<SharedStore>>,
+    ) -> Result<Self, ConfigError> {
         Ok(Self::from_keys(settings)?.with_revocations(Revocations::follow(store)))
     }
 

@@ -26,6 +26,7 @@ use crate::telemetry;
 /// Every few seconds: how far each assigned partition's committed position is
 /// behind its high watermark.
 async fn report_lag(consumer: std::sync::Arc<StreamConsumer>, name: String, shutdown: Shutdown) {
+    let mut reported = std::collections::HashSet::new();
     loop {
         tokio::select! {
             _ = shutdown.wait() => break,
@@ -54,17 +55,23 @@ async fn report_lag(consumer: std::sync::Arc<StreamConsumer>, name: String, shut
         })
         .await
         .unwrap_or_default();
+        let family = &crate::metrics::metrics().consumer_lag;
+        let mut now_held = std::collections::HashSet::new();
         for (topic, partition, lag) in lags {
             let labels = crate::metrics::LagLabels {
                 consumer: name.clone(),
                 topic,
                 partition,
             };
-            crate::metrics::metrics()
-                .consumer_lag
-                .get_or_create(&labels)
-                .set(lag);
+            family.get_or_create(&labels).set(lag);
+            now_held.insert(labels);
         }
+        // A partition that a rebalance gave to another copy is that copy's to report:
+        // a value left here would stay frozen at whatever it was.
+        for gone in reported.difference(&now_held) {
+            family.remove(gone);
+        }
+        reported = now_held;
     }
 }
 

@@ -204,6 +204,8 @@ pub struct Metrics {
     pub shared_store_failures: Counter,
     /// Whether the shared Redis answered the last call (1) or not (0).
     pub shared_store_up: Gauge,
+    /// Calls sent a second time alongside a slow first attempt.
+    pub hedged_calls: Counter,
     /// Retries a retry budget refused (the call failed with its first error).
     pub retries_refused: Counter,
     /// Peer addresses a client took out of its balance after a failed health probe.
@@ -235,6 +237,7 @@ impl Metrics {
             backend_up: Family::default(),
             peer_ejections: Counter::default(),
             retries_refused: Counter::default(),
+            hedged_calls: Counter::default(),
         }
     }
 
@@ -339,6 +342,11 @@ impl Metrics {
             "shop_retries_refused",
             "Retries a retry budget refused",
             self.retries_refused.clone(),
+        );
+        registry.register(
+            "shop_hedged_calls",
+            "Calls sent a second time, to another copy, alongside a slow first attempt",
+            self.hedged_calls.clone(),
         );
         registry.register_collector(Box::new(ProcessCollector));
     }

@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use shop_platform::ApiError;
 use shop_platform::auth::{Role, TokenSigner};
+use shop_platform::shared_store::SharedStore;
 use uuid::Uuid;
 
 use crate::credentials::PasswordHasherPool;
 use crate::model::{LoginAttempt, Registration, SignedIn, User, UserPage};
-use crate::sign_in_throttle::SignInThrottle;
+use crate::sign_in_throttle::{SharedLockouts, SignInThrottle, ThrottlePolicy};
 use crate::store::{NewUser, Users};
 
 /// What the gRPC layer needs to serve accounts.
@@ -22,17 +23,27 @@ pub struct Accounts {
     signer: TokenSigner,
     token_ttl: Duration,
     sign_in: Arc<SignInThrottle>,
+    /// The same lockouts counted over every copy (Redis), when shared.
+    shared_lockouts: Arc<SharedLockouts>,
 }
 
 impl Accounts {
-    /// Accounts in `users`, signing tokens that live `token_ttl`.
-    pub fn new(users: Users, signer: TokenSigner, token_ttl: Duration) -> Self {
+    /// Accounts in `users`, signing tokens that live `token_ttl`; sign-in
+    /// lockouts shared with the other copies through `shared`, if any.
+    pub fn new(
+        users: Users,
+        signer: TokenSigner,
+        token_ttl: Duration,
+        shared: Option<Arc<SharedStore>>,
+    ) -> Self {
+        let policy = ThrottlePolicy::default();
         Self {
             users,
             hasher: PasswordHasherPool::new(),
             signer,
             token_ttl,
-            sign_in: Arc::new(SignInThrottle::default()),
+            sign_in: Arc::new(SignInThrottle::new(policy)),
+            shared_lockouts: Arc::new(SharedLockouts::new(shared, policy)),
         }
     }
 
@@ -65,6 +76,7 @@ impl Accounts {
     /// unknown or the password wrong. Refused without checking while `client` or
     /// the account is locked out after failures (see `sign_in_throttle`).
     pub async fn login(&self, attempt: LoginAttempt, client: IpAddr) -> Result<SignedIn, ApiError> {
+        self.shared_lockouts.check(&attempt.email, client).await?;
         let throttled = self.sign_in.begin(&attempt.email, client)?;
         let (user, hash) = match self.users.credentials(&attempt.email).await? {
             Some((user, hash)) => (Some(user), Some(hash)),
@@ -74,11 +86,13 @@ impl Accounts {
         let matches = self.hasher.verify(attempt.password, hash, client).await?;
         let Some(mut user) = user.filter(|_| matches) else {
             throttled.failed();
+            self.shared_lockouts.failed(&attempt.email, client).await;
             return Err(ApiError::Unauthenticated(
                 "invalid email or password".into(),
             ));
         };
         throttled.succeeded();
+        self.shared_lockouts.succeeded(&attempt.email, client).await;
         let (access_token, expires_at) =
             self.signer
                 .sign(&user.user_id.to_string(), Some(user.role), self.token_ttl)?;

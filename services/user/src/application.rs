@@ -12,6 +12,7 @@ use shop_platform::inbox::InboxConsumer;
 use shop_platform::outbox::OutboxSignal;
 use shop_platform::rate_limit::RateLimiter;
 use shop_platform::runtime::{EventWorkers, ServiceRuntime, Worker};
+use shop_platform::shared_store::SharedStore;
 use shop_platform::{Shutdown, db, grpc, kafka};
 use shop_proto::user::user_service_server::UserServiceServer;
 use sqlx::migrate::Migrator;
@@ -73,7 +74,9 @@ fn token_keys(settings: &mut Settings) -> Result<TokenSigner, ConfigError> {
 impl Application {
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         let signer = token_keys(&mut settings)?;
-        let auth = Authenticator::from_settings(&settings.service)?;
+        // One connection to the shared Redis for revocations and sign-in lockouts.
+        let shared = SharedStore::from_url(settings.service.redis_url.expose())?;
+        let auth = Authenticator::from_settings_sharing(&settings.service, shared.clone())?;
         let service = &settings.service;
 
         let pool = db::connect_and_migrate(service, &MIGRATIONS).await?;
@@ -83,6 +86,7 @@ impl Application {
             Users::new(pool.clone(), outbox.clone()),
             signer,
             Duration::from_secs(settings.accounts.access_token_ttl_secs),
+            shared,
         );
         if !settings.accounts.bootstrap_admin_email.is_empty() {
             let admin = Registration::try_from(shop_proto::user::RegisterRequest {

@@ -13,15 +13,22 @@
 //!
 //! While a lockout runs, attempts are refused before the password is checked
 //! (no hashing cost) and are not counted.
+//!
+//! Every copy of the service keeps these counters for the attempts it sees, and
+//! with a shared Redis (`REDIS_URL`) the same three counters are kept there too
+//! (`SharedLockouts`), so that N copies lock out after the same failures as one:
+//! an attempt is refused when either says so. While Redis is unreachable each
+//! copy still throttles what it sees.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shop_platform::ApiError;
 use shop_platform::client_address::bucket;
 use shop_platform::rate_limit::bound_entries;
+use shop_platform::shared_store::SharedStore;
 
 /// Entries kept at most per map; past it, entries quiet for `forget_after` go.
 const MAX_ENTRIES: usize = 100_000;
@@ -254,6 +261,173 @@ impl Attempt<'_> {
             .known
             .insert((self.email.clone(), self.address.clone()), now);
         drop(state);
+    }
+}
+
+/// The lockouts of every copy, in Redis: the same counters, allowances and
+/// doubling lockouts as `SignInThrottle`, counted from every copy's failures.
+pub struct SharedLockouts {
+    store: Option<Arc<SharedStore>>,
+    policy: ThrottlePolicy,
+    check: redis::Script,
+    fail: redis::Script,
+    succeed: redis::Script,
+}
+
+impl std::fmt::Debug for SharedLockouts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedLockouts")
+            .field("shared", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// KEYS: pair, address, account, known pair. Answers {milliseconds to wait, the
+/// key (1–3) that says so}; the account's lockout does not apply to a known pair.
+const CHECK: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local known = redis.call('EXISTS', KEYS[4]) == 1
+local wait, which = 0, 0
+for i = 1, 3 do
+  if not (i == 3 and known) then
+    local locked = tonumber(redis.call('HGET', KEYS[i], 'until') or '0')
+    if locked - now > wait then wait, which = locked - now, i end
+  end
+end
+return {wait, which}
+";
+
+/// KEYS: pair, address, account. ARGV: the three allowances, the first lockout,
+/// the two caps (pair and address; account), the quiet spell that forgets, all
+/// in milliseconds but the allowances.
+const FAIL: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 1, 3 do
+  local count = redis.call('HINCRBY', KEYS[i], 'count', 1)
+  local free = tonumber(ARGV[i])
+  local cap = tonumber(ARGV[5])
+  if i == 3 then cap = tonumber(ARGV[6]) end
+  local keep = tonumber(ARGV[7])
+  if count >= free then
+    local lockout = math.min(tonumber(ARGV[4]) * 2 ^ math.min(count - free, 20), cap)
+    redis.call('HSET', KEYS[i], 'until', string.format('%d', now + lockout))
+    keep = math.max(keep, lockout)
+  end
+  redis.call('PEXPIRE', KEYS[i], keep)
+end
+return 0
+";
+
+/// KEYS: pair, known pair. ARGV: how long a pair stays known, in milliseconds.
+const SUCCEED: &str = r"
+redis.call('DEL', KEYS[1])
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+return 0
+";
+
+impl SharedLockouts {
+    /// Lockouts kept in `store`; with none, this copy's `SignInThrottle` decides alone.
+    pub fn new(store: Option<Arc<SharedStore>>, policy: ThrottlePolicy) -> Self {
+        Self {
+            store,
+            policy,
+            check: redis::Script::new(CHECK),
+            fail: redis::Script::new(FAIL),
+            succeed: redis::Script::new(SUCCEED),
+        }
+    }
+
+    fn keys(email: &str, address: IpAddr) -> [String; 4] {
+        let address = bucket(address);
+        [
+            format!("shopmesh:signin:pair:{address}:{email}"),
+            format!("shopmesh:signin:address:{address}"),
+            format!("shopmesh:signin:account:{email}"),
+            format!("shopmesh:signin:known:{address}:{email}"),
+        ]
+    }
+
+    /// RESOURCE_EXHAUSTED with the wait when any copy's failures lock this
+    /// attempt out.
+    pub async fn check(&self, email: &str, address: IpAddr) -> Result<(), ApiError> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let keys = Self::keys(email, address);
+        let answer = store
+            .call("sign-in lockouts", |mut connection| async move {
+                self.check
+                    .key(&keys[..])
+                    .invoke_async::<(u64, usize)>(&mut connection)
+                    .await
+            })
+            .await;
+        let Some((wait_ms, which @ 1..=3)) = answer else {
+            return Ok(());
+        };
+        let refusal = [
+            Key::AccountFromAddress(String::new(), String::new()),
+            Key::Address(String::new()),
+            Key::Account(String::new()),
+        ][which - 1]
+            .refusal();
+        let wait = Duration::from_millis(wait_ms);
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        tracing::info!(
+            reason = refusal,
+            wait_secs = secs,
+            "sign-in refused by a shared lockout"
+        );
+        Err(ApiError::Throttled {
+            message: format!("{refusal}; retry in {secs} s"),
+            retry_after: wait,
+        })
+    }
+
+    /// A wrong password, counted for every copy.
+    pub async fn failed(&self, email: &str, address: IpAddr) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let keys = Self::keys(email, address);
+        let policy = self.policy;
+        let ms = |d: Duration| d.as_millis() as u64;
+        store
+            .call("sign-in failure", |mut connection| async move {
+                self.fail
+                    .key(&keys[..3])
+                    .arg(policy.free_per_account_and_address)
+                    .arg(policy.free_per_address)
+                    .arg(policy.free_per_account)
+                    .arg(ms(policy.first_lockout))
+                    .arg(ms(policy.max_lockout))
+                    .arg(ms(policy.max_account_lockout))
+                    .arg(ms(policy.forget_after))
+                    .invoke_async::<i64>(&mut connection)
+                    .await
+            })
+            .await;
+    }
+
+    /// A correct password: the pair's failures are forgotten, the address known.
+    pub async fn succeeded(&self, email: &str, address: IpAddr) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let keys = Self::keys(email, address);
+        let remember = self.policy.remember_known_address.as_millis() as u64;
+        store
+            .call("sign-in success", |mut connection| async move {
+                self.succeed
+                    .key(&keys[0])
+                    .key(&keys[3])
+                    .arg(remember)
+                    .invoke_async::<i64>(&mut connection)
+                    .await
+            })
+            .await;
     }
 }
 

@@ -5,7 +5,7 @@
 //! Balancing is tonic's: tower's power-of-two-choices over the ready endpoints,
 //! by pending requests. What tower cannot see is a copy that accepts connections
 //! but never answers (frozen, overloaded) or has gone for good: every caller
-//! probes each address with grpc.health.v1 once a `PROBE_EVERY`, and one that
+//! probes each address with grpc.health.v1 every `PROBE_EVERY`, and one that
 //! fails, times out or says NOT_SERVING is ejected for a period that doubles with
 //! each failed probe back (1 s up to 30 s). The balance is never left empty: if
 //! every copy is ejected, all are kept, as Envoy's panic threshold does.
@@ -26,9 +26,9 @@ use crate::tls::{FileStamp, TlsFiles};
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// How often every address a channel holds is asked whether it serves.
-pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+pub const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// A probe without an answer this long is a failure (a frozen copy).
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// The first ejection of an address; each failed probe back doubles it.
 const FIRST_EJECTION: Duration = Duration::from_secs(1);
 const MAX_EJECTION: Duration = Duration::from_secs(30);

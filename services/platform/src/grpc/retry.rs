@@ -11,14 +11,25 @@ use tonic::{Code, Request, Status};
 use crate::backoff::Backoff;
 use crate::telemetry;
 
-/// Bounded retries with exponential backoff for calls that are safe to repeat.
+/// Bounded retries with exponential backoff for calls that are safe to repeat,
+/// and hedging: an attempt without an answer after `hedge_after` is sent once
+/// more (to another copy: the balancer prefers the one with fewer calls pending)
+/// and the first answer wins, so a copy that froze mid-call costs `hedge_after`,
+/// not the whole deadline ("The Tail at Scale", Dean and Barroso).
 #[derive(Clone, Copy, Debug)]
 pub struct RetryPolicy {
     pub max_attempts: u32,
     pub first_backoff: Duration,
     /// The deadline of each attempt, sent as `grpc-timeout`.
     pub attempt_timeout: Duration,
+    /// When an attempt still has no answer, send a second one alongside.
+    pub hedge_after: Option<Duration>,
+    /// The codes worth another attempt (the server did not act, or may act twice).
+    pub retry_codes: &'static [Code],
 }
+
+/// Codes after which an idempotent call may be repeated.
+pub const RETRYABLE_CODES: &[Code] = &[Code::Unavailable, Code::ResourceExhausted, Code::Aborted];
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -26,6 +37,8 @@ impl Default for RetryPolicy {
             max_attempts: 3,
             first_backoff: Duration::from_millis(50),
             attempt_timeout: Duration::from_secs(2),
+            hedge_after: None,
+            retry_codes: RETRYABLE_CODES,
         }
     }
 }
@@ -65,10 +78,7 @@ impl Default for RetryBudget {
 
 /// Whether a failed call may be retried (the server did not act, or may safely act twice).
 pub fn retryable(code: Code) -> bool {
-    matches!(
-        code,
-        Code::Unavailable | Code::ResourceExhausted | Code::Aborted
-    )
+    RETRYABLE_CODES.contains(&code)
 }
 
 /// Calls `call` with a fresh request built by `make` each attempt (which sets its
@@ -87,12 +97,11 @@ where
     let mut attempt = 1;
     budget.deposit();
     loop {
-        let request = make()?;
-        match call(request).await {
+        match hedged(policy, budget, &mut make, &mut call).await? {
             Ok(response) => return Ok(response.into_inner()),
             Err(status)
                 if attempt < policy.max_attempts
-                    && retryable(status.code())
+                    && policy.retry_codes.contains(&status.code())
                     && budget.withdraw() =>
             {
                 tracing::debug!(attempt, code = ?status.code(), "retrying idempotent call");
@@ -102,6 +111,45 @@ where
             Err(status) => return Err(status),
         }
     }
+}
+
+/// One attempt, and with `policy.hedge_after` a second one alongside when the
+/// first is slow (as the budget allows): the first success wins and the other
+/// call is cancelled; an error waits for the other attempt's answer.
+async fn hedged<Req, Resp, Fut>(
+    policy: RetryPolicy,
+    budget: &RetryBudget,
+    make: &mut impl FnMut() -> Result<Request<Req>, Status>,
+    call: &mut impl FnMut(Request<Req>) -> Fut,
+) -> Result<Result<tonic::Response<Resp>, Status>, Status>
+where
+    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+{
+    let first = call(make()?);
+    let Some(after) = policy.hedge_after else {
+        return Ok(first.await);
+    };
+    tokio::pin!(first);
+    tokio::select! {
+        answer = &mut first => return Ok(answer),
+        () = tokio::time::sleep(after) => {}
+    }
+    if !budget.withdraw() {
+        return Ok(first.await);
+    }
+    crate::metrics::metrics().hedged_calls.inc();
+    let second = call(make()?);
+    tokio::pin!(second);
+    Ok(tokio::select! {
+        answer = &mut first => match answer {
+            Ok(response) => Ok(response),
+            Err(_) => second.await,
+        },
+        answer = &mut second => match answer {
+            Ok(response) => Ok(response),
+            Err(_) => first.await,
+        },
+    })
 }
 
 /// A request with a deadline and the current trace context.
@@ -130,6 +178,7 @@ mod tests {
             max_attempts: 3,
             first_backoff: Duration::from_millis(1),
             attempt_timeout: Duration::from_secs(1),
+            ..RetryPolicy::default()
         };
         let budget = RetryBudget::new();
         let mut calls = 0;
@@ -172,6 +221,7 @@ mod tests {
             max_attempts: 3,
             first_backoff: Duration::from_millis(1),
             attempt_timeout: Duration::from_secs(1),
+            ..RetryPolicy::default()
         };
         let budget = RetryBudget::new();
         let mut calls = 0;
@@ -196,5 +246,55 @@ mod tests {
             "{retries} retries for 100 calls: the budget did not hold"
         );
         assert!(retries < 200, "without a budget there would be 200");
+    }
+
+    #[tokio::test]
+    async fn a_slow_attempt_is_hedged_and_the_first_answer_wins() {
+        let policy = RetryPolicy {
+            max_attempts: 1,
+            hedge_after: Some(Duration::from_millis(50)),
+            ..RetryPolicy::default()
+        };
+        let budget = RetryBudget::new();
+        let mut calls = 0;
+        let started = std::time::Instant::now();
+        // The first attempt hangs (a frozen copy); the hedge answers at once.
+        let answer: Result<u8, Status> = call_idempotent(
+            policy,
+            &budget,
+            || Ok(outgoing((), policy.attempt_timeout)),
+            |_req| {
+                calls += 1;
+                let frozen = calls == 1;
+                async move {
+                    if frozen {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(tonic::Response::new(9))
+                }
+            },
+        )
+        .await;
+        assert_eq!(answer.expect("the hedge answers"), 9);
+        assert_eq!(calls, 2);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // A fast answer sends no hedge.
+        let mut calls = 0;
+        let answer: Result<u8, Status> = call_idempotent(
+            policy,
+            &budget,
+            || Ok(outgoing((), policy.attempt_timeout)),
+            |_req| {
+                calls += 1;
+                async { Ok(tonic::Response::new(1)) }
+            },
+        )
+        .await;
+        assert_eq!((answer.expect("answer"), calls), (1, 1));
     }
 }

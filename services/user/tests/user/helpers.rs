@@ -103,6 +103,7 @@ async fn start(settings: &Settings) -> Started {
 
 /// A second copy of a running service: the same database, keys and Redis.
 pub struct Copy {
+    pub grpc_port: u16,
     pub client: UserServiceClient<Channel>,
     _shutdown: Shutdown,
     _task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -114,6 +115,7 @@ impl TestApp {
         let ((grpc_port, _), client, task, shutdown) = start(&self.settings).await;
         shop_testkit::wait_serving(grpc_port).await;
         Copy {
+            grpc_port,
             client,
             _shutdown: shutdown,
             _task: task,

@@ -11,7 +11,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 use tonic_types::StatusExt;
 
-use crate::helpers::{PASSWORD, spawn_app, unique_email};
+use crate::helpers::{PASSWORD, spawn_app, spawn_app_sharing_redis, unique_email};
 
 /// A client whose connections come from `source` (any 127.0.0.0/8 address is local).
 async fn client_from(port: u16, source: &str) -> UserServiceClient<Channel> {
@@ -222,4 +222,42 @@ async fn junk_grpc_paths_and_admin_paths_do_not_grow_the_metrics() {
         after.contains(r#"rpc_service="other",rpc_method="other",grpc_code="Unimplemented""#),
         "{after}"
     );
+}
+
+#[tokio::test]
+async fn two_copies_lock_an_account_out_after_the_failures_one_would_allow() {
+    let app = spawn_app_sharing_redis().await;
+    let other = app.copy().await;
+    let email = unique_email();
+    app.register(&email).await.expect("register");
+    // One guesser, alternating between the copies: each copy alone has seen too
+    // few failures to lock anything, but the shared counters have seen them all.
+    let mut copies = [
+        client_from(app.grpc_port, "127.0.0.71").await,
+        client_from(other.grpc_port, "127.0.0.71").await,
+    ];
+    for guess in 0..5 {
+        let refused = login(&mut copies[guess % 2], &email, "wrong password!", None)
+            .await
+            .expect_err("a wrong password");
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "guess {guess}: {refused:?}"
+        );
+    }
+    for copy in &mut copies {
+        let locked = login(copy, &email, "wrong password!", None)
+            .await
+            .expect_err("locked out");
+        assert_eq!(locked.code(), Code::ResourceExhausted, "{locked:?}");
+        assert!(
+            locked
+                .message()
+                .contains("for this account from your address"),
+            "{}",
+            locked.message()
+        );
+        assert!(retry_delay(&locked) > Duration::ZERO);
+    }
 }
