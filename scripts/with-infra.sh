@@ -8,6 +8,13 @@
 set -euo pipefail
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Waits up to 10 s for something to listen on 127.0.0.1:$1.
+wait_for_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+        sleep 0.1
+    done
+}
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
@@ -69,10 +76,7 @@ if [ -z "${KAFKA_BROKERS:-}" ]; then
         --listener-url "tcp://127.0.0.1:$K_PORT" \
         --advertised-listener-url "tcp://127.0.0.1:$K_PORT" >"$WORK/tansu.log" 2>&1 &
     TANSU_PID=$!
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$K_PORT") 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_for_port "$K_PORT"
     export KAFKA_BROKERS="127.0.0.1:$K_PORT"
     # tansu's quirk (ADR 0006): every producer here sends one record per batch.
     export KAFKA_ONE_RECORD_PER_BATCH=true
@@ -88,10 +92,7 @@ if [ -z "${REDIS_URL:-}" ]; then
     redis-server --port "$R_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$WORK" >"$WORK/redis.log" 2>&1 &
     REDIS_PID=$!
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$R_PORT") 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_for_port "$R_PORT"
     export REDIS_URL="redis://127.0.0.1:$R_PORT"
     # For tests/chaos/run.py, which stops this server for a while.
     export SHOPMESH_REDIS_PID=$REDIS_PID

@@ -49,12 +49,7 @@ impl RestError {
     /// the backend drains) maps to 503 UNAVAILABLE, which clients may retry, rather
     /// than to the 500 its INTERNAL or UNKNOWN code would give.
     pub fn from_backend(status: &tonic::Status) -> Self {
-        let transport = std::error::Error::source(status).is_some()
-            && matches!(
-                status.code(),
-                Code::Internal | Code::Unknown | Code::Unavailable
-            );
-        if transport {
+        if shop_platform::grpc::broken_connection(status) {
             // The transport's words (addresses, HTTP/2 errors) are for the log, not the client.
             tracing::warn!(error = %status.message(), "backend connection failed");
             return Self::new(

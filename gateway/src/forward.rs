@@ -375,11 +375,18 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         let started = std::time::Instant::now();
         let (message, metadata) = (request.get_ref().clone(), request.metadata().clone());
         let policy = RetryPolicy {
-            max_attempts: 3,
-            first_backoff: Duration::from_millis(25),
+            // A copy that died fails at once and so looks least loaded to the
+            // balancer until its probe ejects it (PROBE_EVERY): the waits between
+            // attempts (100, 200, 400 ms) outlast that.
+            max_attempts: 4,
+            first_backoff: Duration::from_millis(100),
             attempt_timeout: timeout,
             hedge_after: Some(HEDGE_AFTER),
-            retry_codes: &[Code::Unavailable],
+            // Its copy unavailable, or the connection to it broken mid-call (a copy
+            // that died): another copy answers.
+            retry_when: |status| {
+                status.code() == Code::Unavailable || grpc::broken_connection(status)
+            },
         };
         let attempt = || {
             let mut attempt = tonic::Request::from_parts(

@@ -225,8 +225,16 @@ class NativeMesh(Mesh):
             psql(self.server, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
             psql(self.server, f"CREATE DATABASE {db}")
             self.dbs[name] = db_url(self.server, db)
-        self.ports = {key: free_port() for name in NAMES for key in self.copies_of(name)}
-        self.admin_ports = {key: free_port() for name in SERVICES for key in self.copies_of(name)}
+        taken = set()
+
+        def distinct_port():
+            # The kernel may hand out a port it handed out before: never the same twice here.
+            while (port := free_port()) in taken:
+                pass
+            taken.add(port)
+            return port
+        self.ports = {key: distinct_port() for name in NAMES for key in self.copies_of(name)}
+        self.admin_ports = {key: distinct_port() for name in SERVICES for key in self.copies_of(name)}
         self.proxy = Proxy(self.ports["inventory"])
         self.procs = {}
         self.gateways = [f"http://127.0.0.1:{self.ports[key]}" for key in self.copies_of("gateway")]

@@ -728,9 +728,10 @@ def settle(mesh, timeout=120):
 
 REPORT_HEAD = """# Reliability
 
-Written by `make chaos` (tests/chaos/run.py): the same scenarios, load, hostile input and
-invariant checker, run once against the native mesh and once against docker-compose.yml's
-containers. Each run rewrites its own section below and keeps the other's.
+Written by `make chaos` (tests/chaos/run.py): the same load and invariant checker run against
+the native mesh, the native mesh with two copies of every process (`make chaos-replicas`, its own
+scenarios: one copy killed, frozen or restarted while the other carries the load, Redis stopped),
+and docker-compose.yml's containers. Each run rewrites its own section below and keeps the others'.
 """
 TITLES = {"native": "Native mesh (`make chaos-native`)",
           "native-replicas": "Native mesh, two copies of everything (`make chaos-replicas`)",

@@ -26,7 +26,7 @@ use crate::tls::{FileStamp, TlsFiles};
 pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 
 /// How often every address a channel holds is asked whether it serves.
-pub const PROBE_EVERY: Duration = Duration::from_millis(500);
+pub const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// A probe without an answer this long is a failure (a frozen copy).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
 /// The first ejection of an address; each failed probe back doubles it.

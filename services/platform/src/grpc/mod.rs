@@ -20,5 +20,7 @@ pub use channel::{RESOLVE_EVERY, channel_every, channel_resolved_by};
 pub use deadline::{Deadline, parse_grpc_timeout, requested_budget};
 pub use malformed::{MalformedRequestLayer, malformed_request_layer};
 pub use metrics::{Red, RedLayer};
-pub use retry::{RETRYABLE_CODES, RetryBudget, RetryPolicy, call_idempotent, outgoing, retryable};
+pub use retry::{
+    RetryBudget, RetryPolicy, broken_connection, call_idempotent, outgoing, retryable,
+};
 pub use server::{CALLS_PER_CONNECTION, MAX_MESSAGE_BYTES, STREAMS_PER_CONNECTION, bind, server};

@@ -24,12 +24,12 @@ pub struct RetryPolicy {
     pub attempt_timeout: Duration,
     /// When an attempt still has no answer, send a second one alongside.
     pub hedge_after: Option<Duration>,
-    /// The codes worth another attempt (the server did not act, or may act twice).
-    pub retry_codes: &'static [Code],
+    /// Which failures are worth another attempt (the server did not act, or may act twice).
+    pub retry_when: fn(&Status) -> bool,
 }
 
 /// Codes after which an idempotent call may be repeated.
-pub const RETRYABLE_CODES: &[Code] = &[Code::Unavailable, Code::ResourceExhausted, Code::Aborted];
+const RETRYABLE_CODES: &[Code] = &[Code::Unavailable, Code::ResourceExhausted, Code::Aborted];
 
 impl Default for RetryPolicy {
     fn default() -> Self {
@@ -38,7 +38,7 @@ impl Default for RetryPolicy {
             first_backoff: Duration::from_millis(50),
             attempt_timeout: Duration::from_secs(2),
             hedge_after: None,
-            retry_codes: RETRYABLE_CODES,
+            retry_when: |status| retryable(status.code()) || broken_connection(status),
         }
     }
 }
@@ -76,6 +76,17 @@ impl Default for RetryBudget {
     }
 }
 
+/// A failure of the connection to the peer (refused, reset, broken mid-call)
+/// rather than an answer from it: tonic gives these a source error. For a call
+/// that is safe to repeat, another copy may answer.
+pub fn broken_connection(status: &Status) -> bool {
+    std::error::Error::source(status).is_some()
+        && matches!(
+            status.code(),
+            Code::Internal | Code::Unknown | Code::Unavailable
+        )
+}
+
 /// Whether a failed call may be retried (the server did not act, or may safely act twice).
 pub fn retryable(code: Code) -> bool {
     RETRYABLE_CODES.contains(&code)
@@ -101,7 +112,7 @@ where
             Ok(response) => return Ok(response.into_inner()),
             Err(status)
                 if attempt < policy.max_attempts
-                    && policy.retry_codes.contains(&status.code())
+                    && (policy.retry_when)(&status)
                     && budget.withdraw() =>
             {
                 tracing::debug!(attempt, code = ?status.code(), "retrying idempotent call");
@@ -172,6 +183,24 @@ mod tests {
         assert!(!retryable(Code::InvalidArgument));
     }
 
+    /// Calls `call_idempotent` with a call that always fails UNAVAILABLE; returns
+    /// how many attempts were made.
+    async fn attempts_when_down(policy: RetryPolicy, budget: &RetryBudget) -> u32 {
+        let mut calls = 0;
+        let result: Result<(), Status> = call_idempotent(
+            policy,
+            budget,
+            || Ok(outgoing((), policy.attempt_timeout)),
+            |_req| {
+                calls += 1;
+                async { Err(Status::unavailable("down")) }
+            },
+        )
+        .await;
+        assert_eq!(result.expect_err("fails").code(), Code::Unavailable);
+        calls
+    }
+
     #[tokio::test]
     async fn idempotent_calls_retry_unavailable_a_bounded_number_of_times() {
         let policy = RetryPolicy {
@@ -181,19 +210,7 @@ mod tests {
             ..RetryPolicy::default()
         };
         let budget = RetryBudget::new();
-        let mut calls = 0;
-        let result: Result<(), Status> = call_idempotent(
-            policy,
-            &budget,
-            || Ok(outgoing((), policy.attempt_timeout)),
-            |_req| {
-                calls += 1;
-                async { Err(Status::unavailable("down")) }
-            },
-        )
-        .await;
-        assert_eq!(result.expect_err("fails").code(), Code::Unavailable);
-        assert_eq!(calls, 3);
+        assert_eq!(attempts_when_down(policy, &budget).await, 3);
 
         let mut calls = 0;
         let result: Result<u8, Status> = call_idempotent(
@@ -228,16 +245,7 @@ mod tests {
         // 100 calls that all fail: 100 first attempts, and retries only up to
         // 20 % of them plus the reserve of 10 a second over the 10 s window.
         for _ in 0..100 {
-            let _: Result<(), Status> = call_idempotent(
-                policy,
-                &budget,
-                || Ok(outgoing((), policy.attempt_timeout)),
-                |_req| {
-                    calls += 1;
-                    async { Err(Status::unavailable("down")) }
-                },
-            )
-            .await;
+            calls += attempts_when_down(policy, &budget).await;
         }
         let retries = calls - 100;
         assert!(retries > 0, "some retries are allowed");
