@@ -452,13 +452,30 @@ async fn a_missing_user_stores_nothing_and_calls_no_inventory() {
 
 #[tokio::test]
 async fn a_reservation_that_times_out_is_resumed_and_confirmed_by_the_recovery_loop() {
-    let rig = Rig::start(&[Reserve::Hang, Reserve::Hold], |_| {}).await;
+    // The first call and its hedge both hang; the recovery loop's call is held.
+    let rig = Rig::start(&[Reserve::Hang, Reserve::Hang, Reserve::Hold], |_| {}).await;
     let err = rig.create(&LINES).await.expect_err("pending");
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     assert!(err.message().contains("pending"), "{}", err.message());
     let order = rig.settles_as(pb::OrderStatus::Confirmed).await;
     assert_eq!(order.total, eur(750));
-    assert!(rig.inventory.reserves.load(Ordering::SeqCst) >= 2);
+    assert!(rig.inventory.reserves.load(Ordering::SeqCst) >= 3);
+}
+
+#[tokio::test]
+async fn a_reservation_that_hangs_is_hedged_and_the_order_confirms_at_once() {
+    // A copy of inventory that froze mid-call: the hedge, sent after 250 ms,
+    // reaches a copy that answers.
+    let rig = Rig::start(&[Reserve::Hang, Reserve::Hold], |_| {}).await;
+    let started = std::time::Instant::now();
+    let order = rig.create(&LINES).await.expect("confirmed by the hedge");
+    assert_eq!(order.status(), pb::OrderStatus::Confirmed);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(rig.inventory.reserves.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
