@@ -82,6 +82,9 @@ addresses() { # base-port -> https://127.0.0.1:p,... for every copy
     for port in $(copies "$1" 10); do list+=("https://127.0.0.1:$port"); done
     (IFS=,; echo "${list[*]}")
 }
+# KAFKA_GROUP_SUFFIX gives the consumer groups names of their own (tests that run
+# several meshes on one broker keep each mesh's groups apart).
+GROUP_SUFFIX=${KAFKA_GROUP_SUFFIX:-}
 PEERS="USER_SERVICE_ADDR=$(addresses "$USER_GRPC_PORT") INVENTORY_SERVICE_ADDR=$(addresses "$INVENTORY_GRPC_PORT")"
 
 for ((k = 0; k < REPLICAS; k++)); do
@@ -90,13 +93,14 @@ for ((k = 0; k < REPLICAS; k++)); do
         AUTH_PRIVATE_KEY="$(cat "$DEV/keys/auth.key")" \
         EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-user.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
         BOOTSTRAP_ADMIN_EMAIL="$ADMIN_EMAIL" BOOTSTRAP_ADMIN_PASSWORD="$ADMIN_PASSWORD" \
-        TRUSTED_PROXIES=${USER_TRUSTED_PROXIES:-127.0.0.1} \
+        TRUSTED_PROXIES=${USER_TRUSTED_PROXIES:-127.0.0.1} KAFKA_GROUP_ID=user-service$GROUP_SUFFIX \
         "$BIN/user-service" &
     pids+=($!)
 
     env $(tls inventory-service) DATABASE_URL=$(db_url shop_inventory) \
         GRPC_PORT=$((INVENTORY_GRPC_PORT + 10 * k)) ADMIN_PORT=$((INVENTORY_ADMIN_PORT + 10 * k)) \
         EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-inventory.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
+        KAFKA_GROUP_ID=inventory-service$GROUP_SUFFIX \
         "$BIN/inventory-service" &
     pids+=($!)
 

@@ -152,7 +152,7 @@ impl Revocations {
     async fn append(&self, entry: String, drop_after: u64) -> Result<(), ApiError> {
         if let Some(store) = &self.store {
             let written = store
-                .call("revoke", |mut connection| {
+                .write("revoke", |mut connection| {
                     let entry = entry.clone();
                     async move {
                         self.append

@@ -17,6 +17,8 @@ use crate::config::ConfigError;
 
 /// How long one Redis call may take before the local fallback answers instead.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a write that a client waits on (a revocation) may take.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the store stays unasked after a call failed.
 pub const REST_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
@@ -43,8 +45,8 @@ impl SharedStore {
         let client = redis::Client::open(url)
             .map_err(|err| ConfigError::missing("REDIS_URL", &format!("not a Redis URL: {err}")))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CALL_TIMEOUT))
-            .set_response_timeout(Some(CALL_TIMEOUT))
+            .set_connection_timeout(Some(WRITE_TIMEOUT))
+            .set_response_timeout(Some(WRITE_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(CALL_TIMEOUT);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
@@ -71,7 +73,7 @@ impl SharedStore {
     }
 
     /// Runs `call` on the connection; `None` when Redis failed, timed out, or is
-    /// resting after a failure.
+    /// resting after a failure. For what a request consults on its way.
     pub async fn call<T, F, Fut>(&self, what: &'static str, call: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
@@ -80,7 +82,25 @@ impl SharedStore {
         if self.resting() {
             return None;
         }
-        let outcome = tokio::time::timeout(CALL_TIMEOUT, call(self.connection.clone())).await;
+        self.run(what, CALL_TIMEOUT, call).await
+    }
+
+    /// Runs `call` even while the store rests, with `WRITE_TIMEOUT`: for a write
+    /// that a client waits on and that must not be skipped (a revocation).
+    pub async fn write<T, F, Fut>(&self, what: &'static str, call: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        self.run(what, WRITE_TIMEOUT, call).await
+    }
+
+    async fn run<T, F, Fut>(&self, what: &'static str, timeout: Duration, call: F) -> Option<T>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let outcome = tokio::time::timeout(timeout, call(self.connection.clone())).await;
         let error = match outcome {
             Ok(Ok(value)) => {
                 crate::metrics::metrics().shared_store_up.set(1);
@@ -90,7 +110,7 @@ impl SharedStore {
                 return Some(value);
             }
             Ok(Err(err)) => err.to_string(),
-            Err(_) => format!("no answer within {} ms", CALL_TIMEOUT.as_millis()),
+            Err(_) => format!("no answer within {} ms", timeout.as_millis()),
         };
         *self.resting_until.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(Instant::now() + REST_AFTER_FAILURE);

@@ -252,9 +252,14 @@ pub fn inject_into_metadata(metadata: &mut MetadataMap) {
 }
 
 /// The server span for one gRPC call, continuing the caller's trace; for
-/// `tonic::transport::Server::trace_fn`.
+/// `tonic::transport::Server::trace_fn`. Health checks get none: every caller
+/// probes every peer copy several times a second (grpc::channel), and kubelets
+/// and load balancers probe too, which would bury the traces that matter.
 pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
+    if path.starts_with("/grpc.health.v1.Health/") {
+        return tracing::Span::none();
+    }
     let (service, method) = path
         .trim_start_matches('/')
         .split_once('/')

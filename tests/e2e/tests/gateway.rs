@@ -219,11 +219,18 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     );
 
     // Stock comes back through OrderCancelled.
+    let seen = std::sync::Mutex::new(None);
     let back = shop_testkit::eventually(Duration::from_secs(15), || async {
-        (product_available("MUG-001").await == before).then_some(())
+        let now = product_available("MUG-001").await;
+        *seen.lock().expect("seen") = Some(now);
+        (now == before).then_some(())
     })
     .await;
-    assert!(back.is_some(), "stock back after the cancel");
+    assert!(
+        back.is_some(),
+        "stock back after the cancel: {before} before the order, {:?} now",
+        seen.lock().expect("seen")
+    );
 
     // An admin adds a product and adjusts its stock; a customer may do neither.
     let reply = curl(

@@ -24,7 +24,10 @@ async fn answered(port: u16, method: &str) -> u64 {
 #[tokio::test]
 async fn two_copies_of_everything_share_the_load_and_revocations() {
     let _serial = dev::serial().await;
-    let dev = DevMesh::start(&[("REPLICAS", "2")]).await;
+    // Consumer groups of its own: after two members of a group have left, tansu
+    // (the test broker) keeps the next mesh's consumers waiting for that group.
+    let groups = format!("-replicas-{}", uuid::Uuid::new_v4().simple());
+    let dev = DevMesh::start(&[("REPLICAS", "2"), ("KAFKA_GROUP_SUFFIX", &groups)]).await;
     let gateways = [
         format!("http://127.0.0.1:{}", dev.ports.gateway),
         format!("http://127.0.0.1:{}", dev.ports.gateway + 1),
