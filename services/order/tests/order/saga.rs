@@ -452,14 +452,18 @@ async fn a_missing_user_stores_nothing_and_calls_no_inventory() {
 
 #[tokio::test]
 async fn a_reservation_that_times_out_is_resumed_and_confirmed_by_the_recovery_loop() {
-    // The first call and its hedge both hang; the recovery loop's call is held.
-    let rig = Rig::start(&[Reserve::Hang, Reserve::Hang, Reserve::Hold], |_| {}).await;
+    // The first call and both its hedges hang; the recovery loop's call is held.
+    let rig = Rig::start(
+        &[Reserve::Hang, Reserve::Hang, Reserve::Hang, Reserve::Hold],
+        |_| {},
+    )
+    .await;
     let err = rig.create(&LINES).await.expect_err("pending");
     assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
     assert!(err.message().contains("pending"), "{}", err.message());
     let order = rig.settles_as(pb::OrderStatus::Confirmed).await;
     assert_eq!(order.total, eur(750));
-    assert!(rig.inventory.reserves.load(Ordering::SeqCst) >= 3);
+    assert!(rig.inventory.reserves.load(Ordering::SeqCst) >= 4);
 }
 
 #[tokio::test]

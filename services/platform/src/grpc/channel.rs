@@ -28,7 +28,7 @@ pub const RESOLVE_EVERY: Duration = Duration::from_secs(5);
 /// How often every address a channel holds is asked whether it serves.
 pub const PROBE_EVERY: Duration = Duration::from_millis(250);
 /// A probe without an answer this long is a failure (a frozen copy).
-const PROBE_TIMEOUT: Duration = Duration::from_millis(400);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(250);
 /// The first ejection of an address; each failed probe back doubles it.
 const FIRST_EJECTION: Duration = Duration::from_secs(1);
 const MAX_EJECTION: Duration = Duration::from_secs(30);

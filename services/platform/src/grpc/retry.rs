@@ -93,8 +93,16 @@ pub fn retryable(code: Code) -> bool {
 }
 
 /// Calls `call` with a fresh request built by `make` each attempt (which sets its
-/// deadline and headers, e.g. with `outgoing`); retries only `retryable` codes, a
-/// bounded number of times and while `budget` allows. Use for idempotent RPCs only.
+/// deadline and headers, e.g. with `outgoing`), at most `policy.max_attempts`
+/// attempts in all, each beyond the first drawn from `budget`:
+/// - a failure that `policy.retry_when` accepts is tried again after a back-off;
+/// - with `policy.hedge_after`, every such interval without an answer sends one
+///   more attempt alongside those still running (the balancer prefers copies
+///   with fewer calls pending, and ejects a copy that stopped answering, so a
+///   later attempt reaches a copy that answers); the first answer wins and the
+///   others are cancelled.
+///
+/// Use for idempotent RPCs only.
 pub async fn call_idempotent<Req, Resp, Fut>(
     policy: RetryPolicy,
     budget: &RetryBudget,
@@ -104,63 +112,51 @@ pub async fn call_idempotent<Req, Resp, Fut>(
 where
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
+    use futures::StreamExt as _;
     let mut backoff = Backoff::new(policy.first_backoff, Duration::MAX);
-    let mut attempt = 1;
     budget.deposit();
+    let mut running = futures::stream::FuturesUnordered::new();
+    running.push(call(make()?));
+    let mut launched = 1;
+    let mut hedging = policy.hedge_after;
     loop {
-        match hedged(policy, budget, &mut make, &mut call).await? {
-            Ok(response) => return Ok(response.into_inner()),
-            Err(status)
-                if attempt < policy.max_attempts
-                    && (policy.retry_when)(&status)
-                    && budget.withdraw() =>
-            {
-                tracing::debug!(attempt, code = ?status.code(), "retrying idempotent call");
-                backoff.sleep().await;
-                attempt += 1;
+        let hedge_due = async {
+            match hedging {
+                Some(after) if launched < policy.max_attempts => tokio::time::sleep(after).await,
+                _ => std::future::pending().await,
             }
-            Err(status) => return Err(status),
+        };
+        tokio::select! {
+            answer = running.next() => {
+                let Some(answer) = answer else {
+                    unreachable!("an attempt is always running here");
+                };
+                let status = match answer {
+                    Ok(response) => return Ok(response.into_inner()),
+                    Err(status) => status,
+                };
+                let again = (policy.retry_when)(&status);
+                if again && launched < policy.max_attempts && budget.withdraw() {
+                    tracing::debug!(attempt = launched, code = ?status.code(), "retrying idempotent call");
+                    backoff.sleep().await;
+                    running.push(call(make()?));
+                    launched += 1;
+                } else if !again || running.is_empty() {
+                    // A definite answer, or nothing left that could still give one.
+                    return Err(status);
+                }
+            }
+            () = hedge_due => {
+                if budget.withdraw() {
+                    crate::metrics::metrics().hedged_calls.inc();
+                    running.push(call(make()?));
+                    launched += 1;
+                } else {
+                    hedging = None;
+                }
+            }
         }
     }
-}
-
-/// One attempt, and with `policy.hedge_after` a second one alongside when the
-/// first is slow (as the budget allows): the first success wins and the other
-/// call is cancelled; an error waits for the other attempt's answer.
-async fn hedged<Req, Resp, Fut>(
-    policy: RetryPolicy,
-    budget: &RetryBudget,
-    make: &mut impl FnMut() -> Result<Request<Req>, Status>,
-    call: &mut impl FnMut(Request<Req>) -> Fut,
-) -> Result<Result<tonic::Response<Resp>, Status>, Status>
-where
-    Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
-{
-    let first = call(make()?);
-    let Some(after) = policy.hedge_after else {
-        return Ok(first.await);
-    };
-    tokio::pin!(first);
-    tokio::select! {
-        answer = &mut first => return Ok(answer),
-        () = tokio::time::sleep(after) => {}
-    }
-    if !budget.withdraw() {
-        return Ok(first.await);
-    }
-    crate::metrics::metrics().hedged_calls.inc();
-    let second = call(make()?);
-    tokio::pin!(second);
-    Ok(tokio::select! {
-        answer = &mut first => match answer {
-            Ok(response) => Ok(response),
-            Err(_) => second.await,
-        },
-        answer = &mut second => match answer {
-            Ok(response) => Ok(response),
-            Err(_) => first.await,
-        },
-    })
 }
 
 /// A request with a deadline and the current trace context.
@@ -259,7 +255,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_attempt_is_hedged_and_the_first_answer_wins() {
         let policy = RetryPolicy {
-            max_attempts: 1,
+            max_attempts: 2,
             hedge_after: Some(Duration::from_millis(50)),
             ..RetryPolicy::default()
         };
@@ -304,5 +300,29 @@ mod tests {
         )
         .await;
         assert_eq!((answer.expect("answer"), calls), (1, 1));
+
+        // Hedges go on while nothing answers, up to the attempts allowed.
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            ..policy
+        };
+        let mut calls = 0;
+        let answer: Result<u8, Status> = call_idempotent(
+            policy,
+            &budget,
+            || Ok(outgoing((), policy.attempt_timeout)),
+            |_req| {
+                calls += 1;
+                let answers = calls == 3;
+                async move {
+                    if !answers {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok(tonic::Response::new(3))
+                }
+            },
+        )
+        .await;
+        assert_eq!((answer.expect("the second hedge answers"), calls), (3, 3));
     }
 }
