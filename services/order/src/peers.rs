@@ -20,7 +20,7 @@ use tonic::{Request, Status};
 
 /// How long a call to a peer may go unanswered before it is also sent to another
 /// copy (a few times the usual answer time, well under the saga's deadline).
-const HEDGE_AFTER: Duration = Duration::from_millis(250);
+const HEDGE_AFTER: Duration = Duration::from_millis(150);
 
 #[derive(Clone)]
 pub struct Peers {
@@ -89,7 +89,9 @@ impl Peers {
 
     fn policy(&self) -> RetryPolicy {
         RetryPolicy {
-            max_attempts: 3,
+            // The first attempt, hedges, and a retry when an ejected copy's call is
+            // cancelled: all within the retry budget.
+            max_attempts: 4,
             first_backoff: Duration::from_millis(50),
             attempt_timeout: self.rpc_timeout,
             // A peer copy that froze mid-call costs this, not the call's deadline.

@@ -452,9 +452,15 @@ async fn a_missing_user_stores_nothing_and_calls_no_inventory() {
 
 #[tokio::test]
 async fn a_reservation_that_times_out_is_resumed_and_confirmed_by_the_recovery_loop() {
-    // The first call and both its hedges hang; the recovery loop's call is held.
+    // The first call and all its hedges hang; the recovery loop's call is held.
     let rig = Rig::start(
-        &[Reserve::Hang, Reserve::Hang, Reserve::Hang, Reserve::Hold],
+        &[
+            Reserve::Hang,
+            Reserve::Hang,
+            Reserve::Hang,
+            Reserve::Hang,
+            Reserve::Hold,
+        ],
         |_| {},
     )
     .await;
@@ -463,7 +469,7 @@ async fn a_reservation_that_times_out_is_resumed_and_confirmed_by_the_recovery_l
     assert!(err.message().contains("pending"), "{}", err.message());
     let order = rig.settles_as(pb::OrderStatus::Confirmed).await;
     assert_eq!(order.total, eur(750));
-    assert!(rig.inventory.reserves.load(Ordering::SeqCst) >= 4);
+    assert!(rig.inventory.reserves.load(Ordering::SeqCst) >= 5);
 }
 
 #[tokio::test]
@@ -486,7 +492,13 @@ async fn a_reservation_that_hangs_is_hedged_and_the_order_confirms_at_once() {
 async fn a_cancel_racing_the_confirmation_is_refused_until_the_order_is_confirmed() {
     // Down for every attempt the first call makes (it retries UNAVAILABLE), then held.
     let rig = Rig::start(
-        &[Reserve::Down, Reserve::Down, Reserve::Down, Reserve::Hold],
+        &[
+            Reserve::Down,
+            Reserve::Down,
+            Reserve::Down,
+            Reserve::Down,
+            Reserve::Hold,
+        ],
         |_| {},
     )
     .await;

@@ -76,14 +76,16 @@ impl Default for RetryBudget {
     }
 }
 
-/// A failure of the connection to the peer (refused, reset, broken mid-call)
-/// rather than an answer from it: tonic gives these a source error. For a call
-/// that is safe to repeat, another copy may answer.
+/// A failure of the connection to the peer rather than an answer from it: refused,
+/// reset, broken mid-call, or cancelled because the balancer dropped the
+/// connection (an ejected copy's calls end so). tonic gives these a source
+/// error; a status the peer sent has none. For a call that is safe to repeat,
+/// another copy may answer.
 pub fn broken_connection(status: &Status) -> bool {
     std::error::Error::source(status).is_some()
         && matches!(
             status.code(),
-            Code::Internal | Code::Unknown | Code::Unavailable
+            Code::Internal | Code::Unknown | Code::Unavailable | Code::Cancelled
         )
 }
 
