@@ -320,18 +320,7 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
             format!("no backend for {package}"),
         )
     })?;
-    let mut grpc = tonic::client::Grpc::new(channel);
-    tokio::time::timeout(timeout, grpc.ready())
-        .await
-        .map_err(|_| deadline())?
-        .map_err(|e| {
-            tracing::warn!(backend = %package, error = %e, "backend unavailable");
-            RestError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Code::Unavailable,
-                "backend unavailable, retry later",
-            )
-        })?;
+    let grpc = tonic::client::Grpc::new(channel);
     let grpc_path: http::uri::PathAndQuery = route.grpc_path().parse().map_err(|_| {
         RestError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -343,7 +332,14 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         output: route.rpc.output(),
     };
 
+    // Each attempt waits for the channel to be ready: a stream here, every unary
+    // attempt in `unary` below.
     if streaming {
+        let mut grpc = grpc.clone();
+        tokio::time::timeout(timeout, ready(&mut grpc, &package))
+            .await
+            .map_err(|_| deadline())?
+            .map_err(|s| RestError::from_backend(&s))?;
         let response = grpc
             .server_streaming(request, grpc_path, codec)
             .await
@@ -364,10 +360,7 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         let mut grpc = grpc.clone();
         let (path, codec, package) = (grpc_path.clone(), codec.clone(), package.clone());
         async move {
-            grpc.ready().await.map_err(|e| {
-                tracing::warn!(backend = %package, error = %e, "backend unavailable");
-                tonic::Status::unavailable("backend unavailable, retry later")
-            })?;
+            ready(&mut grpc, &package).await?;
             grpc.unary(request, path, codec).await
         }
     };
@@ -410,6 +403,18 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         .map_err(|_| deadline())?
         .map_err(|s| RestError::from_backend(&s))?;
     Ok(axum::Json(transcode::response_json(&route, response.get_ref())).into_response())
+}
+
+/// Waits until `grpc`'s channel can take a call; UNAVAILABLE (the reason logged,
+/// not sent) when it cannot.
+async fn ready(
+    grpc: &mut tonic::client::Grpc<tonic::transport::Channel>,
+    package: &str,
+) -> Result<(), tonic::Status> {
+    grpc.ready().await.map_err(|e| {
+        tracing::warn!(backend = %package, error = %e, "backend unavailable");
+        tonic::Status::unavailable("backend unavailable, retry later")
+    })
 }
 
 fn too_large(limit: usize) -> RestError {

@@ -84,6 +84,37 @@ enum Key {
 }
 
 impl Key {
+    /// The three counters an attempt on `email` from `address` (a client-address
+    /// bucket) counts against, in the order every check reads them.
+    fn of_attempt(email: &str, address: &str) -> [Key; 3] {
+        [
+            Key::AccountFromAddress(email.to_owned(), address.to_owned()),
+            Key::Address(address.to_owned()),
+            Key::Account(email.to_owned()),
+        ]
+    }
+
+    /// The counter's name in the shared store (`SharedLockouts`).
+    fn shared_name(&self) -> String {
+        match self {
+            Self::AccountFromAddress(email, address) => {
+                format!("shopmesh:signin:pair:{address}:{email}")
+            }
+            Self::Address(address) => format!("shopmesh:signin:address:{address}"),
+            Self::Account(email) => format!("shopmesh:signin:account:{email}"),
+        }
+    }
+
+    /// RESOURCE_EXHAUSTED naming this counter and the wait, logged.
+    fn refuse(&self, wait: Duration) -> ApiError {
+        let secs = wait.as_secs_f64().ceil().max(1.0);
+        tracing::info!(reason = self.refusal(), wait_secs = secs, "sign-in refused");
+        ApiError::Throttled {
+            message: format!("{}; retry in {secs} s", self.refusal()),
+            retry_after: wait,
+        }
+    }
+
     fn refusal(&self) -> &'static str {
         match self {
             Self::AccountFromAddress(..) => {
@@ -151,11 +182,7 @@ impl SignInThrottle {
     pub fn begin(&self, email: &str, address: IpAddr) -> Result<Attempt<'_>, ApiError> {
         let now = Instant::now();
         let address = bucket(address);
-        let keys = [
-            Key::AccountFromAddress(email.to_owned(), address.clone()),
-            Key::Address(address.clone()),
-            Key::Account(email.to_owned()),
-        ];
+        let keys = Key::of_attempt(email, &address);
         let mut state = self.state();
         let known = state
             .known
@@ -176,12 +203,7 @@ impl SignInThrottle {
             } else {
                 continue;
             };
-            let secs = wait.as_secs_f64().ceil().max(1.0);
-            tracing::info!(reason = key.refusal(), wait_secs = secs, "sign-in refused");
-            return Err(ApiError::Throttled {
-                message: format!("{}; retry in {secs} s", key.refusal()),
-                retry_after: wait,
-            });
+            return Err(key.refuse(wait));
         }
         let forget_after = self.policy.forget_after;
         bound_entries(&mut state.failures, MAX_ENTRIES, |f| {
@@ -339,14 +361,14 @@ impl SharedLockouts {
         }
     }
 
-    fn keys(email: &str, address: IpAddr) -> [String; 4] {
+    /// The attempt's three counters, and the names in Redis of those counters and
+    /// of the "known pair" mark.
+    fn keys(email: &str, address: IpAddr) -> ([Key; 3], [String; 4]) {
         let address = bucket(address);
-        [
-            format!("shopmesh:signin:pair:{address}:{email}"),
-            format!("shopmesh:signin:address:{address}"),
-            format!("shopmesh:signin:account:{email}"),
-            format!("shopmesh:signin:known:{address}:{email}"),
-        ]
+        let counters = Key::of_attempt(email, &address);
+        let [pair, by_address, account] = counters.each_ref().map(Key::shared_name);
+        let known = format!("shopmesh:signin:known:{address}:{email}");
+        (counters, [pair, by_address, account, known])
     }
 
     /// RESOURCE_EXHAUSTED with the wait when any copy's failures lock this
@@ -355,11 +377,11 @@ impl SharedLockouts {
         let Some(store) = &self.store else {
             return Ok(());
         };
-        let keys = Self::keys(email, address);
+        let (counters, names) = Self::keys(email, address);
         let answer = store
             .call("sign-in lockouts", |mut connection| async move {
                 self.check
-                    .key(&keys[..])
+                    .key(&names[..])
                     .invoke_async::<(u64, usize)>(&mut connection)
                     .await
             })
@@ -367,23 +389,7 @@ impl SharedLockouts {
         let Some((wait_ms, which @ 1..=3)) = answer else {
             return Ok(());
         };
-        let refusal = [
-            Key::AccountFromAddress(String::new(), String::new()),
-            Key::Address(String::new()),
-            Key::Account(String::new()),
-        ][which - 1]
-            .refusal();
-        let wait = Duration::from_millis(wait_ms);
-        let secs = wait.as_secs_f64().ceil().max(1.0);
-        tracing::info!(
-            reason = refusal,
-            wait_secs = secs,
-            "sign-in refused by a shared lockout"
-        );
-        Err(ApiError::Throttled {
-            message: format!("{refusal}; retry in {secs} s"),
-            retry_after: wait,
-        })
+        Err(counters[which - 1].refuse(Duration::from_millis(wait_ms)))
     }
 
     /// A wrong password, counted for every copy.
@@ -391,13 +397,13 @@ impl SharedLockouts {
         let Some(store) = &self.store else {
             return;
         };
-        let keys = Self::keys(email, address);
+        let (_, names) = Self::keys(email, address);
         let policy = self.policy;
         let ms = |d: Duration| d.as_millis() as u64;
         store
             .call("sign-in failure", |mut connection| async move {
                 self.fail
-                    .key(&keys[..3])
+                    .key(&names[..3])
                     .arg(policy.free_per_account_and_address)
                     .arg(policy.free_per_address)
                     .arg(policy.free_per_account)
@@ -416,13 +422,13 @@ impl SharedLockouts {
         let Some(store) = &self.store else {
             return;
         };
-        let keys = Self::keys(email, address);
+        let (_, names) = Self::keys(email, address);
         let remember = self.policy.remember_known_address.as_millis() as u64;
         store
             .call("sign-in success", |mut connection| async move {
                 self.succeed
-                    .key(&keys[0])
-                    .key(&keys[3])
+                    .key(&names[0])
+                    .key(&names[3])
                     .arg(remember)
                     .invoke_async::<i64>(&mut connection)
                     .await

@@ -262,69 +262,45 @@ mod tests {
             ..RetryPolicy::default()
         };
         let budget = RetryBudget::new();
-        let mut calls = 0;
         let started = std::time::Instant::now();
         // The first attempt hangs (a frozen copy); the hedge answers at once.
-        let answer: Result<u8, Status> = call_idempotent(
-            policy,
-            &budget,
-            || Ok(outgoing((), policy.attempt_timeout)),
-            |_req| {
-                calls += 1;
-                let frozen = calls == 1;
-                async move {
-                    if frozen {
-                        std::future::pending::<()>().await;
-                    }
-                    Ok(tonic::Response::new(9))
-                }
-            },
-        )
-        .await;
-        assert_eq!(answer.expect("the hedge answers"), 9);
-        assert_eq!(calls, 2);
+        assert_eq!(answered_by(policy, &budget, 2).await, (2, 2));
         assert!(
             started.elapsed() < Duration::from_secs(1),
             "{:?}",
             started.elapsed()
         );
-
         // A fast answer sends no hedge.
-        let mut calls = 0;
-        let answer: Result<u8, Status> = call_idempotent(
-            policy,
-            &budget,
-            || Ok(outgoing((), policy.attempt_timeout)),
-            |_req| {
-                calls += 1;
-                async { Ok(tonic::Response::new(1)) }
-            },
-        )
-        .await;
-        assert_eq!((answer.expect("answer"), calls), (1, 1));
-
+        assert_eq!(answered_by(policy, &budget, 1).await, (1, 1));
         // Hedges go on while nothing answers, up to the attempts allowed.
         let policy = RetryPolicy {
             max_attempts: 3,
             ..policy
         };
+        assert_eq!(answered_by(policy, &budget, 3).await, (3, 3));
+    }
+
+    /// Calls `call_idempotent` with attempts that hang (frozen copies) until the
+    /// `answering`-th, which answers with its number; returns (the answer, how
+    /// many attempts were made).
+    async fn answered_by(policy: RetryPolicy, budget: &RetryBudget, answering: u32) -> (u32, u32) {
         let mut calls = 0;
-        let answer: Result<u8, Status> = call_idempotent(
+        let answer: Result<u32, Status> = call_idempotent(
             policy,
-            &budget,
+            budget,
             || Ok(outgoing((), policy.attempt_timeout)),
             |_req| {
                 calls += 1;
-                let answers = calls == 3;
+                let attempt = calls;
                 async move {
-                    if !answers {
+                    if attempt != answering {
                         std::future::pending::<()>().await;
                     }
-                    Ok(tonic::Response::new(3))
+                    Ok(tonic::Response::new(attempt))
                 }
             },
         )
         .await;
-        assert_eq!((answer.expect("the second hedge answers"), calls), (3, 3));
+        (answer.expect("an attempt answers"), calls)
     }
 }
