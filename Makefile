@@ -2,7 +2,7 @@
 # toolchain: it installs what is missing and starts what the tests need.
 SHELL := /bin/bash
 
-.PHONY: help build test lint fmt dev up up-core down logs tools clean bench k8s-validate compose-test chaos chaos-native chaos-replicas chaos-compose fuzz
+.PHONY: help build test lint fmt dev up up-core down logs tools clean bench k8s-validate compose-test chaos chaos-native chaos-replicas chaos-compose chaos-compose-replicas fuzz
 
 # Compose v2 where it is installed, otherwise Debian's docker-compose 1.29.
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -19,7 +19,7 @@ help:
 	@echo "make up-core - the core mesh alone; make down / make logs"
 	@echo "make chaos  - faults, load and hostile input, then the invariant checker; writes docs/reliability.md"
 	@echo "              (chaos-native, chaos-replicas with two copies of everything, then"
-	@echo "              chaos-compose where a Docker engine answers)"
+	@echo "              chaos-compose and chaos-compose-replicas where a Docker engine answers)"
 	@echo "make fuzz   - cargo fuzz (nightly) on the gateway's transcoding and the services' request checks"
 	@echo "make compose-test - build every image locally (no registry needed), bring compose up, smoke, teardown"
 
@@ -57,7 +57,7 @@ up:
 	$(COMPOSE) up -d --build
 
 up-core:
-	OTEL_EXPORTER_OTLP_ENDPOINT= $(COMPOSE) up -d --build gateway
+	OTEL_EXPORTER_OTLP_ENDPOINT= $(COMPOSE) up -d --build gateway edge
 
 down:
 	$(COMPOSE) down
@@ -69,8 +69,8 @@ compose-test: tools
 	scripts/compose-test.sh
 
 chaos: chaos-native chaos-replicas
-	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory chaos-compose; \
-	else echo "no Docker engine answers: the compose variant (make chaos-compose) is skipped"; fi
+	@if docker info >/dev/null 2>&1; then $(MAKE) --no-print-directory chaos-compose chaos-compose-replicas; \
+	else echo "no Docker engine answers: the compose variants (make chaos-compose, chaos-compose-replicas) are skipped"; fi
 
 chaos-native: tools build
 	env -u DATABASE_URL -u KAFKA_BROKERS -u REDIS_URL scripts/with-infra.sh python3 tests/chaos/run.py
@@ -81,6 +81,10 @@ chaos-replicas: tools build
 
 chaos-compose: tools
 	scripts/compose-test.sh chaos
+
+# The same two-copies scenarios against compose's containers (`--scale`).
+chaos-compose-replicas: tools
+	CHAOS_REPLICAS=2 scripts/compose-test.sh chaos
 
 fuzz:
 	scripts/fuzz.sh

@@ -3,11 +3,15 @@
 # no image. Builds the stand-in images and the project's own (deploy/compose/
 # offline.yml says which), starts the core mesh and waits for health, then
 #
-#   compose-test.sh [smoke]  (`make compose-test`) runs the smoke suite through the
-#                            published ports, SIGKILLs a service container's process
-#                            and checks that it restarts and the mesh recovers;
+#   compose-test.sh [smoke]  (`make compose-test`) runs two copies of the inventory
+#                            and order services (`--scale`), the smoke suite through
+#                            the published ports, SIGKILLs a service container's
+#                            process and checks that it restarts and the mesh
+#                            recovers, then stops one copy of each scaled service and
+#                            checks that the other carries the orders;
 #   compose-test.sh chaos    (`make chaos-compose`) adds deploy/compose/chaos.yml and
-#                            runs `tests/chaos/run.py --compose` against the stack;
+#                            runs `tests/chaos/run.py --compose` against the stack
+#                            (with CHAOS_REPLICAS=2, two containers of each service);
 #
 # and finally removes every container, network and volume it made. Built images
 # are kept, so a second run reuses them and the cached dependency layer.
@@ -16,9 +20,12 @@ cd "$(dirname "$0")/.."
 
 MODE=${1:-smoke}
 case "$MODE" in
-    smoke) PROJECT=shopmesh-compose-test; OVERRIDES=(); PORTS=(8080 50051 50052 50053) ;;
+    smoke) PROJECT=shopmesh-compose-test; OVERRIDES=(); PORTS=(8080 50051 50052 50053)
+           SCALED=(inventory-service order-service); COPIES=2 ;;
+    # CHAOS_REPLICAS=2 (`make chaos-compose-replicas`): two containers of each service.
     chaos) PROJECT=shopmesh-compose-chaos; OVERRIDES=(-f deploy/compose/chaos.yml)
-           PORTS=(8080 50051 50052 50053 9101 9102 9103) ;;
+           PORTS=(8080 50051 50052 50053); SCALED=(user-service inventory-service order-service)
+           COPIES=${CHAOS_REPLICAS:-1} ;;
     *) echo "usage: $0 [smoke|chaos]" >&2; exit 2 ;;
 esac
 PY_SCRIPTS=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
@@ -84,14 +91,15 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 
 log "stand-in images (built once, then reused)"
-standins=(base rust postgres redis tansu)
+standins=(base rust postgres redis haproxy tansu)
 [ "$MODE" = chaos ] && standins+=(reader)
 images=$(deploy/docker/offline/images.sh "${standins[@]}")
 eval "$images"
-export BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE TANSU_IMAGE
+export BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE HAPROXY_IMAGE TANSU_IMAGE
 cat >&2 <<EOF
     postgres     -> $POSTGRES_IMAGE (Debian's postgresql-15)
     redis        -> $REDIS_IMAGE (Debian's redis-server)
+    edge         -> $HAPROXY_IMAGE (Debian's haproxy)
     kafka        -> $TANSU_IMAGE (tansu, Kafka protocol, in-memory storage)
     RUST_IMAGE   -> $RUST_IMAGE (Debian base + this machine's toolchain)
     left out: otel-collector, jaeger, prometheus, grafana (the observability layer:
@@ -126,26 +134,39 @@ for binary in user-service inventory-service order-service gateway; do
         || { log "$image is $mb MB, over $LIMIT_MB MB"; exit 1; }
 done
 
-log "docker-compose.yml up (the core mesh: everything the gateway depends on)"
-compose up -d --no-build gateway
+scale=()
+for service in "${SCALED[@]}"; do scale+=(--scale "$service=$COPIES"); done
+log "docker-compose.yml up (the core mesh: the gateway, the edge and what they depend on)" \
+    "${scale[*]}"
+compose up -d --no-build "${scale[@]}" gateway edge
 
 log "waiting for every container to be healthy"
-long_running=(postgres kafka user-service inventory-service order-service gateway)
+long_running=(postgres kafka redis user-service inventory-service order-service gateway edge)
 one_shot=(kafka-init keys seed)
-container() {
+# Every container of a service, oldest first.
+containers() {
     docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
-        --filter "label=com.docker.compose.service=$1" | head -1
+        --filter "label=com.docker.compose.service=$1" | tac
 }
-state_of() {
-    local id
-    id=$(container "$1")
-    [ -n "$id" ] || { echo missing; return; }
-    docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} exit={{.State.ExitCode}}' "$id"
+container() { containers "$1" | head -1; }
+copies_of() { # the copies a service runs with
+    local service
+    for service in "${SCALED[@]}"; do [ "$service" = "$1" ] && { echo "$COPIES"; return; }; done
+    echo 1
+}
+state_of() { # one line per container: status, health, exit code
+    local ids id
+    ids=$(containers "$1")
+    [ -n "$ids" ] || { echo missing; return; }
+    for id in $ids; do
+        docker inspect -f '{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} exit={{.State.ExitCode}}' "$id"
+    done
 }
 for _ in $(seq 1 120); do
     ready=1
     for service in "${long_running[@]}"; do
-        [[ "$(state_of "$service")" == "running healthy "* ]] || ready=0
+        [ "$(state_of "$service" | grep -c '^running healthy ')" -eq "$(copies_of "$service")" ] \
+            || ready=0
     done
     for service in "${one_shot[@]}"; do
         [ "$(state_of "$service")" = "exited - exit=0" ] || ready=0
@@ -154,7 +175,9 @@ for _ in $(seq 1 120); do
     sleep 2
 done
 for service in "${long_running[@]}" "${one_shot[@]}"; do
-    printf '    %-18s %s\n' "$service" "$(state_of "$service")" >&2
+    state_of "$service" | while read -r state; do
+        printf '    %-18s %s\n' "$service" "$state" >&2
+    done
 done
 [ $ready -eq 1 ] || { log "not every container became healthy"; exit 1; }
 log "all healthy after $(elapsed)"
@@ -186,3 +209,13 @@ done
     || { log "$victim did not come back healthy (restarts, state, health: $now)"; exit 1; }
 log "$victim restarted by its restart policy and is healthy again"
 python3 deploy/compose/smoke.py order
+
+for service in "${SCALED[@]}"; do
+    id=$(containers "$service" | tail -1)
+    log "docker stop of one $service copy ($(docker inspect -f '{{.Name}}' "$id"))"
+    docker stop -t 20 "$id" >/dev/null
+done
+if [ ${#SCALED[@]} -gt 0 ]; then
+    log "with one copy of each of ${SCALED[*]} stopped, the other carries the orders"
+    python3 deploy/compose/smoke.py order
+fi

@@ -6,6 +6,8 @@ NativeMesh   the services and the gateway as child processes from target/<profil
 ComposeMesh  docker-compose.yml's containers, brought up by `scripts/compose-test.sh
              chaos`; faults are the engine's own: SIGKILL of a container's process,
              `docker pause`, `docker network disconnect`, `docker stop` / `start`.
+             With CHAOS_REPLICAS=2 the services run as two containers each
+             (`--scale`) and a second gateway container stands beside compose's.
 
 Both offer the same operations, so the scenarios and the checker in chaos.py read
 the same whichever form runs.
@@ -435,15 +437,26 @@ def docker(*args, check=True):
 
 class ComposeMesh(Mesh):
     """Run by `scripts/compose-test.sh chaos`, which brings the stack up with
-    deploy/compose/chaos.yml (admin ports published, the same saga timings and load
-    rate limit as the native run) and tears it down afterwards."""
+    deploy/compose/chaos.yml (the same saga timings and load rate limit as the native
+    run) and tears it down afterwards. A service copy is reached at its container's
+    address on the compose network (the engine's Linux host routes to it): its
+    admin port for /metrics, its plaintext health port for grpc.health.v1."""
 
     target = "compose"
     slow_phase = "inventory frozen (docker pause)"
     partition_phase = "inventory partitioned (docker network disconnect)"
+    # Inside every service container (docker-compose.yml's HEALTH_PORT; each
+    # service's default admin port).
+    health_port = 50060
+    admin_ports = {"user": 9101, "inventory": 9102, "order": 9103}
 
     def __init__(self, work):
         self.work = work
+        # Copy k of `inventory` is the key `inventory#k` (copy 0 is plain
+        # `inventory`): the service's k-th container, oldest first.
+        self.copies = int(os.environ.get("CHAOS_REPLICAS", "1"))
+        if self.copies > 1:
+            self.target = "compose-replicas"
         # The keys job's client bundle: the services' gRPC ports speak mutual TLS.
         self.pki = ROOT / ".dev" / "compose-tls"
         self.project = os.environ["SHOPMESH_COMPOSE_PROJECT"]
@@ -452,9 +465,8 @@ class ComposeMesh(Mesh):
         port = lambda var, default: int(os.environ.get(var) or default)
         self.ports = {"user": port("USER_GRPC_PORT", 50051), "inventory": port("INVENTORY_GRPC_PORT", 50052),
                       "order": port("ORDER_GRPC_PORT", 50053)}
-        self.admin_ports = {"user": port("USER_ADMIN_PORT", 9101), "inventory": port("INVENTORY_ADMIN_PORT", 9102),
-                            "order": port("ORDER_ADMIN_PORT", 9103)}
         self.gateway = f"http://127.0.0.1:{port('GATEWAY_PORT', 8080)}"
+        self.gateways = [self.gateway]
         self.admin = (os.environ.get("SHOPMESH_ADMIN_EMAIL") or "admin@shopmesh.dev",
                       os.environ.get("SHOPMESH_ADMIN_PASSWORD") or "dev-admin-password")
         self.can_restart_postgres = True
@@ -465,32 +477,102 @@ class ComposeMesh(Mesh):
             "inspect", "-f", "{{json .NetworkSettings.Networks}}", self.container("gateway")))))
         self.disconnected = self.paused = False
         self.broker_paused = self.postgres_stopped = False
+        self.frozen = set()
+        for k in range(1, self.copies):
+            self.containers[f"gateway#{k}"], self.ports[f"gateway#{k}"] = self.extra_gateway()
+            self.gateways.append(f"http://127.0.0.1:{self.ports[f'gateway#{k}']}")
         self.describe = (
             "The mesh ran as docker-compose.yml's containers (the images deploy/docker/Dockerfile "
             "builds, with deploy/compose/offline.yml's PostgreSQL and tansu stand-ins and "
             "deploy/compose/chaos.yml's settings), brought up by `scripts/compose-test.sh chaos`; "
             "faults were the engine's own: SIGKILL of a container's process (its restart policy "
             "brought it back), `docker pause`, `docker network disconnect`, `docker stop` / `start`.")
+        if self.copies > 1:
+            self.describe += (
+                f" {self.copies} containers of each service (`--scale`) and of the gateway (compose's "
+                "and one more from its image and settings); the services' callers balanced over the "
+                "copies they found through compose's DNS, and the client spread its requests over "
+                "the gateways.")
+
+    def copies_of(self, name):
+        """The keys of every copy of `name`: `name`, then `name#1`, …"""
+        return [name] + [f"{name}#{k}" for k in range(1, self.copies)]
+
+    def extra_gateway(self, env_changes=None):
+        """Another gateway container from compose's gateway's image, settings and key
+        volume, on a free host port: (container id, port)."""
+        env = json.loads(self.inspect("gateway", "{{json .Config.Env}}"))
+        if env_changes:
+            env = [e for e in env if e.split("=", 1)[0] not in env_changes]
+            env += [f"{k}={v}" for k, v in env_changes.items()]
+        port = free_port()
+        args = ["run", "-d", "--restart", "unless-stopped", "--network", self.network,
+                "--volumes-from", f"{self.container('gateway')}:ro", "-p", f"127.0.0.1:{port}:8080",
+                "--label", f"com.docker.compose.project={self.project}"]
+        for e in env:
+            args += ["-e", e]
+        container = docker(*args, self.inspect("gateway", "{{.Config.Image}}"))
+        url = f"http://127.0.0.1:{port}"
+        wait_for(f"the gateway on port {port} ready", lambda: http_status(f"{url}/readyz") == 200, 60)
+        return container, port
 
     @staticmethod
     def service(name):
-        return name if name in ("gateway", "postgres", "kafka") else f"{name}-service"
+        name = name.partition("#")[0]
+        return name if name in ("gateway", "postgres", "kafka", "redis") else f"{name}-service"
 
     def container(self, name):
         if name not in self.containers:
+            copy = int(name.partition("#")[2] or 0)
+            # Oldest first: copy 0 is the container compose started first.
             ids = docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}",
-                         "--filter", f"label=com.docker.compose.service={self.service(name)}").split()
-            if not ids:
-                raise SystemExit(f"no container for {self.service(name)} in compose project {self.project}")
-            self.containers[name] = ids[0]
+                         "--filter", f"label=com.docker.compose.service={self.service(name)}").split()[::-1]
+            if len(ids) <= copy:
+                raise SystemExit(f"no container {copy} of {self.service(name)} in compose project {self.project}")
+            self.containers[name] = ids[copy]
         return self.containers[name]
+
+    def healthy(self, name):
+        if name.partition("#")[0] == "gateway":
+            return super().healthy(name)
+        # This very container, on its plaintext health-only port.
+        try:
+            address = self.address(self.container(name))
+        except subprocess.CalledProcessError:
+            return False
+        if not address:
+            return False
+        done = subprocess.run(["grpcurl", "-plaintext", "-max-time", "1",
+                               f"{address}:{self.health_port}", "grpc.health.v1.Health/Check"],
+                              capture_output=True, text=True)
+        return '"SERVING"' in done.stdout
+
+    def metrics(self, name):
+        address = self.address(self.container(name))
+        port = self.admin_ports[name.partition("#")[0]]
+        return urllib.request.urlopen(f"http://{address}:{port}/metrics", timeout=5).read().decode()
+
+    def freeze(self, key):
+        docker("pause", self.container(key))
+        self.frozen.add(key)
+
+    def thaw(self, key):
+        docker("unpause", self.container(key))
+        self.frozen.discard(key)
+
+    def pause_redis(self):
+        self.freeze("redis")
+
+    def resume_redis(self):
+        self.thaw("redis")
 
     def inspect(self, name, template):
         return docker("inspect", "-f", template, self.container(name))
 
     def start_all(self):
         for name in NAMES:
-            self.wait_serving(name)
+            for key in self.copies_of(name):
+                self.wait_serving(key)
         return f"gateway {self.gateway}; compose project {self.project} on network {self.network}"
 
     def killer(self, name):
@@ -529,7 +611,8 @@ class ComposeMesh(Mesh):
         self.wait_serving(name)
 
     def pids(self):
-        return {n: int(self.inspect(n, "{{.State.Pid}}")) for n in NAMES}
+        return {key: int(self.inspect(key, "{{.State.Pid}}"))
+                for name in NAMES for key in self.copies_of(name)}
 
     def sql(self, name, query):
         out = docker("exec", self.container("postgres"), "sh", "-c",
@@ -613,25 +696,19 @@ class ComposeMesh(Mesh):
     @contextlib.contextmanager
     def flood_gateway(self, per_sec, burst):
         """A second gateway container from the same image and settings, with its own limits."""
-        env = json.loads(self.inspect("gateway", "{{json .Config.Env}}"))
-        env = [e for e in env if not e.startswith(("RATE_LIMIT_", "OTEL_EXPORTER_OTLP_ENDPOINT="))]
-        env += [f"RATE_LIMIT_PER_SEC={per_sec}", f"RATE_LIMIT_BURST={burst}", "OTEL_EXPORTER_OTLP_ENDPOINT="]
-        port = free_port()
-        args = ["run", "-d", "--rm", "--network", self.network, "--volumes-from",
-                f"{self.container('gateway')}:ro", "-p", f"127.0.0.1:{port}:8080",
-                "--label", f"com.docker.compose.project={self.project}"]
-        for e in env:
-            args += ["-e", e]
-        flood = docker(*args, self.inspect("gateway", "{{.Config.Image}}"))
+        flood, port = self.extra_gateway({"RATE_LIMIT_PER_SEC": per_sec, "RATE_LIMIT_BURST": burst,
+                                          "OTEL_EXPORTER_OTLP_ENDPOINT": ""})
         try:
-            url = f"http://127.0.0.1:{port}"
-            wait_for("the flood gateway ready", lambda: http_status(f"{url}/readyz") == 200, 30)
-            yield url
+            yield f"http://127.0.0.1:{port}"
         finally:
             docker("rm", "-f", flood, check=False)
 
     def close(self):
         """Undoes any fault a failed scenario left in place (KEEP_STACK keeps the stack)."""
+        for key in list(self.frozen):
+            self.thaw(key)
+        for k in range(1, self.copies):
+            docker("rm", "-f", self.containers[f"gateway#{k}"], check=False)
         self.heal_inventory()
         if self.broker_paused:
             self.resume_broker()

@@ -101,6 +101,8 @@ class Load:
         self.first_try_failed = Counter()
         self.first_failures = defaultdict(list)
         self.latencies = defaultdict(list)
+        # The three slowest attempts of each phase: (seconds, what was asked).
+        self.slowest = defaultdict(list)
         self.failures = defaultdict(list)
         self.statuses = Counter()
         self.confirmed = {}   # order id -> user id, as clients saw it
@@ -144,6 +146,10 @@ class Load:
                 took = time.monotonic() - attempt
                 self.latency_max[phase] = max(self.latency_max[phase], took)
                 self.latencies[phase].append(took)
+                slowest = self.slowest[phase]
+                slowest.append((took, f"{method} {re.sub('[0-9a-f-]{36}', '{id}', path.split('?')[0])}"))
+                slowest.sort(reverse=True)
+                del slowest[3:]
                 if first and status in self.RETRYABLE:
                     self.first_try_failed[phase] += 1
                     if len(self.first_failures[phase]) < 3:
@@ -407,8 +413,9 @@ class Chaos:
             time.sleep(2)
             times = sorted(self.load.latencies[phase])
             p99 = times[int(len(times) * 0.99) - 1] if times else 0.0
+            slowest = ", ".join(f"{what} {took * 1000:.0f} ms" for took, what in self.load.slowest[phase])
             self.note(f"{key} SIGSTOPped for 6 s, then SIGCONT; p99 of the requests meanwhile "
-                      f"{p99 * 1000:.0f} ms")
+                      f"{p99 * 1000:.0f} ms (slowest: {slowest})")
             if p99 >= 1.0:
                 self.violations.append(f"{phase}: p99 {p99:.2f} s, not under 1 s")
             self._expect_no_failures(phase)
@@ -731,11 +738,13 @@ REPORT_HEAD = """# Reliability
 Written by `make chaos` (tests/chaos/run.py): the same load and invariant checker run against
 the native mesh, the native mesh with two copies of every process (`make chaos-replicas`, its own
 scenarios: one copy killed, frozen or restarted while the other carries the load, Redis stopped),
-and docker-compose.yml's containers. Each run rewrites its own section below and keeps the others'.
+and docker-compose.yml's containers, with one copy of each and with two (`make
+chaos-compose-replicas`). Each run rewrites its own section below and keeps the others'.
 """
 TITLES = {"native": "Native mesh (`make chaos-native`)",
           "native-replicas": "Native mesh, two copies of everything (`make chaos-replicas`)",
-          "compose": "Compose mesh (`make chaos-compose`)"}
+          "compose": "Compose mesh (`make chaos-compose`)",
+          "compose-replicas": "Compose mesh, two copies of everything (`make chaos-compose-replicas`)"}
 
 
 def write_report(mesh, chaos, load, facts, violations, hostile, unchanged, elapsed):

@@ -11,6 +11,8 @@
 #   shopmesh-local/tansu:<version>   the tansu broker binary, standing in for Kafka
 #   shopmesh-local/redis:7           Redis from Debian's package, with the official
 #                                    image's command and /data convention
+#   shopmesh-local/haproxy:2         HAProxy from Debian's package, with the official
+#                                    image's configuration path (the compose edge)
 #
 # and, for `make chaos-compose` only (`images.sh base rust postgres tansu reader`):
 #
@@ -120,6 +122,16 @@ build_redis() {
         --label "org.shopmesh.inputs=$sum" -t "$REDIS_IMAGE" . >/dev/null
 }
 
+build_haproxy() {
+    HAPROXY_IMAGE=shopmesh-local/haproxy:2
+    local sum
+    sum=$(sha256sum <haproxy.Dockerfile | cut -c1-16)
+    [ "$(label_of "$HAPROXY_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
+    log "building $HAPROXY_IMAGE (Debian's haproxy)"
+    quiet_build -f haproxy.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
+        --label "org.shopmesh.inputs=$sum" -t "$HAPROXY_IMAGE" . >/dev/null
+}
+
 build_tansu() {
     local tansu version context sum
     tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
@@ -153,12 +165,12 @@ build_reader() {
 
 # Prerequisites first; `images.sh rust` builds one (and what it needs).
 steps=("$@")
-[ $# -eq 0 ] && steps=(base rust postgres redis tansu)
+[ $# -eq 0 ] && steps=(base rust postgres redis haproxy tansu)
 for step in base "${steps[@]}"; do "build_$step"; done
 
 # For the caller (scripts/compose-test.sh): the names of the images built, as
 # shell assignments.
 BASE_IMAGE=$BASE
-for name in BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE TANSU_IMAGE READER_IMAGE; do
+for name in BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE HAPROXY_IMAGE TANSU_IMAGE READER_IMAGE; do
     [ -z "${!name:-}" ] || echo "$name=${!name}"
 done

@@ -140,14 +140,24 @@ impl SharedRateLimiter {
     /// `per_second` requests a second and `burst` at once per key, across every
     /// copy that names the same `store` and `scope`; with no store, this copy's alone.
     pub fn new(scope: &str, per_second: u32, burst: u32, store: Option<Arc<SharedStore>>) -> Self {
-        let per_second = per_second.max(1);
+        Self::per_minute(scope, per_second.max(1).saturating_mul(60), burst, store)
+    }
+
+    /// `per_minute` requests a minute and `burst` at once per key, shared as `new`.
+    pub fn per_minute(
+        scope: &str,
+        per_minute: u32,
+        burst: u32,
+        store: Option<Arc<SharedStore>>,
+    ) -> Self {
+        let per_minute = per_minute.max(1);
         Self {
             prefix: format!("shopmesh:rl:{scope}:"),
-            interval_micros: 1_000_000 / u64::from(per_second),
+            interval_micros: 60_000_000 / u64::from(per_minute),
             burst: burst.max(1),
             store,
             script: redis::Script::new(GCRA),
-            local: RateLimiter::new(per_second, burst),
+            local: RateLimiter::per_minute(per_minute, burst),
         }
     }
 

@@ -4,7 +4,7 @@ use shop_platform::ApiError;
 use shop_platform::auth::{Authenticator, Role};
 use shop_platform::client_address::{self, Networks};
 use shop_platform::pagination;
-use shop_platform::rate_limit::RateLimiter;
+use shop_platform::rate_limit::SharedRateLimiter;
 use shop_platform::revocation::Revocations;
 use shop_platform::tls;
 use shop_proto::user as pb;
@@ -23,8 +23,8 @@ pub struct UserApi {
     auth: Authenticator,
     /// Peers whose `x-forwarded-for` names the client (the gateway).
     trusted_proxies: Networks,
-    /// Registrations per client address.
-    registrations: RateLimiter,
+    /// Registrations per client address, over every copy.
+    registrations: SharedRateLimiter,
     /// The only service identity that may read any user.
     order_service: String,
 }
@@ -34,7 +34,7 @@ impl UserApi {
         accounts: Accounts,
         auth: Authenticator,
         trusted_proxies: Networks,
-        registrations: RateLimiter,
+        registrations: SharedRateLimiter,
         order_service: String,
     ) -> Self {
         Self {
@@ -64,7 +64,11 @@ impl UserService for UserApi {
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         self.auth.caller(request.metadata())?;
         let client = client_address::of_call(&request, &self.trusted_proxies);
-        if let Err(secs) = self.registrations.check(&client_address::bucket(client)) {
+        if let Err(secs) = self
+            .registrations
+            .check(&client_address::bucket(client))
+            .await
+        {
             return Err(ApiError::Throttled {
                 message: format!("too many registrations from your address; retry in {secs} s"),
                 retry_after: std::time::Duration::from_secs(secs),

@@ -10,7 +10,7 @@ use shop_platform::config::{ConfigError, Environment, Secret};
 use shop_platform::event_signature::EventVerifier;
 use shop_platform::inbox::InboxConsumer;
 use shop_platform::outbox::OutboxSignal;
-use shop_platform::rate_limit::RateLimiter;
+use shop_platform::rate_limit::SharedRateLimiter;
 use shop_platform::runtime::{EventWorkers, ServiceRuntime, Worker};
 use shop_platform::shared_store::SharedStore;
 use shop_platform::{Shutdown, db, grpc, kafka};
@@ -74,7 +74,8 @@ fn token_keys(settings: &mut Settings) -> Result<TokenSigner, ConfigError> {
 impl Application {
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
         let signer = token_keys(&mut settings)?;
-        // One connection to the shared Redis for revocations and sign-in lockouts.
+        // One connection to the shared Redis for revocations, sign-in lockouts and
+        // the registration limit.
         let shared = SharedStore::from_url(settings.service.redis_url.expose())?;
         let auth = Authenticator::from_settings_sharing(&settings.service, shared.clone())?;
         let service = &settings.service;
@@ -86,7 +87,7 @@ impl Application {
             Users::new(pool.clone(), outbox.clone()),
             signer,
             Duration::from_secs(settings.accounts.access_token_ttl_secs),
-            shared,
+            shared.clone(),
         );
         if !settings.accounts.bootstrap_admin_email.is_empty() {
             let admin = Registration::try_from(shop_proto::user::RegisterRequest {
@@ -125,9 +126,11 @@ impl Application {
                 auth,
                 Networks::parse(&settings.service.trusted_proxies)
                     .map_err(|e| ConfigError::missing("TRUSTED_PROXIES", &e))?,
-                RateLimiter::per_minute(
+                SharedRateLimiter::per_minute(
+                    "registrations",
                     settings.accounts.registrations_per_address_per_min,
                     settings.accounts.registrations_burst_per_address,
+                    shared,
                 ),
                 settings.accounts.order_service_name.clone(),
             ),

@@ -129,3 +129,57 @@ async fn a_thousand_watchers_of_one_order_cost_no_polling_and_all_see_the_change
     let cancelled = seen.iter().filter(|s| **s).count();
     assert_eq!(cancelled, WATCHERS, "every watcher sees the cancellation");
 }
+
+#[tokio::test]
+async fn a_watch_on_one_copy_sees_a_change_made_through_the_other() {
+    let mesh = Mesh::start().await;
+    let (token, order) = mesh.confirmed_order("TWO").await;
+    // A second copy of the order service on the same database, as a replica runs.
+    let db = &mesh.order.as_ref().expect("order service").db;
+    let mut settings = crate::mesh::order_settings(
+        &mesh.identity,
+        &mesh.broker.brokers,
+        db,
+        mesh.user_port,
+        mesh.inventory_port,
+    );
+    settings.service.kafka_group_id = mesh.order.as_ref().expect("order service").group.clone();
+    let other = shop_order::Application::build(settings)
+        .await
+        .expect("second order service copy");
+    let other_port = other.grpc_port();
+    let stop_other = shop_platform::Shutdown::new();
+    let task = tokio::spawn(other.run_until_stopped(stop_other.clone()));
+    mesh.identity.wait_serving(other_port).await;
+
+    let mut request = tonic::Request::new(pb::WatchOrderRequest {
+        order_id: order.order_id.clone(),
+    });
+    shop_testkit::bearer(&mut request, "authorization", &token);
+    let mut stream = pb::order_service_client::OrderServiceClient::new(mesh.channel(other_port))
+        .watch_order(request)
+        .await
+        .expect("watch on the second copy")
+        .into_inner();
+    let first = stream.next().await.expect("first").expect("ok");
+    assert_eq!(
+        first.order.expect("order").status,
+        pb::OrderStatus::Confirmed as i32
+    );
+
+    // The cancellation goes through the first copy; the watch on the second sees it.
+    mesh.cancel(&token, &order.order_id).await.expect("cancel");
+    let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the change reaches the other copy's watch")
+        .expect("an item")
+        .expect("ok");
+    assert_eq!(
+        next.order.expect("order").status,
+        pb::OrderStatus::Cancelled as i32
+    );
+    stop_other.trigger();
+    task.await
+        .expect("join")
+        .expect("second copy stops cleanly");
+}

@@ -386,8 +386,14 @@ mod tests {
 
     /// A health server on a free port, and what stops it.
     async fn peer() -> (SocketAddr, Stop) {
+        peer_named("peer").await
+    }
+
+    /// A health server that also reports `name` as serving: a call asking for
+    /// `name` succeeds on this copy alone, which tells the copies apart.
+    async fn peer_named(name: &'static str) -> (SocketAddr, Stop) {
         let (listener, addr) = bind("127.0.0.1", 0).await.expect("bind");
-        let (health, service) = crate::health::Health::new("peer").await;
+        let (health, service) = crate::health::Health::new(name).await;
         health.set(true).await;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
@@ -405,9 +411,14 @@ mod tests {
     }
 
     async fn alive(channel: &Channel) -> bool {
+        answered_by(channel, crate::health::LIVENESS).await
+    }
+
+    /// Whether a call through `channel` reached a copy that reports `name` serving.
+    async fn answered_by(channel: &Channel, name: &str) -> bool {
         let mut client = tonic_health::pb::health_client::HealthClient::new(channel.clone());
         let request = tonic_health::pb::HealthCheckRequest {
-            service: crate::health::LIVENESS.into(),
+            service: name.into(),
         };
         tokio::time::timeout(Duration::from_millis(500), client.check(request))
             .await
@@ -463,6 +474,49 @@ mod tests {
             in_a_row, 10,
             "the channel reaches the peer at its new address"
         );
+    }
+
+    #[tokio::test]
+    async fn a_copy_that_joins_the_name_gets_calls_within_the_lookup_period() {
+        // How often the channel looks the name up again.
+        const EVERY: Duration = Duration::from_millis(200);
+        let (first, _keep_first) = peer_named("first").await;
+        let addresses = Arc::new(std::sync::Mutex::new(vec![first]));
+        let lookup = addresses.clone();
+        let channel = channel_resolved_by(
+            "http://peer.test:50051",
+            Duration::from_millis(200),
+            EVERY,
+            None,
+            move |_| {
+                let now = lookup.lock().expect("lock").clone();
+                async move { Ok(now) }
+            },
+        )
+        .await
+        .expect("channel");
+        // A client already connected, with its connection to the first copy open.
+        for _ in 0..5 {
+            assert!(
+                answered_by(&channel, "first").await,
+                "the only copy answers"
+            );
+        }
+
+        let (joined, _keep_joined) = peer_named("joined").await;
+        addresses.lock().expect("lock").push(joined);
+        let started = Instant::now();
+        let mut calls = 0;
+        while !answered_by(&channel, "joined").await {
+            calls += 1;
+            assert!(
+                started.elapsed() < EVERY * 2 + Duration::from_secs(1),
+                "the new copy got none of {calls} calls in {:?}",
+                started.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        eprintln!("the new copy answered after {:?}", started.elapsed());
     }
 
     #[tokio::test]

@@ -261,3 +261,37 @@ async fn two_copies_lock_an_account_out_after_the_failures_one_would_allow() {
         assert!(retry_delay(&locked) > Duration::ZERO);
     }
 }
+
+#[tokio::test]
+async fn two_copies_hold_one_address_to_the_registrations_one_copy_allows() {
+    let app = spawn_app_sharing_redis().await;
+    let other = app.copy().await;
+    // An address of this run's own: the limit's counters live in the run's Redis.
+    let octets = uuid::Uuid::new_v4().into_bytes();
+    let source = format!("127.{}.{}.{}", octets[0], octets[1], octets[2].max(2));
+    let mut copies = [
+        client_from(app.grpc_port, &source).await,
+        client_from(other.grpc_port, &source).await,
+    ];
+    let mut refused = None;
+    for n in 0..60 {
+        let request = pb::RegisterRequest {
+            email: unique_email(),
+            password: PASSWORD.into(),
+            display_name: String::new(),
+        };
+        if let Err(err) = copies[n % 2].register(request).await {
+            refused = Some((n, err));
+            break;
+        }
+    }
+    let (n, err) = refused.expect("a flood of registrations over two copies is refused");
+    assert_eq!(n, 20, "the burst of 20 per address holds over both copies");
+    assert_eq!(err.code(), Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("too many registrations from your address"),
+        "{}",
+        err.message()
+    );
+}
