@@ -40,6 +40,10 @@ lint: tools
 	cargo clippy --workspace --all-targets -- -D warnings
 	cd proto && PATH="$(PY_SCRIPTS):$$PATH" buf lint
 	PATH="$(PY_SCRIPTS):$$PATH" hadolint deploy/docker/Dockerfile deploy/docker/offline/*.Dockerfile
+	python3 deploy/prometheus/generate.py --check
+	promtool check rules deploy/prometheus/rules.yml
+	promtool test rules deploy/prometheus/rules.test.yml
+	promtool check config deploy/prometheus/prometheus.yml
 
 fmt:
 	cargo fmt --all

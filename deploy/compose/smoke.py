@@ -6,6 +6,9 @@
                       the user and inventory services are seen to consume
     smoke.py order    one more order through the gateway, confirmed and consumed
                       (after a container was killed and came back)
+    smoke.py prometheus N
+                      compose's Prometheus (127.0.0.1:9090) has loaded the
+                      repository's rules and scrapes N shopmesh targets, all up
 
 It talks to the published ports only (gateway 8080, gRPC 50051-50053 on 127.0.0.1).
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = "http://127.0.0.1:8080"
+PROMETHEUS = "http://127.0.0.1:9090"
 GRPC = {"user": "127.0.0.1:50051", "inventory": "127.0.0.1:50052", "order": "127.0.0.1:50053"}
 # The compose key job's client bundle (CA and the `you` certificate), for grpcurl.
 PKI = ROOT / ".dev" / "compose-tls"
@@ -132,8 +136,33 @@ def place_order():
           "inventory and user services consumed its event")
 
 
+def prometheus(expected):
+    """The rules file loaded whole, and every copy found and scraped."""
+    def api(path):
+        with urllib.request.urlopen(PROMETHEUS + path, timeout=10) as reply:
+            return json.load(reply)["data"]
+
+    rules = sum(len(group["rules"]) for group in api("/api/v1/rules")["groups"])
+    with open(ROOT / "deploy" / "prometheus" / "rules.yml") as f:
+        written = sum(1 for line in f if line.lstrip().startswith(("- record:", "- alert:")))
+    if rules != written:
+        fail(f"Prometheus loaded {rules} rules, deploy/prometheus/rules.yml has {written}")
+
+    def all_up():
+        targets = [t for t in api("/api/v1/targets")["activeTargets"] if t["labels"]["job"] == "shopmesh"]
+        up = [t for t in targets if t["health"] == "up"]
+        return len(targets) == expected and len(up) == expected and targets
+
+    targets = eventually(f"{expected} shopmesh targets, all up", all_up, timeout=60)
+    print(f"smoke: Prometheus loaded {rules} rules and scrapes {len(targets)} targets, all up: "
+          + ", ".join(sorted(t["labels"].get("instance", "?") for t in targets)))
+
+
 def main():
     what = sys.argv[1] if len(sys.argv) > 1 else "readme"
+    if what == "prometheus":
+        prometheus(int(sys.argv[2]))
+        return
     grpc_health()
     if what == "readme":
         status, report = http("GET", "/readyz")

@@ -15,6 +15,7 @@ goes into its own section of docs/reliability.md.
 """
 
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -26,6 +27,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import urllib.request
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -402,20 +404,44 @@ class Chaos:
             # the mesh's own to absorb.
             self._expect_no_failures(phase, first_try=name != "gateway")
 
+    def resilience_counters(self):
+        """Hedges, retries a budget refused and peer ejections, summed over every
+        process's /metrics (read while no copy is frozen)."""
+        wanted = ("shop_hedged_calls_total", "shop_retries_refused_total", "shop_peer_ejections_total")
+        totals = Counter()
+        texts = []
+        for name in SERVICES:
+            for key in self.mesh.copies_of(name):
+                with contextlib.suppress(OSError):
+                    texts.append(self.mesh.metrics(key))
+        for gateway in getattr(self.mesh, "gateways", [self.mesh.gateway]):
+            with contextlib.suppress(OSError):
+                texts.append(urllib.request.urlopen(f"{gateway}/metrics", timeout=2).read().decode())
+        for text in texts:
+            for line in text.splitlines():
+                metric, _, value = line.partition(" ")
+                if metric in wanted:
+                    totals[metric.removeprefix("shop_").removesuffix("_total")] += float(value)
+        return totals
+
     def freeze_one_copy(self):
         for name in ("inventory", "user", "order"):
             phase = f"one {name} copy frozen"
             self.phase(phase, 1)
             key = f"{name}#1"
+            before = self.resilience_counters()
             self.mesh.freeze(key)
             time.sleep(6)
             self.mesh.thaw(key)
             time.sleep(2)
+            during = self.resilience_counters()
+            during.subtract(before)
             times = sorted(self.load.latencies[phase])
             p99 = times[int(len(times) * 0.99) - 1] if times else 0.0
             slowest = ", ".join(f"{what} {took * 1000:.0f} ms" for took, what in self.load.slowest[phase])
             self.note(f"{key} SIGSTOPped for 6 s, then SIGCONT; p99 of the requests meanwhile "
-                      f"{p99 * 1000:.0f} ms (slowest: {slowest})")
+                      f"{p99 * 1000:.0f} ms (slowest: {slowest}); meanwhile "
+                      + ", ".join(f"{what.replace('_', ' ')} {n:.0f}" for what, n in sorted(during.items())))
             if p99 >= 1.0:
                 self.violations.append(f"{phase}: p99 {p99:.2f} s, not under 1 s")
             self._expect_no_failures(phase)

@@ -13,6 +13,8 @@
 #                                    image's command and /data convention
 #   shopmesh-local/haproxy:2         HAProxy from Debian's package, with the official
 #                                    image's configuration path (the compose edge)
+#   shopmesh-local/prometheus:2      Prometheus from Debian's package, with the official
+#                                    image's entrypoint and /prometheus
 #
 # and, for `make chaos-compose` only (`images.sh base rust postgres tansu reader`):
 #
@@ -132,6 +134,16 @@ build_haproxy() {
         --label "org.shopmesh.inputs=$sum" -t "$HAPROXY_IMAGE" . >/dev/null
 }
 
+build_prometheus() {
+    PROMETHEUS_IMAGE=shopmesh-local/prometheus:2
+    local sum
+    sum=$(sha256sum <prometheus.Dockerfile | cut -c1-16)
+    [ "$(label_of "$PROMETHEUS_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
+    log "building $PROMETHEUS_IMAGE (Debian's prometheus)"
+    quiet_build -f prometheus.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
+        --label "org.shopmesh.inputs=$sum" -t "$PROMETHEUS_IMAGE" . >/dev/null
+}
+
 build_tansu() {
     local tansu version context sum
     tansu=$(command -v tansu || echo "$HOME/.cargo/bin/tansu")
@@ -165,12 +177,12 @@ build_reader() {
 
 # Prerequisites first; `images.sh rust` builds one (and what it needs).
 steps=("$@")
-[ $# -eq 0 ] && steps=(base rust postgres redis haproxy tansu)
+[ $# -eq 0 ] && steps=(base rust postgres redis haproxy prometheus tansu)
 for step in base "${steps[@]}"; do "build_$step"; done
 
 # For the caller (scripts/compose-test.sh): the names of the images built, as
 # shell assignments.
 BASE_IMAGE=$BASE
-for name in BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE HAPROXY_IMAGE TANSU_IMAGE READER_IMAGE; do
+for name in BASE_IMAGE RUST_IMAGE POSTGRES_IMAGE REDIS_IMAGE HAPROXY_IMAGE PROMETHEUS_IMAGE TANSU_IMAGE READER_IMAGE; do
     [ -z "${!name:-}" ] || echo "$name=${!name}"
 done

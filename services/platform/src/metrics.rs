@@ -370,8 +370,16 @@ pub fn render(service: &str) -> String {
     out
 }
 
-/// Resident memory, CPU time and open files of this process, read from Linux's
-/// /proc at scrape time.
+/// When the machine booted, in seconds since the Unix epoch (/proc/stat's btime).
+fn boot_time() -> Option<f64> {
+    std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
+}
+
+/// Resident memory, CPU time, start time and open files of this process, read
+/// from Linux's /proc at scrape time.
 #[derive(Debug)]
 struct ProcessCollector;
 
@@ -409,6 +417,17 @@ impl Collector for ProcessCollector {
                 None,
                 counter.metric_type(),
             )?)?;
+            // Field 22, the start in ticks after boot; a change of it is a restart
+            // (what the ProcessRestarting alert counts).
+            if let Some(boot) = boot_time() {
+                let gauge = ConstGauge::new(boot + ticks(19) / 100.0);
+                gauge.encode(encoder.encode_descriptor(
+                    "process_start_time_seconds",
+                    "Start time of the process since the Unix epoch in seconds",
+                    None,
+                    gauge.metric_type(),
+                )?)?;
+            }
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
             let gauge = ConstGauge::new(fds.count() as i64);
@@ -467,6 +486,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("process_open_fds{service=\"s\"}"), "{text}");
+        let started: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("process_start_time_seconds{service=\"s\"} "))
+            .expect("process_start_time_seconds")
+            .parse()
+            .expect("a number");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        assert!(
+            started <= now + 1.0 && started > now - 3600.0,
+            "started {started}, now {now}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

@@ -46,8 +46,8 @@ fn every_service_is_built_run_deployed_scraped_and_tortured() {
     let dockerfile = read(&root, "deploy/docker/Dockerfile");
     let kustomization = read(&root, "deploy/k8s/base/kustomization.yaml");
     let policies = read(&root, "deploy/k8s/base/networkpolicy.yaml");
-    let prometheus = read(&root, "deploy/compose/prometheus.yml");
-    let chaos_compose = read(&root, "deploy/compose/chaos.yml");
+    let prometheus = read(&root, "deploy/prometheus/prometheus.yml");
+    let edge = read(&root, "deploy/compose/edge.cfg");
     let dev = read(&root, "scripts/dev.sh");
     let chaos = read(&root, "tests/chaos/mesh.py");
     let chaos_services = chaos
@@ -76,12 +76,18 @@ fn every_service_is_built_run_deployed_scraped_and_tortured() {
                 policies.contains(&format!("app.kubernetes.io/name: {binary}")),
             ),
             (
-                "deploy/compose/prometheus.yml",
-                prometheus.contains(&format!("{binary}:{admin_port}")),
+                "deploy/prometheus/prometheus.yml (found by DNS, with its admin port)",
+                prometheus.contains(&format!(
+                    "names: [{binary}]\n        type: A\n        port: {admin_port}\n"
+                )),
             ),
             (
-                "deploy/compose/chaos.yml (admin port)",
-                chaos_compose.contains(&format!("{admin_port}}}:{admin_port}")),
+                "deploy/compose/edge.cfg (its gRPC port published through the edge)",
+                edge.contains(&format!("server-template copy 8 {binary}:")),
+            ),
+            (
+                "tests/chaos/mesh.py ComposeMesh admin_ports",
+                chaos.contains(&format!("\"{short}\": {admin_port}")),
             ),
             (
                 "scripts/dev.sh",

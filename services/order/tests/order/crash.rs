@@ -16,7 +16,7 @@ use crate::mesh::{Mesh, order_settings, sku, start_inventory, start_user};
 const BIN: &str = env!("CARGO_BIN_EXE_order-service");
 const STOCK: i64 = 60;
 
-fn spawn_order_service(settings: &shop_order::Settings, port: u16, admin_port: u16) -> Child {
+pub fn spawn_order_service(settings: &shop_order::Settings, port: u16, admin_port: u16) -> Child {
     let s = &settings.service;
     let saga = &settings.saga;
     Command::new(BIN)

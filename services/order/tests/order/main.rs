@@ -1,6 +1,7 @@
 //! The order service with the user and inventory services, on real PostgreSQL and
 //! a real broker: the saga, cancellation, watching, outages and crashes.
 
+mod alerts;
 mod crash;
 mod flows;
 mod mesh;
