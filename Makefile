@@ -44,6 +44,8 @@ lint: tools
 	promtool check rules deploy/prometheus/rules.yml
 	promtool test rules deploy/prometheus/rules.test.yml
 	promtool check config deploy/prometheus/prometheus.yml
+	PATH="$(PY_SCRIPTS):$$PATH" check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+	PATH="$(PY_SCRIPTS):$$PATH" zizmor --offline .github/workflows
 
 fmt:
 	cargo fmt --all

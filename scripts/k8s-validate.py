@@ -16,7 +16,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 OVERLAYS = ["dev", "prod", "scale-out"]
 # Custom resources of operators (Strimzi, CloudNativePG): no core schema to check against.
 CRD_GROUPS = ("kafka.strimzi.io/", "postgresql.cnpg.io/", "cert-manager.io/", "keda.sh/",
-              "monitoring.coreos.com/")
+              "monitoring.coreos.com/", "argoproj.io/")
+WAVE = "argocd.argoproj.io/sync-wave"
 # Overlays that assume the Prometheus operator (the monitoring component).
 MONITORED = ("prod", "scale-out")
 
@@ -202,6 +203,68 @@ def check_monitoring(docs, overlay, problems):
                                 "which does not exist")
 
 
+def check_images_and_waves(docs, overlay, problems):
+    """Every image pinned to a version (not `latest`, not a bare major such as
+    `postgres:15`); the overlay's own `images:` list sets every shopmesh tag; and
+    Argo CD's waves put configuration and dependencies before the services."""
+    kustomization = yaml.safe_load((ROOT / "deploy/k8s/overlays" / overlay / "kustomization.yaml").read_text())
+    listed = {i["name"] for i in kustomization.get("images", [])}
+    for d in docs:
+        for c in d.get("spec", {}).get("template", {}).get("spec", {}).get("containers", []):
+            tag = c["image"].rpartition(":")[2] if ":" in c["image"] else ""
+            if not re.fullmatch(r"[0-9]+\.[0-9]+(\.[0-9]+)?[-.\w]*", tag):
+                problems.append(f"{overlay}: {d['kind']}/{d['metadata']['name']} runs {c['image']}: "
+                                "pin a version (major.minor at least)")
+            name = c["image"].rpartition(":")[0]
+            if name.startswith("shopmesh/") and overlay in ("dev", "prod") and name not in listed:
+                problems.append(f"{overlay}: {name} is not in the overlay's images: list")
+    wave = lambda d: int((d["metadata"].get("annotations") or {}).get(WAVE, "0"))
+    services = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] in GRPC_BACKENDS + ("gateway",)]
+    before = [d for d in docs if d["kind"] in ("Namespace", "ConfigMap", "Secret", "Certificate", "KafkaTopic",
+                                               "Cluster", "StatefulSet")
+              or (d["kind"] == "Deployment" and d["metadata"]["name"] == "redis")]
+    for d in before:
+        if services and wave(d) >= min(wave(s) for s in services):
+            problems.append(f"{overlay}: {d['kind']}/{d['metadata']['name']} is in sync wave {wave(d)}, "
+                            "not before the services")
+
+
+def check_argocd(rendered, problems):
+    """The Applications follow overlays that exist and render, into the namespace
+    those overlays use, under a project that allows it; dev syncs by itself, prod
+    waits for a person; neither fights the autoscalers over replicas."""
+    docs = [d for d in yaml.safe_load_all((ROOT / "deploy/argocd/shopmesh.yaml").read_text()) if d]
+    projects = {d["metadata"]["name"]: d for d in docs if d["kind"] == "AppProject"}
+    apps = [d for d in docs if d["kind"] == "Application"]
+    if {a["metadata"]["name"] for a in apps} != {"shopmesh-dev", "shopmesh-prod"}:
+        problems.append(f"argocd: Applications {[a['metadata']['name'] for a in apps]}, not shopmesh-dev and -prod")
+    for app in apps:
+        name, spec = app["metadata"]["name"], app["spec"]
+        project = projects.get(spec["project"])
+        overlay = spec["source"]["path"].removeprefix("deploy/k8s/overlays/")
+        if project is None:
+            problems.append(f"argocd: {name} names project {spec['project']}, which is not defined")
+        elif spec["source"]["repoURL"] not in project["spec"]["sourceRepos"]:
+            problems.append(f"argocd: {name}'s repository is not among its project's sourceRepos")
+        elif not any(t.get("name") == spec["destination"].get("name") and t["namespace"] == spec["destination"]["namespace"]
+                     for t in project["spec"]["destinations"]):
+            problems.append(f"argocd: {name}'s destination is not among its project's destinations")
+        if overlay not in rendered:
+            problems.append(f"argocd: {name} follows {spec['source']['path']}, which is not a validated overlay")
+            continue
+        namespaces = {d["metadata"].get("namespace") for d in rendered[overlay] if d["metadata"].get("namespace")}
+        if namespaces != {spec["destination"]["namespace"]}:
+            problems.append(f"argocd: {name} deploys into {spec['destination']['namespace']}, the overlay into {namespaces}")
+        automated = spec.get("syncPolicy", {}).get("automated")
+        if overlay == "dev" and not (automated and automated.get("selfHeal") and automated.get("prune")):
+            problems.append(f"argocd: {name} should sync by itself, prune and self-heal")
+        if overlay != "dev" and automated is not None:
+            problems.append(f"argocd: {name} syncs by itself: production is promoted by hand")
+        if not any(i.get("kind") == "Deployment" and "/spec/replicas" in i.get("jsonPointers", [])
+                   for i in spec.get("ignoreDifferences", [])):
+            problems.append(f"argocd: {name} would undo the autoscalers' replica counts")
+
+
 def self_test(health_names):
     """The checks must catch what they are for: a bare workload fails each of them."""
     bare = {
@@ -241,12 +304,23 @@ def self_test(health_names):
                 "which does not exist"]
     missed = [e for e in expected if not any(e in f for f in found)]
     assert not missed, f"the monitoring checks missed: {missed}"
+    found = []
+    pod = lambda image: {"spec": {"template": {"spec": {"containers": [{"image": image}]}}}}
+    check_images_and_waves([
+        {"kind": "Deployment", "metadata": {"name": "db"}, **pod("postgres:15")},
+        {"kind": "Deployment", "metadata": {"name": "cache"}, **pod("redis:latest")},
+        {"kind": "Deployment", "metadata": {"name": "gateway"}, **pod("shopmesh/gateway:0.1.0")},
+        {"kind": "Secret", "metadata": {"name": "keys", "annotations": {WAVE: "1"}}},
+    ], "dev", found)
+    expected = ["postgres:15: pin", "redis:latest: pin", "Secret/keys is in sync wave 1"]
+    missed = [e for e in expected if not any(e in f for f in found)]
+    assert not missed, f"the image and wave checks missed: {missed}"
 
 
 def main():
     health_names = registered_health_names()
     self_test(health_names)
-    problems, counts = [], {}
+    problems, counts, rendered_overlays = [], {}, {}
     for overlay in OVERLAYS:
         rendered = subprocess.run(
             ["kubectl", "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
@@ -272,6 +346,8 @@ def main():
                 check_mtls(doc, config, certificates, problems)
         check_replicas(docs, overlay, problems)
         check_monitoring(docs, overlay, problems)
+        check_images_and_waves(docs, overlay, problems)
+        rendered_overlays[overlay] = docs
         for ingress in (d for d in docs if d["kind"] == "Ingress"):
             paths = [p["path"] for r in ingress["spec"].get("rules", []) for p in r.get("http", {}).get("paths", [])]
             exposed = [p for p in paths if not p.startswith("/v1/") and p not in ("/docs", "/openapi.json")]
@@ -280,6 +356,7 @@ def main():
             if overlay != "dev" and not ingress["spec"].get("tls"):
                 problems.append(f"{overlay}: Ingress/{ingress['metadata']['name']} has no TLS section")
         counts[overlay] = (len(docs), validated, custom)
+    check_argocd(rendered_overlays, problems)
     for overlay, (total, validated, custom) in counts.items():
         print(f"{overlay}: {total} resources rendered, {validated} valid against the Kubernetes schemas, {custom} custom resources")
     if problems:

@@ -67,16 +67,19 @@ HEADER = """\
 RED = """\
   - name: shopmesh-red
     rules:
+      # What the dashboard (deploy/compose/grafana/dashboards/shopmesh.json) reads.
       - record: shopmesh:rpc_requests:rate1m
-        expr: sum by (service, rpc_method) (rate(rpc_server_requests_total[1m]))
+        expr: sum by (service, rpc_method, grpc_code) (rate(rpc_server_requests_total[1m]))
       - record: shopmesh:rpc_server_errors:rate1m
         expr: sum by (service, rpc_method) (rate(rpc_server_requests_total{grpc_code=~"%s"}[1m]))
+      - record: shopmesh:rpc_duration_seconds_bucket:rate1m
+        expr: sum by (service, le) (rate(rpc_server_duration_seconds_bucket[1m]))
       - record: shopmesh:rpc_duration_seconds:p99_1m
         expr: histogram_quantile(0.99, sum by (service, rpc_method, le) (rate(rpc_server_duration_seconds_bucket[1m])))
       - record: shopmesh:gateway_requests:rate1m
         expr: sum by (route, status) (rate(gateway_http_requests_total[1m]))
-      - record: shopmesh:gateway_duration_seconds:p99_1m
-        expr: histogram_quantile(0.99, sum by (route, le) (rate(gateway_http_request_duration_seconds_bucket[1m])))
+      - record: shopmesh:gateway_duration_seconds_bucket:rate1m
+        expr: sum by (route, le) (rate(gateway_http_request_duration_seconds_bucket[1m]))
 """ % SERVER_ERRORS
 
 # Alerts on what no retry or copy absorbs. Each names its runbook entry.
