@@ -106,7 +106,7 @@ pub async fn trace_call(State(gw): State<Arc<Gateway>>, request: Request, next: 
     let route = request
         .extensions()
         .get::<Matched>()
-        .map_or(OTHER_LABEL, |m| m.route.template.as_str());
+        .map_or_else(|| OTHER_LABEL.to_owned(), |m| m.route.template.clone());
     let span = tracing::info_span!(
         "http.server",
         otel.name = %format!("{method} {route}"),
@@ -126,8 +126,22 @@ pub async fn trace_call(State(gw): State<Arc<Gateway>>, request: Request, next: 
     } else {
         telemetry::link_from_http(&span, request.headers());
     }
+    let started = std::time::Instant::now();
     let response = next.run(request).instrument(span.clone()).await;
-    span.record("http.response.status_code", response.status().as_u16());
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", status);
+    // The access log: one record per request, in its trace (target `access`, at
+    // debug: `RUST_LOG` or `OTEL_LOGS_FILTER` with `access=debug` turns it on).
+    span.in_scope(|| {
+        tracing::debug!(
+            target: "access",
+            method = %method,
+            route = %route,
+            status,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request answered"
+        );
+    });
     response
 }
 

@@ -1,6 +1,7 @@
-//! One telemetry entry point: `tracing` with JSON logs off a terminal, spans
-//! exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace
-//! context carried over gRPC metadata and Kafka headers.
+//! One telemetry entry point: `tracing` with JSON logs off a terminal, spans and
+//! log records exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (each
+//! record carrying the trace and span it happened in), and W3C trace context
+//! carried over gRPC metadata and Kafka headers.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -8,7 +9,9 @@ use std::io::IsTerminal;
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
 use opentelemetry::{Context, global};
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::SdkLoggerProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tonic::metadata::{KeyAndValueRef, MetadataKey, MetadataMap, MetadataValue};
@@ -17,18 +20,68 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-/// Flushes and stops the trace exporter when dropped.
+/// Flushes and stops the trace and log exporters when dropped.
 #[derive(Debug)]
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
+    logs: Option<SdkLoggerProvider>,
 }
 
 impl Drop for TelemetryGuard {
     fn drop(&mut self) {
+        if let Some(logs) = &self.logs
+            && let Err(err) = logs.shutdown()
+        {
+            eprintln!("log exporter shutdown failed: {err}");
+        }
         if let Err(err) = self.provider.shutdown() {
             eprintln!("trace exporter shutdown failed: {err}");
         }
     }
+}
+
+/// Targets whose events never become OTLP log records: the exporter's own
+/// transport (exporting them would log the export that logs them) and the broker
+/// client's chatter, which stdout keeps.
+const NOT_EXPORTED_AS_LOGS: [&str; 6] = [
+    "h2",
+    "hyper",
+    "tonic",
+    "tower",
+    "opentelemetry",
+    "librdkafka",
+];
+
+/// Log records over OTLP, from events at `OTEL_LOGS_FILTER` (by default info) and
+/// above, whatever RUST_LOG says of stdout; off with `OTEL_LOGS_EXPORTER=none`.
+fn otlp_logs(resource: Resource) -> anyhow::Result<Option<SdkLoggerProvider>> {
+    use anyhow::Context as _;
+    use opentelemetry_otlp::WithTonicConfig as _;
+    if std::env::var("OTEL_LOGS_EXPORTER").is_ok_and(|v| v == "none") {
+        return Ok(None);
+    }
+    let mut exporter = opentelemetry_otlp::LogExporter::builder().with_tonic();
+    if let Some(tls) = otlp_tls()? {
+        exporter = exporter.with_tls_config(tls);
+    }
+    let exporter = exporter.build().context("building the OTLP log exporter")?;
+    Ok(Some(
+        SdkLoggerProvider::builder()
+            .with_resource(resource)
+            .with_batch_exporter(exporter)
+            .build(),
+    ))
+}
+
+fn otlp_logs_filter() -> EnvFilter {
+    let base = std::env::var("OTEL_LOGS_FILTER").unwrap_or_else(|_| "info".into());
+    let mut filter = EnvFilter::try_new(&base).unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in NOT_EXPORTED_AS_LOGS {
+        if let Ok(directive) = format!("{target}=off").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
 }
 
 /// Installs the global subscriber and propagator. Spans always get W3C trace ids
@@ -50,8 +103,14 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
             environment,
         ))
         .build();
+    let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty());
+    let logs = if exporting {
+        otlp_logs(resource.clone())?
+    } else {
+        None
+    };
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty()) {
+    if exporting {
         use anyhow::Context as _;
         use opentelemetry_otlp::WithTonicConfig as _;
         let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
@@ -84,6 +143,11 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
             .with_filter(log_filter)
             .boxed()
     };
+    // The bridge reads the trace context that the layer above attaches on entering
+    // a span, so each record names the trace and span it happened in.
+    let log_bridge = logs
+        .as_ref()
+        .map(|logs| OpenTelemetryTracingBridge::new(logs).with_filter(otlp_logs_filter()));
     tracing_subscriber::registry()
         .with(fmt)
         .with(
@@ -91,9 +155,10 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
                 .with_tracer(tracer)
                 .with_filter(trace_filter),
         )
+        .with(log_bridge)
         .try_init()
         .ok();
-    Ok(TelemetryGuard { provider })
+    Ok(TelemetryGuard { provider, logs })
 }
 
 /// One JSON object per line, with the trace and span ids of the span the event

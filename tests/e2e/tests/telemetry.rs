@@ -1,6 +1,8 @@
 //! One CreateOrder through the gateway leaves one trace, from the HTTP request to
-//! the last consumer, at an OTLP receiver of the test's own; every process's
-//! /metrics moved for the calls made; with no collector, requests still succeed.
+//! the last consumer, and log records from every process it crossed that carry
+//! that trace, at an OTLP receiver of the test's own; no record holds a password or
+//! a token; every process's /metrics moved for the calls made; with no collector,
+//! requests still succeed.
 
 mod dev;
 
@@ -9,6 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dev::{DevMesh, curl};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -50,6 +58,47 @@ impl TraceService for Receiver {
     }
 }
 
+/// The service.name attribute of an exported resource.
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .iter()
+        .flat_map(|r| &r.attributes)
+        .find(|kv| kv.key == "service.name")
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+/// Log records as received: (service.name, trace id in hex, the whole record as
+/// text, body and attributes included, for the search for secrets).
+#[derive(Clone, Default)]
+struct LogReceiver(Arc<Mutex<Vec<(String, String, String)>>>);
+
+#[tonic::async_trait]
+impl LogsService for LogReceiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let mut records = self.0.lock().expect("records");
+        for resource_logs in request.into_inner().resource_logs {
+            let service = service_name(resource_logs.resource.as_ref());
+            for scope in resource_logs.scope_logs {
+                for record in scope.log_records {
+                    records.push((
+                        service.clone(),
+                        hex(&record.trace_id),
+                        format!("{record:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -58,6 +107,7 @@ fn hex(bytes: &[u8]) -> String {
 async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
     let _serial = dev::serial().await;
     let receiver = Receiver::default();
+    let logs = LogReceiver::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -77,6 +127,7 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
             .tls_config(tls)
             .expect("collector TLS")
             .add_service(TraceServiceServer::new(receiver.clone()))
+            .add_service(LogsServiceServer::new(logs.clone()))
             .serve_with_incoming_shutdown(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 async {
@@ -91,6 +142,9 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
             ca_file.to_str().expect("utf-8"),
         ),
         ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "200"),
+        // Info and above, and the access log: a record per request and call.
+        ("OTEL_LOGS_FILTER", "info,access=debug"),
         // This test's client continues its own trace; anyone else starts a new one.
         ("TRUSTED_TRACE_SOURCES", "127.0.0.1"),
     ])
@@ -179,6 +233,48 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
         spans.len(),
         names.join("\n")
     );
+
+    // Log records from every process the request crossed carry its trace id, and
+    // none, in the trace or not, holds the password or the token.
+    let services = [
+        "gateway",
+        "order-service",
+        "user-service",
+        "inventory-service",
+    ];
+    let logged = shop_testkit::eventually(Duration::from_secs(30), || {
+        let records = logs.0.lock().expect("records").clone();
+        let trace_id = trace_id.clone();
+        async move {
+            services
+                .iter()
+                .all(|service| {
+                    records
+                        .iter()
+                        .any(|(svc, trace, _)| svc == service && *trace == trace_id)
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    let records = logs.0.lock().expect("records").clone();
+    let in_trace: Vec<String> = records
+        .iter()
+        .filter(|(_, trace, _)| *trace == trace_id)
+        .map(|(svc, _, record)| format!("{svc}: {}", &record[..record.len().min(300)]))
+        .collect();
+    assert!(
+        logged.is_some(),
+        "log records of trace {trace_id} from each of {services:?} ({} records in all); in the trace:\n{}",
+        records.len(),
+        in_trace.join("\n")
+    );
+    for (service, _, record) in &records {
+        assert!(
+            !record.contains("correct horse battery") && !record.contains(&token),
+            "{service} exported a secret in a log record: {record}"
+        );
+    }
 
     // No orphans: every span of the trace hangs off the client's span or another exported span.
     let ids: HashSet<String> = spans

@@ -124,6 +124,17 @@ where
                     grpc_code: GrpcCode(code),
                 };
                 metrics().rpc.record(&labels, started.elapsed());
+                // The access log: one record per call, inside the call's span, so in
+                // its trace (target `access`, at debug: `RUST_LOG` or
+                // `OTEL_LOGS_FILTER` with `access=debug` turns it on).
+                tracing::debug!(
+                    target: "access",
+                    rpc_service = service,
+                    rpc_method = method,
+                    grpc_code = ?code,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "call answered"
+                );
             }
             result
         })
