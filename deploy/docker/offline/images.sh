@@ -104,44 +104,35 @@ build_rust() {
     log "built $RUST_IMAGE"
 }
 
+# An image made from a Dockerfile in this folder on the Debian base, rebuilt only
+# when the Dockerfile (or another input named after it) changes.
+build_from() { # image description dockerfile [more inputs]
+    local image=$1 what=$2 dockerfile=$3 sum
+    sum=$(cat "${@:3}" | sha256sum | cut -c1-16)
+    [ "$(label_of "$image" org.shopmesh.inputs)" = "$sum" ] && return 0
+    log "building $image ($what)"
+    quiet_build -f "$dockerfile" --build-arg "BASE_IMAGE=$BASE" \
+        --label "org.shopmesh.inputs=$sum" -t "$image" . >/dev/null
+}
+
 build_postgres() {
     POSTGRES_IMAGE=shopmesh-local/postgres:15
-    local sum
-    sum=$(cat postgres.Dockerfile postgres-entrypoint.sh | sha256sum | cut -c1-16)
-    [ "$(label_of "$POSTGRES_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
-    log "building $POSTGRES_IMAGE (Debian's postgresql-15)"
-    quiet_build -f postgres.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
-        --label "org.shopmesh.inputs=$sum" -t "$POSTGRES_IMAGE" . >/dev/null
+    build_from "$POSTGRES_IMAGE" "Debian's postgresql-15" postgres.Dockerfile postgres-entrypoint.sh
 }
 
 build_redis() {
     REDIS_IMAGE=shopmesh-local/redis:7
-    local sum
-    sum=$(sha256sum <redis.Dockerfile | cut -c1-16)
-    [ "$(label_of "$REDIS_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
-    log "building $REDIS_IMAGE (Debian's redis-server)"
-    quiet_build -f redis.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
-        --label "org.shopmesh.inputs=$sum" -t "$REDIS_IMAGE" . >/dev/null
+    build_from "$REDIS_IMAGE" "Debian's redis-server" redis.Dockerfile
 }
 
 build_haproxy() {
     HAPROXY_IMAGE=shopmesh-local/haproxy:2
-    local sum
-    sum=$(sha256sum <haproxy.Dockerfile | cut -c1-16)
-    [ "$(label_of "$HAPROXY_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
-    log "building $HAPROXY_IMAGE (Debian's haproxy)"
-    quiet_build -f haproxy.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
-        --label "org.shopmesh.inputs=$sum" -t "$HAPROXY_IMAGE" . >/dev/null
+    build_from "$HAPROXY_IMAGE" "Debian's haproxy" haproxy.Dockerfile
 }
 
 build_prometheus() {
     PROMETHEUS_IMAGE=shopmesh-local/prometheus:2
-    local sum
-    sum=$(sha256sum <prometheus.Dockerfile | cut -c1-16)
-    [ "$(label_of "$PROMETHEUS_IMAGE" org.shopmesh.inputs)" = "$sum" ] && return 0
-    log "building $PROMETHEUS_IMAGE (Debian's prometheus)"
-    quiet_build -f prometheus.Dockerfile --build-arg "BASE_IMAGE=$BASE" \
-        --label "org.shopmesh.inputs=$sum" -t "$PROMETHEUS_IMAGE" . >/dev/null
+    build_from "$PROMETHEUS_IMAGE" "Debian's prometheus" prometheus.Dockerfile
 }
 
 build_tansu() {

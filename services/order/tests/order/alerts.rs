@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::crash::spawn_order_service;
-use crate::mesh::{Mesh, order_settings, sku};
+use crate::mesh::{Mesh, sku};
 
 /// A Prometheus of this test's own on a free port, evaluating the repository's
 /// rules every second over one scrape target.
@@ -109,15 +109,7 @@ async fn a_stuck_outbox_and_a_killed_copy_fire_their_alerts_in_prometheus() {
     let mesh = Mesh::start().await;
     // A second order-service copy as a process of its own, on the same database:
     // the one Prometheus scrapes, and the one that is SIGKILLed.
-    let db = &mesh.order.as_ref().expect("order service").db;
-    let mut settings = order_settings(
-        &mesh.identity,
-        &mesh.broker.brokers,
-        db,
-        mesh.user_port,
-        mesh.inventory_port,
-    );
-    settings.service.kafka_group_id = mesh.order.as_ref().expect("order service").group.clone();
+    let settings = mesh.another_order_copy();
     let (port, admin_port) = (shop_testkit::free_port(), shop_testkit::free_port());
     let mut copy = spawn_order_service(&settings, port, admin_port);
     shop_testkit::wait_serving(port).await;

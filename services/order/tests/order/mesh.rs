@@ -171,6 +171,21 @@ impl Mesh {
         }
     }
 
+    /// The settings of another copy of the running order service: the same
+    /// database, peers and consumer group, as a replica has.
+    pub fn another_order_copy(&self) -> shop_order::Settings {
+        let order = self.order.as_ref().expect("order service");
+        let mut settings = order_settings(
+            &self.identity,
+            &self.broker.brokers,
+            &order.db,
+            self.user_port,
+            self.inventory_port,
+        );
+        settings.service.kafka_group_id = order.group.clone();
+        settings
+    }
+
     /// Connects on first use, so a service that is restarting answers UNAVAILABLE;
     /// over mutual TLS when the mesh speaks it.
     pub fn channel(&self, port: u16) -> Channel {

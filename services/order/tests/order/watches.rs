@@ -135,16 +135,7 @@ async fn a_watch_on_one_copy_sees_a_change_made_through_the_other() {
     let mesh = Mesh::start().await;
     let (token, order) = mesh.confirmed_order("TWO").await;
     // A second copy of the order service on the same database, as a replica runs.
-    let db = &mesh.order.as_ref().expect("order service").db;
-    let mut settings = crate::mesh::order_settings(
-        &mesh.identity,
-        &mesh.broker.brokers,
-        db,
-        mesh.user_port,
-        mesh.inventory_port,
-    );
-    settings.service.kafka_group_id = mesh.order.as_ref().expect("order service").group.clone();
-    let other = shop_order::Application::build(settings)
+    let other = shop_order::Application::build(mesh.another_order_copy())
         .await
         .expect("second order service copy");
     let other_port = other.grpc_port();
