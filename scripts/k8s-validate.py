@@ -203,6 +203,45 @@ def check_monitoring(docs, overlay, problems):
                                 "which does not exist")
 
 
+# Which service owns (alone may write) each events topic.
+TOPIC_OWNERS = {"shop.user.v1.events": "user-service", "shop.inventory.v1.events": "inventory-service",
+                "shop.order.v1.events": "order-service"}
+
+
+def check_kafka_security(docs, overlay, problems):
+    """Where the overlay runs its own Kafka (Strimzi): every listener speaks TLS
+    and authenticates clients, ACLs are enforced, each service connects over TLS
+    with the certificate of a KafkaUser of its own name, and only a topic's owner
+    may write it."""
+    clusters = [d for d in docs if d["kind"] == "Kafka"]
+    if not clusters:
+        return
+    for kafka in clusters:
+        for listener in kafka["spec"]["kafka"].get("listeners", []):
+            if not listener.get("tls") or "authentication" not in listener:
+                problems.append(f"{overlay}: Kafka listener {listener['name']} is not TLS with client authentication")
+        if kafka["spec"]["kafka"].get("authorization", {}).get("type") != "simple":
+            problems.append(f"{overlay}: Kafka/{kafka['metadata']['name']} enforces no ACLs")
+    users = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaUser"}
+    config = next((d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"
+                   and d["metadata"]["name"] == "shopmesh-config"), {})
+    if config.get("KAFKA_SECURITY_PROTOCOL") != "ssl":
+        problems.append(f"{overlay}: the services do not connect to Kafka over TLS (KAFKA_SECURITY_PROTOCOL)")
+    for d in docs:
+        if d["kind"] != "Deployment" or d["metadata"]["name"] not in GRPC_BACKENDS:
+            continue
+        name = d["metadata"]["name"]
+        secrets = {v.get("secret", {}).get("secretName") for v in d["spec"]["template"]["spec"].get("volumes", [])}
+        if name not in users or name not in secrets:
+            problems.append(f"{overlay}: {name} does not connect as a KafkaUser of its own (none, or its Secret not mounted)")
+    for user, doc in users.items():
+        for acl in doc["spec"].get("authorization", {}).get("acls", []):
+            topic = acl["resource"]["name"]
+            if acl["resource"]["type"] == "topic" and "Write" in acl["operations"] \
+                    and TOPIC_OWNERS.get(topic, user) != user:
+                problems.append(f"{overlay}: KafkaUser/{user} may write {topic}, which {TOPIC_OWNERS[topic]} owns")
+
+
 def check_images_and_waves(docs, overlay, problems):
     """Every image pinned to a version (not `latest`, not a bare major such as
     `postgres:15`); the overlay's own `images:` list sets every shopmesh tag; and
@@ -315,6 +354,20 @@ def self_test(health_names):
     expected = ["postgres:15: pin", "redis:latest: pin", "Secret/keys is in sync wave 1"]
     missed = [e for e in expected if not any(e in f for f in found)]
     assert not missed, f"the image and wave checks missed: {missed}"
+    found = []
+    check_kafka_security([
+        {"kind": "Kafka", "metadata": {"name": "k"},
+         "spec": {"kafka": {"listeners": [{"name": "plain", "tls": False}]}}},
+        {"kind": "KafkaUser", "metadata": {"name": "user-service"},
+         "spec": {"authorization": {"acls": [{"resource": {"type": "topic", "name": "shop.order.v1.events"},
+                                              "operations": ["Write"]}]}}},
+        {"kind": "Deployment", "metadata": {"name": "order-service"},
+         "spec": {"template": {"spec": {"volumes": []}}}},
+    ], "bare", found)
+    expected = ["not TLS with client authentication", "enforces no ACLs", "KAFKA_SECURITY_PROTOCOL",
+                "order-service does not connect as a KafkaUser", "may write shop.order.v1.events"]
+    missed = [e for e in expected if not any(e in f for f in found)]
+    assert not missed, f"the Kafka security checks missed: {missed}"
 
 
 def main():
@@ -347,6 +400,7 @@ def main():
         check_replicas(docs, overlay, problems)
         check_monitoring(docs, overlay, problems)
         check_images_and_waves(docs, overlay, problems)
+        check_kafka_security(docs, overlay, problems)
         rendered_overlays[overlay] = docs
         for ingress in (d for d in docs if d["kind"] == "Ingress"):
             paths = [p["path"] for r in ingress["spec"].get("rules", []) for p in r.get("http", {}).get("paths", [])]

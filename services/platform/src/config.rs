@@ -186,6 +186,21 @@ pub struct ServiceSettings {
     pub kafka_one_record_per_batch: bool,
     /// `KAFKA_TOPIC_PARTITIONS`: partitions of the topics a service creates when missing.
     pub kafka_topic_partitions: i32,
+    /// `KAFKA_SECURITY_PROTOCOL`: `plaintext`, `ssl` (TLS, with this workload's
+    /// certificate where the broker asks for one), `sasl_ssl` or `sasl_plaintext`.
+    pub kafka_security_protocol: String,
+    /// `KAFKA_SSL_CA_FILE` / `KAFKA_SSL_CERT_FILE` / `KAFKA_SSL_KEY_FILE`: PEM files
+    /// for TLS to the brokers (their CA, this client's certificate and key); each
+    /// unset falls back to the workload's `TLS_CA_FILE`, `TLS_CERT_FILE`, `TLS_KEY_FILE`.
+    pub kafka_ssl_ca_file: String,
+    pub kafka_ssl_cert_file: String,
+    pub kafka_ssl_key_file: String,
+    /// `KAFKA_SASL_MECHANISM` (`SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN`),
+    /// `KAFKA_SASL_USERNAME`, `KAFKA_SASL_PASSWORD`: this service's own credentials
+    /// with the `sasl_*` protocols.
+    pub kafka_sasl_mechanism: String,
+    pub kafka_sasl_username: String,
+    pub kafka_sasl_password: Secret,
     /// `DRAIN_DELAY_MS`: time between NOT_SERVING and closing the listener, so that
     /// load balancers stop sending new calls first.
     pub drain_delay_ms: u64,
@@ -249,6 +264,13 @@ impl ServiceSettings {
             kafka_group_id: name.into(),
             kafka_one_record_per_batch: false,
             kafka_topic_partitions: 3,
+            kafka_security_protocol: "plaintext".into(),
+            kafka_ssl_ca_file: String::new(),
+            kafka_ssl_cert_file: String::new(),
+            kafka_ssl_key_file: String::new(),
+            kafka_sasl_mechanism: String::new(),
+            kafka_sasl_username: String::new(),
+            kafka_sasl_password: Secret::default(),
             drain_delay_ms: 0,
             shutdown_timeout_ms: 10_000,
             auth_issuer: "shopmesh-user-service".into(),
@@ -315,6 +337,7 @@ impl ServiceSettings {
                 "must be at least 1",
             ));
         }
+        crate::kafka::KafkaConnection::from_settings(self)?;
         Ok(())
     }
 }

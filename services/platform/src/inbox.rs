@@ -148,9 +148,9 @@ impl<H: EventHandler> InboxConsumer<H> {
         owner: EventVerifier,
         handler: H,
     ) -> anyhow::Result<Self> {
-        let brokers = settings.kafka_brokers.as_str();
+        let connection = kafka::KafkaConnection::from_settings(settings)?;
         let consumer = kafka::consumer(
-            brokers,
+            &connection,
             &settings.kafka_group_id,
             Duration::from_millis(settings.kafka_session_timeout_ms),
         )?;
@@ -160,7 +160,7 @@ impl<H: EventHandler> InboxConsumer<H> {
             topic: topic.into(),
             pool,
             consumer: std::sync::Arc::new(consumer),
-            dead_letters: kafka::producer(brokers, settings.kafka_one_record_per_batch)?,
+            dead_letters: kafka::producer(&connection, settings.kafka_one_record_per_batch)?,
             owner,
             handler,
             max_attempts: 3,

@@ -15,6 +15,7 @@ use rdkafka::message::{Headers, OwnedHeaders};
 use rdkafka::producer::FutureProducer;
 
 use crate::backoff::{Backoff, MAX_BACKOFF};
+use crate::config::{ConfigError, ServiceSettings};
 use crate::shutdown::Shutdown;
 
 /// Header carrying the event id (unique per event, stable across redeliveries).
@@ -32,14 +33,159 @@ pub fn dead_letter_topic(topic: &str, consumer: &str) -> String {
     format!("{topic}.{consumer}.dlq")
 }
 
+/// How a client reaches the brokers: their addresses and, where the brokers ask
+/// for them, TLS (the brokers' CA, this workload's certificate) and SASL
+/// credentials; every producer, consumer and admin client is made from one.
+#[derive(Clone)]
+pub struct KafkaConnection {
+    brokers: String,
+    /// librdkafka properties beyond `bootstrap.servers`.
+    security: Vec<(&'static str, String)>,
+}
+
+impl std::fmt::Debug for KafkaConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shown: Vec<(&str, &str)> = self
+            .security
+            .iter()
+            .map(|(k, v)| {
+                (
+                    *k,
+                    if *k == "sasl.password" {
+                        "[redacted]"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("KafkaConnection")
+            .field("brokers", &self.brokers)
+            .field("security", &shown)
+            .finish()
+    }
+}
+
+impl KafkaConnection {
+    /// Plaintext to `brokers`, with no credentials.
+    pub fn plaintext(brokers: &str) -> Self {
+        Self {
+            brokers: brokers.to_owned(),
+            security: Vec::new(),
+        }
+    }
+
+    /// From `KAFKA_BROKERS` and the `KAFKA_SECURITY_PROTOCOL`, `KAFKA_SSL_*` and
+    /// `KAFKA_SASL_*` settings; a setting the protocol needs and lacks is named.
+    pub fn from_settings(settings: &ServiceSettings) -> Result<Self, ConfigError> {
+        let protocol = settings.kafka_security_protocol.trim().to_ascii_lowercase();
+        let (tls, sasl) = match protocol.as_str() {
+            "plaintext" | "" => (false, false),
+            "ssl" => (true, false),
+            "sasl_ssl" => (true, true),
+            "sasl_plaintext" => (false, true),
+            other => {
+                return Err(ConfigError::missing(
+                    "KAFKA_SECURITY_PROTOCOL",
+                    &format!("'{other}' is none of plaintext, ssl, sasl_ssl, sasl_plaintext"),
+                ));
+            }
+        };
+        let mut security = Vec::new();
+        if protocol.as_str() != "" {
+            security.push(("security.protocol", protocol.clone()));
+        }
+        if tls {
+            let or = |own: &str, workload: &str| {
+                if own.is_empty() {
+                    workload.to_owned()
+                } else {
+                    own.to_owned()
+                }
+            };
+            let ca = or(&settings.kafka_ssl_ca_file, &settings.tls_ca_file);
+            let cert = or(&settings.kafka_ssl_cert_file, &settings.tls_cert_file);
+            let key = or(&settings.kafka_ssl_key_file, &settings.tls_key_file);
+            for (name, path) in [
+                ("KAFKA_SSL_CA_FILE", &ca),
+                ("KAFKA_SSL_CERT_FILE", &cert),
+                ("KAFKA_SSL_KEY_FILE", &key),
+            ] {
+                if !path.is_empty() && !std::path::Path::new(path).is_file() {
+                    return Err(ConfigError::missing(name, &format!("no such file: {path}")));
+                }
+            }
+            if cert.is_empty() != key.is_empty() {
+                return Err(ConfigError::missing(
+                    "KAFKA_SSL_CERT_FILE",
+                    "a client certificate and its key go together (KAFKA_SSL_KEY_FILE)",
+                ));
+            }
+            // The brokers' names are checked against their certificates.
+            security.push(("ssl.endpoint.identification.algorithm", "https".into()));
+            if !ca.is_empty() {
+                security.push(("ssl.ca.location", ca));
+            }
+            if !cert.is_empty() {
+                security.push(("ssl.certificate.location", cert));
+                security.push(("ssl.key.location", key));
+            }
+        }
+        if sasl {
+            let mechanism = settings.kafka_sasl_mechanism.trim().to_ascii_uppercase();
+            if !matches!(
+                mechanism.as_str(),
+                "SCRAM-SHA-512" | "SCRAM-SHA-256" | "PLAIN"
+            ) {
+                return Err(ConfigError::missing(
+                    "KAFKA_SASL_MECHANISM",
+                    "must be SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN with a sasl_* protocol",
+                ));
+            }
+            if settings.kafka_sasl_username.is_empty() || settings.kafka_sasl_password.is_empty() {
+                return Err(ConfigError::missing(
+                    "KAFKA_SASL_USERNAME",
+                    "and KAFKA_SASL_PASSWORD must be set with a sasl_* protocol",
+                ));
+            }
+            security.push(("sasl.mechanism", mechanism));
+            security.push(("sasl.username", settings.kafka_sasl_username.clone()));
+            security.push((
+                "sasl.password",
+                settings.kafka_sasl_password.expose().to_owned(),
+            ));
+        }
+        Ok(Self {
+            brokers: settings.kafka_brokers.clone(),
+            security,
+        })
+    }
+
+    pub fn brokers(&self) -> &str {
+        &self.brokers
+    }
+
+    /// A client configuration with the brokers and the security settings.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (key, value) in &self.security {
+            config.set(*key, value);
+        }
+        config
+    }
+}
+
 /// An idempotent producer (acks=all) that keeps retrying while the broker is away,
 /// so that an outage delays events instead of duplicating them. Records are
 /// batched as librdkafka does by default, unless `one_record_per_batch`
 /// (`KAFKA_ONE_RECORD_PER_BATCH`, ADR 0006): the test broker's workaround.
-pub fn producer(brokers: &str, one_record_per_batch: bool) -> anyhow::Result<FutureProducer> {
-    let mut config = ClientConfig::new();
+pub fn producer(
+    connection: &KafkaConnection,
+    one_record_per_batch: bool,
+) -> anyhow::Result<FutureProducer> {
+    let mut config = connection.client_config();
     config
-        .set("bootstrap.servers", brokers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("message.timeout.ms", "0")
@@ -59,12 +205,12 @@ pub fn producer(brokers: &str, one_record_per_batch: bool) -> anyhow::Result<Fut
 
 /// A consumer in `group` that commits offsets only when told (after processing).
 pub fn consumer(
-    brokers: &str,
+    connection: &KafkaConnection,
     group: &str,
     session_timeout: Duration,
 ) -> anyhow::Result<StreamConsumer> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    connection
+        .client_config()
         .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
@@ -88,13 +234,13 @@ pub fn consumer(
 /// Creates the topics that do not exist yet, retrying until the broker answers or
 /// shutdown starts.
 pub async fn ensure_topics(
-    brokers: &str,
+    connection: &KafkaConnection,
     topics: &[String],
     partitions: i32,
     shutdown: &Shutdown,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: AdminClient<DefaultClientContext> = connection
+        .client_config()
         .create()
         .context("KAFKA_BROKERS: cannot create an admin client")?;
     let new_topics: Vec<NewTopic<'_>> = topics
@@ -167,13 +313,19 @@ mod tests {
         let brokers = std::env::var("KAFKA_BROKERS")
             .expect("KAFKA_BROKERS must point at a Kafka-protocol broker (run `make test`)");
         let topic = format!("resume-{}", uuid::Uuid::now_v7());
-        ensure_topics(&brokers, std::slice::from_ref(&topic), 1, &Shutdown::new())
-            .await
-            .expect("topic");
+        ensure_topics(
+            &KafkaConnection::plaintext(&brokers),
+            std::slice::from_ref(&topic),
+            1,
+            &Shutdown::new(),
+        )
+        .await
+        .expect("topic");
         // Batched unless the broker needs the workaround (tansu: with-infra.sh sets it);
         // on real Kafka this test passes with batching on.
         let one_per_batch = std::env::var("KAFKA_ONE_RECORD_PER_BATCH").is_ok_and(|v| v == "true");
-        let producer = producer(&brokers, one_per_batch).expect("producer");
+        let producer =
+            producer(&KafkaConnection::plaintext(&brokers), one_per_batch).expect("producer");
         let sends: Vec<_> = (0..50)
             .map(|i| {
                 let payload = i.to_string();
@@ -188,7 +340,8 @@ mod tests {
 
         let group = format!("resume-{}", uuid::Uuid::now_v7());
         let session = Duration::from_secs(30);
-        let first = consumer(&brokers, &group, session).expect("consumer");
+        let first =
+            consumer(&KafkaConnection::plaintext(&brokers), &group, session).expect("consumer");
         first.subscribe(&[&topic]).expect("subscribe");
         for expected in 0..10 {
             let message = tokio::time::timeout(Duration::from_secs(20), first.recv())
@@ -202,7 +355,8 @@ mod tests {
         }
         drop(first);
 
-        let next = consumer(&brokers, &group, session).expect("consumer");
+        let next =
+            consumer(&KafkaConnection::plaintext(&brokers), &group, session).expect("consumer");
         next.subscribe(&[&topic]).expect("subscribe");
         // Longer than the session timeout, in case the broker waits out the first member.
         let message = tokio::time::timeout(Duration::from_secs(45), next.recv())

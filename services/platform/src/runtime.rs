@@ -366,15 +366,26 @@ async fn run_events(
     event_workers: EventWorkers,
     shutdown: Shutdown,
 ) {
-    let brokers = &settings.kafka_brokers;
-    if let Err(err) =
-        kafka::ensure_topics(brokers, &topics, settings.kafka_topic_partitions, &shutdown).await
+    let connection = match kafka::KafkaConnection::from_settings(&settings) {
+        Ok(connection) => connection,
+        Err(err) => {
+            tracing::error!(error = %err, "events not started");
+            return;
+        }
+    };
+    if let Err(err) = kafka::ensure_topics(
+        &connection,
+        &topics,
+        settings.kafka_topic_partitions,
+        &shutdown,
+    )
+    .await
     {
         tracing::info!(error = %err, "events not started");
         return;
     }
     let wake_ups = crate::outbox::wake_on_commits(pool.clone(), signal.clone(), shutdown.clone());
-    let relay = match kafka::producer(brokers, settings.kafka_one_record_per_batch) {
+    let relay = match kafka::producer(&connection, settings.kafka_one_record_per_batch) {
         Ok(producer) => {
             OutboxRelay::new(pool, producer, signal, publisher.source, publisher.signer).batching(
                 settings.outbox_batch_size,

@@ -2,6 +2,7 @@
 //! names, a private tansu broker that a test may pause, Kafka readers, key pairs,
 //! free ports and the grpcurl command. Everything here talks to real servers.
 
+pub mod kafka_tls;
 pub mod mesh_tls;
 pub mod postgres_tls;
 
