@@ -440,14 +440,13 @@ class ComposeMesh(Mesh):
     deploy/compose/chaos.yml (the same saga timings and load rate limit as the native
     run) and tears it down afterwards. A service copy is reached at its container's
     address on the compose network (the engine's Linux host routes to it): its
-    admin port for /metrics, its plaintext health port for grpc.health.v1."""
+    admin port for /metrics, its gRPC port for grpc.health.v1."""
 
     target = "compose"
     slow_phase = "inventory frozen (docker pause)"
     partition_phase = "inventory partitioned (docker network disconnect)"
-    # Inside every service container (docker-compose.yml's HEALTH_PORT; each
-    # service's default admin port).
-    health_port = 50060
+    # Inside every service container: each service's gRPC and admin ports.
+    grpc_ports = {"user": 50051, "inventory": 50052, "order": 50053}
     admin_ports = {"user": 9101, "inventory": 9102, "order": 9103}
 
     def __init__(self, work):
@@ -535,15 +534,14 @@ class ComposeMesh(Mesh):
     def healthy(self, name):
         if name.partition("#")[0] == "gateway":
             return super().healthy(name)
-        # This very container, on its plaintext health-only port.
-        try:
-            address = self.address(self.container(name))
-        except subprocess.CalledProcessError:
+        # This very container, over mutual TLS (its certificate names localhost).
+        address = self.address(self.container(name))
+        if not address or address.startswith("<"):
             return False
-        if not address:
-            return False
-        done = subprocess.run(["grpcurl", "-plaintext", "-max-time", "1",
-                               f"{address}:{self.health_port}", "grpc.health.v1.Health/Check"],
+        port = self.grpc_ports[name.partition("#")[0]]
+        done = subprocess.run(["grpcurl", "-cacert", str(self.pki / "ca.pem"), "-cert", str(self.pki / "you.crt"),
+                               "-key", str(self.pki / "you.key"), "-servername", "localhost", "-max-time", "1",
+                               f"{address}:{port}", "grpc.health.v1.Health/Check"],
                               capture_output=True, text=True)
         return '"SERVING"' in done.stdout
 
@@ -655,7 +653,7 @@ class ComposeMesh(Mesh):
 
     def address(self, container):
         return docker("inspect", "-f", f'{{{{(index .NetworkSettings.Networks "{self.network}").IPAddress}}}}',
-                      container)
+                      container, check=False)
 
     def partition_inventory(self):
         docker("network", "disconnect", "-f", self.network, self.container("inventory"))
