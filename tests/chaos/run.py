@@ -419,7 +419,8 @@ class Chaos:
                 texts.append(urllib.request.urlopen(f"{gateway}/metrics", timeout=2).read().decode())
         for text in texts:
             for line in text.splitlines():
-                metric, _, value = line.partition(" ")
+                series, _, value = line.rpartition(" ")
+                metric = series.partition("{")[0]
                 if metric in wanted:
                     totals[metric.removeprefix("shop_").removesuffix("_total")] += float(value)
         return totals

@@ -56,6 +56,28 @@ fn refusal(err: &sqlx::Error) -> Option<String> {
 
 /// A pool that connects lazily, so a service starts (NOT_SERVING) while its
 /// database is still coming up.
+/// How long a transaction that holds rows others wait on may sit idle between its
+/// statements before PostgreSQL ends it (and its session), releasing the rows. A
+/// copy frozen mid-transaction (SIGSTOP, a stalled VM) otherwise holds them for as
+/// long as it is frozen, and every other copy's writes to those rows wait that
+/// long too. Our own transactions never wait on anything but the database between
+/// statements, so a healthy one is idle for milliseconds.
+const BOUND_IDLE_IN_TRANSACTION: &str = "SET LOCAL idle_in_transaction_session_timeout = '500ms'";
+
+/// A transaction that may sit idle 500 ms at most: for the ones that lock
+/// rows other requests contend for (stock, a user's figures). Not for one that
+/// waits on something else between statements (the outbox relay awaits the
+/// broker inside its transaction).
+pub async fn begin_bounded(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(BOUND_IDLE_IN_TRANSACTION)
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 pub fn pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)

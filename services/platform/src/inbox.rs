@@ -313,7 +313,8 @@ impl<H: EventHandler> InboxConsumer<H> {
     /// Records the event id and applies the handler in one transaction; false when
     /// the event was already processed.
     async fn apply(&self, event: &InboundEvent) -> Result<bool, HandlerError> {
-        let mut tx = self.pool.begin().await?;
+        // Handlers update rows requests contend for (stock, a user's figures).
+        let mut tx = crate::db::begin_bounded(&self.pool).await?;
         let inserted = sqlx::query(
             "INSERT INTO inbox_events (consumer, event_id, event_type, topic, kafka_partition, kafka_offset)
              VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",

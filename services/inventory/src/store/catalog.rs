@@ -31,7 +31,7 @@ impl Catalog {
 
     #[tracing::instrument(name = "db products.create", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "create"))]
     pub async fn create(&self, product: NewProduct) -> Result<Product, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let inserted = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO products (sku, name, description, currency_code, unit_price_minor, initial_stock, available)
              VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {PRODUCT_COLUMNS}"
@@ -103,7 +103,7 @@ impl Catalog {
     /// Applies an adjustment once per request id.
     #[tracing::instrument(name = "db products.adjust", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "adjust"))]
     pub async fn adjust(&self, adjustment: Adjustment) -> Result<Product, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         // The product row first (as every path locks it): concurrent adjustments queue
         // here instead of deadlocking on the adjustment's foreign key.
         let before: Option<i64> =

@@ -98,7 +98,7 @@ impl Reservations {
     /// same reservation; different lines for the same order are refused.
     #[tracing::instrument(name = "db reservations.reserve", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "reservations", db.operation.name = "reserve"))]
     pub async fn reserve(&self, request: ReservationRequest) -> Result<Reservation, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let expires_at = Utc::now() + chrono::Duration::from_std(self.ttl).unwrap_or_default();
         let claimed = sqlx::query(
             "INSERT INTO reservations (order_id, status, expires_at) VALUES ($1, 'held', $2)
@@ -317,7 +317,7 @@ impl Reservations {
         order_id: &str,
         to: ReservationStatus,
     ) -> Result<Reservation, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let r = lock(&mut tx, order_id)
             .await?
             .ok_or_else(|| ApiError::NotFound {
@@ -367,7 +367,7 @@ impl Reservations {
         // every other path, so expiry never deadlocks with reservations or commits.
         let mut expired = 0;
         while expired < limit {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
             let due: Option<String> = sqlx::query_scalar(
                 "SELECT order_id FROM reservations WHERE status = 'held' AND expires_at <= now()
                  ORDER BY expires_at LIMIT 1 FOR UPDATE SKIP LOCKED",
