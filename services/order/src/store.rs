@@ -117,7 +117,7 @@ impl Orders {
         user_id: Uuid,
         new: &NewOrder,
     ) -> Result<(Order, bool), ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let order_id = Uuid::now_v7();
         let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO orders (order_id, user_id, request_id, status) VALUES ($1, $2, $3, 'pending')
@@ -185,7 +185,7 @@ impl Orders {
             .next()
             .map(|p| p.currency_code.clone())
             .unwrap_or_default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let quantities: Vec<(String, i64)> = sqlx::query_as(
             "SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY sku",
         )
@@ -232,7 +232,7 @@ impl Orders {
         reason: &str,
         skus: &[String],
     ) -> Result<Option<Order>, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
             "UPDATE orders SET status = 'rejected', rejection_reason = $2, unavailable_skus = $3, updated_at = now()
              WHERE order_id = $1 AND status = 'pending' RETURNING {ORDER_COLUMNS}"
@@ -253,7 +253,7 @@ impl Orders {
     /// stock back from it). Cancelling a cancelled order returns it unchanged.
     #[tracing::instrument(name = "db orders.cancel", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "cancel"))]
     pub async fn cancel(&self, order_id: Uuid, reason: &str) -> Result<Order, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let sql = format!("SELECT {ORDER_COLUMNS} FROM orders WHERE order_id = $1 FOR UPDATE");
         let order = self
             .one(&mut tx, &sql, order_id)
@@ -323,7 +323,7 @@ impl Orders {
     /// Claims PENDING orders untouched for `idle` (bumping them so that other
     /// replicas skip them for as long).
     pub async fn claim_stuck(&self, idle: Duration, limit: i64) -> Result<Vec<Order>, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let rows = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
             "UPDATE orders SET updated_at = now(), recovery_attempts = recovery_attempts + 1
              WHERE order_id IN (

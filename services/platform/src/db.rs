@@ -64,10 +64,10 @@ fn refusal(err: &sqlx::Error) -> Option<String> {
 /// statements, so a healthy one is idle for milliseconds.
 const BOUND_IDLE_IN_TRANSACTION: &str = "SET LOCAL idle_in_transaction_session_timeout = '500ms'";
 
-/// A transaction that may sit idle 500 ms at most: for the ones that lock
-/// rows other requests contend for (stock, a user's figures). Not for one that
-/// waits on something else between statements (the outbox relay awaits the
-/// broker inside its transaction).
+/// A transaction that may sit idle 500 ms at most: for every one that locks rows
+/// or unique keys another copy may wait on (stock, an order's request id, a
+/// user's figures or email). Not for one that waits on something else between
+/// statements (the outbox relay awaits the broker inside its transaction).
 pub async fn begin_bounded(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {

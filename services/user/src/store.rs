@@ -79,7 +79,7 @@ impl Users {
     /// Inserts the user and its UserRegistered event; ALREADY_EXISTS names the email.
     #[tracing::instrument(name = "db users.insert", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "users", db.operation.name = "insert"))]
     pub async fn insert(&self, new: NewUser<'_>) -> Result<User, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let inserted = sqlx::query_as::<_, UserRow>(
             "INSERT INTO users (user_id, email, display_name, password_hash, role)
              VALUES ($1, $2, $3, $4, $5)
