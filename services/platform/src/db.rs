@@ -17,7 +17,8 @@ pub static PLATFORM_MIGRATIONS: Migrator = sqlx::migrate!("./migrations");
 
 /// Whether a database error is worth retrying: the connection or pool failed, or
 /// the server aborted the transaction (deadlock, serialization failure, shutdown,
-/// out of resources) rather than refusing the statement itself.
+/// out of resources, or a bounded transaction that sat idle past its limit,
+/// 25P03) rather than refusing the statement itself.
 pub fn is_transient(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::PoolTimedOut
@@ -25,9 +26,10 @@ pub fn is_transient(err: &sqlx::Error) -> bool {
         | sqlx::Error::Io(_)
         | sqlx::Error::WorkerCrashed => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            ["40", "08", "53", "57"]
-                .iter()
-                .any(|class| code.starts_with(class))
+            code == "25P03"
+                || ["40", "08", "53", "57"]
+                    .iter()
+                    .any(|class| code.starts_with(class))
         }),
         _ => false,
     }
@@ -61,7 +63,9 @@ fn refusal(err: &sqlx::Error) -> Option<String> {
 /// copy frozen mid-transaction (SIGSTOP, a stalled VM) otherwise holds them for as
 /// long as it is frozen, and every other copy's writes to those rows wait that
 /// long too. Our own transactions never wait on anything but the database between
-/// statements, so a healthy one is idle for milliseconds.
+/// statements, so a healthy one is idle for milliseconds; one that a starved
+/// process leaves idle that long ends as UNAVAILABLE (25P03 is transient), which
+/// its callers retry, having changed nothing.
 const BOUND_IDLE_IN_TRANSACTION: &str = "SET LOCAL idle_in_transaction_session_timeout = '500ms'";
 
 /// A transaction that may sit idle 500 ms at most: for every one that locks rows

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use shop_platform::dev_pki::Issued;
 
-use crate::free_port;
+use crate::{free_port, spawn_tansu};
 
 #[derive(Debug)]
 pub struct TlsBroker {
@@ -50,23 +50,8 @@ impl TlsBroker {
             dir = dir.display()
         );
         std::fs::write(dir.join("stunnel.conf"), config).expect("config");
-        let tansu = Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".into()))
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-            ])
-            .arg(format!("tcp://127.0.0.1:{plain}"))
-            .arg("--advertised-listener-url")
-            .arg(format!("tcp://localhost:{tls}"))
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu must be on PATH (make test installs it)");
-        wait_listening(plain, "tansu");
+        // Clients come back through the TLS port for everything after bootstrap.
+        let tansu = spawn_tansu(plain, &format!("tcp://localhost:{tls}"));
         let stunnel = Command::new(stunnel_binary())
             .arg(dir.join("stunnel.conf"))
             .stdout(Stdio::null())

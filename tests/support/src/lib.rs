@@ -158,31 +158,37 @@ pub struct Broker {
     pub brokers: String,
 }
 
+/// tansu with in-memory storage listening on `port`, telling clients to connect
+/// to `advertised` (a URL such as `tcp://localhost:9093`); returns once it listens.
+pub fn spawn_tansu(port: u16, advertised: &str) -> Child {
+    let child = Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".into()))
+        .args([
+            "broker",
+            "--storage-engine",
+            "memory://tansu/",
+            "--listener-url",
+        ])
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .arg("--advertised-listener-url")
+        .arg(advertised)
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tansu must be on PATH (make test installs it)");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not start listening");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 impl Broker {
     pub fn start() -> Self {
         let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".into()))
-            .args([
-                "broker",
-                "--storage-engine",
-                "memory://tansu/",
-                "--listener-url",
-            ])
-            .arg(&url)
-            .arg("--advertised-listener-url")
-            .arg(&url)
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu must be on PATH (make test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start listening");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let child = spawn_tansu(port, &format!("tcp://127.0.0.1:{port}"));
         Self {
             child,
             brokers: format!("127.0.0.1:{port}"),

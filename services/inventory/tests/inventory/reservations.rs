@@ -33,6 +33,9 @@ async fn a_race_for_the_last_units_never_oversells() {
     for attempt in attempts {
         match attempt.await.expect("join") {
             Ok(_) => won += 1,
+            // A starved test process can leave a bounded transaction idle past its
+            // limit (platform::db::begin_bounded): ended, nothing reserved, retry.
+            Err(status) if status.code() == Code::Unavailable => {}
             Err(status) => {
                 assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
                 let details = status.get_error_details();

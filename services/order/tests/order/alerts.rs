@@ -115,10 +115,13 @@ async fn a_stuck_outbox_and_a_killed_copy_fire_their_alerts_in_prometheus() {
     shop_testkit::wait_serving(port).await;
     let prometheus = Prometheus::start(&format!("127.0.0.1:{admin_port}"));
     let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", prometheus.port)).is_err() {
+    // Listening comes before ready (its storage opens in between).
+    while std::net::TcpStream::connect(("127.0.0.1", prometheus.port)).is_err()
+        || shop_testkit::http_get(prometheus.port, "/-/ready").await.0 != 200
+    {
         assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "prometheus never listened"
+            started.elapsed() < Duration::from_secs(60),
+            "prometheus never ready"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
