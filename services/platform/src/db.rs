@@ -56,8 +56,6 @@ fn refusal(err: &sqlx::Error) -> Option<String> {
     }
 }
 
-/// A pool that connects lazily, so a service starts (NOT_SERVING) while its
-/// database is still coming up.
 /// How long a transaction that holds rows others wait on may sit idle between its
 /// statements before PostgreSQL ends it (and its session), releasing the rows. A
 /// copy frozen mid-transaction (SIGSTOP, a stalled VM) otherwise holds them for as
@@ -82,6 +80,8 @@ pub async fn begin_bounded(
     Ok(tx)
 }
 
+/// A pool that connects lazily, so a service starts (NOT_SERVING) while its
+/// database is still coming up.
 pub fn pool(url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
     PgPoolOptions::new()
         .max_connections(max_connections)

@@ -161,10 +161,6 @@ impl KafkaConnection {
         })
     }
 
-    pub fn brokers(&self) -> &str {
-        &self.brokers
-    }
-
     /// A client configuration with the brokers and the security settings.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();

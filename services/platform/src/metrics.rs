@@ -370,12 +370,27 @@ pub fn render(service: &str) -> String {
     out
 }
 
-/// When the machine booted, in seconds since the Unix epoch (/proc/stat's btime).
-fn boot_time() -> Option<f64> {
-    std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())
+/// When this process started, in seconds since the Unix epoch: the machine's boot
+/// time (/proc/stat's btime) plus field 22 of /proc/self/stat, the start in ticks
+/// after boot. Read once: it cannot change while the process runs.
+fn start_time() -> Option<f64> {
+    static STARTED: OnceLock<Option<f64>> = OnceLock::new();
+    *STARTED.get_or_init(|| {
+        let boot: f64 = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("btime ")?.trim().parse().ok())?;
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces) start after ')'.
+        let ticks: f64 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(19)?
+            .parse()
+            .ok()?;
+        Some(boot + ticks / 100.0)
+    })
 }
 
 /// Resident memory, CPU time, start time and open files of this process, read
@@ -417,10 +432,9 @@ impl Collector for ProcessCollector {
                 None,
                 counter.metric_type(),
             )?)?;
-            // Field 22, the start in ticks after boot; a change of it is a restart
-            // (what the ProcessRestarting alert counts).
-            if let Some(boot) = boot_time() {
-                let gauge = ConstGauge::new(boot + ticks(19) / 100.0);
+            // A change of it is a restart (what the ProcessRestarting alert counts).
+            if let Some(started) = start_time() {
+                let gauge = ConstGauge::new(started);
                 gauge.encode(encoder.encode_descriptor(
                     "process_start_time_seconds",
                     "Start time of the process since the Unix epoch in seconds",

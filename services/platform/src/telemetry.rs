@@ -54,14 +54,17 @@ const NOT_EXPORTED_AS_LOGS: [&str; 6] = [
 
 /// Log records over OTLP, from events at `OTEL_LOGS_FILTER` (by default info) and
 /// above, whatever RUST_LOG says of stdout; off with `OTEL_LOGS_EXPORTER=none`.
-fn otlp_logs(resource: Resource) -> anyhow::Result<Option<SdkLoggerProvider>> {
+fn otlp_logs(
+    resource: Resource,
+    tls: Option<tonic::transport::ClientTlsConfig>,
+) -> anyhow::Result<Option<SdkLoggerProvider>> {
     use anyhow::Context as _;
     use opentelemetry_otlp::WithTonicConfig as _;
     if std::env::var("OTEL_LOGS_EXPORTER").is_ok_and(|v| v == "none") {
         return Ok(None);
     }
     let mut exporter = opentelemetry_otlp::LogExporter::builder().with_tonic();
-    if let Some(tls) = otlp_tls()? {
+    if let Some(tls) = tls {
         exporter = exporter.with_tls_config(tls);
     }
     let exporter = exporter.build().context("building the OTLP log exporter")?;
@@ -104,8 +107,10 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
         ))
         .build();
     let exporting = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").is_ok_and(|v| !v.is_empty());
+    // The collector's CA and this process's pair, read once for both exporters.
+    let tls = if exporting { otlp_tls()? } else { None };
     let logs = if exporting {
-        otlp_logs(resource.clone())?
+        otlp_logs(resource.clone(), tls.clone())?
     } else {
         None
     };
@@ -114,7 +119,7 @@ pub fn init(service_name: &'static str) -> anyhow::Result<TelemetryGuard> {
         use anyhow::Context as _;
         use opentelemetry_otlp::WithTonicConfig as _;
         let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        if let Some(tls) = otlp_tls()? {
+        if let Some(tls) = tls {
             exporter = exporter.with_tls_config(tls);
         }
         let exporter = exporter
