@@ -4,31 +4,56 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ -z "${SHOPMESH_BENCH_MESH:-}" ]; then
-    cargo build --release --workspace --bins
-    # The mesh in the background (release binaries, no rate limit in the way).
-    SHOPMESH_BUILD_PROFILE=release RATE_LIMIT_PER_SEC=1000000 RATE_LIMIT_BURST=1000000 RUST_LOG=warn \
-        scripts/dev.sh 2>.dev-bench.log &
+MESH=
+# The mesh in the background (release binaries, no rate limit in the way);
+# $1 non-empty: every gRPC hop in plaintext, for section 6's comparison.
+start_mesh() {
+    SHOPMESH_BENCH_PLAINTEXT=$1 SHOPMESH_BUILD_PROFILE=release RATE_LIMIT_PER_SEC=1000000 \
+        RATE_LIMIT_BURST=1000000 RUST_LOG=warn scripts/dev.sh 2>.dev-bench.log &
     MESH=$!
-    trap 'kill -TERM $MESH 2>/dev/null; wait $MESH 2>/dev/null || true' EXIT
     for _ in $(seq 1 300); do
-        grep -q "Ctrl-C stops everything" .dev-bench.log 2>/dev/null && break
+        grep -q "Ctrl-C stops everything" .dev-bench.log 2>/dev/null && return 0
         sleep 0.5
     done
-fi
+    echo "the mesh did not start; see .dev-bench.log" >&2
+    exit 1
+}
+stop_mesh() {
+    [ -n "$MESH" ] || return 0
+    kill -TERM "$MESH" 2>/dev/null || true
+    wait "$MESH" 2>/dev/null || true
+    MESH=
+}
+trap stop_mesh EXIT
 
 CONCURRENCY=${BENCH_CONCURRENCY:-16}
 SECONDS_PER_ROUND=${BENCH_SECONDS:-5}
 ROUNDS=${BENCH_ROUNDS:-3}
+BENCH=target/release/shop-bench
+if [ -z "${SHOPMESH_BENCH_MESH:-}" ]; then
+    cargo build --release --workspace --bins
+    start_mesh ""
+fi
 mkdir -p docs
-report=$(target/release/shop-bench report "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS")
+report=$($BENCH report "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS")
+# Section 6 restarts the mesh in plaintext, so only on a mesh this script started.
+if [ -z "${SHOPMESH_BENCH_MESH:-}" ]; then
+    tls_on=$($BENCH tls-cost "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS")
+    stop_mesh
+    start_mesh 1
+    tls_off=$($BENCH tls-cost "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS" plaintext)
+    stop_mesh
+    report+=$'\n\n'$($BENCH tls-report "$tls_on" "$tls_off")
+else
+    report+=$'\n\n## 6. What mutual TLS costs\n\nNot measured: SHOPMESH_BENCH_MESH names a mesh this run did not start, so it cannot restart it in plaintext.'
+fi
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')
 cat > docs/benchmarks.md <<REPORT
 # Benchmarks
 
 Written by \`make bench\` on $(date -u +%Y-%m-%d): $(nproc) cores ($cpu), $(free -g | awk '/Mem:/{print $2}') GiB.
 Release builds of the mesh run as \`make dev\` runs them (throwaway PostgreSQL and tansu broker),
-and the load generator (\`target/release/shop-bench report $CONCURRENCY $SECONDS_PER_ROUND $ROUNDS\`,
+and the load generator (\`$BENCH report $CONCURRENCY $SECONDS_PER_ROUND $ROUNDS\`, then \`tls-cost\` for section 6,
 the project's own Rust client) shares the same 2 cores over loopback: the figures compare paths
 measured in one run; they are not capacity figures for a real deployment.
 

@@ -67,6 +67,16 @@ ORDER_EVENTS_PUBLIC_KEY=$(cat "$DEV/keys/events-order.pub")
 # development CA ($DEV/keys/tls, made by generate-keys) and names its peers by https.
 PKI="$PWD/$DEV/keys/tls"
 tls() { echo "TLS_CERT_FILE=$PKI/$1.crt TLS_KEY_FILE=$PKI/$1.key TLS_CA_FILE=$PKI/ca.pem"; }
+SCHEME=https
+GRPCURL_TLS=(-cacert "$PKI/ca.pem" -cert "$PKI/you.crt" -key "$PKI/you.key")
+# SHOPMESH_BENCH_PLAINTEXT=1: every gRPC hop in plaintext, for `make bench` alone,
+# which measures what mutual TLS costs against this. Nothing else sets it.
+if [ -n "${SHOPMESH_BENCH_PLAINTEXT:-}" ]; then
+    log "SHOPMESH_BENCH_PLAINTEXT: gRPC hops in plaintext (benchmark comparison only)"
+    tls() { :; }
+    SCHEME=http
+    GRPCURL_TLS=(-plaintext)
+fi
 # REPLICAS=N (default 1) runs N copies of each service and of the gateway. Copy k
 # (from 0) listens on the README's port + 10k (gateway: + k), and every caller
 # names all copies of a peer in one comma-separated address, which its channel
@@ -79,7 +89,7 @@ copies() { # base-port step -> every copy's port
 }
 addresses() { # base-port -> https://127.0.0.1:p,... for every copy
     local list=() port
-    for port in $(copies "$1" 10); do list+=("https://127.0.0.1:$port"); done
+    for port in $(copies "$1" 10); do list+=("$SCHEME://127.0.0.1:$port"); done
     (IFS=,; echo "${list[*]}")
 }
 # KAFKA_GROUP_SUFFIX gives the consumer groups names of their own (tests that run
@@ -120,7 +130,7 @@ done
 # Wait until every copy of every service answers grpc.health.v1.
 for port in $(copies "$USER_GRPC_PORT" 10) $(copies "$INVENTORY_GRPC_PORT" 10) $(copies "$ORDER_GRPC_PORT" 10); do
     for _ in $(seq 1 300); do
-        grpcurl -cacert "$PKI/ca.pem" -cert "$PKI/you.crt" -key "$PKI/you.key" -max-time 1 \
+        grpcurl "${GRPCURL_TLS[@]}" -max-time 1 \
             "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
             | grep -q SERVING && break
         sleep 0.2

@@ -16,6 +16,7 @@ mod footprint;
 mod http;
 mod orders;
 mod stats;
+mod tls_cost;
 mod transport;
 
 #[derive(Clone, Copy, Debug)]
@@ -27,8 +28,16 @@ pub struct Plan {
 
 /// A channel to a `make dev` service: mutual TLS with the development
 /// certificate for the person at the keyboard (`.dev/keys/tls/you.*`), as grpcurl.
+/// An `http://` address is dialled in plaintext (the mesh that
+/// `SHOPMESH_BENCH_PLAINTEXT` starts, for section 6).
 async fn dev_channel(addr: &str) -> anyhow::Result<tonic::transport::Channel> {
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    if addr.starts_with("http://") {
+        return Ok(Endpoint::from_shared(addr.to_owned())?
+            .tcp_nodelay(true)
+            .connect()
+            .await?);
+    }
     let pki = std::path::Path::new(".dev/keys/tls");
     let read = |file: &str| {
         std::fs::read_to_string(pki.join(file))
@@ -115,16 +124,34 @@ fn goal(met: bool) -> &'static str {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    anyhow::ensure!(
-        args.first().map(String::as_str) == Some("report"),
-        "usage: shop-bench report [CONCURRENCY] [SECONDS] [ROUNDS] (against `make dev`; DATABASE_URL and KAFKA_BROKERS as it has them)"
-    );
     let arg = |i: usize, default: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(default);
     let plan = Plan {
         concurrency: arg(1, 16) as usize,
         seconds: arg(2, 5),
         rounds: arg(3, 3) as usize,
     };
+    match args.first().map(String::as_str) {
+        Some("report") => {}
+        Some("tls-cost") => {
+            let plaintext = args.get(4).map(String::as_str) == Some("plaintext");
+            let figures = tls_cost::measure(plan, plaintext).await?;
+            println!("{}", serde_json::to_string(&figures)?);
+            return Ok(());
+        }
+        Some("tls-report") => {
+            let (Some(on), Some(off)) = (args.get(1), args.get(2)) else {
+                anyhow::bail!("usage: shop-bench tls-report TLS_ON_JSON TLS_OFF_JSON");
+            };
+            print!(
+                "{}",
+                tls_cost::render(&serde_json::from_str(on)?, &serde_json::from_str(off)?)
+            );
+            return Ok(());
+        }
+        _ => anyhow::bail!(
+            "usage: shop-bench report|tls-cost [CONCURRENCY] [SECONDS] [ROUNDS] [plaintext] (against `make dev`; DATABASE_URL and KAFKA_BROKERS as it has them), or shop-bench tls-report TLS_ON_JSON TLS_OFF_JSON"
+        ),
+    }
     let server_url = std::env::var("DATABASE_URL").context("DATABASE_URL")?;
     let brokers = std::env::var("KAFKA_BROKERS").context("KAFKA_BROKERS")?;
     let idle = footprint::resident().await;
@@ -202,11 +229,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // 3. CreateOrder end to end.
-    let admin_email =
-        std::env::var("BOOTSTRAP_ADMIN_EMAIL").unwrap_or_else(|_| "admin@shopmesh.dev".into());
-    let admin_password =
-        std::env::var("BOOTSTRAP_ADMIN_PASSWORD").unwrap_or_else(|_| "dev-admin-password".into());
-    let shop = std::sync::Arc::new(orders::setup(&admin_email, &admin_password).await?);
+    let shop = std::sync::Arc::new(orders::setup_as_admin().await?);
     let mut ladder = Vec::new();
     for concurrency in [1usize, 2, 4, 8, 16, 32] {
         let s = orders::closed_loop(shop.clone(), concurrency, plan.seconds).await?;

@@ -34,6 +34,16 @@ async fn json(
     Ok(serde_json::from_str(&body)?)
 }
 
+/// `setup` signed in as the demo admin that `make dev` creates
+/// (`BOOTSTRAP_ADMIN_EMAIL` / `BOOTSTRAP_ADMIN_PASSWORD` when set).
+pub async fn setup_as_admin() -> anyhow::Result<Shop> {
+    let email =
+        std::env::var("BOOTSTRAP_ADMIN_EMAIL").unwrap_or_else(|_| "admin@shopmesh.dev".into());
+    let password =
+        std::env::var("BOOTSTRAP_ADMIN_PASSWORD").unwrap_or_else(|_| "dev-admin-password".into());
+    setup(&email, &password).await
+}
+
 /// A product with stock that will not run out and a few signed-in customers.
 pub async fn setup(admin_email: &str, admin_password: &str) -> anyhow::Result<Shop> {
     let mut conn = Connection::open(GATEWAY).await?;

@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         Resolved::Found(_, vars) => (vars, query),
         _ => (Vec::new(), query),
     };
-    let Ok(message) = transcode::build_request(route, body, &vars, query.as_deref()) else {
+    let Ok(message) = transcode::build_request(route, body, &vars, query.as_deref(), transcode::UnknownQuery::Reject) else {
         return;
     };
     let bytes = message.encode_to_vec();

@@ -73,9 +73,15 @@ pub struct BodyReservation {
     _held: Arc<Grant>,
 }
 
-/// How long the backend call may take.
+/// How long the backend call may take: `budget` for a unary call (the client's
+/// `grpc-timeout` capped at `REQUEST_TIMEOUT_MS`); a server stream lives as long
+/// as its client keeps it open unless the client itself sent a `grpc-timeout`
+/// (`requested`), since the unary default would cut every watch off.
 #[derive(Clone, Copy, Debug)]
-pub struct CallDeadline(pub Duration);
+pub struct CallDeadline {
+    pub budget: Duration,
+    pub requested: Option<Duration>,
+}
 
 fn error(err: RestError) -> Response {
     err.into_response()
@@ -266,8 +272,11 @@ pub async fn set_deadline(
         .headers()
         .get("grpc-timeout")
         .and_then(|v| v.to_str().ok());
-    let timeout = requested_budget(sent, Duration::from_millis(gw.settings.request_timeout_ms));
-    request.extensions_mut().insert(CallDeadline(timeout));
+    let budget = requested_budget(sent, Duration::from_millis(gw.settings.request_timeout_ms));
+    let requested = sent.and_then(grpc::parse_grpc_timeout);
+    request
+        .extensions_mut()
+        .insert(CallDeadline { budget, requested });
     next.run(request).await
 }
 
@@ -291,19 +300,28 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         .map_err(|_| too_large(gw.settings.max_body_bytes))?;
     // Bodies are read as JSON whatever Content-Type says (curl -d sends a form type),
     // as grpc-gateway's default marshaler does.
-    let message = transcode::build_request(&route, &bytes, &vars, parts.uri.query())
-        .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
+    let message = transcode::build_request(
+        &route,
+        &bytes,
+        &vars,
+        parts.uri.query(),
+        gw.settings.unknown_query_parameters,
+    )
+    .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
     // The body's bytes are the message's now: the reservation ends with them.
     drop((parts.extensions.remove::<BodyReservation>(), bytes));
 
-    let timeout = parts
-        .extensions
-        .get::<CallDeadline>()
-        .map_or(Duration::from_millis(gw.settings.request_timeout_ms), |d| {
-            d.0
-        });
+    let deadline_of = parts.extensions.get::<CallDeadline>().copied();
+    let timeout = deadline_of.map_or(Duration::from_millis(gw.settings.request_timeout_ms), |d| {
+        d.budget
+    });
+    let streaming = route.rpc.is_server_streaming();
     let mut request = tonic::Request::new(message);
-    request.set_timeout(timeout);
+    match (streaming, deadline_of.and_then(|d| d.requested)) {
+        (false, _) => request.set_timeout(timeout),
+        (true, Some(requested)) => request.set_timeout(requested),
+        (true, None) => {}
+    }
     for name in FORWARDED {
         if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok())
             && let Ok(value) = value.parse()
@@ -326,7 +344,6 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         .rsplit_once('.')
         .map_or("", |(p, _)| p)
         .to_owned();
-    let streaming = route.rpc.is_server_streaming();
     let channel = gw.channel(&package, streaming).ok_or_else(|| {
         RestError::new(
             StatusCode::NOT_IMPLEMENTED,
@@ -358,9 +375,10 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
             .server_streaming(request, grpc_path, codec)
             .await
             .map_err(|s| RestError::from_backend(&s))?;
+        let limit = deadline_of.and_then(|d| d.requested);
         return Ok(stream_response(
             route,
-            response.into_inner(),
+            bounded(response.into_inner(), limit),
             &parts.headers,
         ));
     }
@@ -480,9 +498,39 @@ fn deadline() -> RestError {
 
 /// A server stream as Server-Sent Events, or newline-delimited JSON when asked
 /// (`Accept: application/x-ndjson`).
+/// The backend's stream, ended with DEADLINE_EXCEEDED when the client's own
+/// `grpc-timeout` elapses (tonic bounds only the wait for a stream's headers,
+/// not the stream). Dropping the backend's stream cancels the call.
+fn bounded(
+    stream: tonic::codec::Streaming<prost_reflect::DynamicMessage>,
+    limit: Option<Duration>,
+) -> futures::stream::BoxStream<'static, Result<prost_reflect::DynamicMessage, tonic::Status>> {
+    let Some(limit) = limit else {
+        return stream.boxed();
+    };
+    let expires = tokio::time::Instant::now() + limit;
+    futures::stream::unfold(Some(stream), move |stream| async move {
+        let mut stream = stream?;
+        match tokio::time::timeout_at(expires, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some(stream))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(tonic::Status::deadline_exceeded(
+                    "the stream reached the grpc-timeout the client sent",
+                )),
+                None,
+            )),
+        }
+    })
+    .boxed()
+}
+
 fn stream_response(
     route: Route,
-    stream: tonic::codec::Streaming<prost_reflect::DynamicMessage>,
+    stream: futures::stream::BoxStream<
+        'static,
+        Result<prost_reflect::DynamicMessage, tonic::Status>,
+    >,
     headers: &HeaderMap,
 ) -> Response {
     let ndjson = headers

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 
-use crate::routes::{Route, Segment};
+use crate::routes::{Route, RouteMethod, Segment};
 
 fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
     match field.kind() {
@@ -21,6 +21,8 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value 
         Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
         Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
         Kind::Double | Kind::Float => json!({"type": "number"}),
+        // NullValue's one JSON form is null.
+        Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => json!({"type": "null"}),
         Kind::Enum(e) => {
             json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
         }
@@ -28,12 +30,50 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value 
     }
 }
 
+/// The schema of a message field: the well-known types by their proto3 JSON
+/// forms (a Timestamp is a string, a wrapper its scalar or null, a Value any
+/// JSON), every other message a reference to its component.
 fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Value {
+    let wrapper = |schema: Value| {
+        let mut schema = schema;
+        let kind = schema["type"].take();
+        schema["type"] = json!([kind, "null"]);
+        schema
+    };
     match message.full_name() {
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
         "google.protobuf.Duration" => {
-            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"})
+            json!({"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]{1,9})?s$"})
         }
+        "google.protobuf.FieldMask" => json!({
+            "type": "string",
+            "description": "Field paths in lowerCamelCase, separated by commas (google.protobuf.FieldMask)."
+        }),
+        "google.protobuf.StringValue" => wrapper(json!({"type": "string"})),
+        "google.protobuf.BytesValue" => {
+            wrapper(json!({"type": "string", "contentEncoding": "base64"}))
+        }
+        "google.protobuf.BoolValue" => wrapper(json!({"type": "boolean"})),
+        "google.protobuf.Int32Value" => wrapper(json!({"type": "integer", "format": "int32"})),
+        "google.protobuf.UInt32Value" => wrapper(json!({"type": "integer", "format": "uint32"})),
+        "google.protobuf.Int64Value" => wrapper(json!({"type": "string", "format": "int64"})),
+        "google.protobuf.UInt64Value" => wrapper(json!({"type": "string", "format": "uint64"})),
+        "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => {
+            wrapper(json!({"type": "number"}))
+        }
+        "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
+        "google.protobuf.Value" => {
+            json!({"description": "Any JSON value (google.protobuf.Value)."})
+        }
+        "google.protobuf.ListValue" => json!({"type": "array", "items": {}}),
+        "google.protobuf.Any" => json!({
+            "type": "object",
+            "description": "A message of the type @type names, with its fields beside @type (google.protobuf.Any).",
+            "properties": {"@type": {"type": "string"}},
+            "required": ["@type"],
+            "additionalProperties": true
+        }),
+        "google.protobuf.Empty" => json!({"type": "object", "additionalProperties": false}),
         name => {
             refs.insert(name.to_owned());
             json!({"$ref": format!("#/components/schemas/{name}")})
@@ -120,7 +160,6 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             }
         }
         let mut operation = json!({
-            "operationId": format!("{}_{}", rpc.parent_service().name(), rpc.name()),
             "tags": [rpc.parent_service().name()],
             "summary": format!("{} ({})", rpc.name(), rpc.full_name()),
             "parameters": parameters,
@@ -171,10 +210,25 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         )) {
             operation["security"] = json!([{"bearerAuth": []}]);
         }
-        paths
-            .entry(openapi_path(route))
-            .or_default()
-            .insert(route.method.as_str().to_lowercase(), operation);
+        // OpenAPI wants each operationId unique: an additional binding gets its
+        // number, a route of any method one operation per method.
+        let mut id = format!("{}_{}", rpc.parent_service().name(), rpc.name());
+        if route.binding > 0 {
+            id.push_str(&format!("_{}", route.binding));
+        }
+        let methods: Vec<(String, String)> = match &route.method {
+            RouteMethod::One(m) => vec![(m.as_str().to_lowercase(), id)],
+            RouteMethod::Any => ["get", "put", "post", "delete", "patch"]
+                .iter()
+                .map(|m| ((*m).to_owned(), format!("{id}_{m}")))
+                .collect(),
+        };
+        let entry = paths.entry(openapi_path(route)).or_default();
+        for (method, id) in methods {
+            let mut operation = operation.clone();
+            operation["operationId"] = json!(id);
+            entry.insert(method, operation);
+        }
     }
 
     // Schemas for every message reachable from the operations.

@@ -17,9 +17,41 @@ pub enum Segment {
     },
 }
 
+/// The HTTP method a route answers: one, or any (`custom` with kind `*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteMethod {
+    One(http::Method),
+    Any,
+}
+
+impl RouteMethod {
+    pub fn accepts(&self, method: &http::Method) -> bool {
+        match self {
+            Self::One(m) => m == method,
+            Self::Any => true,
+        }
+    }
+
+    fn overlaps(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::One(a), Self::One(b)) => a == b,
+            _ => true,
+        }
+    }
+}
+
+impl std::fmt::Display for RouteMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::One(m) => write!(f, "{m}"),
+            Self::Any => write!(f, "*"),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Route {
-    pub method: http::Method,
+    pub method: RouteMethod,
     pub template: String,
     pub segments: Vec<Segment>,
     pub verb: Option<String>,
@@ -28,6 +60,8 @@ pub struct Route {
     /// "" (the whole response) or a field name.
     pub response_body: String,
     pub rpc: MethodDescriptor,
+    /// 0 for the rule itself, n for its n-th `additional_bindings` entry.
+    pub binding: usize,
 }
 
 impl Route {
@@ -40,22 +74,15 @@ impl Route {
         )
     }
 
-    /// The path variables' values when `path` matches this route's template.
+    /// The path variables' values when `path` matches this route's template. A
+    /// route without a verb takes a final `:suffix` as part of its last segment
+    /// (`resolve` tries the routes that register the verb first).
     pub fn matches(&self, path: &str) -> Option<Vec<(String, String)>> {
         let path = path.strip_prefix('/')?;
-        let (path, verb) = match &self.verb {
-            Some(verb) => (path.strip_suffix(&format!(":{verb}"))?, Some(verb)),
-            None => (path, None),
+        let path = match &self.verb {
+            Some(verb) => path.strip_suffix(verb.as_str())?.strip_suffix(':')?,
+            None => path,
         };
-        if verb.is_none()
-            && path
-                .rsplit('/')
-                .next()
-                .is_some_and(|last| last.contains(':'))
-        {
-            // A custom verb this route does not have.
-            return None;
-        }
         let parts: Vec<&str> = if path.is_empty() {
             Vec::new()
         } else {
@@ -87,13 +114,88 @@ impl Route {
                     if taken.iter().any(|v| v.is_empty()) {
                         return None;
                     }
-                    bound.push((field.clone(), decode_percent(&taken.join("/"))?));
+                    // A variable over several segments keeps `%2F` as sent, so a
+                    // slash inside a segment stays apart from the slashes between
+                    // them (the google.api.http rule); one segment decodes fully.
+                    let several = pattern.len() > 1 || pattern.iter().any(|p| p == "**");
+                    bound.push((field.clone(), decode_path(&taken.join("/"), several)?));
                     i += take;
                 }
             }
         }
         (i == parts.len()).then_some(bound)
     }
+
+    /// Two routes conflict when some request would match both: the same method
+    /// (or any), the same verb, and templates of the same shape.
+    fn conflicts_with(&self, other: &Self) -> bool {
+        let shape = |r: &Self| {
+            r.segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Literal(l) => vec![l.clone()],
+                    Segment::Variable { pattern, .. } => {
+                        pattern.iter().map(|p| format!("{{{p}}}")).collect()
+                    }
+                })
+                .collect::<Vec<_>>()
+        };
+        self.method.overlaps(&other.method)
+            && self.verb == other.verb
+            && shape(self) == shape(other)
+    }
+
+    /// `METHOD template (package.Service/Rpc)`, as start-up errors name a route.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} ({})",
+            self.method,
+            self.template,
+            self.rpc.full_name()
+        )
+    }
+}
+
+/// A path variable's `%XX` escapes decoded, `%2F` kept as sent when
+/// `keep_slashes`; None when they do not make UTF-8.
+fn decode_path(raw: &str, keep_slashes: bool) -> Option<String> {
+    if !keep_slashes {
+        return decode_percent(raw);
+    }
+    let parts: Option<Vec<String>> = split_keeping_escaped_slashes(raw)
+        .into_iter()
+        .map(|piece| match piece {
+            Piece::Text(t) => decode_percent(t),
+            Piece::EscapedSlash(s) => Some(s.to_owned()),
+        })
+        .collect();
+    parts.map(|p| p.concat())
+}
+
+enum Piece<'a> {
+    Text(&'a str),
+    EscapedSlash(&'a str),
+}
+
+fn split_keeping_escaped_slashes(raw: &str) -> Vec<Piece<'_>> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i + 3 <= raw.len() {
+        if raw.is_char_boundary(i)
+            && raw.is_char_boundary(i + 3)
+            && raw[i..i + 3].eq_ignore_ascii_case("%2f")
+        {
+            pieces.push(Piece::Text(&raw[start..i]));
+            pieces.push(Piece::EscapedSlash(&raw[i..i + 3]));
+            i += 3;
+            start = i;
+        } else {
+            i += 1;
+        }
+    }
+    pieces.push(Piece::Text(&raw[start..]));
+    pieces
 }
 
 /// `%XX` escapes decoded; None when they do not make UTF-8.
@@ -188,7 +290,7 @@ fn rule_routes(
         ("patch", http::Method::PATCH),
     ] {
         if rule.has_field_by_name(name) {
-            binding = Some((method, text(name)));
+            binding = Some((RouteMethod::One(method), text(name)));
         }
     }
     if let Some(Value::Message(custom)) = rule.get_field_by_name("custom").as_deref()
@@ -202,7 +304,12 @@ fn rule_routes(
             Some(Value::String(s)) => s.clone(),
             _ => String::new(),
         };
-        let method = http::Method::from_bytes(kind.as_bytes()).map_err(|e| e.to_string())?;
+        // Kind `*` stands for every method, not one named "*".
+        let method = if kind == "*" {
+            RouteMethod::Any
+        } else {
+            RouteMethod::One(http::Method::from_bytes(kind.as_bytes()).map_err(|e| e.to_string())?)
+        };
         binding = Some((method, path));
     }
     if let Some((method, template)) = binding {
@@ -215,6 +322,7 @@ fn rule_routes(
             body: text("body"),
             response_body: text("response_body"),
             rpc: rpc.clone(),
+            binding: 0,
         });
     }
     if let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
@@ -240,11 +348,32 @@ pub fn from_descriptors(pool: &DescriptorPool) -> Result<Vec<Route>, String> {
                 continue;
             }
             if let Value::Message(rule) = options.get_extension(&http).as_ref() {
+                let first = routes.len();
                 rule_routes(&rpc, rule, &mut routes)?;
+                // The rule first, then its additional bindings in order.
+                for (n, route) in routes[first..].iter_mut().enumerate() {
+                    route.binding = n;
+                }
             }
         }
     }
+    check_conflicts(&routes)?;
     Ok(routes)
+}
+
+/// Which of two routes that match the same requests wins would depend on the
+/// order of declarations: the gateway refuses to start instead, naming both.
+fn check_conflicts(routes: &[Route]) -> Result<(), String> {
+    for (i, a) in routes.iter().enumerate() {
+        if let Some(b) = routes[i + 1..].iter().find(|b| a.conflicts_with(b)) {
+            return Err(format!(
+                "route conflict: {} and {} match the same requests",
+                a.describe(),
+                b.describe()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a request's method and path resolve to.
@@ -256,21 +385,28 @@ pub enum Resolved<'a> {
     NotFound,
 }
 
+/// The route for `method` and `path`. Routes whose custom verb the path ends
+/// with are tried first; when none registers it, `:suffix` is part of the last
+/// segment and the routes without a verb are tried (a product named `A:B`).
 pub fn resolve<'a>(routes: &'a [Route], method: &http::Method, path: &str) -> Resolved<'a> {
-    let mut allowed = Vec::new();
-    for route in routes {
-        if let Some(bound) = route.matches(path) {
-            if route.method == *method {
+    for with_verb in [true, false] {
+        let mut allowed = Vec::new();
+        for route in routes.iter().filter(|r| r.verb.is_some() == with_verb) {
+            let Some(bound) = route.matches(path) else {
+                continue;
+            };
+            if route.method.accepts(method) {
                 return Resolved::Found(route, bound);
             }
-            allowed.push(route.method.clone());
+            if let RouteMethod::One(m) = &route.method {
+                allowed.push(m.clone());
+            }
+        }
+        if !allowed.is_empty() {
+            return Resolved::WrongMethod(allowed);
         }
     }
-    if allowed.is_empty() {
-        Resolved::NotFound
-    } else {
-        Resolved::WrongMethod(allowed)
-    }
+    Resolved::NotFound
 }
 
 #[cfg(test)]
@@ -333,9 +469,19 @@ mod tests {
             resolve(&routes, &http::Method::GET, "/v1/nothing"),
             Resolved::NotFound
         ));
+        // A verb no route registers is part of the last segment.
+        let (rpc, bound) = find(http::Method::GET, "/v1/orders/abc:explode");
+        assert_eq!(
+            (rpc.as_str(), bound),
+            (
+                "GetOrder",
+                vec![("order_id".to_owned(), "abc:explode".to_owned())]
+            )
+        );
+        // A registered verb is the verb, with its own methods.
         assert!(matches!(
-            resolve(&routes, &http::Method::POST, "/v1/orders/abc:explode"),
-            Resolved::NotFound
+            resolve(&routes, &http::Method::GET, "/v1/orders/abc:cancel"),
+            Resolved::WrongMethod(m) if m == [http::Method::POST]
         ));
         // Internal RPCs have no annotation and no route.
         assert!(!routes.iter().any(|r| r.rpc.name() == "ReserveStock"));
@@ -352,13 +498,14 @@ mod tests {
             .next()
             .expect("method");
         let route = Route {
-            method: http::Method::GET,
+            method: RouteMethod::One(http::Method::GET),
             template: String::new(),
             segments,
             verb,
             body: String::new(),
             response_body: String::new(),
             rpc,
+            binding: 0,
         };
         assert_eq!(
             route.matches("/v1/shelves/s1/books"),
@@ -369,5 +516,79 @@ mod tests {
             route.matches("/v1/shelves/a%20b/books"),
             Some(vec![("name".into(), "shelves/a b".into())])
         );
+        // Over several segments `%2F` stays as sent (either case); the rest decodes.
+        assert_eq!(
+            route.matches("/v1/shelves/a%2Fb%2f%41/books"),
+            Some(vec![("name".into(), "shelves/a%2Fb%2fA".into())])
+        );
+    }
+
+    #[test]
+    fn one_segment_variables_decode_slashes() {
+        let routes = from_descriptors(&pool()).expect("routes");
+        let Resolved::Found(_, bound) = resolve(&routes, &http::Method::GET, "/v1/products/A%2FB")
+        else {
+            panic!("routed");
+        };
+        assert_eq!(bound, vec![("sku".to_owned(), "A/B".to_owned())]);
+    }
+
+    #[test]
+    fn routes_that_match_the_same_requests_are_refused_naming_both() {
+        let mut routes = from_descriptors(&pool()).expect("routes");
+        let get_product = routes
+            .iter()
+            .find(|r| r.rpc.name() == "GetProduct")
+            .expect("GetProduct")
+            .clone();
+        let mut clash = routes
+            .iter()
+            .find(|r| r.rpc.name() == "GetOrder")
+            .expect("GetOrder")
+            .clone();
+        let (segments, verb) = parse_template("/v1/products/{other}").expect("parse");
+        (clash.segments, clash.verb, clash.template) =
+            (segments, verb, "/v1/products/{other}".into());
+        assert!(get_product.conflicts_with(&clash));
+        routes.push(clash.clone());
+        let other_verb = Route {
+            verb: Some("archive".into()),
+            ..clash.clone()
+        };
+        assert!(!get_product.conflicts_with(&other_verb), "another verb");
+        let any = Route {
+            method: RouteMethod::Any,
+            ..clash
+        };
+        assert!(get_product.conflicts_with(&any), "any method overlaps GET");
+        let message = check_conflicts(&routes).expect_err("conflict");
+        assert!(
+            message
+                .contains("GET /v1/products/{sku} (shop.inventory.v1.InventoryService.GetProduct)")
+                && message
+                    .contains("GET /v1/products/{other} (shop.order.v1.OrderService.GetOrder)"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_custom_rule_of_kind_star_takes_every_method() {
+        let mut route = from_descriptors(&pool())
+            .expect("routes")
+            .into_iter()
+            .find(|r| r.rpc.name() == "GetProduct")
+            .expect("GetProduct");
+        route.method = RouteMethod::Any;
+        let routes = [route];
+        for method in [http::Method::GET, http::Method::POST, http::Method::DELETE] {
+            assert!(
+                matches!(
+                    resolve(&routes, &method, "/v1/products/MUG-001"),
+                    Resolved::Found(..)
+                ),
+                "{method}"
+            );
+        }
+        assert!(!RouteMethod::One(http::Method::GET).accepts(&http::Method::POST));
     }
 }

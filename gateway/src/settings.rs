@@ -29,6 +29,9 @@ pub struct Settings {
     pub public_methods: String,
     /// `MAX_BODY_BYTES`: larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// `UNKNOWN_QUERY_PARAMETERS`: `ignore` (the default: a cache-buster or a
+    /// tracking tag costs nothing) or `reject` (400 naming the parameter).
+    pub unknown_query_parameters: crate::transcode::UnknownQuery,
     /// `REQUEST_TIMEOUT_MS`: the deadline when the client sends no `grpc-timeout` (504 past it).
     pub request_timeout_ms: u64,
     /// `RATE_LIMIT_PER_SEC` / `RATE_LIMIT_BURST`: per client address and per user.
@@ -99,6 +102,7 @@ impl Default for Settings {
             auth_audience: "shopmesh".into(),
             public_methods: DEFAULT_PUBLIC_METHODS.into(),
             max_body_bytes: 1024 * 1024,
+            unknown_query_parameters: crate::transcode::UnknownQuery::default(),
             request_timeout_ms: 10_000,
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,

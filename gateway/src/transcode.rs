@@ -120,12 +120,51 @@ pub fn set_path(message: &mut DynamicMessage, dotted: &str, raw: &str) -> Result
     Ok(())
 }
 
-/// The request message for `route` from its JSON body, path variables and query string.
+/// What a query parameter that names no field of the request gets
+/// (`UNKNOWN_QUERY_PARAMETERS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownQuery {
+    /// Ignored: cache-busters and tracking tags (`?_=1700000000`, `utm_source`)
+    /// must not cost a 400.
+    #[default]
+    Ignore,
+    /// Refused with 400 naming the parameter.
+    Reject,
+}
+
+/// Whether the field at `dotted` holds a value in `message` (a repeated field:
+/// any item); false when the path names no field.
+fn is_set(message: &DynamicMessage, dotted: &str) -> bool {
+    let mut current = message.clone();
+    let mut parts = dotted.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let Some(f) = field(&current.descriptor(), part) else {
+            return false;
+        };
+        if !current.has_field(&f) {
+            return false;
+        }
+        if parts.peek().is_none() {
+            return true;
+        }
+        match current.get_field(&f).as_ref() {
+            Value::Message(inner) => current = inner.clone(),
+            _ => return false,
+        }
+    }
+    false
+}
+
+/// The request message for `route` from its JSON body, path variables and query
+/// string. Precedence is path > body > query: a path variable overrides what the
+/// body says, and a query parameter only fills what neither set.
 pub fn build_request(
     route: &Route,
     body: &[u8],
     path_vars: &[(String, String)],
     query: Option<&str>,
+    unknown_query: UnknownQuery,
 ) -> Result<DynamicMessage, BadRequest> {
     let input = route.rpc.input();
     let options = DeserializeOptions::new().deny_unknown_fields(true);
@@ -174,21 +213,38 @@ pub fn build_request(
     for (name, value) in path_vars {
         set_path(&mut message, name, value)?;
     }
-    // Query parameters fill what neither the body nor the path set.
-    if route.body != "*"
-        && let Some(query) = query
-    {
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let key = decode_query(key)
-                .ok_or_else(|| bad("query", "is not valid percent-encoded UTF-8"))?;
-            let value = decode_query(value)
-                .ok_or_else(|| bad(key.clone(), "is not valid percent-encoded UTF-8"))?;
-            if path_vars.iter().any(|(p, _)| *p == key) {
-                continue;
+    // Query parameters fill what neither the body nor the path set: whether a
+    // field was set is read before the first parameter, so `?tag=a&tag=b` still
+    // makes a list while a body's list is left alone.
+    if route.body == "*" {
+        return Ok(message);
+    }
+    let Some(query) = query else {
+        return Ok(message);
+    };
+    let before = message.clone();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key =
+            decode_query(key).ok_or_else(|| bad("query", "is not valid percent-encoded UTF-8"))?;
+        let value = decode_query(value)
+            .ok_or_else(|| bad(key.clone(), "is not valid percent-encoded UTF-8"))?;
+        let top = key.split('.').next().unwrap_or_default();
+        if field(&input, top).is_none() {
+            if unknown_query == UnknownQuery::Reject {
+                return Err(bad(key, "is not a field of this request"));
             }
-            set_path(&mut message, &key, &value)?;
+            continue;
         }
+        let owned_by_body =
+            !route.body.is_empty() && field(&input, top).is_some_and(|f| f.name() == route.body);
+        let bound_by_path = path_vars
+            .iter()
+            .any(|(p, _)| *p == key || key.starts_with(&format!("{p}.")));
+        if owned_by_body || bound_by_path || is_set(&before, &key) {
+            continue;
+        }
+        set_path(&mut message, &key, &value)?;
     }
     Ok(message)
 }
@@ -217,7 +273,20 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> serde_json::Val
     }
     match message.get_field_by_name(&route.response_body).as_deref() {
         Some(Value::Message(inner)) => to_json(inner),
-        _ => to_json(message),
+        // A scalar, list or map field: its proto3 JSON form, as the whole
+        // message's JSON spells it (OpenAPI advertises that field alone).
+        Some(_) => {
+            let json_name = message
+                .descriptor()
+                .get_field_by_name(&route.response_body)
+                .map(|f| f.json_name().to_owned())
+                .unwrap_or_default();
+            to_json(message)
+                .get_mut(&json_name)
+                .map(serde_json::Value::take)
+                .unwrap_or(serde_json::Value::Null)
+        }
+        None => to_json(message),
     }
 }
 
@@ -297,6 +366,7 @@ mod tests {
             br#"{"delta":"3","reason":"restock","request_id":"r1"}"#,
             &vars,
             None,
+            UnknownQuery::Ignore,
         )
         .expect("ok");
         assert_eq!(
@@ -309,7 +379,8 @@ mod tests {
             &r,
             b"",
             &vars,
-            Some("page_size=5&status=ORDER_STATUS_CONFIRMED&pageToken=a%2Bb"),
+            Some("page_size=5&status=ORDER_STATUS_CONFIRMED&pageToken=a%2Bb&utm_source=x"),
+            UnknownQuery::Ignore,
         )
         .expect("ok");
         assert_eq!(
@@ -326,18 +397,32 @@ mod tests {
             br#"{"lines":[{"sku":"A-1","quantity":"x"}]}"#,
             &vars,
             None,
+            UnknownQuery::Ignore,
         )
         .expect_err("type");
         assert_eq!(err.field, "lines[0].quantity");
-        let err = build_request(&r, br#"{"bogus":1}"#, &vars, None).expect_err("unknown");
+        let err = build_request(&r, br#"{"bogus":1}"#, &vars, None, UnknownQuery::Ignore)
+            .expect_err("unknown");
         assert!(err.description.contains("bogus"), "{}", err.description);
-        let err = build_request(&r, br#"{"lines":["#, &vars, None).expect_err("truncated");
+        let err = build_request(&r, br#"{"lines":["#, &vars, None, UnknownQuery::Ignore)
+            .expect_err("truncated");
         assert_eq!(err.field, "lines", "where the JSON broke off");
 
         let (r, vars) = route(http::Method::GET, "/v1/orders");
-        let err = build_request(&r, b"", &vars, Some("status=SHIPPED")).expect_err("enum");
+        let err = build_request(&r, b"", &vars, Some("status=SHIPPED"), UnknownQuery::Ignore)
+            .expect_err("enum");
         assert_eq!(err.field, "status");
-        let err = build_request(&r, b"", &vars, Some("nope=1")).expect_err("unknown query");
+        let err = build_request(&r, b"", &vars, Some("nope=1"), UnknownQuery::Reject)
+            .expect_err("unknown query, strict");
         assert_eq!(err.field, "nope");
+        let err = build_request(
+            &r,
+            b"",
+            &vars,
+            Some("pageSize=x&nope=1"),
+            UnknownQuery::Ignore,
+        )
+        .expect_err("a known parameter of the wrong type is still refused");
+        assert_eq!(err.field, "pageSize");
     }
 }

@@ -24,7 +24,11 @@ fn demo_pool() -> DescriptorPool {
 fn a_new_annotated_rpc_appears_on_rest_and_in_openapi() {
     let pool = demo_pool();
     let routes = routes::from_descriptors(&pool).expect("routes");
-    assert_eq!(routes.len(), 2, "the binding and its additional binding");
+    assert_eq!(
+        routes.iter().filter(|r| r.rpc.name() == "Shelve").count(),
+        3,
+        "the binding and its two additional bindings"
+    );
 
     let Resolved::Found(route, vars) = routes::resolve(
         &routes,
@@ -43,6 +47,7 @@ fn a_new_annotated_rpc_appears_on_rest_and_in_openapi() {
         br#"{"isbn":"978-0","title":"Dune","pages":"412"}"#,
         &vars,
         Some("dryRun=true"),
+        transcode::UnknownQuery::Reject,
     )
     .expect("transcoded");
     assert_eq!(
@@ -55,8 +60,14 @@ fn a_new_annotated_rpc_appears_on_rest_and_in_openapi() {
     else {
         panic!("the additional binding is routed");
     };
-    let request =
-        transcode::build_request(put, br#"{"title":"Emma"}"#, &vars, None).expect("transcoded");
+    let request = transcode::build_request(
+        put,
+        br#"{"title":"Emma"}"#,
+        &vars,
+        None,
+        transcode::UnknownQuery::Reject,
+    )
+    .expect("transcoded");
     assert_eq!(
         serde_json::to_value(&request).expect("json"),
         serde_json::json!({"book": {"isbn": "978-1", "title": "Emma"}})
@@ -78,4 +89,156 @@ fn a_new_annotated_rpc_appears_on_rest_and_in_openapi() {
         op["security"].is_array(),
         "not public unless listed in PUBLIC_METHODS"
     );
+}
+
+fn found<'a>(
+    routes: &'a [routes::Route],
+    method: http::Method,
+    path: &str,
+) -> (&'a routes::Route, Vec<(String, String)>) {
+    match routes::resolve(routes, &method, path) {
+        Resolved::Found(route, vars) => (route, vars),
+        other => panic!("{method} {path}: {other:?}"),
+    }
+}
+
+#[test]
+fn precedence_is_path_then_body_then_query() {
+    let routes = routes::from_descriptors(&demo_pool()).expect("routes");
+    // The path's isbn wins over the body's.
+    let (put, vars) = found(&routes, http::Method::PUT, "/v1/books/978-1");
+    let request = transcode::build_request(
+        put,
+        br#"{"isbn":"from-body","title":"Emma","tags":["a"]}"#,
+        &vars,
+        // The body owns `book`: none of these may change it. `labels` is the
+        // query's alone, and its repeats make a list.
+        Some("book.title=Q&book.tags=q&labels=x&labels=y&book.isbn=Z"),
+        transcode::UnknownQuery::Reject,
+    )
+    .expect("transcoded");
+    assert_eq!(
+        serde_json::to_value(&request).expect("json"),
+        serde_json::json!({"book": {"isbn": "978-1", "title": "Emma", "tags": ["a"]}, "labels": ["x", "y"]})
+    );
+}
+
+#[test]
+fn unknown_query_parameters_are_ignored_unless_strict() {
+    let routes = routes::from_descriptors(&demo_pool()).expect("routes");
+    let (route, vars) = found(&routes, http::Method::GET, "/v1/shelves/s1/books:count");
+    let query = Some("_=1700000000&utm_source=mail");
+    let request =
+        transcode::build_request(route, b"", &vars, query, transcode::UnknownQuery::Ignore)
+            .expect("ignored");
+    assert_eq!(
+        serde_json::to_value(&request).expect("json"),
+        serde_json::json!({"name": "shelves/s1"})
+    );
+    let refused =
+        transcode::build_request(route, b"", &vars, query, transcode::UnknownQuery::Reject)
+            .expect_err("strict");
+    assert_eq!(refused.field, "_");
+}
+
+#[test]
+fn response_body_naming_a_scalar_field_returns_that_field() {
+    let pool = demo_pool();
+    let routes = routes::from_descriptors(&pool).expect("routes");
+    let (route, _) = found(&routes, http::Method::GET, "/v1/shelves/s1/books:count");
+    let output = pool
+        .get_message_by_name("shop.demo.v1.CountBooksResponse")
+        .expect("message");
+    let response = prost_reflect::DynamicMessage::deserialize(
+        output,
+        serde_json::json!({"count": "7", "shelf": "s1"}),
+    )
+    .expect("response");
+    assert_eq!(
+        transcode::response_json(route, &response),
+        serde_json::json!("7"),
+        "the int64 field alone, in its proto3 JSON form"
+    );
+    let doc = openapi::document(&routes, &BTreeSet::new());
+    assert_eq!(
+        doc["paths"]["/v1/{name}/books:count"]["get"]["responses"]["200"]["content"]["application/json"]
+            ["schema"],
+        serde_json::json!({"type": "string", "format": "int64"}),
+        "the document describes what is sent"
+    );
+}
+
+#[test]
+fn every_operation_id_is_unique() {
+    let routes = routes::from_descriptors(&demo_pool()).expect("routes");
+    let doc = openapi::document(&routes, &BTreeSet::new());
+    let mut ids = Vec::new();
+    for (_, item) in doc["paths"].as_object().expect("paths") {
+        for (_, op) in item.as_object().expect("operations") {
+            ids.push(op["operationId"].as_str().expect("id").to_owned());
+        }
+    }
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "{ids:?}");
+    assert!(ids.contains(&"DemoService_Shelve_1".to_owned()), "{ids:?}");
+    assert!(ids.contains(&"DemoService_Shelve_2".to_owned()), "{ids:?}");
+}
+
+#[test]
+fn a_custom_rule_of_kind_star_answers_every_method() {
+    let routes = routes::from_descriptors(&demo_pool()).expect("routes");
+    for method in [http::Method::GET, http::Method::POST, http::Method::DELETE] {
+        let (route, vars) = found(&routes, method.clone(), "/v1/echo/hi");
+        assert_eq!(route.rpc.name(), "Echo", "{method}");
+        assert_eq!(vars, vec![("text".to_owned(), "hi".to_owned())]);
+    }
+    let doc = openapi::document(&routes, &BTreeSet::new());
+    let item = &doc["paths"]["/v1/echo/{text}"];
+    assert_eq!(item["delete"]["operationId"], "DemoService_Echo_delete");
+    assert!(item["get"].is_object() && item["patch"].is_object());
+}
+
+#[test]
+fn well_known_types_are_described_by_their_json_forms() {
+    let routes = routes::from_descriptors(&demo_pool()).expect("routes");
+    let doc = openapi::document(&routes, &BTreeSet::new());
+    let props = &doc["components"]["schemas"]["shop.demo.v1.Described"]["properties"];
+    let expect = [
+        ("mask", serde_json::json!("string")),
+        ("nickname", serde_json::json!(["string", "null"])),
+        ("big", serde_json::json!(["string", "null"])),
+        ("flag", serde_json::json!(["boolean", "null"])),
+        ("ratio", serde_json::json!(["number", "null"])),
+        ("blob", serde_json::json!(["string", "null"])),
+        ("attributes", serde_json::json!("object")),
+        ("list", serde_json::json!("array")),
+        ("packed", serde_json::json!("object")),
+        ("wait", serde_json::json!("string")),
+        ("at", serde_json::json!("string")),
+        ("nothing", serde_json::json!("object")),
+    ];
+    for (field, kind) in expect {
+        assert_eq!(props[field]["type"], kind, "{field}: {}", props[field]);
+    }
+    assert!(
+        props["anything"].get("type").is_none(),
+        "a Value is any JSON"
+    );
+    assert_eq!(props["packed"]["required"], serde_json::json!(["@type"]));
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    assert!(
+        !schemas.keys().any(|k| k.starts_with("google.protobuf.")),
+        "no well-known type as an object of its own: {:?}",
+        schemas.keys().collect::<Vec<_>>()
+    );
+    // And the gateway reads the same forms from a body.
+    let (route, vars) = found(&routes, http::Method::POST, "/v1/described");
+    transcode::build_request(
+        route,
+        br#"{"mask":"title,book.isbn","nickname":"n","big":"9","attributes":{"a":[1,null]},"anything":3,"packed":{"@type":"type.googleapis.com/google.protobuf.Duration","value":"1s"},"wait":"1.5s","at":"2026-12-02T10:00:00Z"}"#,
+        &vars,
+        None,
+        transcode::UnknownQuery::Reject,
+    )
+    .expect("proto3 JSON forms of the well-known types");
 }

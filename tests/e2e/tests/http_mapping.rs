@@ -1,0 +1,128 @@
+//! The google.api.http mapping over real HTTP, against the real gateway and the
+//! real services of `make dev`: what the mapping rules say about verbs, escapes,
+//! unknown query parameters and server streams, each as a client sees it.
+
+mod dev;
+
+use std::time::{Duration, Instant};
+
+use dev::{DevMesh, curl};
+use tokio::process::Command;
+
+const PASSWORD: &str = "correct horse battery";
+
+#[tokio::test]
+async fn the_mapping_rules_hold_over_real_http() {
+    let _serial = dev::serial().await;
+    // A unary deadline far shorter than the watch below stays open.
+    let _dev = DevMesh::start(&[("REQUEST_TIMEOUT_MS", "1000")]).await;
+
+    // Unknown query parameters (a cache-buster, a tracking tag) cost nothing.
+    let reply = curl(
+        "GET",
+        "/v1/products/MUG-001?_=1700000000&utm_source=mail",
+        None,
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["product"]["sku"], "MUG-001");
+    // A known parameter of the wrong type is still refused, naming it.
+    let reply = curl("GET", "/v1/products?pageSize=many", None, None, &[]).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("pageSize"), "{}", reply.body);
+
+    // A `:suffix` no route registers is part of the variable: the inventory
+    // service is asked for the SKU `MUG-001:gift` and refuses it by its own rule
+    // (a 400 naming the field), where the gateway used to answer "no route".
+    let reply = curl("GET", "/v1/products/MUG-001:gift", None, None, &[]).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("invalid sku"), "{}", reply.body);
+    // A registered verb with another method is 405 naming the one it has.
+    let reply = curl("GET", "/v1/orders/abc:cancel", None, None, &[]).await;
+    assert_eq!(reply.status, 405, "{}", reply.body);
+    assert_eq!(
+        reply.header("allow").as_deref(),
+        Some("POST"),
+        "{}",
+        reply.headers
+    );
+
+    // A server stream outlives the unary deadline: a watch opened with no
+    // grpc-timeout still gets the cancellation made 2 s later.
+    let email = format!("mapping-{}@example.com", std::process::id());
+    let creds = format!(r#"{{"email":"{email}","password":"{PASSWORD}"}}"#);
+    let reply = curl("POST", "/v1/users", None, Some(&creds), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let reply = curl("POST", "/v1/auth:login", None, Some(&creds), &[]).await;
+    let token = reply.json()["accessToken"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let reply = curl(
+        "POST",
+        "/v1/orders",
+        Some(&token),
+        Some(r#"{"lines":[{"sku":"MUG-001","quantity":1}]}"#),
+        &["Idempotency-Key: mapping-watch-order"],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let order_id = reply.json()["order"]["orderId"]
+        .as_str()
+        .expect("order id")
+        .to_owned();
+    let watch = |extra: Option<&'static str>| {
+        let (token, order_id) = (token.clone(), order_id.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut cmd = Command::new("curl");
+            cmd.args([
+                "-s",
+                "-N",
+                "--max-time",
+                "6",
+                "-H",
+                "accept: text/event-stream",
+            ])
+            .args(["-H", &format!("authorization: Bearer {token}")]);
+            if let Some(header) = extra {
+                cmd.args(["-H", header]);
+            }
+            let out = cmd
+                .arg(format!("{}/v1/orders/{order_id}:watch", dev::gateway()))
+                .output()
+                .await
+                .expect("curl");
+            (
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                started.elapsed(),
+            )
+        })
+    };
+    let open_ended = watch(None);
+    // The client's own grpc-timeout still bounds its stream.
+    let bounded = watch(Some("grpc-timeout: 1S"));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reply = curl(
+        "POST",
+        &format!("/v1/orders/{order_id}:cancel"),
+        Some(&token),
+        Some(r#"{"reason":"mapping test"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let (events, _) = open_ended.await.expect("watch");
+    assert!(
+        events.contains("ORDER_STATUS_CANCELLED"),
+        "the watch was still open after the 1 s unary deadline: {events}"
+    );
+    let (events, took) = bounded.await.expect("watch");
+    assert!(
+        !events.contains("ORDER_STATUS_CANCELLED") && took < Duration::from_secs(5),
+        "the client's grpc-timeout ended its watch ({took:?}): {events}"
+    );
+    assert!(events.contains("event: error"), "{events}");
+}
