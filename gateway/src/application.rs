@@ -163,6 +163,7 @@ impl Application {
             .route("/docs", get(|| async { Html(include_str!("docs.html")) }))
             .fallback_service(api)
             // Every path, own or not: layers.rs.
+            .layer(layers::compression())
             .layer(from_fn_with_state(gw.clone(), layers::limit_rate_by_client))
             .layer(middleware::from_fn(layers::record_metrics))
             .layer(from_fn_with_state(gw.clone(), layers::resolve_client));

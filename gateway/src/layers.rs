@@ -5,7 +5,8 @@
 //!    headers only from `TRUSTED_PROXIES`;
 //! 2. `record_metrics`: RED figures, with labels only from known values;
 //! 3. `limit_rate_by_client`: a token bucket per client address (probes from
-//!    `PROBE_NETWORKS` exempt).
+//!    `PROBE_NETWORKS` exempt);
+//! 4. `compression`: gzip, br or zstd as the client's `Accept-Encoding` asks.
 //!
 //! CORS, when configured, wraps them all, so that every answer (a 429 too) carries
 //! its headers for the browser.
@@ -138,4 +139,17 @@ pub fn too_many(seconds: u64, who: &str) -> RestError {
     );
     err.retry_after = Some(seconds);
     err
+}
+
+/// Responses compressed by gzip, br or zstd as `Accept-Encoding` prefers
+/// (q-values honoured), except where a compressor's buffering would hold back
+/// what must arrive at once: Server-Sent Events and NDJSON streams (a watch's
+/// next update), and bodies too small to gain (tower-http's default predicate
+/// also skips gRPC and images).
+pub fn compression()
+-> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
+    use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate as _};
+    tower_http::compression::CompressionLayer::new().compress_when(
+        DefaultPredicate::new().and(NotForContentType::const_new("application/x-ndjson")),
+    )
 }

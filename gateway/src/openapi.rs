@@ -153,10 +153,28 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         if route.body != "*" {
             for field in input.fields() {
                 let taken = bound.contains(&field.name().to_owned()) || field.name() == route.body;
-                if taken || matches!(field.kind(), Kind::Message(_)) {
+                if taken {
                     continue;
                 }
-                parameters.push(json!({"name": field.json_name(), "in": "query", "required": false, "schema": field_schema(&field, &mut refs)}));
+                let mut parameter = json!({"name": field.json_name(), "in": "query", "required": false, "schema": field_schema(&field, &mut refs)});
+                let map_of_messages = field.is_map()
+                    && matches!(&field.kind(), Kind::Message(entry)
+                        if matches!(entry.map_entry_value_field().kind(), Kind::Message(_)));
+                if map_of_messages {
+                    continue;
+                }
+                if field.is_map() {
+                    // `name[key]=value`, one pair per entry.
+                    parameter["style"] = json!("deepObject");
+                    parameter["explode"] = json!(true);
+                } else if let Kind::Message(message) = field.kind()
+                    && !crate::transcode::is_query_value(&message)
+                {
+                    // Other messages are set field by field (`a.b=…`), which
+                    // OpenAPI cannot list; the request body's schema shows them.
+                    continue;
+                }
+                parameters.push(parameter);
             }
         }
         let mut operation = json!({

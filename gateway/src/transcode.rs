@@ -6,8 +6,8 @@
 use bytes::Buf;
 use prost::Message;
 use prost_reflect::{
-    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, ReflectMessage,
-    SerializeOptions, Value,
+    DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
+    ReflectMessage, SerializeOptions, Value,
 };
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
@@ -59,7 +59,8 @@ fn scalar(field_desc: &FieldDescriptor, path: &str, raw: &str) -> Result<Value, 
         }
         Kind::Double => Value::F64(raw.parse().map_err(|_| wrong("a number"))?),
         Kind::Float => Value::F32(raw.parse().map_err(|_| wrong("a number"))?),
-        Kind::Bytes => Value::Bytes(raw.as_bytes().to_vec().into()),
+        // As in proto3 JSON: base64, standard or URL-safe, padded or not.
+        Kind::Bytes => Value::Bytes(decode_base64(raw).ok_or_else(|| wrong("base64"))?.into()),
         Kind::Enum(e) => {
             let value = e
                 .get_value_by_name(raw)
@@ -80,9 +81,77 @@ fn scalar(field_desc: &FieldDescriptor, path: &str, raw: &str) -> Result<Value, 
                 })?;
             Value::EnumNumber(value)
         }
-        Kind::Message(_) => {
+        Kind::Message(message) => return query_message(&message, path, raw),
+    })
+}
+
+fn decode_base64(raw: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    let trimmed = raw.trim_end_matches('=');
+    STANDARD_NO_PAD
+        .decode(trimmed)
+        .or_else(|_| URL_SAFE_NO_PAD.decode(trimmed))
+        .ok()
+}
+
+/// `google.protobuf.StringValue`, `Int32Value` and the other wrappers.
+fn is_wrapper(message: &MessageDescriptor) -> bool {
+    let name = message.full_name();
+    name.starts_with("google.protobuf.")
+        && name.ends_with("Value")
+        && !matches!(name, "google.protobuf.Value" | "google.protobuf.ListValue")
+}
+
+/// Whether a query parameter carries this message type as one value.
+pub fn is_query_value(message: &MessageDescriptor) -> bool {
+    is_wrapper(message)
+        || matches!(
+            message.full_name(),
+            "google.protobuf.Timestamp" | "google.protobuf.Duration" | "google.protobuf.FieldMask"
+        )
+}
+
+/// The well-known types that a query string carries as one value, in the forms
+/// proto3 JSON gives them: a Timestamp in RFC 3339, a Duration as `1.5s`, a
+/// FieldMask as comma-separated paths, a wrapper as its scalar. Any other
+/// message is set field by field with dotted names.
+fn query_message(message: &MessageDescriptor, path: &str, raw: &str) -> Result<Value, BadRequest> {
+    if is_wrapper(message) {
+        let Some(inner) = message.get_field_by_name("value") else {
             return Err(bad(path, "is a message; set its fields with dotted names"));
-        }
+        };
+        let mut wrapper = DynamicMessage::new(message.clone());
+        wrapper.set_field(&inner, scalar(&inner, path, raw)?);
+        return Ok(Value::Message(wrapper));
+    }
+    let what = match message.full_name() {
+        "google.protobuf.Timestamp" => "an RFC 3339 time such as 2026-12-02T10:00:00Z",
+        "google.protobuf.Duration" => "a duration in seconds such as 1.5s",
+        "google.protobuf.FieldMask" => "field paths separated by commas",
+        _ => return Err(bad(path, "is a message; set its fields with dotted names")),
+    };
+    DynamicMessage::deserialize(message.clone(), serde_json::Value::String(raw.to_owned()))
+        .map(Value::Message)
+        .map_err(|_| bad(path, format!("must be {what}, got {raw:?}")))
+}
+
+/// `name[key]` as a map field's name and the entry's key.
+fn map_entry_key(part: &str) -> Option<(&str, &str)> {
+    let (name, rest) = part.split_once('[')?;
+    Some((name, rest.strip_suffix(']')?))
+}
+
+/// A map key of the entry's key type.
+fn map_key(key_field: &FieldDescriptor, path: &str, raw: &str) -> Result<MapKey, BadRequest> {
+    Ok(match scalar(key_field, path, raw)? {
+        Value::String(s) => MapKey::String(s),
+        Value::Bool(b) => MapKey::Bool(b),
+        Value::I32(n) => MapKey::I32(n),
+        Value::I64(n) => MapKey::I64(n),
+        Value::U32(n) => MapKey::U32(n),
+        Value::U64(n) => MapKey::U64(n),
+        _ => return Err(bad(path, "has a key type a query cannot give")),
     })
 }
 
@@ -97,16 +166,34 @@ pub fn set_path(message: &mut DynamicMessage, dotted: &str, raw: &str) -> Result
         }
         seen.push_str(part);
         let desc = current.descriptor();
+        // `labels[colour]=red` sets one entry of the map field `labels`.
+        if parts.peek().is_none()
+            && let Some((name, key)) = map_entry_key(part)
+        {
+            let f = field(&desc, name)
+                .filter(FieldDescriptor::is_map)
+                .ok_or_else(|| bad(seen.clone(), "is not a map field of this request"))?;
+            let Kind::Message(entry) = f.kind() else {
+                return Err(bad(seen, "is not a map field of this request"));
+            };
+            let key = map_key(&entry.map_entry_key_field(), &seen, key)?;
+            let value = scalar(&entry.map_entry_value_field(), &seen, raw)?;
+            if let Value::Map(entries) = current.get_field_mut(&f) {
+                entries.insert(key, value);
+            }
+            return Ok(());
+        }
         let f = field(&desc, part)
             .ok_or_else(|| bad(seen.clone(), "is not a field of this request"))?;
         if parts.peek().is_none() {
+            if f.is_map() {
+                return Err(bad(seen, "is a map: set its entries as name[key]=value"));
+            }
             let value = scalar(&f, &seen, raw)?;
             if f.is_list() {
                 if let Value::List(items) = current.get_field_mut(&f) {
                     items.push(value);
                 }
-            } else if f.is_map() {
-                return Err(bad(seen, "map fields cannot be set from a path or query"));
             } else {
                 current.set_field(&f, value);
             }
@@ -229,7 +316,8 @@ pub fn build_request(
             decode_query(key).ok_or_else(|| bad("query", "is not valid percent-encoded UTF-8"))?;
         let value = decode_query(value)
             .ok_or_else(|| bad(key.clone(), "is not valid percent-encoded UTF-8"))?;
-        let top = key.split('.').next().unwrap_or_default();
+        // The request's own field the key starts at (`a.b` → a, `m[k]` → m).
+        let top = key.split(['.', '[']).next().unwrap_or_default();
         if field(&input, top).is_none() {
             if unknown_query == UnknownQuery::Reject {
                 return Err(bad(key, "is not a field of this request"));

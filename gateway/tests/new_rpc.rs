@@ -242,3 +242,81 @@ fn well_known_types_are_described_by_their_json_forms() {
     )
     .expect("proto3 JSON forms of the well-known types");
 }
+
+#[test]
+fn query_strings_carry_well_known_types_maps_enums_and_bytes() {
+    let routes = routes::from_descriptors(&demo_pool()).expect("routes");
+    let (route, vars) = found(&routes, http::Method::GET, "/v1/shelves/s1/books:count");
+    let build = |query: &str| {
+        transcode::build_request(
+            route,
+            b"",
+            &vars,
+            Some(query),
+            transcode::UnknownQuery::Reject,
+        )
+    };
+    let request = build(
+        "since=2026-12-02T10:00:00Z&within=1.5s&fields=title,book.isbn&minPages=100\
+         &filters[colour]=red&filters%5Bsize%5D=large&cursor=3q2-7w&kind=KIND_POETRY&flags[7]=true",
+    )
+    .expect("every kind");
+    assert_eq!(
+        serde_json::to_value(&request).expect("json"),
+        serde_json::json!({
+            "name": "shelves/s1",
+            "since": "2026-12-02T10:00:00Z",
+            "within": "1.500s",
+            "fields": "title,book.isbn",
+            "minPages": 100,
+            "filters": {"colour": "red", "size": "large"},
+            "cursor": "3q2+7w==",
+            "kind": "KIND_POETRY",
+            "flags": {"7": true}
+        })
+    );
+    // An enum by number, as proto3 JSON allows.
+    let request = build("kind=1").expect("enum by number");
+    assert_eq!(
+        serde_json::to_value(&request).expect("json")["kind"],
+        "KIND_FICTION"
+    );
+    for (query, field, says) in [
+        ("since=yesterday", "since", "RFC 3339"),
+        ("within=5 minutes", "within", "duration"),
+        ("minPages=many", "minPages", "32-bit integer"),
+        ("cursor=not*base64", "cursor", "base64"),
+        ("flags[x]=true", "flags[x]", "32-bit integer"),
+        ("filters=red", "filters", "name[key]=value"),
+        ("name[x]=1", "name[x]", "not a map field"),
+    ] {
+        let err = build(query).expect_err(query);
+        assert_eq!(err.field, field, "{query}");
+        assert!(
+            err.description.contains(says),
+            "{query}: {}",
+            err.description
+        );
+    }
+    // OpenAPI describes them as the query carries them.
+    let doc = openapi::document(&routes, &BTreeSet::new());
+    let parameters = doc["paths"]["/v1/{name}/books:count"]["get"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .clone();
+    let param = |name: &str| {
+        parameters
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {parameters:?}"))
+            .clone()
+    };
+    assert_eq!(param("since")["schema"]["format"], "date-time");
+    assert_eq!(
+        param("minPages")["schema"]["type"],
+        serde_json::json!(["integer", "null"])
+    );
+    assert_eq!(param("filters")["style"], "deepObject");
+    assert_eq!(param("filters")["schema"]["type"], "object");
+    assert_eq!(param("cursor")["schema"]["contentEncoding"], "base64");
+}

@@ -1,6 +1,7 @@
 //! The google.api.http mapping over real HTTP, against the real gateway and the
 //! real services of `make dev`: what the mapping rules say about verbs, escapes,
-//! unknown query parameters and server streams, each as a client sees it.
+//! unknown query parameters and server streams, and compression, each as a
+//! client sees it.
 
 mod dev;
 
@@ -48,6 +49,43 @@ async fn the_mapping_rules_hold_over_real_http() {
         "{}",
         reply.headers
     );
+
+    // Responses are compressed as Accept-Encoding asks, and only then.
+    let plain = curl("GET", "/v1/products", None, None, &[]).await;
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert_eq!(plain.header("content-encoding"), None, "{}", plain.headers);
+    for encoding in ["gzip", "br", "zstd"] {
+        let accept = format!("accept-encoding: {encoding}");
+        let reply = curl("GET", "/v1/products", None, None, &[accept.as_str()]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(
+            reply.header("content-encoding").as_deref(),
+            Some(encoding),
+            "{}",
+            reply.headers
+        );
+    }
+    let preferred = curl(
+        "GET",
+        "/v1/products",
+        None,
+        None,
+        &["accept-encoding: gzip;q=0.5, zstd;q=1"],
+    )
+    .await;
+    assert_eq!(
+        preferred.header("content-encoding").as_deref(),
+        Some("zstd")
+    );
+    let out = Command::new("curl")
+        .args(["-s", "--compressed", "-H", "accept-encoding: gzip"])
+        .arg(format!("{}/v1/products", dev::gateway()))
+        .output()
+        .await
+        .expect("curl");
+    let decoded: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("gzip decodes to JSON");
+    assert_eq!(decoded, plain.json(), "the same answer, compressed");
 
     // A server stream outlives the unary deadline: a watch opened with no
     // grpc-timeout still gets the cancellation made 2 s later.
@@ -101,7 +139,9 @@ async fn the_mapping_rules_hold_over_real_http() {
             )
         })
     };
-    let open_ended = watch(None);
+    // It asks for gzip too: events are never compressed, since a compressor
+    // would hold them back.
+    let open_ended = watch(Some("accept-encoding: gzip"));
     // The client's own grpc-timeout still bounds its stream.
     let bounded = watch(Some("grpc-timeout: 1S"));
     tokio::time::sleep(Duration::from_secs(2)).await;
