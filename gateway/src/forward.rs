@@ -42,12 +42,12 @@ use crate::routes::{self, Resolved, Route};
 use crate::state::Gateway;
 use crate::transcode::{self, DynamicCodec};
 
-/// Metadata forwarded from HTTP headers to the backend call.
 /// How long a repeatable call may go unanswered before it is also sent to another
 /// copy of its backend: above a CreateOrder's usual time, so that hedges stay
 /// rare, and low enough that a copy frozen mid-call keeps answers under a second.
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
 
+/// Metadata forwarded from HTTP headers to the backend call.
 const FORWARDED: [&str; 4] = [
     "authorization",
     "x-request-id",
@@ -434,7 +434,14 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
     let response = answer
         .map_err(|_| deadline())?
         .map_err(|s| RestError::from_backend(&s))?;
-    Ok(axum::Json(transcode::response_json(&route, response.get_ref())).into_response())
+    let body = transcode::response_json(&route, response.get_ref());
+    if parts.method == http::Method::GET {
+        return Ok(crate::conditional::respond(
+            &parts.headers,
+            body.to_string(),
+        ));
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 /// Waits until `grpc`'s channel can take a call; UNAVAILABLE (the reason logged,
@@ -496,8 +503,6 @@ fn deadline() -> RestError {
     )
 }
 
-/// A server stream as Server-Sent Events, or newline-delimited JSON when asked
-/// (`Accept: application/x-ndjson`).
 /// The backend's stream, ended with DEADLINE_EXCEEDED when the client's own
 /// `grpc-timeout` elapses (tonic bounds only the wait for a stream's headers,
 /// not the stream). Dropping the backend's stream cancels the call.
@@ -525,6 +530,8 @@ fn bounded(
     .boxed()
 }
 
+/// A server stream as Server-Sent Events, or newline-delimited JSON when asked
+/// (`Accept: application/x-ndjson`).
 fn stream_response(
     route: Route,
     stream: futures::stream::BoxStream<

@@ -3,6 +3,7 @@
 //! an annotated RPC added to a .proto appears on REST and in /openapi.json.
 
 pub mod application;
+pub mod conditional;
 pub mod errors;
 pub mod forward;
 pub mod layers;

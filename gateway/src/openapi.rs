@@ -245,6 +245,9 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         for (method, id) in methods {
             let mut operation = operation.clone();
             operation["operationId"] = json!(id);
+            if method == "get" && !rpc.is_server_streaming() {
+                conditional_get(&mut operation);
+            }
             entry.insert(method, operation);
         }
     }
@@ -271,4 +274,15 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
         }
     })
+}
+
+/// A unary GET's answer carries a weak ETag, and `If-None-Match` naming it
+/// gets 304 with no body (see `conditional`).
+fn conditional_get(operation: &mut Value) {
+    let etag = json!({"description": "weak tag of this body; send it back in If-None-Match", "schema": {"type": "string"}});
+    operation["responses"]["200"]["headers"] = json!({"ETag": etag});
+    operation["responses"]["304"] = json!({"description": "Not Modified: the If-None-Match tag is the current one", "headers": {"ETag": etag}});
+    if let Some(parameters) = operation["parameters"].as_array_mut() {
+        parameters.push(json!({"name": "If-None-Match", "in": "header", "required": false, "description": "an ETag from an earlier answer", "schema": {"type": "string"}}));
+    }
 }

@@ -152,7 +152,7 @@ impl Revocations {
     async fn append(&self, entry: String, drop_after: u64) -> Result<(), ApiError> {
         if let Some(store) = &self.store {
             let written = store
-                .write("revoke", |mut connection| {
+                .patient("revoke", |mut connection| {
                     let entry = entry.clone();
                     async move {
                         self.append
@@ -185,7 +185,7 @@ impl Revocations {
     async fn catch_up(&self, store: &SharedStore) {
         let cursor = self.mirror.read().unwrap_or_else(|e| e.into_inner()).cursor;
         let read = store
-            .call("follow revocations", |mut connection| async move {
+            .patient("follow revocations", |mut connection| async move {
                 let (sequence, entries): (Option<u64>, Vec<(String, u64)>) = redis::pipe()
                     .get(SEQUENCE)
                     .zrangebyscore_withscores(LOG, format!("({cursor}"), "+inf")

@@ -17,8 +17,9 @@ use crate::config::ConfigError;
 
 /// How long one Redis call may take before the local fallback answers instead.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(100);
-/// How long a write that a client waits on (a revocation) may take.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a call that no request is held up by may take: a write that a
+/// client waits on (a revocation) or a background read (following the log).
+pub const PATIENT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the store stays unasked after a call failed.
 pub const REST_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
@@ -45,8 +46,8 @@ impl SharedStore {
         let client = redis::Client::open(url)
             .map_err(|err| ConfigError::missing("REDIS_URL", &format!("not a Redis URL: {err}")))?;
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(WRITE_TIMEOUT))
-            .set_response_timeout(Some(WRITE_TIMEOUT))
+            .set_connection_timeout(Some(PATIENT_TIMEOUT))
+            .set_response_timeout(Some(PATIENT_TIMEOUT))
             .set_number_of_retries(1)
             .set_max_delay(CALL_TIMEOUT);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
@@ -85,14 +86,17 @@ impl SharedStore {
         self.run(what, CALL_TIMEOUT, call).await
     }
 
-    /// Runs `call` even while the store rests, with `WRITE_TIMEOUT`: for a write
-    /// that a client waits on and that must not be skipped (a revocation).
-    pub async fn write<T, F, Fut>(&self, what: &'static str, call: F) -> Option<T>
+    /// Runs `call` even while the store rests, with `PATIENT_TIMEOUT`: for a write
+    /// that a client waits on and that must not be skipped (a revocation), and
+    /// for background work. The first call also dials Redis, which on a busy host
+    /// can outlast `CALL_TIMEOUT`; a background call timing out would make every
+    /// request skip the shared state for `REST_AFTER_FAILURE`.
+    pub async fn patient<T, F, Fut>(&self, what: &'static str, call: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        self.run(what, WRITE_TIMEOUT, call).await
+        self.run(what, PATIENT_TIMEOUT, call).await
     }
 
     async fn run<T, F, Fut>(&self, what: &'static str, timeout: Duration, call: F) -> Option<T>

@@ -29,6 +29,32 @@ async fn the_mapping_rules_hold_over_real_http() {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["product"]["sku"], "MUG-001");
+    // A GET's answer carries a weak ETag; sent back, it gets 304 and no body.
+    let tag = reply.header("etag").expect("an ETag on a GET");
+    assert!(tag.starts_with("W/\""), "{tag}");
+    let if_none_match = format!("if-none-match: {tag}");
+    let held = curl(
+        "GET",
+        "/v1/products/MUG-001",
+        None,
+        None,
+        &[if_none_match.as_str()],
+    )
+    .await;
+    assert_eq!(held.status, 304, "{}", held.headers);
+    assert_eq!(held.body, "");
+    assert_eq!(held.header("etag").as_deref(), Some(tag.as_str()));
+    // Another resource has another tag: the same If-None-Match gets the body.
+    let other = curl(
+        "GET",
+        "/v1/products/LAMP-001",
+        None,
+        None,
+        &[if_none_match.as_str()],
+    )
+    .await;
+    assert_eq!(other.status, 200, "{}", other.body);
+    assert_ne!(other.header("etag").as_deref(), Some(tag.as_str()));
     // A known parameter of the wrong type is still refused, naming it.
     let reply = curl("GET", "/v1/products?pageSize=many", None, None, &[]).await;
     assert_eq!(reply.status, 400, "{}", reply.body);

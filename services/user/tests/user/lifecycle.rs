@@ -157,6 +157,15 @@ async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
         1
     );
 
+    // The registrations are held in flight by a lock on their table, so the
+    // test, not the host's speed, decides that they are still running when the
+    // signal comes.
+    let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
+    let mut lock = pool.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .expect("lock users");
     let client = UserServiceClient::connect(url).await.expect("connect");
     let calls: Vec<_> = (0..4)
         .map(|_| {
@@ -172,7 +181,7 @@ async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
             })
         })
         .collect();
-    // SIGTERM once the service is answering all four (hashing their passwords).
+    // SIGTERM once the service is answering all four (waiting on the lock).
     let in_flight = shop_testkit::eventually(Duration::from_secs(10), || async {
         let (_, metrics) = shop_testkit::http_get(admin_port, "/metrics").await;
         metrics
@@ -203,6 +212,7 @@ async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
         2,
         "NOT_SERVING after SIGTERM"
     );
+    lock.commit().await.expect("release the lock");
     for call in calls {
         call.await
             .expect("join")
@@ -214,7 +224,6 @@ async fn sigterm_goes_not_serving_finishes_in_flight_calls_and_exits_zero() {
         .expect("wait");
     assert!(status.success(), "exit status {status:?}");
 
-    let pool = sqlx::PgPool::connect(&db.url).await.expect("pool");
     let users: i64 = sqlx::query_scalar("SELECT count(*) FROM users")
         .fetch_one(&pool)
         .await
