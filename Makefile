@@ -39,6 +39,8 @@ lint: tools
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cd proto && PATH="$(PY_SCRIPTS):$$PATH" buf lint
+	PATH="$(PY_SCRIPTS):$$PATH" scripts/proto-breaking.sh
+	PATH="$(PY_SCRIPTS):$$PATH" scripts/proto-breaking.sh --self-test
 	PATH="$(PY_SCRIPTS):$$PATH" hadolint deploy/docker/Dockerfile deploy/docker/offline/*.Dockerfile
 	python3 deploy/prometheus/generate.py --check
 	promtool check rules deploy/prometheus/rules.yml
