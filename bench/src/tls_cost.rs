@@ -121,7 +121,12 @@ pub fn render(tls: &Figures, plain: &Figures) -> String {
     for (name, on, off, cost) in rows {
         let cost_cell = cost.map_or_else(String::new, |c| {
             worst = worst.max(c);
-            format!("{c:.1} % fewer")
+            // Below zero the TLS mesh did better: noise between the two meshes.
+            if c >= 0.0 {
+                format!("{c:.1} % fewer")
+            } else {
+                format!("none (TLS measured {:.1} % more)", -c)
+            }
         });
         out.push_str(&format!("| {name} | {on} | {off} | {cost_cell} |\n"));
     }

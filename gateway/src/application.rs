@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 
 use crate::forward;
 use crate::layers;
+use crate::passthrough::HeaderList;
 use crate::routes;
 use crate::settings::Settings;
 use crate::state::{Backend, Gateway};
@@ -108,6 +109,12 @@ impl Application {
         let probe_networks = networks("PROBE_NETWORKS", &settings.probe_networks)?;
         let trusted_trace_sources =
             networks("TRUSTED_TRACE_SOURCES", &settings.trusted_trace_sources)?;
+        let request_headers =
+            HeaderList::parse("FORWARD_REQUEST_HEADERS", &settings.forward_request_headers)?;
+        let response_headers = HeaderList::parse(
+            "FORWARD_RESPONSE_HEADERS",
+            &settings.forward_response_headers,
+        )?;
         Ok(Self {
             listener,
             addr,
@@ -125,6 +132,8 @@ impl Application {
                 shared_store,
                 draining: AtomicBool::new(false),
                 retries: shop_platform::grpc::RetryBudget::new(),
+                request_headers,
+                response_headers,
                 trusted_proxies,
                 probe_networks,
                 trusted_trace_sources,

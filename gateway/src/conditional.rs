@@ -29,11 +29,29 @@ pub fn none_match_names(if_none_match: &str, tag: &str) -> bool {
         .any(|candidate| candidate.trim() == "*" || opaque(candidate) == tag)
 }
 
+/// `"…"` or `W/"…"`, as RFC 9110 writes an entity tag.
+fn is_entity_tag(tag: &str) -> bool {
+    let opaque = tag.strip_prefix("W/").unwrap_or(tag);
+    opaque.len() >= 2
+        && opaque.starts_with('"')
+        && opaque.ends_with('"')
+        && !opaque[1..opaque.len() - 1].contains('"')
+}
+
 /// The answer to a GET whose backend replied `body`: 304 when the client
-/// already holds it, else 200 with the body, both with the tag.
-pub fn respond(request: &HeaderMap, body: String) -> Response {
-    let tag = entity_tag(body.as_bytes());
-    let etag = HeaderValue::from_str(&tag).expect("hex in quotes is a header value");
+/// already holds it, else 200 with the body, both with the tag: the backend's
+/// own (`backend_tag`, an `etag` in its metadata) when it set a well-formed
+/// one, else one made from the body.
+pub fn respond(request: &HeaderMap, body: String, backend_tag: Option<&HeaderValue>) -> Response {
+    let own = backend_tag.and_then(|v| Some((v.to_str().ok()?.to_owned(), v.clone())));
+    let (tag, etag) = match own {
+        Some((tag, value)) if is_entity_tag(&tag) => (tag, value),
+        _ => {
+            let tag = entity_tag(body.as_bytes());
+            let value = HeaderValue::from_str(&tag).expect("hex in quotes is a header value");
+            (tag, value)
+        }
+    };
     let held = request
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -81,12 +99,30 @@ mod tests {
     fn a_held_tag_is_answered_304_without_a_body() {
         let body = r#"{"a":1}"#.to_owned();
         let mut request = HeaderMap::new();
-        let fresh = respond(&request, body.clone());
+        let fresh = respond(&request, body.clone(), None);
         assert_eq!(fresh.status(), StatusCode::OK);
         let tag = fresh.headers()[header::ETAG].clone();
         request.insert(header::IF_NONE_MATCH, tag.clone());
-        let held = respond(&request, body);
+        let held = respond(&request, body.clone(), None);
         assert_eq!(held.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(held.headers()[header::ETAG], tag);
+    }
+
+    #[test]
+    fn a_backend_tag_replaces_the_body_tag_unless_it_is_malformed() {
+        let body = r#"{"a":1}"#.to_owned();
+        let own = HeaderValue::from_static("\"v7\"");
+        let answer = respond(&HeaderMap::new(), body.clone(), Some(&own));
+        assert_eq!(answer.headers()[header::ETAG], own);
+        let mut request = HeaderMap::new();
+        request.insert(header::IF_NONE_MATCH, HeaderValue::from_static("W/\"v7\""));
+        let held = respond(&request, body.clone(), Some(&own));
+        assert_eq!(held.status(), StatusCode::NOT_MODIFIED);
+        let junk = HeaderValue::from_static("v7");
+        let answer = respond(&HeaderMap::new(), body.clone(), Some(&junk));
+        assert_eq!(
+            answer.headers()[header::ETAG],
+            entity_tag(body.as_bytes()).as_str()
+        );
     }
 }

@@ -47,14 +47,6 @@ use crate::transcode::{self, DynamicCodec};
 /// rare, and low enough that a copy frozen mid-call keeps answers under a second.
 const HEDGE_AFTER: Duration = Duration::from_millis(500);
 
-/// Metadata forwarded from HTTP headers to the backend call.
-const FORWARDED: [&str; 4] = [
-    "authorization",
-    "x-request-id",
-    "idempotency-key",
-    "accept-language",
-];
-
 /// The request's id, as the client sent it or made here.
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
@@ -322,13 +314,8 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         (true, Some(requested)) => request.set_timeout(requested),
         (true, None) => {}
     }
-    for name in FORWARDED {
-        if let Some(value) = parts.headers.get(name).and_then(|v| v.to_str().ok())
-            && let Ok(value) = value.parse()
-        {
-            request.metadata_mut().insert(name, value);
-        }
-    }
+    gw.request_headers
+        .to_metadata(&parts.headers, request.metadata_mut());
     // The client as resolved at the edge (services trust this from the gateway only).
     if let Some(client) = parts.extensions.get::<ClientAddress>()
         && let Ok(value) = client.ip.to_string().parse()
@@ -376,11 +363,13 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
             .await
             .map_err(|s| RestError::from_backend(&s))?;
         let limit = deadline_of.and_then(|d| d.requested);
-        return Ok(stream_response(
-            route,
-            bounded(response.into_inner(), limit),
-            &parts.headers,
-        ));
+        let mut answered = HeaderMap::new();
+        gw.response_headers
+            .to_headers(response.metadata(), &mut answered);
+        let mut http =
+            stream_response(route, bounded(response.into_inner(), limit), &parts.headers);
+        http.headers_mut().extend(answered);
+        return Ok(http);
     }
     // A call that is safe to repeat (a GET, or a write with an Idempotency-Key the
     // backend deduplicates by) is hedged on another copy when its first attempt is
@@ -427,21 +416,24 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
             grpc::call_idempotent(policy, &gw.retries, attempt, unary),
         )
         .await
-        .map(|answer| answer.map(tonic::Response::new))
     } else {
         tokio::time::timeout(timeout + Duration::from_millis(250), unary(request)).await
     };
     let response = answer
         .map_err(|_| deadline())?
         .map_err(|s| RestError::from_backend(&s))?;
-    let body = transcode::response_json(&route, response.get_ref());
-    if parts.method == http::Method::GET {
-        return Ok(crate::conditional::respond(
-            &parts.headers,
-            body.to_string(),
-        ));
-    }
-    Ok(axum::Json(body).into_response())
+    let body = transcode::response_json(&route, response.get_ref()).to_string();
+    let mut answered = HeaderMap::new();
+    gw.response_headers
+        .to_headers(response.metadata(), &mut answered);
+    let mut http = if parts.method == http::Method::GET {
+        let backend_tag = answered.remove(header::ETAG);
+        crate::conditional::respond(&parts.headers, body, backend_tag.as_ref())
+    } else {
+        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+    };
+    http.headers_mut().extend(answered);
+    Ok(http)
 }
 
 /// Waits until `grpc`'s channel can take a call; UNAVAILABLE (the reason logged,

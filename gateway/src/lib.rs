@@ -8,6 +8,7 @@ pub mod errors;
 pub mod forward;
 pub mod layers;
 pub mod openapi;
+pub mod passthrough;
 pub mod routes;
 pub mod settings;
 pub mod state;

@@ -32,6 +32,13 @@ pub struct Settings {
     /// `UNKNOWN_QUERY_PARAMETERS`: `ignore` (the default: a cache-buster or a
     /// tracking tag costs nothing) or `reject` (400 naming the parameter).
     pub unknown_query_parameters: crate::transcode::UnknownQuery,
+    /// `FORWARD_REQUEST_HEADERS`: comma-separated request headers passed to the
+    /// backend as metadata, beside `authorization` and `x-request-id`, which
+    /// always are.
+    pub forward_request_headers: String,
+    /// `FORWARD_RESPONSE_HEADERS`: comma-separated metadata of a backend's answer
+    /// passed to the client as headers.
+    pub forward_response_headers: String,
     /// `REQUEST_TIMEOUT_MS`: the deadline when the client sends no `grpc-timeout` (504 past it).
     pub request_timeout_ms: u64,
     /// `RATE_LIMIT_PER_SEC` / `RATE_LIMIT_BURST`: per client address and per user.
@@ -103,6 +110,8 @@ impl Default for Settings {
             public_methods: DEFAULT_PUBLIC_METHODS.into(),
             max_body_bytes: 1024 * 1024,
             unknown_query_parameters: crate::transcode::UnknownQuery::default(),
+            forward_request_headers: crate::passthrough::DEFAULT_REQUEST_HEADERS.into(),
+            forward_response_headers: crate::passthrough::DEFAULT_RESPONSE_HEADERS.into(),
             request_timeout_ms: 10_000,
             rate_limit_per_sec: 50,
             rate_limit_burst: 100,
@@ -143,6 +152,15 @@ impl Settings {
             ("TRUSTED_TRACE_SOURCES", &settings.trusted_trace_sources),
         ] {
             Networks::parse(list).map_err(|e| ConfigError::missing(key, &e))?;
+        }
+        for (key, list) in [
+            ("FORWARD_REQUEST_HEADERS", &settings.forward_request_headers),
+            (
+                "FORWARD_RESPONSE_HEADERS",
+                &settings.forward_response_headers,
+            ),
+        ] {
+            crate::passthrough::HeaderList::parse(key, list)?;
         }
         for (key, ms) in [
             ("HEADER_READ_TIMEOUT_MS", settings.header_read_timeout_ms),

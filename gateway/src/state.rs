@@ -10,6 +10,7 @@ use shop_platform::rate_limit::SharedRateLimiter;
 use shop_platform::shared_store::SharedStore;
 use tonic::transport::Channel;
 
+use crate::passthrough::HeaderList;
 use crate::routes::Route;
 use crate::settings::Settings;
 
@@ -35,6 +36,9 @@ pub struct Gateway {
     pub(crate) retries: shop_platform::grpc::RetryBudget,
     /// Set on SIGTERM: /readyz answers 503 while the listener still serves.
     pub(crate) draining: std::sync::atomic::AtomicBool,
+    /// Request headers passed to backends, and answer metadata passed back.
+    pub(crate) request_headers: HeaderList,
+    pub(crate) response_headers: HeaderList,
     pub(crate) trusted_proxies: Networks,
     pub(crate) probe_networks: Networks,
     pub(crate) trusted_trace_sources: Networks,

@@ -121,6 +121,7 @@ impl Peers {
             |req| call(client.clone(), req),
         )
         .await
+        .map(tonic::Response::into_inner)
     }
 
     pub async fn get_user(

@@ -104,13 +104,14 @@ pub fn retryable(code: Code) -> bool {
 ///   later attempt reaches a copy that answers); the first answer wins and the
 ///   others are cancelled.
 ///
-/// Use for idempotent RPCs only.
+/// Returns the winning attempt's answer, its metadata included. Use for
+/// idempotent RPCs only.
 pub async fn call_idempotent<Req, Resp, Fut>(
     policy: RetryPolicy,
     budget: &RetryBudget,
     mut make: impl FnMut() -> Result<Request<Req>, Status>,
     mut call: impl FnMut(Request<Req>) -> Fut,
-) -> Result<Resp, Status>
+) -> Result<tonic::Response<Resp>, Status>
 where
     Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
 {
@@ -134,7 +135,7 @@ where
                     unreachable!("an attempt is always running here");
                 };
                 let status = match answer {
-                    Ok(response) => return Ok(response.into_inner()),
+                    Ok(response) => return Ok(response),
                     Err(status) => status,
                 };
                 let again = (policy.retry_when)(&status);
@@ -185,7 +186,7 @@ mod tests {
     /// how many attempts were made.
     async fn attempts_when_down(policy: RetryPolicy, budget: &RetryBudget) -> u32 {
         let mut calls = 0;
-        let result: Result<(), Status> = call_idempotent(
+        let result: Result<tonic::Response<()>, Status> = call_idempotent(
             policy,
             budget,
             || Ok(outgoing((), policy.attempt_timeout)),
@@ -211,7 +212,7 @@ mod tests {
         assert_eq!(attempts_when_down(policy, &budget).await, 3);
 
         let mut calls = 0;
-        let result: Result<u8, Status> = call_idempotent(
+        let result: Result<tonic::Response<u8>, Status> = call_idempotent(
             policy,
             &budget,
             || Ok(outgoing((), policy.attempt_timeout)),
@@ -226,7 +227,7 @@ mod tests {
             },
         )
         .await;
-        assert_eq!(result.expect("second attempt"), 7);
+        assert_eq!(result.expect("second attempt").into_inner(), 7);
         assert_eq!(calls, 2);
     }
 
@@ -285,7 +286,7 @@ mod tests {
     /// many attempts were made).
     async fn answered_by(policy: RetryPolicy, budget: &RetryBudget, answering: u32) -> (u32, u32) {
         let mut calls = 0;
-        let answer: Result<u32, Status> = call_idempotent(
+        let answer: Result<tonic::Response<u32>, Status> = call_idempotent(
             policy,
             budget,
             || Ok(outgoing((), policy.attempt_timeout)),
@@ -301,6 +302,6 @@ mod tests {
             },
         )
         .await;
-        (answer.expect("an attempt answers"), calls)
+        (answer.expect("an attempt answers").into_inner(), calls)
     }
 }
