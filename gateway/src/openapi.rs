@@ -96,12 +96,94 @@ fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
     }
 }
 
-fn message_schema(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Value {
-    let mut properties = Map::new();
-    for field in message.fields() {
-        properties.insert(field.json_name().to_owned(), field_schema(&field, refs));
+/// `google.api.field_behavior` values (google/api/field_behavior.proto).
+const REQUIRED: i32 = 2;
+const OUTPUT_ONLY: i32 = 3;
+
+/// The `google.api.field_behavior` values the proto gives `field`.
+fn behaviors(field: &FieldDescriptor) -> Vec<i32> {
+    let pool = field.parent_pool();
+    let Some(extension) = pool.get_extension_by_name("google.api.field_behavior") else {
+        return Vec::new();
+    };
+    let options = field.options();
+    if !options.has_extension(&extension) {
+        return Vec::new();
     }
-    json!({"type": "object", "properties": properties, "additionalProperties": false})
+    match options.get_extension(&extension).as_ref() {
+        prost_reflect::Value::List(values) => values
+            .iter()
+            .filter_map(prost_reflect::Value::as_enum_number)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// A message's schema: REQUIRED fields are `required` (but not those a route
+/// takes from its path, `path_bound` as `message.field`: the path always
+/// carries them, and the body need not repeat them), OUTPUT_ONLY ones `readOnly`.
+fn message_schema(
+    message: &MessageDescriptor,
+    path_bound: &BTreeSet<String>,
+    refs: &mut BTreeSet<String>,
+) -> Value {
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    for field in message.fields() {
+        let mut schema = field_schema(&field, refs);
+        let behaviors = behaviors(&field);
+        if behaviors.contains(&OUTPUT_ONLY) {
+            schema = with_keyword(schema, "readOnly", json!(true));
+        }
+        if behaviors.contains(&REQUIRED) && !path_bound.contains(field.full_name()) {
+            required.push(json!(field.json_name()));
+            if field.is_list() {
+                schema["minItems"] = json!(1);
+            }
+        }
+        properties.insert(field.json_name().to_owned(), schema);
+    }
+    let mut schema =
+        json!({"type": "object", "properties": properties, "additionalProperties": false});
+    if !required.is_empty() {
+        schema["required"] = Value::Array(required);
+    }
+    schema
+}
+
+/// `schema` with `keyword` set; a `$ref` is wrapped (`allOf`) so that the
+/// keyword applies beside it in every OpenAPI 3.1 reader.
+fn with_keyword(mut schema: Value, keyword: &str, value: Value) -> Value {
+    if schema.get("$ref").is_some() {
+        return json!({"allOf": [schema], keyword: value});
+    }
+    schema[keyword] = value;
+    schema
+}
+
+/// The fields (`package.Message.field`) that some route fills from its path,
+/// nested ones included (`{book.isbn}` names `Book.isbn`).
+fn path_bound_fields(routes: &[Route]) -> BTreeSet<String> {
+    let mut bound = BTreeSet::new();
+    for route in routes {
+        for segment in &route.segments {
+            let Segment::Variable { field, .. } = segment else {
+                continue;
+            };
+            let mut message = route.rpc.input();
+            for name in field.split('.') {
+                let Some(part) = message.get_field_by_name(name) else {
+                    break;
+                };
+                bound.insert(part.full_name().to_owned());
+                match part.kind() {
+                    Kind::Message(inner) => message = inner,
+                    _ => break,
+                }
+            }
+        }
+    }
+    bound
 }
 
 fn openapi_path(route: &Route) -> String {
@@ -156,7 +238,8 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                 if taken {
                     continue;
                 }
-                let mut parameter = json!({"name": field.json_name(), "in": "query", "required": false, "schema": field_schema(&field, &mut refs)});
+                let required = behaviors(&field).contains(&REQUIRED);
+                let mut parameter = json!({"name": field.json_name(), "in": "query", "required": required, "schema": field_schema(&field, &mut refs)});
                 let map_of_messages = field.is_map()
                     && matches!(&field.kind(), Kind::Message(entry)
                         if matches!(entry.map_entry_value_field().kind(), Kind::Message(_)));
@@ -253,6 +336,7 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
     }
 
     // Schemas for every message reachable from the operations.
+    let path_bound = path_bound_fields(routes);
     let pool = routes.first().map(|r| r.rpc.parent_pool().clone());
     let mut schemas = Map::new();
     schemas.insert("google.rpc.Status".into(), status_schema());
@@ -260,7 +344,7 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
     while let Some(name) = refs.iter().find(|n| !done.contains(*n)).cloned() {
         done.insert(name.clone());
         if let Some(message) = pool.as_ref().and_then(|p| p.get_message_by_name(&name)) {
-            let schema = message_schema(&message, &mut refs);
+            let schema = message_schema(&message, &path_bound, &mut refs);
             schemas.insert(name, schema);
         }
     }

@@ -320,3 +320,18 @@ fn query_strings_carry_well_known_types_maps_enums_and_bytes() {
     assert_eq!(param("filters")["schema"]["type"], "object");
     assert_eq!(param("cursor")["schema"]["contentEncoding"], "base64");
 }
+
+#[test]
+fn field_behavior_makes_required_and_read_only_fields() {
+    let routes = routes::from_descriptors(&demo_pool()).expect("routes");
+    let doc = openapi::document(&routes, &BTreeSet::new());
+    let book = &doc["components"]["schemas"]["shop.demo.v1.Book"];
+    assert_eq!(
+        book["required"],
+        serde_json::json!(["title", "tags"]),
+        "isbn is REQUIRED but bound by a path: {book}"
+    );
+    assert_eq!(book["properties"]["tags"]["minItems"], 1, "{book}");
+    assert_eq!(book["properties"]["pages"]["readOnly"], true, "{book}");
+    assert!(book["properties"]["title"].get("readOnly").is_none());
+}

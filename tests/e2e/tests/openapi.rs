@@ -35,6 +35,42 @@ async fn the_openapi_document_is_valid_and_the_gateway_honours_it() {
     );
     let _ = std::fs::remove_file(&path);
 
+    // The protos' google.api.field_behavior, as a generated client reads it.
+    let schemas = &doc.json()["components"]["schemas"];
+    for (message, required) in [
+        (
+            "shop.user.v1.RegisterRequest",
+            serde_json::json!(["email", "password"]),
+        ),
+        (
+            "shop.user.v1.LoginRequest",
+            serde_json::json!(["email", "password"]),
+        ),
+        (
+            "shop.inventory.v1.CreateProductRequest",
+            serde_json::json!(["sku", "name", "unitPrice"]),
+        ),
+        // The SKU comes from the path, so the body need not carry it.
+        (
+            "shop.inventory.v1.AdjustStockRequest",
+            serde_json::json!(["delta", "reason", "requestId"]),
+        ),
+        (
+            "shop.order.v1.CreateOrderRequest",
+            serde_json::json!(["lines"]),
+        ),
+        (
+            "shop.order.v1.CreateOrderLine",
+            serde_json::json!(["sku", "quantity"]),
+        ),
+    ] {
+        assert_eq!(schemas[message]["required"], required, "{message}");
+    }
+    assert_eq!(
+        schemas["shop.order.v1.Order"]["properties"]["orderId"]["readOnly"],
+        true
+    );
+
     let login = curl(
         "POST",
         "/v1/auth:login",
