@@ -9,6 +9,16 @@ use serde_json::{Map, Value, json};
 
 use crate::routes::{Route, RouteMethod, Segment};
 
+/// 64-bit integers are decimal strings in proto3 JSON (a double cannot hold
+/// them); the pattern says so, so that `""` or `"ten"` is not schema-valid.
+fn int64_schema() -> Value {
+    json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"})
+}
+
+fn uint64_schema() -> Value {
+    json!({"type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$"})
+}
+
 fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
     match field.kind() {
         Kind::String => json!({"type": "string"}),
@@ -18,8 +28,8 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value 
             json!({"type": "integer", "format": "int32"})
         }
         Kind::Uint32 | Kind::Fixed32 => json!({"type": "integer", "format": "uint32"}),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => json!({"type": "string", "format": "int64"}),
-        Kind::Uint64 | Kind::Fixed64 => json!({"type": "string", "format": "uint64"}),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => int64_schema(),
+        Kind::Uint64 | Kind::Fixed64 => uint64_schema(),
         Kind::Double | Kind::Float => json!({"type": "number"}),
         // NullValue's one JSON form is null.
         Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => json!({"type": "null"}),
@@ -56,8 +66,8 @@ fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Valu
         "google.protobuf.BoolValue" => wrapper(json!({"type": "boolean"})),
         "google.protobuf.Int32Value" => wrapper(json!({"type": "integer", "format": "int32"})),
         "google.protobuf.UInt32Value" => wrapper(json!({"type": "integer", "format": "uint32"})),
-        "google.protobuf.Int64Value" => wrapper(json!({"type": "string", "format": "int64"})),
-        "google.protobuf.UInt64Value" => wrapper(json!({"type": "string", "format": "uint64"})),
+        "google.protobuf.Int64Value" => wrapper(int64_schema()),
+        "google.protobuf.UInt64Value" => wrapper(uint64_schema()),
         "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => {
             wrapper(json!({"type": "number"}))
         }
