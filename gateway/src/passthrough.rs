@@ -55,6 +55,10 @@ impl HeaderList {
                     &format!("{name} may not be forwarded: the gateway or the transport sets it"),
                 ));
             }
+            if ALWAYS_FORWARDED.contains(&lower.as_str()) {
+                // Forwarded anyway; listed twice it would reach the backend twice.
+                continue;
+            }
             let header = HeaderName::from_bytes(lower.as_bytes())
                 .map_err(|_| ConfigError::missing(key, &format!("{name} is not a header name")))?;
             if !names.contains(&header) {
@@ -100,9 +104,14 @@ mod tests {
 
     #[test]
     fn lists_are_lowercased_and_refuse_what_may_not_cross_by_name() {
-        let list = HeaderList::parse("K", " X-Tenant , accept-language,,x-tenant").expect("list");
+        let list = HeaderList::parse("K", " X-Tenant , accept-language,,x-tenant,Authorization")
+            .expect("list");
         assert!(list.contains("x-tenant") && list.contains("accept-language"));
-        assert_eq!(list.0.len(), 2);
+        assert_eq!(
+            list.0.len(),
+            2,
+            "authorization is always forwarded, not listed"
+        );
         for bad in [
             "x-service-authorization",
             "Grpc-Timeout",
