@@ -1,5 +1,6 @@
 //! A minimal HTTP/1.1 keep-alive client for load generation: one request, one
-//! whole response (Content-Length bodies only, which is what the gateway sends).
+//! whole response (a Content-Length body, or a chunked one, which is how the
+//! gateway sends a compressed answer; the body is returned as received).
 
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,15 +64,15 @@ impl Connection {
     async fn exchange(&mut self, request: &[u8]) -> anyhow::Result<()> {
         self.stream.write_all(request).await?;
         self.buf.clear();
-        let mut chunk = [0u8; 8192];
         loop {
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
                 bail!("connection closed");
             }
-            self.buf.extend_from_slice(&chunk[..n]);
             if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = std::str::from_utf8(&self.buf[..end])?.to_ascii_lowercase();
+                if head.contains("\r\ntransfer-encoding: chunked") {
+                    return self.read_chunks(end + 4).await;
+                }
                 let length: usize = head
                     .lines()
                     .find_map(|l| {
@@ -81,14 +82,43 @@ impl Connection {
                     .context("content-length")?
                     .parse()?;
                 while self.buf.len() < end + 4 + length {
-                    let n = self.stream.read(&mut chunk).await?;
-                    if n == 0 {
-                        bail!("connection closed mid-body");
-                    }
-                    self.buf.extend_from_slice(&chunk[..n]);
+                    self.fill().await?;
                 }
                 return Ok(());
             }
         }
+    }
+
+    /// Reads a chunked body that starts at `start` in the buffer, up to and
+    /// including its last (empty) chunk.
+    async fn read_chunks(&mut self, start: usize) -> anyhow::Result<()> {
+        let mut at = start;
+        loop {
+            let line_end = loop {
+                if let Some(i) = self.buf[at..].windows(2).position(|w| w == b"\r\n") {
+                    break at + i;
+                }
+                self.fill().await?;
+            };
+            let size_text = std::str::from_utf8(&self.buf[at..line_end])?;
+            let size_text = size_text.split(';').next().unwrap_or_default().trim();
+            let size = usize::from_str_radix(size_text, 16).context("chunk size")?;
+            // The chunk's data and its CRLF (for the last chunk: the final CRLF).
+            let next = line_end + 2 + size + 2;
+            while self.buf.len() < next {
+                self.fill().await?;
+            }
+            if size == 0 {
+                return Ok(());
+            }
+            at = next;
+        }
+    }
+
+    async fn fill(&mut self) -> anyhow::Result<()> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            bail!("connection closed mid-body");
+        }
+        Ok(())
     }
 }
