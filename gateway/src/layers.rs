@@ -141,15 +141,23 @@ pub fn too_many(seconds: u64, who: &str) -> RestError {
     err
 }
 
+/// Bodies smaller than this are sent as they are: they fit one TCP packet
+/// either way, and compressing them cost a fifth of the gateway's GET
+/// throughput in `make bench` (docs/benchmarks.md, section 1).
+pub const COMPRESS_FROM_BYTES: u16 = 1024;
+
 /// Responses compressed by gzip, br or zstd as `Accept-Encoding` prefers
 /// (q-values honoured), except where a compressor's buffering would hold back
 /// what must arrive at once: Server-Sent Events and NDJSON streams (a watch's
-/// next update), and bodies too small to gain (tower-http's default predicate
-/// also skips gRPC and images).
+/// next update); and not bodies under `COMPRESS_FROM_BYTES`, gRPC or images.
 pub fn compression()
 -> tower_http::compression::CompressionLayer<impl tower_http::compression::Predicate> {
-    use tower_http::compression::predicate::{DefaultPredicate, NotForContentType, Predicate as _};
+    use tower_http::compression::predicate::{NotForContentType, Predicate as _, SizeAbove};
     tower_http::compression::CompressionLayer::new().compress_when(
-        DefaultPredicate::new().and(NotForContentType::const_new("application/x-ndjson")),
+        SizeAbove::new(COMPRESS_FROM_BYTES)
+            .and(NotForContentType::GRPC)
+            .and(NotForContentType::IMAGES)
+            .and(NotForContentType::SSE)
+            .and(NotForContentType::const_new("application/x-ndjson")),
     )
 }
