@@ -51,7 +51,9 @@ ADMIN_PASSWORD=${BOOTSTRAP_ADMIN_PASSWORD:-dev-admin-password}
 
 pids=()
 stop() {
-    trap - INT TERM
+    # Ignored from here on, not reset: a second signal (with-infra.sh passes its
+    # own on) must not end this script before it has stopped every service.
+    trap '' INT TERM
     log "stopping"
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
