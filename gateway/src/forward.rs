@@ -363,9 +363,7 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
             .await
             .map_err(|s| RestError::from_backend(&s))?;
         let limit = deadline_of.and_then(|d| d.requested);
-        let mut answered = HeaderMap::new();
-        gw.response_headers
-            .to_headers(response.metadata(), &mut answered);
+        let answered = gw.response_headers.to_headers(response.metadata());
         let mut http =
             stream_response(route, bounded(response.into_inner(), limit), &parts.headers);
         http.headers_mut().extend(answered);
@@ -423,9 +421,7 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         .map_err(|_| deadline())?
         .map_err(|s| RestError::from_backend(&s))?;
     let body = transcode::response_json(&route, response.get_ref()).to_string();
-    let mut answered = HeaderMap::new();
-    gw.response_headers
-        .to_headers(response.metadata(), &mut answered);
+    let mut answered = gw.response_headers.to_headers(response.metadata());
     let mut http = if parts.method == http::Method::GET {
         let backend_tag = answered.remove(header::ETAG);
         crate::conditional::respond(&parts.headers, body, backend_tag.as_ref())

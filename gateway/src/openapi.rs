@@ -248,24 +248,25 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                 if taken {
                     continue;
                 }
-                let required = behaviors(&field).contains(&REQUIRED);
-                let mut parameter = json!({"name": field.json_name(), "in": "query", "required": required, "schema": field_schema(&field, &mut refs)});
-                let map_of_messages = field.is_map()
-                    && matches!(&field.kind(), Kind::Message(entry)
-                        if matches!(entry.map_entry_value_field().kind(), Kind::Message(_)));
-                if map_of_messages {
+                // A map of messages cannot be given in a query; other messages
+                // are set field by field (`a.b=…`), which OpenAPI cannot list
+                // (the request body's schema shows them).
+                let listable = match field.kind() {
+                    Kind::Message(entry) if field.is_map() => {
+                        !matches!(entry.map_entry_value_field().kind(), Kind::Message(_))
+                    }
+                    Kind::Message(message) => crate::transcode::is_query_value(&message),
+                    _ => true,
+                };
+                if !listable {
                     continue;
                 }
+                let required = behaviors(&field).contains(&REQUIRED);
+                let mut parameter = json!({"name": field.json_name(), "in": "query", "required": required, "schema": field_schema(&field, &mut refs)});
                 if field.is_map() {
                     // `name[key]=value`, one pair per entry.
                     parameter["style"] = json!("deepObject");
                     parameter["explode"] = json!(true);
-                } else if let Kind::Message(message) = field.kind()
-                    && !crate::transcode::is_query_value(&message)
-                {
-                    // Other messages are set field by field (`a.b=…`), which
-                    // OpenAPI cannot list; the request body's schema shows them.
-                    continue;
                 }
                 parameters.push(parameter);
             }

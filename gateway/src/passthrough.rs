@@ -88,13 +88,15 @@ impl HeaderList {
     }
 
     /// The backend's metadata this list names, as headers of the HTTP answer.
-    pub fn to_headers(&self, metadata: &MetadataMap, headers: &mut HeaderMap) {
-        let answered = metadata.clone().into_headers();
+    pub fn to_headers(&self, metadata: &MetadataMap) -> HeaderMap {
+        let answered: &HeaderMap = metadata.as_ref();
+        let mut headers = HeaderMap::new();
         for name in &self.0 {
             for value in answered.get_all(name) {
                 headers.append(name.clone(), value.clone());
             }
         }
+        headers
     }
 }
 
@@ -157,8 +159,7 @@ mod tests {
         let mut answered = MetadataMap::new();
         answered.insert("x-tenant", "acme".parse().expect("value"));
         answered.insert("x-internal", "no".parse().expect("value"));
-        let mut out = HeaderMap::new();
-        list.to_headers(&answered, &mut out);
+        let out = list.to_headers(&answered);
         assert_eq!(
             out.get("x-tenant").map(|v| v.as_bytes()),
             Some(&b"acme"[..])
