@@ -51,7 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             config
         })?;
 
-    for dir in ["shop", "google"] {
+    for dir in ["shop", "google", "buf"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     Ok(())

@@ -4,6 +4,7 @@
 
 pub mod application;
 pub mod conditional;
+pub mod contract_schema;
 pub mod errors;
 pub mod forward;
 pub mod layers;

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
+use shop_platform::contract;
 
 use crate::routes::{Route, RouteMethod, Segment};
 
@@ -99,37 +100,16 @@ fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
         return json!({"type": "object", "additionalProperties": scalar_schema(&value, refs)});
     }
     let item = scalar_schema(field, refs);
-    if field.is_list() {
+    let schema = if field.is_list() {
         json!({"type": "array", "items": item})
     } else {
         item
-    }
-}
-
-/// `google.api.field_behavior` values (google/api/field_behavior.proto).
-const REQUIRED: i32 = 2;
-const OUTPUT_ONLY: i32 = 3;
-
-/// The `google.api.field_behavior` values the proto gives `field`.
-fn behaviors(field: &FieldDescriptor) -> Vec<i32> {
-    let pool = field.parent_pool();
-    let Some(extension) = pool.get_extension_by_name("google.api.field_behavior") else {
-        return Vec::new();
     };
-    let options = field.options();
-    if !options.has_extension(&extension) {
-        return Vec::new();
-    }
-    match options.get_extension(&extension).as_ref() {
-        prost_reflect::Value::List(values) => values
-            .iter()
-            .filter_map(prost_reflect::Value::as_enum_number)
-            .collect(),
-        _ => Vec::new(),
-    }
+    crate::contract_schema::with_rules(field, schema)
 }
 
-/// A message's schema: REQUIRED fields are `required` (but not those a route
+/// A message's schema: required fields (REQUIRED, or buf.validate's
+/// `required`) are `required` (but not those a route
 /// takes from its path, `path_bound` as `message.field`: the path always
 /// carries them, and the body need not repeat them), OUTPUT_ONLY ones `readOnly`.
 fn message_schema(
@@ -141,15 +121,13 @@ fn message_schema(
     let mut required = Vec::new();
     for field in message.fields() {
         let mut schema = field_schema(&field, refs);
-        let behaviors = behaviors(&field);
-        if behaviors.contains(&OUTPUT_ONLY) {
+        if contract::field_behaviors(&field).contains(&contract::behavior::OUTPUT_ONLY) {
             schema = with_keyword(schema, "readOnly", json!(true));
         }
-        if behaviors.contains(&REQUIRED) && !path_bound.contains(field.full_name()) {
+        let rules = contract::field_rules(&field);
+        if contract::is_required(&field, rules.as_ref()) && !path_bound.contains(field.full_name())
+        {
             required.push(json!(field.json_name()));
-            if field.is_list() {
-                schema["minItems"] = json!(1);
-            }
         }
         properties.insert(field.json_name().to_owned(), schema);
     }
@@ -196,6 +174,20 @@ fn path_bound_fields(routes: &[Route]) -> BTreeSet<String> {
     bound
 }
 
+/// The field a dotted path (`product.sku`) names in `message`.
+fn nested_field(message: &MessageDescriptor, path: &str) -> Option<FieldDescriptor> {
+    let (first, rest) = match path.split_once('.') {
+        Some((first, rest)) => (first, Some(rest)),
+        None => (path, None),
+    };
+    let field = message.get_field_by_name(first)?;
+    match (rest, field.kind()) {
+        (None, _) => Some(field),
+        (Some(rest), Kind::Message(inner)) => nested_field(&inner, rest),
+        (Some(_), _) => None,
+    }
+}
+
 fn openapi_path(route: &Route) -> String {
     let mut path = String::new();
     for segment in &route.segments {
@@ -240,7 +232,13 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             .collect();
         let mut parameters: Vec<Value> = bound
             .iter()
-            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .map(|name| {
+                let schema = nested_field(&input, name).map_or_else(
+                    || json!({"type": "string"}),
+                    |f| field_schema(&f, &mut refs),
+                );
+                json!({"name": name, "in": "path", "required": true, "schema": schema})
+            })
             .collect();
         if route.body != "*" {
             for field in input.fields() {
@@ -261,7 +259,8 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                 if !listable {
                     continue;
                 }
-                let required = behaviors(&field).contains(&REQUIRED);
+                let required =
+                    contract::is_required(&field, contract::field_rules(&field).as_ref());
                 let mut parameter = json!({"name": field.json_name(), "in": "query", "required": required, "schema": field_schema(&field, &mut refs)});
                 if field.is_map() {
                     // `name[key]=value`, one pair per entry.

@@ -8,6 +8,13 @@
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/shop_descriptor.bin"));
 
+/// The buf.validate rules the contracts declare (the subset in proto/buf/validate).
+pub mod buf {
+    pub mod validate {
+        tonic::include_proto!("buf.validate");
+    }
+}
+
 pub mod google {
     pub mod api {
         tonic::include_proto!("google.api");

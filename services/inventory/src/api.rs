@@ -3,13 +3,14 @@
 
 use shop_platform::ApiError;
 use shop_platform::auth::Authenticator;
+use shop_platform::contract;
 use shop_platform::pagination;
 use shop_platform::tls;
 use shop_proto::inventory as pb;
 use shop_proto::inventory::inventory_service_server::InventoryService;
 use tonic::{Request, Response, Status};
 
-use crate::model::{Adjustment, NewProduct, ReservationRequest, parse_order_id, parse_sku};
+use crate::model::{Adjustment, NewProduct, ReservationRequest, parse_order_id};
 use crate::store::{Catalog, Reservations};
 
 #[derive(Debug)]
@@ -56,6 +57,7 @@ impl InventoryService for InventoryApi {
         request: Request<pb::CreateProductRequest>,
     ) -> Result<Response<pb::CreateProductResponse>, Status> {
         self.auth.caller(request.metadata())?.require_admin()?;
+        contract::check(request.get_ref())?;
         let product = NewProduct::try_from(request.into_inner())?;
         let product = self.catalog.create(product).await?;
         Ok(Response::new(pb::CreateProductResponse {
@@ -69,7 +71,8 @@ impl InventoryService for InventoryApi {
         request: Request<pb::GetProductRequest>,
     ) -> Result<Response<pb::GetProductResponse>, Status> {
         self.auth.caller(request.metadata())?;
-        let sku = parse_sku("sku", &request.get_ref().sku)?;
+        contract::check(request.get_ref())?;
+        let sku = request.get_ref().sku.clone();
         let product = self.catalog.get(&sku).await?;
         Ok(Response::new(pb::GetProductResponse {
             product: Some(product.into()),
@@ -82,6 +85,7 @@ impl InventoryService for InventoryApi {
         request: Request<pb::ListProductsRequest>,
     ) -> Result<Response<pb::ListProductsResponse>, Status> {
         self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let req = request.into_inner();
         let page_size = pagination::page_size(req.page_size)?;
         let after = pagination::decode_token(&req.page_token)?;
@@ -95,7 +99,8 @@ impl InventoryService for InventoryApi {
         request: Request<pb::AdjustStockRequest>,
     ) -> Result<Response<pb::AdjustStockResponse>, Status> {
         self.auth.caller(request.metadata())?.require_admin()?;
-        let adjustment = Adjustment::try_from(request.into_inner())?;
+        contract::check(request.get_ref())?;
+        let adjustment = Adjustment::from(request.into_inner());
         let product = self.catalog.adjust(adjustment).await?;
         Ok(Response::new(pb::AdjustStockResponse {
             product: Some(product.into()),
@@ -107,6 +112,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReserveStockRequest>,
     ) -> Result<Response<pb::ReserveStockResponse>, Status> {
+        contract::check(request.get_ref())?;
         self.internal(&request)?;
         let reservation = ReservationRequest::try_from(request.into_inner())?;
         let reservation = self.reservations.reserve(reservation).await?;
@@ -120,6 +126,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        contract::check(request.get_ref())?;
         self.internal(&request)?;
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         let reservation = self.reservations.release(&order_id).await?;
@@ -133,6 +140,7 @@ impl InventoryService for InventoryApi {
         &self,
         request: Request<pb::CommitReservationRequest>,
     ) -> Result<Response<pb::CommitReservationResponse>, Status> {
+        contract::check(request.get_ref())?;
         self.internal(&request)?;
         let order_id = parse_order_id(&request.get_ref().order_id)?;
         let reservation = self.reservations.commit(&order_id).await?;

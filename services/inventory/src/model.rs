@@ -9,71 +9,12 @@ use shop_platform::pagination::timestamp;
 use shop_proto::common::Money;
 use shop_proto::inventory as pb;
 
-const MAX_STOCK: i64 = 1_000_000_000;
-const MAX_PRICE_MINOR: i64 = 1_000_000_000_000;
-pub const MAX_LINES: usize = 100;
-const MAX_QUANTITY: i64 = 1_000_000;
+// The requests below have passed `contract::check` (their rules are in
+// inventory_service.proto): what is left here is what a rule cannot say.
 
-/// Upper-case letters, digits and dashes, 3 to 32 characters, starting with a letter or digit.
-pub fn parse_sku(field: &str, raw: &str) -> Result<String, ApiError> {
-    if raw.is_empty() {
-        return Err(ApiError::invalid(field, "is required"));
-    }
-    let ok = (3..=32).contains(&raw.len())
-        && raw
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-        && raw
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-');
-    if ok {
-        Ok(raw.to_owned())
-    } else {
-        Err(ApiError::invalid(
-            field,
-            "must be 3 to 32 upper-case letters, digits or dashes, e.g. MUG-001",
-        ))
-    }
-}
-
-fn parse_price(field: &str, money: Option<Money>) -> Result<Money, ApiError> {
-    let money = money.ok_or_else(|| ApiError::invalid(field, "is required"))?;
-    let code = &money.currency_code;
-    if code.len() != 3 || !code.chars().all(|c| c.is_ascii_uppercase()) {
-        return Err(ApiError::invalid(
-            format!("{field}.currency_code"),
-            "must be an ISO 4217 code such as EUR",
-        ));
-    }
-    if !(0..=MAX_PRICE_MINOR).contains(&money.amount_minor) {
-        return Err(ApiError::invalid(
-            format!("{field}.amount_minor"),
-            "must be between 0 and 10^12 minor units",
-        ));
-    }
-    Ok(money)
-}
-
-fn bounded_text(field: &str, raw: &str, min: usize, max: usize) -> Result<String, ApiError> {
-    let text = raw.trim();
-    let chars = text.chars().count();
-    if chars < min {
-        return Err(ApiError::invalid(field, "is required"));
-    }
-    if chars > max {
-        return Err(ApiError::invalid(
-            field,
-            format!("must be at most {max} characters"),
-        ));
-    }
-    if text.chars().any(|c| c.is_control() && c != '\n') {
-        return Err(ApiError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(text.to_owned())
+/// Free text as stored: without the spaces around it.
+fn trimmed(raw: &str) -> String {
+    raw.trim().to_owned()
 }
 
 /// A checked CreateProduct request.
@@ -90,20 +31,13 @@ impl TryFrom<pb::CreateProductRequest> for NewProduct {
     type Error = ApiError;
 
     fn try_from(req: pb::CreateProductRequest) -> Result<Self, ApiError> {
-        let sku = parse_sku("sku", &req.sku)?;
-        let name = bounded_text("name", &req.name, 1, 200)?;
-        let description = bounded_text("description", &req.description, 0, 2000)?;
-        let unit_price = parse_price("unit_price", req.unit_price)?;
-        if !(0..=MAX_STOCK).contains(&req.initial_stock) {
-            return Err(ApiError::invalid(
-                "initial_stock",
-                "must be between 0 and 10^9",
-            ));
-        }
+        let unit_price = req
+            .unit_price
+            .ok_or_else(|| ApiError::invalid("unit_price", "is required"))?;
         Ok(Self {
-            sku,
-            name,
-            description,
+            name: trimmed(&req.name),
+            description: trimmed(&req.description),
+            sku: req.sku,
             unit_price,
             initial_stock: req.initial_stock,
         })
@@ -119,25 +53,14 @@ pub struct Adjustment {
     pub request_id: String,
 }
 
-impl TryFrom<pb::AdjustStockRequest> for Adjustment {
-    type Error = ApiError;
-
-    fn try_from(req: pb::AdjustStockRequest) -> Result<Self, ApiError> {
-        let sku = parse_sku("sku", &req.sku)?;
-        if req.delta == 0 || req.delta.unsigned_abs() > MAX_STOCK as u64 {
-            return Err(ApiError::invalid(
-                "delta",
-                "must be non-zero and at most 10^9 either way",
-            ));
-        }
-        let reason = bounded_text("reason", &req.reason, 1, 500)?;
-        let request_id = bounded_text("request_id", &req.request_id, 1, 128)?;
-        Ok(Self {
-            sku,
+impl From<pb::AdjustStockRequest> for Adjustment {
+    fn from(req: pb::AdjustStockRequest) -> Self {
+        Self {
+            reason: trimmed(&req.reason),
+            request_id: trimmed(&req.request_id),
+            sku: req.sku,
             delta: req.delta,
-            reason,
-            request_id,
-        })
+        }
     }
 }
 
@@ -148,7 +71,8 @@ pub struct ReservationRequest {
     pub lines: BTreeMap<String, i64>,
 }
 
-/// An order id from a request field (UUID text).
+/// An order id (UUID text, in its canonical lower-case form). Requests have
+/// passed the contract's `uuid` rule; events have not, so this still checks.
 pub fn parse_order_id(raw: &str) -> Result<String, ApiError> {
     if raw.is_empty() {
         return Err(ApiError::invalid("order_id", "is required"));
@@ -163,22 +87,9 @@ impl TryFrom<pb::ReserveStockRequest> for ReservationRequest {
 
     fn try_from(req: pb::ReserveStockRequest) -> Result<Self, ApiError> {
         let order_id = parse_order_id(&req.order_id)?;
-        if req.lines.is_empty() {
-            return Err(ApiError::invalid("lines", "must have at least one line"));
-        }
-        if req.lines.len() > MAX_LINES {
-            return Err(ApiError::invalid("lines", "must have at most 100 lines"));
-        }
         let mut lines = BTreeMap::new();
-        for (i, line) in req.lines.iter().enumerate() {
-            let sku = parse_sku(&format!("lines[{i}].sku"), &line.sku)?;
-            if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-                return Err(ApiError::invalid(
-                    format!("lines[{i}].quantity"),
-                    "must be between 1 and 1000000",
-                ));
-            }
-            if lines.insert(sku, line.quantity).is_some() {
+        for (i, line) in req.lines.into_iter().enumerate() {
+            if lines.insert(line.sku, line.quantity).is_some() {
                 return Err(ApiError::invalid(
                     format!("lines[{i}].sku"),
                     "appears twice",
@@ -346,10 +257,14 @@ impl From<Reservation> for pb::Reservation {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shop_platform::contract;
 
     #[test]
-    fn skus() {
-        assert_eq!(parse_sku("sku", "MUG-001").expect("valid"), "MUG-001");
+    fn skus_follow_the_contract() {
+        let get = |sku: &str| pb::GetProductRequest { sku: sku.into() };
+        for good in ["MUG-001", "0-A", "A".repeat(32).as_str()] {
+            contract::check(&get(good)).expect(good);
+        }
         for bad in [
             "",
             "mu",
@@ -359,24 +274,38 @@ mod tests {
             "M".repeat(33).as_str(),
             "MUG';--",
         ] {
-            let err = parse_sku("sku", bad).expect_err(bad);
+            let err = contract::check(&get(bad)).expect_err(bad);
             assert!(err.to_string().starts_with("invalid sku"), "{bad}: {err}");
         }
     }
 
     #[test]
-    fn prices_are_checked() {
-        let price = |code: &str, amount| {
-            Some(Money {
-                currency_code: code.into(),
-                amount_minor: amount,
-            })
+    fn a_sku_twice_in_a_reservation_is_refused() {
+        let line = |sku: &str| pb::ReservationLine {
+            sku: sku.into(),
+            quantity: 1,
+            unit_price: None,
         };
-        assert!(parse_price("unit_price", price("EUR", 1299)).is_ok());
-        let err = parse_price("unit_price", price("eur", 1)).expect_err("lower-case");
-        assert!(err.to_string().contains("unit_price.currency_code"));
-        let err = parse_price("unit_price", price("EUR", -1)).expect_err("negative");
-        assert!(err.to_string().contains("unit_price.amount_minor"));
-        assert!(parse_price("unit_price", None).is_err());
+        let req = pb::ReserveStockRequest {
+            order_id: "0190a5a4-7b1c-7d3e-8f00-2a1b3c4d5e6f".into(),
+            lines: vec![line("MUG-001"), line("CUP-001"), line("MUG-001")],
+        };
+        contract::check(&req).expect("every line is valid on its own");
+        let err = ReservationRequest::try_from(req).expect_err("MUG-001 twice");
+        assert_eq!(err.to_string(), "invalid lines[2].sku: appears twice");
+    }
+
+    #[test]
+    fn free_text_is_stored_trimmed() {
+        let adjustment = Adjustment::from(pb::AdjustStockRequest {
+            sku: "MUG-001".into(),
+            delta: 3,
+            reason: "  recount ".into(),
+            request_id: " r-1 ".into(),
+        });
+        assert_eq!(
+            (adjustment.reason.as_str(), adjustment.request_id.as_str()),
+            ("recount", "r-1")
+        );
     }
 }

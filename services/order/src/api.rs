@@ -3,6 +3,7 @@
 use shop_platform::ApiError;
 use shop_platform::Shutdown;
 use shop_platform::auth::{Authenticator, Caller, UserPrincipal};
+use shop_platform::contract;
 use shop_platform::grpc::Deadline;
 use shop_platform::pagination;
 use shop_proto::order as pb;
@@ -75,6 +76,7 @@ impl OrderService for OrderApi {
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let me = caller.require_user()?.clone();
         let deadline = Deadline::from_metadata(request.metadata(), self.request_deadline);
         let on_behalf = OnBehalfOf(request.metadata().get("authorization").cloned());
@@ -97,6 +99,7 @@ impl OrderService for OrderApi {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let order = self
             .visible_order(&caller, &request.get_ref().order_id)
             .await?;
@@ -111,6 +114,7 @@ impl OrderService for OrderApi {
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let me = caller.require_user()?;
         let req = request.into_inner();
         let page_size = pagination::page_size(req.page_size)?;
@@ -137,13 +141,11 @@ impl OrderService for OrderApi {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let order = self
             .visible_order(&caller, &request.get_ref().order_id)
             .await?;
         let reason = request.get_ref().reason.trim();
-        if reason.chars().count() > 500 {
-            return Err(ApiError::invalid("reason", "must be at most 500 characters").into());
-        }
         let reason = if reason.is_empty() {
             "cancelled by request"
         } else {
@@ -163,6 +165,7 @@ impl OrderService for OrderApi {
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let me = caller.require_user()?;
         let order = self
             .visible_order(&caller, &request.get_ref().order_id)

@@ -10,8 +10,7 @@ use shop_proto::common::Money;
 use shop_proto::order as pb;
 use uuid::Uuid;
 
-pub const MAX_LINES: usize = 100;
-const MAX_QUANTITY: i64 = 1000;
+/// The contract's bound on `request_id`, applied to the `Idempotency-Key` header too.
 const MAX_REQUEST_ID_CHARS: usize = 128;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,68 +73,26 @@ pub struct NewOrder {
     pub lines: BTreeMap<String, i64>,
 }
 
-fn valid_sku(sku: &str) -> bool {
-    (3..=32).contains(&sku.len())
-        && sku
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
-        && sku
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-')
-}
-
 impl NewOrder {
-    /// `idempotency_key` is the REST `Idempotency-Key` header (forwarded as gRPC
-    /// metadata); the `request_id` field wins when both are set.
+    /// `req` has passed `contract::check` (lines, SKUs, quantities and
+    /// `request_id` are bounded in order_service.proto). `idempotency_key` is the
+    /// REST `Idempotency-Key` header (forwarded as gRPC metadata), which no rule
+    /// covers, so it is bounded here; the `request_id` field wins when both are set.
     pub fn parse(
         req: pb::CreateOrderRequest,
         idempotency_key: Option<&str>,
     ) -> Result<Self, ApiError> {
-        let request_id = Some(req.request_id.trim().to_owned())
-            .filter(|r| !r.is_empty())
-            .or_else(|| {
-                idempotency_key
-                    .map(|k| k.trim().to_owned())
-                    .filter(|k| !k.is_empty())
-            });
-        if let Some(id) = &request_id {
-            if id.chars().count() > MAX_REQUEST_ID_CHARS {
-                return Err(ApiError::invalid(
-                    "request_id",
-                    "must be at most 128 characters",
-                ));
-            }
-            if id.chars().any(char::is_control) {
-                return Err(ApiError::invalid(
-                    "request_id",
-                    "must not contain control characters",
-                ));
-            }
-        }
-        if req.lines.is_empty() {
-            return Err(ApiError::invalid("lines", "must have at least one line"));
-        }
-        if req.lines.len() > MAX_LINES {
-            return Err(ApiError::invalid("lines", "must have at most 100 lines"));
-        }
+        let from_field = Some(req.request_id.trim().to_owned()).filter(|r| !r.is_empty());
+        let request_id = match from_field {
+            Some(id) => Some(id),
+            None => idempotency_key
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(checked_idempotency_key)
+                .transpose()?,
+        };
         let mut lines = BTreeMap::new();
         for (i, line) in req.lines.into_iter().enumerate() {
-            if line.sku.is_empty() {
-                return Err(ApiError::invalid(format!("lines[{i}].sku"), "is required"));
-            }
-            if !valid_sku(&line.sku) {
-                return Err(ApiError::invalid(
-                    format!("lines[{i}].sku"),
-                    "must be 3 to 32 upper-case letters, digits or dashes",
-                ));
-            }
-            if !(1..=MAX_QUANTITY).contains(&line.quantity) {
-                return Err(ApiError::invalid(
-                    format!("lines[{i}].quantity"),
-                    "must be between 1 and 1000",
-                ));
-            }
             if lines.insert(line.sku, line.quantity).is_some() {
                 return Err(ApiError::invalid(
                     format!("lines[{i}].sku"),
@@ -145,6 +102,22 @@ impl NewOrder {
         }
         Ok(Self { request_id, lines })
     }
+}
+
+fn checked_idempotency_key(key: &str) -> Result<String, ApiError> {
+    if key.chars().count() > MAX_REQUEST_ID_CHARS {
+        return Err(ApiError::invalid(
+            "idempotency-key",
+            "must be at most 128 characters",
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "idempotency-key",
+            "must not contain control characters",
+        ));
+    }
+    Ok(key.to_owned())
 }
 
 /// An order id from a request field.
@@ -271,11 +244,15 @@ mod tests {
         }
     }
 
+    /// The contract refuses bad lines; what is left is the SKU twice.
     #[test]
     fn lines_are_checked_and_named() {
-        assert!(NewOrder::parse(req(&[("MUG-001", 2)]), None).is_ok());
+        let checked = |r: pb::CreateOrderRequest| {
+            shop_platform::contract::check(&r).and_then(|()| NewOrder::parse(r, None))
+        };
+        assert!(checked(req(&[("MUG-001", 2)])).is_ok());
         let cases = [
-            (req(&[]), "invalid lines"),
+            (req(&[]), "invalid lines: is required"),
             (req(&[("MUG-001", 0)]), "invalid lines[0].quantity"),
             (req(&[("MUG-001", 1001)]), "invalid lines[0].quantity"),
             (req(&[("MUG-001", 1), ("mug", 1)]), "invalid lines[1].sku"),
@@ -285,7 +262,7 @@ mod tests {
             ),
         ];
         for (r, expected) in cases {
-            let err = NewOrder::parse(r, None).expect_err(expected);
+            let err = checked(r).expect_err(expected);
             assert!(err.to_string().starts_with(expected), "{err}");
         }
     }
@@ -308,7 +285,11 @@ mod tests {
                 .as_deref(),
             Some("field")
         );
-        r.request_id = "x".repeat(129);
-        assert!(NewOrder::parse(r, None).is_err());
+        r.request_id = String::new();
+        let err = NewOrder::parse(r, Some(&"x".repeat(129))).expect_err("too long");
+        assert_eq!(
+            err.to_string(),
+            "invalid idempotency-key: must be at most 128 characters"
+        );
     }
 }

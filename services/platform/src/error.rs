@@ -15,6 +15,9 @@ pub enum ApiError {
     /// A request field is missing or malformed.
     #[error("invalid {field}: {description}")]
     InvalidArgument { field: String, description: String },
+    /// Request fields that break the contract's rules, each named (never empty).
+    #[error("{}", describe_violations(.0))]
+    InvalidFields(Vec<FieldViolation>),
     #[error("{resource} {id} not found")]
     NotFound { resource: &'static str, id: String },
     #[error("{resource} {id} already exists")]
@@ -51,6 +54,21 @@ pub enum ApiError {
     Internal(#[source] anyhow::Error),
 }
 
+/// One field that breaks a rule: its path (`lines[0].sku`) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+fn describe_violations(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|v| format!("invalid {}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// One reason a precondition failed: `kind` (e.g. "STOCK"), `subject` (e.g. a SKU).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PreconditionViolation {
@@ -69,7 +87,7 @@ impl ApiError {
 
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument { .. } => Code::InvalidArgument,
+            Self::InvalidArgument { .. } | Self::InvalidFields(_) => Code::InvalidArgument,
             Self::NotFound { .. } => Code::NotFound,
             Self::AlreadyExists { .. } => Code::AlreadyExists,
             Self::FailedPrecondition(_) | Self::Precondition { .. } => Code::FailedPrecondition,
@@ -85,7 +103,7 @@ impl ApiError {
     /// A stable machine-readable reason for `google.rpc.ErrorInfo`.
     fn reason(&self) -> &'static str {
         match self {
-            Self::InvalidArgument { .. } => "INVALID_ARGUMENT",
+            Self::InvalidArgument { .. } | Self::InvalidFields(_) => "INVALID_ARGUMENT",
             Self::NotFound { .. } => "NOT_FOUND",
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
             Self::FailedPrecondition(_) | Self::Precondition { .. } => "FAILED_PRECONDITION",
@@ -106,6 +124,11 @@ impl From<ApiError> for Status {
         match &err {
             ApiError::InvalidArgument { field, description } => {
                 details.add_bad_request_violation(field.clone(), description.clone());
+            }
+            ApiError::InvalidFields(violations) => {
+                for v in violations {
+                    details.add_bad_request_violation(v.field.clone(), v.description.clone());
+                }
             }
             ApiError::NotFound { resource, id } | ApiError::AlreadyExists { resource, id } => {
                 details.set_resource_info(*resource, id.clone(), "", err.to_string());

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod budget;
 pub mod client_address;
 pub mod config;
+pub mod contract;
 pub mod db;
 pub mod dev_pki;
 pub mod error;
@@ -29,5 +30,5 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 
-pub use error::ApiError;
+pub use error::{ApiError, FieldViolation};
 pub use shutdown::Shutdown;

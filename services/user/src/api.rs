@@ -3,6 +3,7 @@
 use shop_platform::ApiError;
 use shop_platform::auth::{Authenticator, Role};
 use shop_platform::client_address::{self, Networks};
+use shop_platform::contract;
 use shop_platform::pagination;
 use shop_platform::rate_limit::SharedRateLimiter;
 use shop_platform::revocation::Revocations;
@@ -63,6 +64,7 @@ impl UserService for UserApi {
         request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
         self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let client = client_address::of_call(&request, &self.trusted_proxies);
         if let Err(secs) = self
             .registrations
@@ -75,7 +77,7 @@ impl UserService for UserApi {
             }
             .into());
         }
-        let registration = Registration::try_from(request.into_inner())?;
+        let registration = Registration::from(request.into_inner());
         let user = self
             .accounts
             .register(registration, Role::Customer, Some(client))
@@ -90,8 +92,9 @@ impl UserService for UserApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        contract::check(request.get_ref())?;
         let client = client_address::of_call(&request, &self.trusted_proxies);
-        let attempt = LoginAttempt::try_from(request.into_inner())?;
+        let attempt = LoginAttempt::from(request.into_inner());
         let signed_in = self.accounts.login(attempt, client).await?;
         Ok(Response::new(signed_in.into()))
     }
@@ -102,6 +105,7 @@ impl UserService for UserApi {
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let me = caller.require_user()?;
         self.revocations()?.revoke_token(&me.token).await?;
         tracing::info!(user_id = %me.user_id, "signed out: token revoked");
@@ -114,6 +118,7 @@ impl UserService for UserApi {
         request: Request<pb::RevokeUserTokensRequest>,
     ) -> Result<Response<pb::RevokeUserTokensResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let admin = caller.require_admin()?;
         let user_id = model::parse_user_id(&request.get_ref().user_id)?;
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
@@ -132,6 +137,7 @@ impl UserService for UserApi {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         let user_id = model::parse_user_id(&request.get_ref().user_id)?;
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
         if caller.service.is_some() {
@@ -160,6 +166,7 @@ impl UserService for UserApi {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        contract::check(request.get_ref())?;
         caller.require_admin()?;
         let req = request.into_inner();
         let page_size = pagination::page_size(req.page_size)?;

@@ -90,7 +90,7 @@ impl Application {
             shared.clone(),
         );
         if !settings.accounts.bootstrap_admin_email.is_empty() {
-            let admin = Registration::try_from(shop_proto::user::RegisterRequest {
+            let admin = shop_proto::user::RegisterRequest {
                 email: settings.accounts.bootstrap_admin_email.clone(),
                 password: settings
                     .accounts
@@ -98,8 +98,10 @@ impl Application {
                     .expose()
                     .to_owned(),
                 display_name: "Administrator".into(),
-            })
-            .map_err(|e| ConfigError::missing("BOOTSTRAP_ADMIN_EMAIL", &e.to_string()))?;
+            };
+            shop_platform::contract::check(&admin)
+                .map_err(|e| ConfigError::missing("BOOTSTRAP_ADMIN_EMAIL", &e.to_string()))?;
+            let admin = Registration::from(admin);
             accounts.ensure_admin(admin).await?;
         }
 

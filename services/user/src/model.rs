@@ -9,48 +9,18 @@ use shop_proto::common::Money;
 use shop_proto::user as pb;
 use uuid::Uuid;
 
-pub const MIN_PASSWORD_CHARS: usize = 12;
-pub const MAX_PASSWORD_CHARS: usize = 128;
-const MAX_EMAIL_CHARS: usize = 254;
-const MAX_DISPLAY_NAME_CHARS: usize = 100;
+// The requests below have passed `contract::check` (their rules, lengths and
+// the email syntax included, are in user_service.proto): what is left here is
+// what a rule cannot say.
 
-/// A syntactically valid, lower-cased email address.
+/// An email address as accounts are keyed: lower-cased, so that one address is
+/// one account however it is typed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Email(String);
 
 impl Email {
-    pub fn parse(raw: &str) -> Result<Self, ApiError> {
-        let email = raw.trim().to_lowercase();
-        let invalid = |why: &str| ApiError::invalid("email", why);
-        if email.is_empty() {
-            return Err(invalid("is required"));
-        }
-        if email.chars().count() > MAX_EMAIL_CHARS {
-            return Err(invalid("must be at most 254 characters"));
-        }
-        if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(invalid("must not contain spaces or control characters"));
-        }
-        let Some((local, domain)) = email.rsplit_once('@') else {
-            return Err(invalid("must look like name@example.com"));
-        };
-        if local.is_empty() || local.len() > 64 || local.contains('@') {
-            return Err(invalid("must have one '@' with a name before it"));
-        }
-        let labels: Vec<&str> = domain.split('.').collect();
-        if labels.len() < 2
-            || labels.iter().any(|l| {
-                l.is_empty()
-                    || l.starts_with('-')
-                    || l.ends_with('-')
-                    || !l.chars().all(|c| c.is_alphanumeric() || c == '-')
-            })
-        {
-            return Err(invalid(
-                "must have a domain such as example.com after the '@'",
-            ));
-        }
-        Ok(Self(email))
+    pub fn new(checked: &str) -> Self {
+        Self(checked.trim().to_lowercase())
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,7 +28,7 @@ impl Email {
     }
 }
 
-/// A password that meets the length policy (counted in characters).
+/// A password that met the contract's length policy; never printed.
 #[derive(Clone)]
 pub struct Password(String);
 
@@ -69,23 +39,6 @@ impl std::fmt::Debug for Password {
 }
 
 impl Password {
-    pub fn parse(raw: String) -> Result<Self, ApiError> {
-        let chars = raw.chars().count();
-        if chars < MIN_PASSWORD_CHARS {
-            return Err(ApiError::invalid(
-                "password",
-                "must be at least 12 characters",
-            ));
-        }
-        if chars > MAX_PASSWORD_CHARS {
-            return Err(ApiError::invalid(
-                "password",
-                "must be at most 128 characters",
-            ));
-        }
-        Ok(Self(raw))
-    }
-
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -99,65 +52,30 @@ pub struct Registration {
     pub display_name: String,
 }
 
-impl TryFrom<pb::RegisterRequest> for Registration {
-    type Error = ApiError;
-
-    fn try_from(req: pb::RegisterRequest) -> Result<Self, ApiError> {
-        let email = Email::parse(&req.email)?;
-        let password = Password::parse(req.password)?;
-        let display_name = req.display_name.trim().to_owned();
-        if display_name.chars().count() > MAX_DISPLAY_NAME_CHARS {
-            return Err(ApiError::invalid(
-                "display_name",
-                "must be at most 100 characters",
-            ));
+impl From<pb::RegisterRequest> for Registration {
+    fn from(req: pb::RegisterRequest) -> Self {
+        Self {
+            email: Email::new(&req.email),
+            password: Password(req.password),
+            display_name: req.display_name.trim().to_owned(),
         }
-        if display_name.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "display_name",
-                "must not contain control characters",
-            ));
-        }
-        Ok(Self {
-            email,
-            password,
-            display_name,
-        })
     }
 }
 
-/// A checked Login request. The password is not checked against the policy: a
-/// wrong one fails the same way whatever its length.
+/// A checked Login request. The password is not held to the registration
+/// policy: a wrong one fails the same way whatever its length.
 #[derive(Debug)]
 pub struct LoginAttempt {
     pub email: String,
     pub password: String,
 }
 
-impl TryFrom<pb::LoginRequest> for LoginAttempt {
-    type Error = ApiError;
-
-    fn try_from(req: pb::LoginRequest) -> Result<Self, ApiError> {
-        if req.email.trim().is_empty() {
-            return Err(ApiError::invalid("email", "is required"));
-        }
-        // No account has a longer one; a bound also keeps the sign-in throttle's keys small.
-        if req.email.trim().chars().count() > MAX_EMAIL_CHARS {
-            return Err(ApiError::invalid("email", "must be at most 254 characters"));
-        }
-        if req.password.is_empty() {
-            return Err(ApiError::invalid("password", "is required"));
-        }
-        if req.password.chars().count() > MAX_PASSWORD_CHARS {
-            return Err(ApiError::invalid(
-                "password",
-                "must be at most 128 characters",
-            ));
-        }
-        Ok(Self {
-            email: req.email.trim().to_lowercase(),
+impl From<pb::LoginRequest> for LoginAttempt {
+    fn from(req: pb::LoginRequest) -> Self {
+        Self {
+            email: Email::new(&req.email).0,
             password: req.password,
-        })
+        }
     }
 }
 
@@ -266,37 +184,58 @@ impl From<SignedIn> for pb::LoginResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use shop_platform::contract;
+
+    fn register(email: &str, password: &str) -> pb::RegisterRequest {
+        pb::RegisterRequest {
+            email: email.into(),
+            password: password.into(),
+            display_name: " Ada ".into(),
+        }
+    }
 
     #[test]
-    fn emails() {
-        assert_eq!(
-            Email::parse(" Ada@Example.COM ").expect("valid").as_str(),
-            "ada@example.com"
-        );
+    fn one_address_is_one_account() {
+        let req = register("Ada@Example.COM", "correct horse");
+        contract::check(&req).expect("valid");
+        let registration = Registration::from(req);
+        assert_eq!(registration.email.as_str(), "ada@example.com");
+        assert_eq!(registration.display_name, "Ada");
+        let login = LoginAttempt::from(pb::LoginRequest {
+            email: "ADA@example.com".into(),
+            password: "whatever".into(),
+        });
+        assert_eq!(login.email, "ada@example.com");
+    }
+
+    #[test]
+    fn the_contract_refuses_bad_emails_and_passwords() {
         for bad in [
             "",
             "ada",
             "ada@",
             "@example.com",
-            "ada@example",
             "a da@example.com",
             "ada@ex..com",
             "ada@-x.com",
         ] {
-            let err = Email::parse(bad).expect_err(bad);
+            let err = contract::check(&register(bad, "correct horse")).expect_err(bad);
             assert!(err.to_string().starts_with("invalid email"), "{bad}: {err}");
         }
-    }
-
-    #[test]
-    fn passwords_count_characters() {
-        assert!(Password::parse("short".into()).is_err());
-        assert!(Password::parse("ééééééééééé".into()).is_err()); // 11 chars, 22 bytes
-        assert!(Password::parse("correct horse".into()).is_ok());
-        assert!(Password::parse("x".repeat(129)).is_err());
+        // 11 characters in 22 bytes: lengths count characters.
+        for bad in ["short", "ééééééééééé", &"x".repeat(129)] {
+            let err = contract::check(&register("ada@example.com", bad)).expect_err(bad);
+            assert!(
+                err.to_string().starts_with("invalid password"),
+                "{bad}: {err}"
+            );
+        }
         assert_eq!(
-            format!("{:?}", Password::parse("correct horse".into())),
-            "Ok(Password([redacted]))"
+            format!(
+                "{:?}",
+                Registration::from(register("a@b.c", "correct horse")).password
+            ),
+            "Password([redacted])"
         );
     }
 }

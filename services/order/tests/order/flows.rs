@@ -384,7 +384,7 @@ async fn bad_order_input_is_refused_field_by_field() {
     let mesh = Mesh::start().await;
     let (_, token) = mesh.customer().await;
     let cases: [(&[(&str, i64)], &str); 4] = [
-        (&[], "invalid lines: must have at least one line"),
+        (&[], "invalid lines: is required"),
         (&[("MUG-001", 0)], "invalid lines[0].quantity"),
         (&[("MUG-001", 1), ("bad sku", 1)], "invalid lines[1].sku"),
         (
