@@ -44,7 +44,7 @@ fn read_catalogue(path: &Path) -> anyhow::Result<Vec<NewProduct>> {
         .into_iter()
         .enumerate()
         .map(|(i, entry)| {
-            NewProduct::try_from(pb::CreateProductRequest {
+            let request = pb::CreateProductRequest {
                 sku: entry.sku,
                 name: entry.name,
                 description: entry.description,
@@ -53,8 +53,11 @@ fn read_catalogue(path: &Path) -> anyhow::Result<Vec<NewProduct>> {
                     amount_minor: entry.unit_price.amount_minor,
                 }),
                 initial_stock: entry.initial_stock,
-            })
-            .map_err(|err| anyhow::anyhow!("catalogue entry {i}: {err}"))
+            };
+            // The same rules as CreateProduct: a catalogue is a batch of requests.
+            shop_platform::contract::check(&request)
+                .and_then(|()| NewProduct::try_from(request))
+                .map_err(|err| anyhow::anyhow!("catalogue entry {i}: {err}"))
         })
         .collect()
 }
