@@ -131,7 +131,7 @@ async fn reservation_input_is_validated() {
         (
             order_id(),
             too_many,
-            "invalid lines: must have at most 100 lines",
+            "invalid lines: must have at most 100 items",
         ),
         ("not-a-uuid".into(), vec![(&s, 1)], "invalid order_id"),
         (order_id(), vec![("lower", 1)], "invalid lines[0].sku"),

@@ -408,7 +408,7 @@ async fn bad_order_input_is_refused_field_by_field() {
         .expect_err("too many lines");
     assert!(
         err.message()
-            .starts_with("invalid lines: must have at most 100 lines")
+            .starts_with("invalid lines: must have at most 100 items")
     );
 
     let mut anonymous = Request::new(pb::CreateOrderRequest::default());
