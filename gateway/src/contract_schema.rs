@@ -56,22 +56,22 @@ fn scalar_rules(
 ) -> Value {
     let non_zero = required && !field.supports_presence();
     match (field.kind(), rules.r#type.as_ref()) {
-        (Kind::String, rules) => {
-            let rules = match rules {
+        (Kind::String, string) => {
+            let string = match string {
                 Some(field_rules::Type::String(r)) => r.clone(),
                 _ => StringRules::default(),
             };
-            string_keywords(schema, &rules, non_zero)
+            string_keywords(schema, &string, non_zero)
         }
-        (Kind::Int64 | Kind::Sint64 | Kind::Sfixed64, rules) => {
-            let mut integer = rules_of(rules);
+        (Kind::Int64 | Kind::Sint64 | Kind::Sfixed64, _) => {
+            let mut integer = contract::integer_rules(rules).unwrap_or_default();
             if non_zero {
                 integer.not_in.push(0);
             }
             int64_keywords(schema, &integer, i128::from(i64::MIN), i128::from(i64::MAX))
         }
-        (Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32, rules) => {
-            let mut integer = rules_of(rules);
+        (Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32, _) => {
+            let mut integer = contract::integer_rules(rules).unwrap_or_default();
             if non_zero {
                 integer.not_in.push(0);
             }
@@ -95,17 +95,6 @@ fn scalar_rules(
         }
         _ => schema,
     }
-}
-
-fn rules_of(rules: Option<&field_rules::Type>) -> IntegerRules {
-    rules
-        .and_then(|r| {
-            contract::integer_rules(&FieldRules {
-                r#type: Some(r.clone()),
-                ..FieldRules::default()
-            })
-        })
-        .unwrap_or_default()
 }
 
 fn string_keywords(mut schema: Value, rules: &StringRules, non_zero: bool) -> Value {

@@ -18,7 +18,7 @@ use std::sync::LazyLock;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, FieldDescriptor, Kind, ReflectMessage, Value};
 use shop_proto::buf::validate::{
-    EnumRules, FieldRules, Ignore, Int32Rules, Int64Rules, RepeatedRules, StringRules, UInt32Rules,
+    FieldRules, Ignore, Int32Rules, Int64Rules, RepeatedRules, StringRules, UInt32Rules,
     field_rules, int32_rules, int64_rules, string_rules, u_int32_rules,
 };
 
@@ -231,8 +231,9 @@ enum ValueCheck {
     String(StringCheck),
     Integer(IntegerRules),
     Enum {
-        rules: EnumRules,
-        enum_name: String,
+        defined_only: bool,
+        /// `const`, `in` and `not_in`, widened once at compile.
+        sets: IntegerRules,
         descriptor: prost_reflect::EnumDescriptor,
     },
     Repeated {
@@ -284,8 +285,13 @@ impl ValueCheck {
                 Self::Integer(IntegerRules::from_uint32(rules))
             }
             (Type::Enum(rules), Kind::Enum(descriptor)) => Self::Enum {
-                rules: rules.clone(),
-                enum_name: descriptor.name().to_owned(),
+                defined_only: rules.defined_only == Some(true),
+                sets: IntegerRules {
+                    r#const: rules.r#const.map(i128::from),
+                    r#in: rules.r#in.iter().map(|&v| i128::from(v)).collect(),
+                    not_in: rules.not_in.iter().map(|&v| i128::from(v)).collect(),
+                    ..IntegerRules::default()
+                },
                 descriptor,
             },
             (rules, kind) => {
@@ -313,34 +319,17 @@ impl ValueCheck {
             }
             (
                 Self::Enum {
-                    rules,
-                    enum_name,
+                    defined_only,
+                    sets,
                     descriptor,
                 },
                 Value::EnumNumber(n),
             ) => {
-                if rules.defined_only == Some(true) && descriptor.get_value(*n).is_none() {
-                    out.push(violation(
-                        path,
-                        format!("must be a defined {enum_name} value"),
-                    ));
+                if *defined_only && descriptor.get_value(*n).is_none() {
+                    let name = descriptor.name();
+                    out.push(violation(path, format!("must be a defined {name} value")));
                 }
-                numeric_sets(
-                    i128::from(*n),
-                    rules.r#const.map(i128::from),
-                    &rules
-                        .r#in
-                        .iter()
-                        .map(|&v| i128::from(v))
-                        .collect::<Vec<_>>(),
-                    &rules
-                        .not_in
-                        .iter()
-                        .map(|&v| i128::from(v))
-                        .collect::<Vec<_>>(),
-                    path,
-                    out,
-                );
+                sets.evaluate(i128::from(*n), path, out);
             }
             (Self::Repeated { rules, items }, Value::List(list)) => {
                 let len = list.len() as u64;
