@@ -76,8 +76,8 @@ impl OrderService for OrderApi {
         request: Request<pb::CreateOrderRequest>,
     ) -> Result<Response<pb::CreateOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        contract::check(request.get_ref())?;
         let me = caller.require_user()?.clone();
+        contract::check(request.get_ref())?;
         let deadline = Deadline::from_metadata(request.metadata(), self.request_deadline);
         let on_behalf = OnBehalfOf(request.metadata().get("authorization").cloned());
         let idempotency_key = request
@@ -99,6 +99,7 @@ impl OrderService for OrderApi {
         request: Request<pb::GetOrderRequest>,
     ) -> Result<Response<pb::GetOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        caller.require_user()?;
         contract::check(request.get_ref())?;
         let order = self
             .visible_order(&caller, &request.get_ref().order_id)
@@ -114,8 +115,8 @@ impl OrderService for OrderApi {
         request: Request<pb::ListOrdersRequest>,
     ) -> Result<Response<pb::ListOrdersResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        contract::check(request.get_ref())?;
         let me = caller.require_user()?;
+        contract::check(request.get_ref())?;
         let req = request.into_inner();
         let page_size = pagination::page_size(req.page_size)?;
         let status = OrderStatus::from_proto(req.status)?;
@@ -141,6 +142,7 @@ impl OrderService for OrderApi {
         request: Request<pb::CancelOrderRequest>,
     ) -> Result<Response<pb::CancelOrderResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        caller.require_user()?;
         contract::check(request.get_ref())?;
         let order = self
             .visible_order(&caller, &request.get_ref().order_id)
@@ -165,8 +167,8 @@ impl OrderService for OrderApi {
         request: Request<pb::WatchOrderRequest>,
     ) -> Result<Response<Self::WatchOrderStream>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        contract::check(request.get_ref())?;
         let me = caller.require_user()?;
+        contract::check(request.get_ref())?;
         let order = self
             .visible_order(&caller, &request.get_ref().order_id)
             .await?;

@@ -105,8 +105,8 @@ impl UserService for UserApi {
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        contract::check(request.get_ref())?;
         let me = caller.require_user()?;
+        contract::check(request.get_ref())?;
         self.revocations()?.revoke_token(&me.token).await?;
         tracing::info!(user_id = %me.user_id, "signed out: token revoked");
         Ok(Response::new(pb::LogoutResponse {}))
@@ -118,8 +118,8 @@ impl UserService for UserApi {
         request: Request<pb::RevokeUserTokensRequest>,
     ) -> Result<Response<pb::RevokeUserTokensResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        contract::check(request.get_ref())?;
         let admin = caller.require_admin()?;
+        contract::check(request.get_ref())?;
         let user_id = model::parse_user_id(&request.get_ref().user_id)?;
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
         // An unknown id is named as such rather than revoked in the void.
@@ -137,6 +137,10 @@ impl UserService for UserApi {
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::GetUserResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
+        // Nobody signed in is refused before the request is read.
+        if caller.service.is_none() {
+            caller.require_user()?;
+        }
         contract::check(request.get_ref())?;
         let user_id = model::parse_user_id(&request.get_ref().user_id)?;
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
@@ -166,8 +170,8 @@ impl UserService for UserApi {
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
         let caller = self.auth.caller(request.metadata())?;
-        contract::check(request.get_ref())?;
         caller.require_admin()?;
+        contract::check(request.get_ref())?;
         let req = request.into_inner();
         let page_size = pagination::page_size(req.page_size)?;
         let after = pagination::decode_token(&req.page_token)?
