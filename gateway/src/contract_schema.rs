@@ -68,7 +68,23 @@ fn scalar_rules(
             if non_zero {
                 integer.not_in.push(0);
             }
-            int64_keywords(schema, &integer, i128::from(i64::MIN), i128::from(i64::MAX))
+            // Both forms (openapi::int64_schema): the decimal string's pattern
+            // and the number's bounds say the same.
+            let mut schema = schema;
+            if let Some([string, number]) = schema
+                .get_mut("anyOf")
+                .and_then(Value::as_array_mut)
+                .map(Vec::as_mut_slice)
+            {
+                *string = int64_keywords(
+                    string.take(),
+                    &integer,
+                    i128::from(i64::MIN),
+                    i128::from(i64::MAX),
+                );
+                *number = integer_keywords(number.take(), &integer);
+            }
+            schema
         }
         (Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32, _) => {
             let mut integer = contract::integer_rules(rules).unwrap_or_default();
@@ -78,20 +94,23 @@ fn scalar_rules(
             integer_keywords(schema, &integer)
         }
         (Kind::Enum(descriptor), Some(field_rules::Type::Enum(rules))) => {
-            // The schema lists the names already (every defined value); a
-            // number the enum does not declare has no name to send.
-            let mut schema = schema;
-            if !rules.r#in.is_empty() || !rules.not_in.is_empty() || non_zero {
-                let allowed: Vec<Value> = descriptor
-                    .values()
-                    .filter(|v| rules.r#in.is_empty() || rules.r#in.contains(&v.number()))
-                    .filter(|v| !rules.not_in.contains(&v.number()))
-                    .filter(|v| !(non_zero && v.number() == 0))
-                    .map(|v| json!(v.name()))
-                    .collect();
-                schema["enum"] = Value::Array(allowed);
+            // Names exist only for declared values, so a rule narrows the
+            // names to the declared values it allows; numbers are narrowed the
+            // same way once any rule restricts them (a number the enum does not
+            // declare passes only an open enum with no `in` list).
+            let narrowed = !rules.r#in.is_empty()
+                || !rules.not_in.is_empty()
+                || non_zero
+                || rules.defined_only == Some(true);
+            if !narrowed {
+                return schema;
             }
-            schema
+            let allowed = descriptor
+                .values()
+                .filter(|v| rules.r#in.is_empty() || rules.r#in.contains(&v.number()))
+                .filter(|v| !rules.not_in.contains(&v.number()))
+                .filter(|v| !(non_zero && v.number() == 0));
+            crate::openapi::enum_schema(allowed, crate::openapi::EnumNumbers::Listed)
         }
         _ => schema,
     }

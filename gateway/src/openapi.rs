@@ -4,20 +4,27 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{EnumValueDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 use shop_platform::contract;
 
 use crate::routes::{Route, RouteMethod, Segment};
 
-/// 64-bit integers are decimal strings in proto3 JSON (a double cannot hold
-/// them); the pattern says so, so that `""` or `"ten"` is not schema-valid.
+/// 64-bit integers are printed as decimal strings in proto3 JSON (a double
+/// cannot hold them all), and parsers take a JSON number as well: the string
+/// form first (its pattern refuses `""` and `"ten"`), then the number.
 fn int64_schema() -> Value {
-    json!({"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"})
+    json!({"anyOf": [
+        {"type": "string", "format": "int64", "pattern": "^-?[0-9]{1,19}$"},
+        {"type": "integer", "format": "int64"}
+    ]})
 }
 
 fn uint64_schema() -> Value {
-    json!({"type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$"})
+    json!({"anyOf": [
+        {"type": "string", "format": "uint64", "pattern": "^[0-9]{1,20}$"},
+        {"type": "integer", "format": "uint64", "minimum": 0}
+    ]})
 }
 
 fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
@@ -34,10 +41,61 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value 
         Kind::Double | Kind::Float => json!({"type": "number"}),
         // NullValue's one JSON form is null.
         Kind::Enum(e) if e.full_name() == "google.protobuf.NullValue" => json!({"type": "null"}),
-        Kind::Enum(e) => {
-            json!({"type": "string", "enum": e.values().map(|v| v.name().to_owned()).collect::<Vec<_>>()})
-        }
+        Kind::Enum(e) => enum_schema(e.values(), EnumNumbers::Any),
         Kind::Message(m) => message_ref(&m, refs),
+    }
+}
+
+/// Which numbers an enum field takes besides the names.
+pub(crate) enum EnumNumbers {
+    /// Any int32: an open enum keeps a number it does not declare.
+    Any,
+    /// Only those of the values listed.
+    Listed,
+}
+
+/// An enum field in proto3 JSON: a value's name, or its number (parsers take
+/// both; printers write the name of every declared value).
+pub(crate) fn enum_schema(
+    values: impl Iterator<Item = EnumValueDescriptor>,
+    numbers: EnumNumbers,
+) -> Value {
+    let (names, listed): (Vec<Value>, Vec<Value>) =
+        values.map(|v| (json!(v.name()), json!(v.number()))).unzip();
+    let numbers = match numbers {
+        EnumNumbers::Any => json!({"type": "integer", "format": "int32"}),
+        EnumNumbers::Listed => json!({"type": "integer", "enum": listed}),
+    };
+    json!({"anyOf": [{"type": "string", "enum": names}, numbers]})
+}
+
+/// `schema`, or JSON null: proto3 JSON parsers read a null as the field's
+/// default, so a field that may be left out may also be sent as null.
+fn or_null(mut schema: Value) -> Value {
+    let null_kind = json!("null");
+    let plain = schema.get("enum").is_none() && schema.get("const").is_none();
+    let only_any_of =
+        schema.as_object().is_some_and(|o| o.len() == 1) && schema.get("anyOf").is_some();
+    if only_any_of {
+        if let Some(forms) = schema["anyOf"].as_array_mut()
+            && !forms.contains(&json!({"type": "null"}))
+        {
+            forms.push(json!({"type": "null"}));
+        }
+        return schema;
+    }
+    match schema.get_mut("type") {
+        Some(Value::Array(kinds)) if plain => {
+            if !kinds.contains(&null_kind) {
+                kinds.push(null_kind);
+            }
+            schema
+        }
+        Some(kind @ Value::String(_)) if plain => {
+            *kind = json!([kind.take(), null_kind]);
+            schema
+        }
+        _ => json!({"anyOf": [schema, {"type": "null"}]}),
     }
 }
 
@@ -45,12 +103,8 @@ fn scalar_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value 
 /// forms (a Timestamp is a string, a wrapper its scalar or null, a Value any
 /// JSON), every other message a reference to its component.
 fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Value {
-    let wrapper = |schema: Value| {
-        let mut schema = schema;
-        let kind = schema["type"].take();
-        schema["type"] = json!([kind, "null"]);
-        schema
-    };
+    // A wrapper is its value, or null.
+    let wrapper = or_null;
     match message.full_name() {
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
         "google.protobuf.Duration" => {
@@ -108,10 +162,11 @@ fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
     crate::contract_schema::with_rules(field, schema)
 }
 
-/// A message's schema: required fields (REQUIRED, or buf.validate's
-/// `required`) are `required` (but not those a route
+/// A message's schema: the fields a client must send (REQUIRED, buf.validate's
+/// `required`, or a zero value its rules refuse) are `required` (but not those a route
 /// takes from its path, `path_bound` as `message.field`: the path always
-/// carries them, and the body need not repeat them), OUTPUT_ONLY ones `readOnly`.
+/// carries them, and the body need not repeat them), the others may be null,
+/// OUTPUT_ONLY ones are `readOnly`.
 fn message_schema(
     message: &MessageDescriptor,
     path_bound: &BTreeSet<String>,
@@ -121,13 +176,15 @@ fn message_schema(
     let mut required = Vec::new();
     for field in message.fields() {
         let mut schema = field_schema(&field, refs);
+        if contract::must_be_sent(&field) {
+            if !path_bound.contains(field.full_name()) {
+                required.push(json!(field.json_name()));
+            }
+        } else {
+            schema = or_null(schema);
+        }
         if contract::field_behaviors(&field).contains(&contract::behavior::OUTPUT_ONLY) {
             schema = with_keyword(schema, "readOnly", json!(true));
-        }
-        let rules = contract::field_rules(&field);
-        if contract::is_required(&field, rules.as_ref()) && !path_bound.contains(field.full_name())
-        {
-            required.push(json!(field.json_name()));
         }
         properties.insert(field.json_name().to_owned(), schema);
     }
@@ -259,8 +316,7 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                 if !listable {
                     continue;
                 }
-                let required =
-                    contract::is_required(&field, contract::field_rules(&field).as_ref());
+                let required = contract::must_be_sent(&field);
                 let mut parameter = json!({"name": field.json_name(), "in": "query", "required": required, "schema": field_schema(&field, &mut refs)});
                 if field.is_map() {
                     // `name[key]=value`, one pair per entry.

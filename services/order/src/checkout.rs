@@ -145,14 +145,13 @@ impl Checkout {
         on_behalf: &OnBehalfOf,
         deadline: &Deadline,
     ) -> Result<Order, ApiError> {
+        // The key names an order that exists (a well-formed request that meets
+        // the state of things): ALREADY_EXISTS, as a reservation does.
         if order.quantities() != new.lines {
-            return Err(ApiError::invalid(
-                "request_id",
-                format!(
-                    "was already used for order {} with different lines",
-                    order.row.order_id
-                ),
-            ));
+            return Err(ApiError::AlreadyExists {
+                resource: "order with other lines for request_id",
+                id: new.request_id.clone().unwrap_or_default(),
+            });
         }
         let order = if order.status() == Status::Pending {
             self.resume(order, on_behalf, deadline).await?

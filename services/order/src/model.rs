@@ -91,14 +91,11 @@ impl NewOrder {
                 .map(checked_idempotency_key)
                 .transpose()?,
         };
+        // Lines of one SKU add up, as in a cart: the order holds each SKU once
+        // (at most 100 × 1000, within what a reservation line takes).
         let mut lines = BTreeMap::new();
-        for (i, line) in req.lines.into_iter().enumerate() {
-            if lines.insert(line.sku, line.quantity).is_some() {
-                return Err(ApiError::invalid(
-                    format!("lines[{i}].sku"),
-                    "appears twice",
-                ));
-            }
+        for line in req.lines {
+            *lines.entry(line.sku).or_insert(0) += line.quantity;
         }
         Ok(Self { request_id, lines })
     }
@@ -244,7 +241,7 @@ mod tests {
         }
     }
 
-    /// The contract refuses bad lines; what is left is the SKU twice.
+    /// The contract refuses bad lines; lines of one SKU add up.
     #[test]
     fn lines_are_checked_and_named() {
         let checked = |r: pb::CreateOrderRequest| {
@@ -256,15 +253,17 @@ mod tests {
             (req(&[("MUG-001", 0)]), "invalid lines[0].quantity"),
             (req(&[("MUG-001", 1001)]), "invalid lines[0].quantity"),
             (req(&[("MUG-001", 1), ("mug", 1)]), "invalid lines[1].sku"),
-            (
-                req(&[("MUG-001", 1), ("MUG-001", 1)]),
-                "invalid lines[1].sku: appears twice",
-            ),
         ];
         for (r, expected) in cases {
             let err = checked(r).expect_err(expected);
             assert!(err.to_string().starts_with(expected), "{err}");
         }
+        let merged = checked(req(&[("MUG-001", 1), ("LAMP-001", 1), ("MUG-001", 1000)]))
+            .expect("one SKU on two lines");
+        assert_eq!(
+            merged.lines,
+            BTreeMap::from([("LAMP-001".to_owned(), 1), ("MUG-001".to_owned(), 1001)])
+        );
     }
 
     #[test]

@@ -82,6 +82,22 @@ pub fn is_required(field: &FieldDescriptor, rules: Option<&FieldRules>) -> bool 
         || rules.is_some_and(|r| r.required == Some(true))
 }
 
+/// Whether a client must send the field: it is required, or leaving it out
+/// (its zero value, for a field without presence) breaks one of its rules,
+/// as `""` breaks a pattern that wants three letters.
+pub fn must_be_sent(field: &FieldDescriptor) -> bool {
+    let Ok(Some(check)) = FieldCheck::compile(field) else {
+        return false;
+    };
+    let mut out = Vec::new();
+    check.evaluate(
+        &DynamicMessage::new(field.parent_message().clone()),
+        "",
+        &mut out,
+    );
+    !out.is_empty()
+}
+
 /// The compiled rules of every message in a descriptor pool.
 #[derive(Debug)]
 pub struct Contract {

@@ -165,16 +165,21 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-/// The HTTP status for a gRPC code, as grpc-gateway and Envoy map them.
+/// The HTTP status for a gRPC code, as grpc-gateway and Envoy map them but for
+/// FAILED_PRECONDITION: 409, not 400. A 400 tells a client to fix its request;
+/// a refusal for the state of things (short stock, an order past cancelling) is
+/// a well-formed request that may succeed once that state changes (RFC 9110
+/// §15.5.10), and a client generated from the OpenAPI document must be able to
+/// tell the two apart.
 pub fn http_status(code: Code) -> u16 {
     match code {
         Code::Ok => 200,
         Code::Cancelled => 499,
         Code::Unknown | Code::Internal | Code::DataLoss => 500,
-        Code::InvalidArgument | Code::FailedPrecondition | Code::OutOfRange => 400,
+        Code::InvalidArgument | Code::OutOfRange => 400,
         Code::DeadlineExceeded => 504,
         Code::NotFound => 404,
-        Code::AlreadyExists | Code::Aborted => 409,
+        Code::AlreadyExists | Code::Aborted | Code::FailedPrecondition => 409,
         Code::PermissionDenied => 403,
         Code::Unauthenticated => 401,
         Code::ResourceExhausted => 429,
@@ -212,9 +217,12 @@ mod tests {
     }
 
     #[test]
-    fn http_table_matches_grpc_gateway() {
+    fn http_table_matches_grpc_gateway_but_for_failed_precondition() {
         let table = [
             (Code::InvalidArgument, 400),
+            (Code::OutOfRange, 400),
+            (Code::FailedPrecondition, 409),
+            (Code::Aborted, 409),
             (Code::Unauthenticated, 401),
             (Code::PermissionDenied, 403),
             (Code::NotFound, 404),

@@ -312,7 +312,7 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
             "/v1/orders",
             Some(r#"{"lines":[{"sku":"LAMP-001","quantity":999}]}"#),
             true,
-            400,
+            409,
             "insufficient stock for LAMP-001",
         ),
         ("GET", "/v1/nowhere", None, true, 404, "no route"),

@@ -140,10 +140,10 @@ impl Catalog {
                     tx.rollback().await?;
                     self.get(&sku).await
                 }
-                _ => Err(ApiError::invalid(
-                    "request_id",
-                    "was already used for a different adjustment",
-                )),
+                _ => Err(ApiError::AlreadyExists {
+                    resource: "adjustment of another SKU or delta for request_id",
+                    id: adjustment.request_id.clone(),
+                }),
             };
         }
         if before + adjustment.delta < 0 {

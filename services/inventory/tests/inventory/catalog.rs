@@ -201,8 +201,12 @@ async fn adjustments_apply_once_per_request_id_and_never_go_below_zero() {
         "applied once"
     );
     let err = app.adjust(&s, -3, "r-1").await.expect_err("reused id");
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("request_id"));
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(
+        err.message().contains("request_id r-1"),
+        "{}",
+        err.message()
+    );
     let err = app.adjust(&s, -13, "r-2").await.expect_err("below zero");
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("below 0"), "{}", err.message());

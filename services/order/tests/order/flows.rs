@@ -237,8 +237,12 @@ async fn a_retried_create_returns_the_first_outcome() {
         .create_order(&token, "req-1", &[(&s, 1)])
         .await
         .expect_err("different lines");
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("request_id"));
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert!(
+        err.message().contains("request_id req-1"),
+        "{}",
+        err.message()
+    );
 
     let pool = sqlx::PgPool::connect(&mesh.order.as_ref().expect("order").db.url)
         .await
@@ -383,14 +387,10 @@ async fn watch_streams_each_change_until_a_final_state() {
 async fn bad_order_input_is_refused_field_by_field() {
     let mesh = Mesh::start().await;
     let (_, token) = mesh.customer().await;
-    let cases: [(&[(&str, i64)], &str); 4] = [
+    let cases: [(&[(&str, i64)], &str); 3] = [
         (&[], "invalid lines: is required"),
         (&[("MUG-001", 0)], "invalid lines[0].quantity"),
         (&[("MUG-001", 1), ("bad sku", 1)], "invalid lines[1].sku"),
-        (
-            &[("MUG-001", 1), ("MUG-001", 1)],
-            "invalid lines[1].sku: appears twice",
-        ),
     ];
     for (lines, expected) in cases {
         let err = mesh
