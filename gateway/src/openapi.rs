@@ -167,16 +167,25 @@ fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
 /// takes from its path, `path_bound` as `message.field`: the path always
 /// carries them, and the body need not repeat them), the others may be null,
 /// OUTPUT_ONLY ones are `readOnly`.
+///
+/// A message no request carries (`answer_only`) is described as the gateway
+/// prints it: every field without presence always there, never null
+/// (`transcode` writes default values), a message field only when set.
 fn message_schema(
     message: &MessageDescriptor,
     path_bound: &BTreeSet<String>,
+    answer_only: bool,
     refs: &mut BTreeSet<String>,
 ) -> Value {
     let mut properties = Map::new();
     let mut required = Vec::new();
     for field in message.fields() {
         let mut schema = field_schema(&field, refs);
-        if contract::must_be_sent(&field) {
+        if answer_only {
+            if !field.supports_presence() {
+                required.push(json!(field.json_name()));
+            }
+        } else if contract::must_be_sent(&field) {
             if !path_bound.contains(field.full_name()) {
                 required.push(json!(field.json_name()));
             }
@@ -194,6 +203,23 @@ fn message_schema(
         schema["required"] = Value::Array(required);
     }
     schema
+}
+
+/// The messages some request carries, nested ones included.
+fn request_messages(routes: &[Route]) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    let mut todo: Vec<MessageDescriptor> = routes.iter().map(|r| r.rpc.input()).collect();
+    while let Some(message) = todo.pop() {
+        if !seen.insert(message.full_name().to_owned()) {
+            continue;
+        }
+        for field in message.fields() {
+            if let Kind::Message(inner) = field.kind() {
+                todo.push(inner);
+            }
+        }
+    }
+    seen
 }
 
 /// `schema` with `keyword` set; a `$ref` is wrapped (`allOf`) so that the
@@ -403,6 +429,7 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
 
     // Schemas for every message reachable from the operations.
     let path_bound = path_bound_fields(routes);
+    let sent = request_messages(routes);
     let pool = routes.first().map(|r| r.rpc.parent_pool().clone());
     let mut schemas = Map::new();
     schemas.insert("google.rpc.Status".into(), status_schema());
@@ -410,7 +437,8 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
     while let Some(name) = refs.iter().find(|n| !done.contains(*n)).cloned() {
         done.insert(name.clone());
         if let Some(message) = pool.as_ref().and_then(|p| p.get_message_by_name(&name)) {
-            let schema = message_schema(&message, &path_bound, &mut refs);
+            let answer_only = !sent.contains(&name);
+            let schema = message_schema(&message, &path_bound, answer_only, &mut refs);
             schemas.insert(name, schema);
         }
     }

@@ -109,6 +109,18 @@ async fn the_openapi_document_is_valid_and_the_gateway_honours_it() {
         schemas["shop.order.v1.Order"]["properties"]["orderId"]["readOnly"],
         true
     );
+    // A message no request carries is described as it is printed: every field
+    // without presence always there (schemathesis checks each answer against it).
+    let order_required = schemas["shop.order.v1.Order"]["required"]
+        .as_array()
+        .expect("an Order's required fields");
+    for field in ["orderId", "userId", "status", "lines", "unavailableSkus"] {
+        assert!(
+            order_required.contains(&serde_json::json!(field)),
+            "{field}: {order_required:?}"
+        );
+    }
+    assert!(!order_required.contains(&serde_json::json!("createTime")));
 
     let login = curl(
         "POST",
