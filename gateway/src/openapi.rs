@@ -367,8 +367,19 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                 .get_field_by_name(name)
                 .map(|f| field_schema(&f, &mut refs)),
         };
+        // A missing body reads as `{}`: it is refused only when some field the
+        // body carries must be sent.
+        let body_required = match route.body.as_str() {
+            "" => false,
+            "*" => input
+                .fields()
+                .any(|f| contract::must_be_sent(&f) && !bound.iter().any(|b| b == f.name())),
+            name => input
+                .get_field_by_name(name)
+                .is_some_and(|f| contract::must_be_sent(&f)),
+        };
         if let Some(schema) = body_schema {
-            operation["requestBody"] = json!({"required": route.body == "*", "content": {"application/json": {"schema": schema}}});
+            operation["requestBody"] = json!({"required": body_required, "content": {"application/json": {"schema": schema}}});
         }
         let output = rpc.output();
         let out_schema = if route.response_body.is_empty() {

@@ -121,6 +121,13 @@ async fn the_openapi_document_is_valid_and_the_gateway_honours_it() {
         );
     }
     assert!(!order_required.contains(&serde_json::json!("createTime")));
+    // A missing body reads as `{}`: required only where `{}` would be refused.
+    let paths = &doc.json()["paths"];
+    assert_eq!(paths["/v1/orders"]["post"]["requestBody"]["required"], true);
+    assert_eq!(
+        paths["/v1/orders/{order_id}:cancel"]["post"]["requestBody"]["required"],
+        false
+    );
 
     let login = curl(
         "POST",
