@@ -147,6 +147,14 @@ fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Valu
 }
 
 fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
+    if field.is_map() {
+        return type_schema(field, refs);
+    }
+    crate::contract_schema::with_rules(field, type_schema(field, refs))
+}
+
+/// A field's schema by its type alone, without the contract's rules.
+fn type_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
     if field.is_map()
         && let Kind::Message(entry) = field.kind()
     {
@@ -154,12 +162,11 @@ fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
         return json!({"type": "object", "additionalProperties": scalar_schema(&value, refs)});
     }
     let item = scalar_schema(field, refs);
-    let schema = if field.is_list() {
+    if field.is_list() {
         json!({"type": "array", "items": item})
     } else {
         item
-    };
-    crate::contract_schema::with_rules(field, schema)
+    }
 }
 
 /// A message's schema: the fields a client must send (REQUIRED, buf.validate's
@@ -180,15 +187,20 @@ fn message_schema(
     let mut properties = Map::new();
     let mut required = Vec::new();
     for field in message.fields() {
-        let mut schema = field_schema(&field, refs);
+        // A field some route binds to its path: the path's value replaces
+        // whatever the body says, so the body may say anything of its type.
+        let bound = path_bound.contains(field.full_name());
+        let mut schema = if bound {
+            type_schema(&field, refs)
+        } else {
+            field_schema(&field, refs)
+        };
         if answer_only {
             if !field.supports_presence() {
                 required.push(json!(field.json_name()));
             }
-        } else if contract::must_be_sent(&field) {
-            if !path_bound.contains(field.full_name()) {
-                required.push(json!(field.json_name()));
-            }
+        } else if contract::must_be_sent(&field) && !bound {
+            required.push(json!(field.json_name()));
         } else {
             schema = or_null(schema);
         }
