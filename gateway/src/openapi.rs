@@ -103,8 +103,6 @@ fn or_null(mut schema: Value) -> Value {
 /// forms (a Timestamp is a string, a wrapper its scalar or null, a Value any
 /// JSON), every other message a reference to its component.
 fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Value {
-    // A wrapper is its value, or null.
-    let wrapper = or_null;
     match message.full_name() {
         "google.protobuf.Timestamp" => json!({"type": "string", "format": "date-time"}),
         "google.protobuf.Duration" => {
@@ -114,17 +112,17 @@ fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Valu
             "type": "string",
             "description": "Field paths in lowerCamelCase, separated by commas (google.protobuf.FieldMask)."
         }),
-        "google.protobuf.StringValue" => wrapper(json!({"type": "string"})),
+        "google.protobuf.StringValue" => or_null(json!({"type": "string"})),
         "google.protobuf.BytesValue" => {
-            wrapper(json!({"type": "string", "contentEncoding": "base64"}))
+            or_null(json!({"type": "string", "contentEncoding": "base64"}))
         }
-        "google.protobuf.BoolValue" => wrapper(json!({"type": "boolean"})),
-        "google.protobuf.Int32Value" => wrapper(json!({"type": "integer", "format": "int32"})),
-        "google.protobuf.UInt32Value" => wrapper(json!({"type": "integer", "format": "uint32"})),
-        "google.protobuf.Int64Value" => wrapper(int64_schema()),
-        "google.protobuf.UInt64Value" => wrapper(uint64_schema()),
+        "google.protobuf.BoolValue" => or_null(json!({"type": "boolean"})),
+        "google.protobuf.Int32Value" => or_null(json!({"type": "integer", "format": "int32"})),
+        "google.protobuf.UInt32Value" => or_null(json!({"type": "integer", "format": "uint32"})),
+        "google.protobuf.Int64Value" => or_null(int64_schema()),
+        "google.protobuf.UInt64Value" => or_null(uint64_schema()),
         "google.protobuf.DoubleValue" | "google.protobuf.FloatValue" => {
-            wrapper(json!({"type": "number"}))
+            or_null(json!({"type": "number"}))
         }
         "google.protobuf.Struct" => json!({"type": "object", "additionalProperties": true}),
         "google.protobuf.Value" => {
@@ -147,9 +145,6 @@ fn message_ref(message: &MessageDescriptor, refs: &mut BTreeSet<String>) -> Valu
 }
 
 fn field_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
-    if field.is_map() {
-        return type_schema(field, refs);
-    }
     crate::contract_schema::with_rules(field, type_schema(field, refs))
 }
 
