@@ -8,7 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use sqlx::{PgConnection, PgPool};
@@ -19,13 +19,13 @@ use crate::config::ServiceSettings;
 use crate::event_signature::{EventVerifier, SignedFields};
 
 use crate::backoff::{Backoff, MAX_BACKOFF};
-use crate::kafka::{self, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SOURCE};
+use crate::kafka::{self, GroupConsumer, HEADER_EVENT_ID, HEADER_EVENT_TYPE, HEADER_SOURCE};
 use crate::shutdown::Shutdown;
 use crate::telemetry;
 
 /// Every few seconds: how far each assigned partition's committed position is
 /// behind its high watermark.
-async fn report_lag(consumer: std::sync::Arc<StreamConsumer>, name: String, shutdown: Shutdown) {
+async fn report_lag(consumer: std::sync::Arc<GroupConsumer>, name: String, shutdown: Shutdown) {
     let mut reported = std::collections::HashSet::new();
     loop {
         tokio::select! {
@@ -117,7 +117,7 @@ pub struct InboxConsumer<H> {
     name: String,
     topic: String,
     pool: PgPool,
-    consumer: std::sync::Arc<StreamConsumer>,
+    consumer: std::sync::Arc<GroupConsumer>,
     dead_letters: FutureProducer,
     /// The topic owner's keys: an event that does not verify is dead-lettered unapplied.
     owner: EventVerifier,

@@ -199,12 +199,51 @@ pub fn producer(
         .context("KAFKA_BROKERS: cannot create a producer")
 }
 
+/// A group member whose leaving never holds up the async runtime.
+///
+/// Dropping an rdkafka consumer leaves the group and then polls until librdkafka
+/// says it is closed, with no bound (rust-rdkafka#509): with the broker gone that
+/// can spin forever on the thread that dropped it, and a task dropped at shutdown
+/// would take a runtime thread with it. The close runs on a thread of its own
+/// instead; one still running when the process exits ends with it, and the group
+/// drops the member after its session timeout, as after a crash.
+pub struct GroupConsumer(Option<StreamConsumer>);
+
+impl std::fmt::Debug for GroupConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupConsumer").finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for GroupConsumer {
+    type Target = StreamConsumer;
+
+    fn deref(&self) -> &StreamConsumer {
+        // Only `drop` takes the consumer out.
+        self.0
+            .as_ref()
+            .expect("a group consumer is present until dropped")
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        // Should the thread not start, the closure (and the consumer) drops here.
+        let _ = std::thread::Builder::new()
+            .name("kafka-consumer-close".into())
+            .spawn(move || drop(consumer));
+    }
+}
+
 /// A consumer in `group` that commits offsets only when told (after processing).
 pub fn consumer(
     connection: &KafkaConnection,
     group: &str,
     session_timeout: Duration,
-) -> anyhow::Result<StreamConsumer> {
+) -> anyhow::Result<GroupConsumer> {
     connection
         .client_config()
         .set("group.id", group)
@@ -224,6 +263,7 @@ pub fn consumer(
         .set("fetch.wait.max.ms", "10")
         .set("fetch.min.bytes", "1")
         .create()
+        .map(|consumer| GroupConsumer(Some(consumer)))
         .context("KAFKA_BROKERS: cannot create a consumer")
 }
 
