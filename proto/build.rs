@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 const PROTOS: &[&str] = &[
+    "shop/api/v1/http_response.proto",
     "shop/common/v1/money.proto",
     "shop/user/v1/user_service.proto",
     "shop/user/v1/events.proto",

@@ -30,7 +30,11 @@ async fn json(
     let auth = token.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("Authorization", a.as_str())).collect();
     let (status, body) = conn.call(method, path, &headers, body).await?;
-    anyhow::ensure!(status == 200, "{method} {path}: {status} {body}");
+    // 200, or 201 for what the call created.
+    anyhow::ensure!(
+        status == 200 || status == 201,
+        "{method} {path}: {status} {body}"
+    );
     Ok(serde_json::from_str(&body)?)
 }
 
@@ -89,7 +93,7 @@ async fn place(conn: &mut Connection, shop: &Shop, n: usize) -> bool {
             &body
         )
         .await,
-        Ok((200, _))
+        Ok((201, _))
     )
 }
 
@@ -210,7 +214,7 @@ pub fn hops(
         (
             8080,
             "gateway_http_request_duration_seconds",
-            r#"route="/v1/orders",status="200""#,
+            r#"route="/v1/orders",status="201""#,
             "gateway: POST /v1/orders",
         ),
         (

@@ -108,14 +108,14 @@ def place_order():
     """Registers a customer, orders through the gateway and waits for the events."""
     email = f"smoke-{uuid.uuid4().hex[:10]}@example.com"
     password = "correct horse battery"
-    expect(*http("POST", "/v1/users", {"email": email, "password": password}), 200, "register")
+    expect(*http("POST", "/v1/users", {"email": email, "password": password}), 201, "register")
     login = expect(*http("POST", "/v1/auth:login", {"email": email, "password": password}), 200,
                    "login")
     token, user_id = login["accessToken"], login["user"]["userId"]
     before = expect(*http("GET", "/v1/products/MUG-001"), 200, "product")["product"]
 
     created = expect(*http("POST", "/v1/orders", {"lines": [{"sku": "MUG-001", "quantity": 2}]},
-                           token, {"Idempotency-Key": uuid.uuid4().hex}), 200, "create order")
+                           token, {"Idempotency-Key": uuid.uuid4().hex}), 201, "create order")
     order = created["order"]
     if order["status"] != "ORDER_STATUS_CONFIRMED":
         fail(f"order not confirmed: {order}")

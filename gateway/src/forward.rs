@@ -422,11 +422,28 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         .map_err(|s| RestError::from_backend(&s))?;
     let body = transcode::response_json(&route, response.get_ref()).to_string();
     let mut answered = gw.response_headers.to_headers(response.metadata());
-    let mut http = if parts.method == http::Method::GET {
+    if parts.method == http::Method::GET {
         let backend_tag = answered.remove(header::ETAG);
-        crate::conditional::respond(&parts.headers, body, backend_tag.as_ref())
+        let mut http = crate::conditional::respond(&parts.headers, body, backend_tag.as_ref());
+        http.headers_mut().extend(answered);
+        return Ok(http);
+    }
+    let success = &route.success;
+    // A `location` the backend set wins over the one the RPC declares.
+    if !answered.contains_key(header::LOCATION)
+        && let Some(location) = success.location(response.get_ref())
+    {
+        answered.insert(header::LOCATION, location);
+    }
+    let mut http = if success.status == StatusCode::NO_CONTENT {
+        StatusCode::NO_CONTENT.into_response()
     } else {
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        (
+            success.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body,
+        )
+            .into_response()
     };
     http.headers_mut().extend(answered);
     Ok(http)

@@ -13,6 +13,7 @@ pub mod passthrough;
 pub mod routes;
 pub mod settings;
 pub mod state;
+pub mod success;
 pub mod transcode;
 
 pub use application::Application;

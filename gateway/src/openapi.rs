@@ -4,11 +4,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use axum::http::StatusCode;
 use prost_reflect::{EnumValueDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 use serde_json::{Map, Value, json};
 use shop_platform::contract;
 
 use crate::routes::{Route, RouteMethod, Segment};
+use crate::success::Success;
 
 /// 64-bit integers are printed as decimal strings in proto3 JSON (a double
 /// cannot hold them all), and parsers take a JSON number as well: the string
@@ -278,13 +280,22 @@ fn nested_field(message: &MessageDescriptor, path: &str) -> Option<FieldDescript
     }
 }
 
+/// The OpenAPI name of the path variable bound to `field`: a nested field's
+/// dots become underscores (`product.sku` → `product_sku`), since tools read
+/// `{a.b}` in a path template as attribute access and fail on it.
+fn path_parameter(field: &str) -> String {
+    field.replace('.', "_")
+}
+
 fn openapi_path(route: &Route) -> String {
     let mut path = String::new();
     for segment in &route.segments {
         path.push('/');
         match segment {
             Segment::Literal(l) => path.push_str(l),
-            Segment::Variable { field, .. } => path.push_str(&format!("{{{field}}}")),
+            Segment::Variable { field, .. } => {
+                path.push_str(&format!("{{{}}}", path_parameter(field)));
+            }
         }
     }
     if let Some(verb) = &route.verb {
@@ -327,7 +338,7 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                     || json!({"type": "string"}),
                     |f| field_schema(&f, &mut refs),
                 );
-                json!({"name": name, "in": "path", "required": true, "schema": schema})
+                json!({"name": path_parameter(name), "in": "path", "required": true, "schema": schema})
             })
             .collect();
         if route.body != "*" {
@@ -347,6 +358,10 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                     _ => true,
                 };
                 if !listable {
+                    continue;
+                }
+                // A PATCH's mask is the body's fields (`transcode::filled_mask`).
+                if crate::transcode::filled_mask(route).is_some_and(|(mask, _)| mask == field) {
                     continue;
                 }
                 let required = contract::must_be_sent(&field);
@@ -381,9 +396,14 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             "*" => input
                 .fields()
                 .any(|f| contract::must_be_sent(&f) && !bound.iter().any(|b| b == f.name())),
-            name => input
-                .get_field_by_name(name)
-                .is_some_and(|f| contract::must_be_sent(&f)),
+            // A message the path fills part of is there without a body.
+            name => {
+                let inside = format!("{name}.");
+                input
+                    .get_field_by_name(name)
+                    .is_some_and(|f| contract::must_be_sent(&f))
+                    && !bound.iter().any(|b| b.starts_with(&inside))
+            }
         };
         if let Some(schema) = body_schema {
             operation["requestBody"] = json!({"required": body_required, "content": {"application/json": {"schema": schema}}});
@@ -413,7 +433,8 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         } else {
             json!({"application/json": {"schema": out_schema}})
         };
-        operation["responses"]["200"] = json!({"description": "OK", "content": content});
+        let ok = json!({"description": "OK", "content": content});
+        let declared = success_response(&route.success, &content);
         if !public.contains(&format!(
             "{}/{}",
             rpc.parent_service().full_name(),
@@ -438,6 +459,13 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         for (method, id) in methods {
             let mut operation = operation.clone();
             operation["operationId"] = json!(id);
+            // A GET answers 200 whatever the RPC declares (`forward`).
+            let (code, answer) = if method == "get" {
+                ("200".to_owned(), ok.clone())
+            } else {
+                declared.clone()
+            };
+            operation["responses"][code] = answer;
             if method == "get" && !rpc.is_server_streaming() {
                 conditional_get(&mut operation);
             }
@@ -470,6 +498,23 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}
         }
     })
+}
+
+/// The success response an RPC declares (`shop.api.v1.http_response`): its
+/// code, no content for 204, and the `Location` header when it names one.
+fn success_response(success: &Success, content: &Value) -> (String, Value) {
+    let status = success.status;
+    let mut answer = json!({"description": status.canonical_reason().unwrap_or("OK")});
+    if status != StatusCode::NO_CONTENT {
+        answer["content"] = content.clone();
+    }
+    if !success.location_template.is_empty() {
+        answer["headers"] = json!({"Location": {
+            "description": format!("the created resource's address: {}", success.location_template),
+            "schema": {"type": "string", "format": "uri-reference"}
+        }});
+    }
+    (status.as_str().to_owned(), answer)
 }
 
 /// A unary GET's answer carries a weak ETag, and `If-None-Match` naming it

@@ -5,6 +5,8 @@
 
 use prost_reflect::{DescriptorPool, DynamicMessage, MethodDescriptor, Value};
 
+use crate::success::Success;
+
 /// One piece of a path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Segment {
@@ -62,6 +64,9 @@ pub struct Route {
     pub rpc: MethodDescriptor,
     /// 0 for the rule itself, n for its n-th `additional_bindings` entry.
     pub binding: usize,
+    /// The status and `Location` of a successful answer (the RPC's
+    /// `shop.api.v1.http_response`); a GET keeps 200.
+    pub success: Success,
 }
 
 impl Route {
@@ -323,6 +328,7 @@ fn rule_routes(
             response_body: text("response_body"),
             rpc: rpc.clone(),
             binding: 0,
+            success: Success::default(),
         });
     }
     if let Some(Value::List(more)) = rule.get_field_by_name("additional_bindings").as_deref() {
@@ -350,9 +356,11 @@ pub fn from_descriptors(pool: &DescriptorPool) -> Result<Vec<Route>, String> {
             if let Value::Message(rule) = options.get_extension(&http).as_ref() {
                 let first = routes.len();
                 rule_routes(&rpc, rule, &mut routes)?;
+                let success = Success::of(&rpc)?;
                 // The rule first, then its additional bindings in order.
                 for (n, route) in routes[first..].iter_mut().enumerate() {
                     route.binding = n;
+                    route.success = success.clone();
                 }
             }
         }
@@ -506,6 +514,7 @@ mod tests {
             response_body: String::new(),
             rpc,
             binding: 0,
+            success: Success::default(),
         };
         assert_eq!(
             route.matches("/v1/shelves/s1/books"),

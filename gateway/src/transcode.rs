@@ -12,7 +12,7 @@ use prost_reflect::{
 use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
-use crate::routes::Route;
+use crate::routes::{Route, RouteMethod};
 
 /// A request the client got wrong: 400 with the field named.
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +307,7 @@ pub fn build_request(
         return Ok(message);
     }
     let Some(query) = query else {
+        fill_update_mask(route, body, path_vars, &mut message);
         return Ok(message);
     };
     let before = message.clone();
@@ -334,7 +335,67 @@ pub fn build_request(
         }
         set_path(&mut message, &key, &value)?;
     }
+    fill_update_mask(route, body, path_vars, &mut message);
     Ok(message)
+}
+
+/// The `update_mask` a PATCH route fills from its body when the client sends
+/// none, and the message its paths name: for a route whose body is one message
+/// field of a request that has a `google.protobuf.FieldMask update_mask`.
+pub fn filled_mask(route: &Route) -> Option<(FieldDescriptor, MessageDescriptor)> {
+    if route.method != RouteMethod::One(http::Method::PATCH) || route.body.is_empty() {
+        return None;
+    }
+    let input = route.rpc.input();
+    let mask = input.get_field_by_name("update_mask")?;
+    let Kind::Message(mask_type) = mask.kind() else {
+        return None;
+    };
+    let Kind::Message(body_type) = field(&input, &route.body)?.kind() else {
+        return None;
+    };
+    (mask_type.full_name() == "google.protobuf.FieldMask" && !mask.is_list())
+        .then_some((mask, body_type))
+}
+
+/// A PATCH changes what its body names: the mask is the body's top-level
+/// fields that are not null, less those the path binds, so a client sends only
+/// what changes (`"description": ""` clears it). A message-typed field is one
+/// path (it changes whole). The body decides alone: an `updateMask` in the
+/// query is overruled, as the body overrules the query everywhere, since a
+/// mask naming what the body leaves out would clear fields that JSON cannot
+/// show being cleared.
+fn fill_update_mask(
+    route: &Route,
+    body: &[u8],
+    path_vars: &[(String, String)],
+    message: &mut DynamicMessage,
+) {
+    let Some((mask_field, body_type)) = filled_mask(route) else {
+        return;
+    };
+    let Ok(serde_json::Value::Object(sent)) = serde_json::from_slice(body) else {
+        return;
+    };
+    let prefix = format!("{}.", route.body);
+    let bound: Vec<&str> = path_vars
+        .iter()
+        .filter_map(|(p, _)| p.strip_prefix(&prefix))
+        .collect();
+    // A null is proto3 JSON for "left out": not a change.
+    let paths = sent
+        .iter()
+        .filter(|(_, value)| !value.is_null())
+        .filter_map(|(key, _)| field(&body_type, key))
+        .filter(|f| !bound.contains(&f.name()))
+        .map(|f| Value::String(f.name().to_owned()))
+        .collect();
+    let Kind::Message(mask_type) = mask_field.kind() else {
+        return;
+    };
+    let mut mask = DynamicMessage::new(mask_type);
+    mask.set_field_by_name("paths", Value::List(paths));
+    message.set_field(&mask_field, Value::Message(mask));
 }
 
 /// serde_json's message without " at line L column C" (the field is named instead).
@@ -475,6 +536,48 @@ mod tests {
             json(&m),
             serde_json::json!({"pageSize":5,"status":"ORDER_STATUS_CONFIRMED","pageToken":"a+b"})
         );
+    }
+
+    #[test]
+    fn a_patch_without_a_mask_changes_the_fields_its_body_carries() {
+        let (r, vars) = route(http::Method::PATCH, "/v1/products/MUG-1");
+        let patch = |body: &[u8], query: Option<&str>| {
+            json(&build_request(&r, body, &vars, query, UnknownQuery::Ignore).expect("ok"))
+        };
+        // Either spelling of a name; the path's SKU is not a change, even when
+        // the body repeats it; a price is one path.
+        assert_eq!(
+            patch(
+                br#"{"name":"Mug","sku":"MUG-1","unit_price":{"currencyCode":"EUR","amountMinor":"5"}}"#,
+                None
+            ),
+            serde_json::json!({
+                "product": {"sku":"MUG-1","name":"Mug","unitPrice":{"currencyCode":"EUR","amountMinor":"5"}},
+                "updateMask": "name,unitPrice"
+            })
+        );
+        // An empty value is named too: it clears the field (or is refused);
+        // a null is a field left out.
+        assert_eq!(
+            patch(br#"{"description":"","name":null}"#, None)["updateMask"],
+            "description"
+        );
+        // The body decides: a mask in the query is overruled.
+        assert_eq!(
+            patch(br#"{"name":"Mug"}"#, Some("updateMask=description"))["updateMask"],
+            "name"
+        );
+        // Other methods never get one.
+        let (post, vars) = route(http::Method::POST, "/v1/products/MUG-1:adjustStock");
+        let m = build_request(
+            &post,
+            br#"{"delta":"1"}"#,
+            &vars,
+            None,
+            UnknownQuery::Ignore,
+        )
+        .expect("ok");
+        assert!(json(&m).get("updateMask").is_none());
     }
 
     #[test]

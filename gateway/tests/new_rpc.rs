@@ -81,7 +81,10 @@ fn a_new_annotated_rpc_appears_on_rest_and_in_openapi() {
         op["requestBody"]["content"]["application/json"]["schema"]["$ref"],
         "#/components/schemas/shop.demo.v1.Book"
     );
-    assert!(doc["paths"]["/v1/books/{book.isbn}"]["put"].is_object());
+    // A nested path variable is one OpenAPI parameter (tools read `{a.b}` as
+    // attribute access).
+    let put = &doc["paths"]["/v1/books/{book_isbn}"]["put"];
+    assert_eq!(put["parameters"][0]["name"], "book_isbn", "{put}");
     // An int64 is printed as a decimal string and parsed from a number too;
     // a field that may be left out may also be null.
     let pages = &doc["components"]["schemas"]["shop.demo.v1.Book"]["properties"]["pages"]["anyOf"];

@@ -22,6 +22,12 @@ pub mod google {
 }
 
 pub mod shop {
+    /// Options the gateway reads from the descriptors (`shop.api.v1.http_response`).
+    pub mod api {
+        pub mod v1 {
+            tonic::include_proto!("shop.api.v1");
+        }
+    }
     pub mod common {
         pub mod v1 {
             tonic::include_proto!("shop.common.v1");

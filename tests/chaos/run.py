@@ -186,7 +186,7 @@ class Load:
                 lines = [{"sku": s, "quantity": rng.randint(1, 3)}
                          for s in rng.sample(SKUS, rng.randint(1, 2))]
                 status, reply = self.call("POST", "/v1/orders", token, {"lines": lines})
-                order = reply.get("order", {}) if status == 200 else {}
+                order = reply.get("order", {}) if status == 201 else {}
                 if order.get("status") == "ORDER_STATUS_CONFIRMED":
                     with self.lock:
                         self.confirmed[order["orderId"]] = user_id
@@ -472,7 +472,7 @@ class Chaos:
         revoked = http("POST", self.mesh.gateway + "/v1/auth:login",
                        {"email": email, "password": password})[1]["accessToken"]
         status, _ = http("POST", self.mesh.gateway + "/v1/auth:logout", {}, bearer(revoked))
-        if status != 200:
+        if status != 204:
             self.violations.append(f"{phase}: logout answered {status}")
         time.sleep(1)
         self.phase(phase)
@@ -696,7 +696,7 @@ def hostile_input(mesh, customers, admin_token, order_of_first):
     stored = reply.get("user", {}).get("displayName")
     results.append(("injection string in a display name (valid input)", f"HTTP {status}",
                     "stored and returned verbatim" if stored == name else f"returned {stored!r}",
-                    status == 200 and stored == name))
+                    status == 201 and stored == name))
     return results, unchanged
 
 

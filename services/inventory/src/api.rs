@@ -10,7 +10,7 @@ use shop_proto::inventory as pb;
 use shop_proto::inventory::inventory_service_server::InventoryService;
 use tonic::{Request, Response, Status};
 
-use crate::model::{Adjustment, NewProduct, ReservationRequest, parse_order_id};
+use crate::model::{Adjustment, NewProduct, ProductUpdate, ReservationRequest, parse_order_id};
 use crate::store::{Catalog, Reservations};
 
 #[derive(Debug)]
@@ -61,6 +61,20 @@ impl InventoryService for InventoryApi {
         let product = NewProduct::try_from(request.into_inner())?;
         let product = self.catalog.create(product).await?;
         Ok(Response::new(pb::CreateProductResponse {
+            product: Some(product.into()),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_product(
+        &self,
+        request: Request<pb::UpdateProductRequest>,
+    ) -> Result<Response<pb::UpdateProductResponse>, Status> {
+        self.auth.caller(request.metadata())?.require_admin()?;
+        contract::check(request.get_ref())?;
+        let update = ProductUpdate::try_from(request.into_inner())?;
+        let product = self.catalog.update(update).await?;
+        Ok(Response::new(pb::UpdateProductResponse {
             product: Some(product.into()),
         }))
     }

@@ -44,6 +44,20 @@ pub async fn product_created(
     publish(conn, &product.sku, &event).await
 }
 
+pub async fn product_updated(
+    conn: &mut PgConnection,
+    product: &Product,
+) -> Result<(), sqlx::Error> {
+    let event = pb::ProductUpdated {
+        sku: product.sku.clone(),
+        name: product.name.clone(),
+        description: product.description.clone(),
+        unit_price: Some(product.unit_price()),
+        update_time: Some(timestamp(product.updated_at)),
+    };
+    publish(conn, &product.sku, &event).await
+}
+
 pub async fn stock_adjusted(
     conn: &mut PgConnection,
     product: &Product,

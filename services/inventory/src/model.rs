@@ -44,6 +44,108 @@ impl TryFrom<pb::CreateProductRequest> for NewProduct {
     }
 }
 
+/// A checked UpdateProduct request: the SKU and the new value of each field
+/// that changes (`None`: unchanged).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ProductUpdate {
+    pub sku: String,
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub unit_price: Option<Money>,
+}
+
+impl ProductUpdate {
+    /// Whether anything changes: an empty update reads the product as it is.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.description.is_none() && self.unit_price.is_none()
+    }
+}
+
+/// The fields UpdateProduct may change, by their proto names.
+const UPDATABLE: [&str; 3] = ["name", "description", "unit_price"];
+
+/// Fields the service sets itself: named in a mask they are ignored, as AIP-203
+/// asks, so a client may send back a product it read.
+const NOT_UPDATED: [&str; 6] = [
+    "sku",
+    "available",
+    "reserved",
+    "sold",
+    "create_time",
+    "update_time",
+];
+
+impl TryFrom<pb::UpdateProductRequest> for ProductUpdate {
+    type Error = ApiError;
+
+    fn try_from(req: pb::UpdateProductRequest) -> Result<Self, ApiError> {
+        let product = req
+            .product
+            .ok_or_else(|| ApiError::invalid("product", "is required"))?;
+        let paths = req.update_mask.map(|m| m.paths).unwrap_or_default();
+        let mut named: Vec<&str> = Vec::new();
+        for path in &paths {
+            match path.as_str() {
+                "*" => named.extend(UPDATABLE),
+                p if UPDATABLE.contains(&p) => named.push(p),
+                p if NOT_UPDATED.contains(&p) => {}
+                p if p.starts_with("unit_price.") => {
+                    return Err(ApiError::invalid(
+                        "update_mask",
+                        format!("{p}: a price changes whole; name unit_price"),
+                    ));
+                }
+                p => {
+                    return Err(ApiError::invalid(
+                        "update_mask",
+                        format!(
+                            "{p:?} is not a field of Product that can change (name, description, unit_price)"
+                        ),
+                    ));
+                }
+            }
+        }
+        // No mask: every field the request sets.
+        let changes = |field: &str| {
+            if paths.is_empty() {
+                match field {
+                    "name" => !product.name.is_empty(),
+                    "description" => !product.description.is_empty(),
+                    _ => product.unit_price.is_some(),
+                }
+            } else {
+                named.contains(&field)
+            }
+        };
+        let name = match changes("name").then(|| trimmed(&product.name)) {
+            Some(name) if name.is_empty() => {
+                return Err(ApiError::invalid(
+                    "product.name",
+                    "is required: a product keeps a name",
+                ));
+            }
+            other => other,
+        };
+        let description = changes("description").then(|| trimmed(&product.description));
+        let unit_price = match (changes("unit_price"), product.unit_price) {
+            (false, _) => None,
+            (true, Some(price)) => Some(price),
+            (true, None) => {
+                return Err(ApiError::invalid(
+                    "product.unit_price",
+                    "is required: a product keeps a price",
+                ));
+            }
+        };
+        Ok(Self {
+            name,
+            description,
+            unit_price,
+            sku: product.sku,
+        })
+    }
+}
+
 /// A checked AdjustStock request.
 #[derive(Debug)]
 pub struct Adjustment {

@@ -24,6 +24,7 @@ def main() -> None:
     )
     from shopmesh_client.api.user_service import (
         user_service_login as login,
+        user_service_logout as logout,
         user_service_register as register,
     )
     from shopmesh_client.models import (
@@ -31,6 +32,7 @@ def main() -> None:
         ShopOrderV1CreateOrderLine,
         ShopOrderV1CreateOrderRequest,
         ShopUserV1LoginRequest,
+        ShopUserV1LogoutRequest,
         ShopUserV1RegisterRequest,
     )
 
@@ -70,6 +72,8 @@ def main() -> None:
         body=ShopOrderV1CancelOrderRequest(reason="changed my mind"),
     ).order
     check(cancelled.status.value == "ORDER_STATUS_CANCELLED", f"CancelOrder: {cancelled}")
+    signed_out = logout.sync_detailed(client=customer, body=ShopUserV1LogoutRequest())
+    check(signed_out.status_code == 204, f"Logout: {signed_out.status_code}")
     print("generated client: README flow passed")
 
 

@@ -29,7 +29,7 @@ async fn sign_up(email: &str) -> (String, String) {
         &[],
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
     let user_id = reply.json()["user"]["userId"]
         .as_str()
         .expect("userId")
@@ -102,7 +102,7 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     let key = format!("Idempotency-Key: rest-{run}");
     let body = r#"{"lines":[{"sku":"MUG-001","quantity":2}]}"#;
     let first = curl("POST", "/v1/orders", Some(&token), Some(body), &[&key]).await;
-    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.status, 201, "{}", first.body);
     let second = curl("POST", "/v1/orders", Some(&token), Some(body), &[&key]).await;
     assert_eq!(
         first.json()["order"]["orderId"],
@@ -119,6 +119,17 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
         .as_str()
         .expect("id")
         .to_owned();
+    // Created: the answer says where the new order lives, and so does the replay.
+    for reply in [&first, &second] {
+        assert!(
+            reply
+                .headers
+                .to_ascii_lowercase()
+                .contains(&format!("location: /v1/orders/{order_id}\r\n")),
+            "{}",
+            reply.headers
+        );
+    }
 
     let reply = curl(
         "GET",
@@ -256,7 +267,7 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
         reply.body
     );
     let reply = curl("POST", "/v1/products", Some(&admin), Some(&product), &[]).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
     let adjust = format!(r#"{{"delta":"7","reason":"delivery","requestId":"rest-{run}"}}"#);
     let reply = curl(
         "POST",
@@ -278,6 +289,46 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.json()["product"]["available"], "10");
     assert_eq!(product_available(&sku).await, 10);
+
+    // PATCH with no update_mask changes what the body carries, nothing else:
+    // the price stays, and the stock figure sent back with it is ignored.
+    let path = format!("/v1/products/{sku}");
+    let patch = r#"{"name":"Teapot, blue","available":"0"}"#;
+    let reply = curl("PATCH", &path, Some(&token), Some(patch), &[]).await;
+    assert_eq!(
+        reply.status, 403,
+        "a customer cannot rename: {}",
+        reply.body
+    );
+    let reply = curl("PATCH", &path, Some(&admin), Some(patch), &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let renamed = &reply.json()["product"];
+    assert_eq!(renamed["name"], "Teapot, blue");
+    assert_eq!(renamed["unitPrice"]["amountMinor"], "4200");
+    assert_eq!(renamed["available"], "10");
+    // The body alone says what changes: a mask in the query is overruled.
+    let reply = curl(
+        "PATCH",
+        &format!("{path}?updateMask=name"),
+        Some(&admin),
+        Some(r#"{"description":"Glazed"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(
+        (
+            &reply.json()["product"]["name"],
+            &reply.json()["product"]["description"]
+        ),
+        (
+            &serde_json::json!("Teapot, blue"),
+            &serde_json::json!("Glazed")
+        )
+    );
+    let reply = curl("PATCH", &path, Some(&admin), Some(r#"{"name":""}"#), &[]).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("product.name"), "{}", reply.body);
 
     // The error table.
     // (method, path, body, with a token, status, what the message says)
@@ -406,7 +457,7 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     );
     let metrics = curl("GET", "/metrics", None, None, &[]).await.body;
     assert!(
-        metrics.contains(r#"method="POST",route="/v1/orders",status="200"} "#),
+        metrics.contains(r#"method="POST",route="/v1/orders",status="201"} "#),
         "{metrics}"
     );
     assert!(

@@ -129,7 +129,7 @@ async fn the_mapping_rules_hold_over_real_http() {
     let email = format!("mapping-{}@example.com", std::process::id());
     let creds = format!(r#"{{"email":"{email}","password":"{PASSWORD}"}}"#);
     let reply = curl("POST", "/v1/users", None, Some(&creds), &[]).await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
     let reply = curl("POST", "/v1/auth:login", None, Some(&creds), &[]).await;
     let token = reply.json()["accessToken"]
         .as_str()
@@ -143,7 +143,7 @@ async fn the_mapping_rules_hold_over_real_http() {
         &["Idempotency-Key: mapping-watch-order"],
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
     let order_id = reply.json()["order"]["orderId"]
         .as_str()
         .expect("order id")

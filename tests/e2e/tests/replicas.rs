@@ -43,7 +43,7 @@ async fn two_copies_of_everything_share_the_load_and_revocations() {
         &[],
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
     let user_id = reply.json()["user"]["userId"]
         .as_str()
         .expect("id")
@@ -87,7 +87,7 @@ async fn two_copies_of_everything_share_the_load_and_revocations() {
         &[],
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.status, 204, "{}", reply.body);
     let started = Instant::now();
     let refused = loop {
         let reply = curl_at(&gateways[1], "GET", &path, Some(&token), None, &[]).await;

@@ -148,7 +148,7 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
         curl("POST", "/v1/users", None, Some(&creds), &[])
             .await
             .status,
-        200
+        201
     );
     let token = curl("POST", "/v1/auth:login", None, Some(&creds), &[])
         .await
@@ -169,7 +169,7 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
         &[&traceparent],
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
 
     let wanted = |spans: &[(String, Span)]| {
         let in_trace: Vec<&(String, Span)> = spans
@@ -347,7 +347,7 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
         (
             dev.ports.gateway,
             vec![
-                r#"gateway_http_requests_total{service="gateway",method="POST",route="/v1/orders",status="200"}"#,
+                r#"gateway_http_requests_total{service="gateway",method="POST",route="/v1/orders",status="201"}"#,
                 "gateway_http_request_duration_seconds_bucket{",
             ],
         ),
@@ -406,7 +406,7 @@ async fn one_request_is_one_trace_end_to_end_and_metrics_move() {
         &[],
     )
     .await;
-    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.status, 201, "{}", reply.body);
     assert!(
         dev.stop().await.success(),
         "clean stop with the collector gone"

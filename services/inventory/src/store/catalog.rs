@@ -7,7 +7,7 @@ use shop_platform::{ApiError, db};
 use sqlx::PgPool;
 
 use crate::events;
-use crate::model::{Adjustment, NewProduct, Product, ProductPage};
+use crate::model::{Adjustment, NewProduct, Product, ProductPage, ProductUpdate};
 
 const PRODUCT_COLUMNS: &str = "sku, name, description, currency_code, unit_price_minor, available, reserved, sold, created_at, updated_at";
 
@@ -98,6 +98,41 @@ impl Catalog {
             products: rows,
             next_page_token,
         })
+    }
+
+    /// Changes the fields `update` carries, with a ProductUpdated event; an
+    /// update that changes nothing reads the product as it is.
+    #[tracing::instrument(name = "db products.update", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "update"))]
+    pub async fn update(&self, update: ProductUpdate) -> Result<Product, ApiError> {
+        if update.is_empty() {
+            return self.get(&update.sku).await;
+        }
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
+        // COALESCE keeps what the update leaves out (NULL binds).
+        let row = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
+            "UPDATE products SET name = COALESCE($2, name), description = COALESCE($3, description),
+                 currency_code = COALESCE($4, currency_code), unit_price_minor = COALESCE($5, unit_price_minor),
+                 updated_at = now()
+             WHERE sku = $1 RETURNING {PRODUCT_COLUMNS}"
+        )))
+        .bind(&update.sku)
+        .bind(&update.name)
+        .bind(&update.description)
+        .bind(update.unit_price.as_ref().map(|p| p.currency_code.as_str()))
+        .bind(update.unit_price.as_ref().map(|p| p.amount_minor))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(ApiError::NotFound {
+                resource: "product",
+                id: update.sku,
+            });
+        };
+        events::product_updated(&mut tx, &row).await?;
+        tx.commit().await?;
+        self.outbox.notify();
+        tracing::info!(sku = %row.sku, "product updated");
+        Ok(row)
     }
 
     /// Applies an adjustment once per request id.

@@ -323,3 +323,121 @@ async fn the_seed_command_creates_the_demo_catalogue_once() {
     assert_eq!(second.kept, ["MUG-001", "LAMP-001", "BOOK-042"]);
     assert_eq!(app.product("MUG-001").await.available, 90);
 }
+
+#[tokio::test]
+async fn an_update_changes_what_its_mask_names_and_nothing_else() {
+    let app = spawn_app().await;
+    let s = sku("UPD");
+    let before = app.create_product(&s, 7, 1299).await;
+    let mut client = app.client.clone();
+    let update = |product: pb::Product, paths: &[&str]| pb::UpdateProductRequest {
+        product: Some(product),
+        update_mask: (!paths.is_empty()).then(|| prost_types::FieldMask {
+            paths: paths.iter().map(|p| (*p).to_owned()).collect(),
+        }),
+    };
+    let values = |name: &str, description: &str, price: Option<i64>| pb::Product {
+        sku: s.clone(),
+        name: name.into(),
+        description: description.into(),
+        unit_price: price.and_then(eur),
+        // Output-only: ignored wherever they appear, masks included.
+        available: 999,
+        ..Default::default()
+    };
+
+    // The mask names the name: the price in the request does not change.
+    let after = client
+        .update_product(app.as_admin(update(
+            values("  Blue mug  ", "", Some(1)),
+            &["name", "available"],
+        )))
+        .await
+        .expect("rename")
+        .into_inner()
+        .product
+        .expect("product");
+    assert_eq!(after.name, "Blue mug", "trimmed as at creation");
+    assert_eq!(
+        (&after.description, &after.unit_price, after.available),
+        (&before.description, &before.unit_price, 7)
+    );
+    let stamp = |p: &pb::Product| p.update_time.map(|t| (t.seconds, t.nanos));
+    assert!(stamp(&after) > stamp(&before), "the change is stamped");
+
+    // No mask: what the request sets changes, what it leaves empty does not.
+    let after = client
+        .update_product(app.as_admin(update(values("", "", Some(1500)), &[])))
+        .await
+        .expect("reprice")
+        .into_inner()
+        .product
+        .expect("product");
+    assert_eq!(
+        (
+            after.name.as_str(),
+            after.description.as_str(),
+            after.unit_price
+        ),
+        ("Blue mug", before.description.as_str(), eur(1500))
+    );
+
+    // Named and empty: a description is cleared, a name or a price is refused.
+    let after = client
+        .update_product(app.as_admin(update(values("", "", None), &["description"])))
+        .await
+        .expect("clear the description")
+        .into_inner()
+        .product
+        .expect("product");
+    assert_eq!(after.description, "");
+    for (paths, field) in [
+        (&["name"][..], "product.name"),
+        (&["unit_price"][..], "product.unit_price"),
+        (&["colour"][..], "update_mask"),
+        (&["unit_price.amount_minor"][..], "update_mask"),
+    ] {
+        let err = client
+            .update_product(app.as_admin(update(values("", "", None), paths)))
+            .await
+            .expect_err("refused");
+        assert_eq!(err.code(), Code::InvalidArgument, "{paths:?}");
+        assert!(
+            err.message().contains(field),
+            "{paths:?}: {}",
+            err.message()
+        );
+    }
+    let err = client
+        .update_product(app.as_admin(update(values("\u{7}bell", "", None), &["name"])))
+        .await
+        .expect_err("the name's rule");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("name"), "{}", err.message());
+
+    // Another SKU is not found; only an admin may change the catalogue.
+    let mut missing = values("Ghost", "", None);
+    missing.sku = "NO-SUCH-SKU".into();
+    let err = client
+        .update_product(app.as_admin(update(missing, &["name"])))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .update_product(update(values("Mine", "", None), &["name"]))
+        .await
+        .expect_err("anonymous");
+    assert_eq!(err.code(), Code::Unauthenticated);
+
+    // Each change that committed published the product's new values.
+    let pool = app.pool().await;
+    let updates: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_events WHERE event_type = 'shop.inventory.v1.ProductUpdated'",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("outbox");
+    assert_eq!(updates, 3);
+    assert_eq!(app.product(&s).await.name, "Blue mug");
+    app.stop().await;
+}

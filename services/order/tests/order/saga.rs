@@ -169,6 +169,13 @@ impl InventoryService for Inventory {
         Err(Status::unimplemented("not scripted"))
     }
 
+    async fn update_product(
+        &self,
+        _: Request<inv::UpdateProductRequest>,
+    ) -> Result<Response<inv::UpdateProductResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
     async fn get_product(
         &self,
         _: Request<inv::GetProductRequest>,
