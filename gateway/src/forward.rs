@@ -364,8 +364,12 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
             .map_err(|s| RestError::from_backend(&s))?;
         let limit = deadline_of.and_then(|d| d.requested);
         let answered = gw.response_headers.to_headers(response.metadata());
-        let mut http =
-            stream_response(route, bounded(response.into_inner(), limit), &parts.headers);
+        let stream = bounded(response.into_inner(), limit);
+        let mut http = if transcode::is_http_body(&route.rpc.output()) {
+            http_body_stream(stream, timeout).await?
+        } else {
+            stream_response(route, stream, &parts.headers)
+        };
         http.headers_mut().extend(answered);
         return Ok(http);
     }
@@ -420,8 +424,16 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
     let response = answer
         .map_err(|_| deadline())?
         .map_err(|s| RestError::from_backend(&s))?;
-    let body = transcode::response_json(&route, response.get_ref()).to_string();
     let mut answered = gw.response_headers.to_headers(response.metadata());
+    if route.response_body.is_empty() && transcode::is_http_body(&route.rpc.output()) {
+        let (content_type, data) = transcode::http_body_parts(response.get_ref());
+        let mut http = (route.success.status, data).into_response();
+        http.headers_mut()
+            .insert(header::CONTENT_TYPE, media_type(&content_type));
+        http.headers_mut().extend(answered);
+        return Ok(http);
+    }
+    let body = transcode::response_json(&route, response.get_ref()).to_string();
     if parts.method == http::Method::GET {
         let backend_tag = answered.remove(header::ETAG);
         let mut http = crate::conditional::respond(&parts.headers, body, backend_tag.as_ref());
@@ -533,6 +545,45 @@ fn bounded(
         }
     })
     .boxed()
+}
+
+/// The Content-Type an HttpBody names; `application/octet-stream` when it names
+/// none or one that is no header value.
+fn media_type(content_type: &str) -> HeaderValue {
+    HeaderValue::from_str(content_type)
+        .ok()
+        .filter(|_| !content_type.is_empty())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"))
+}
+
+/// A stream of google.api.HttpBody as one HTTP body: the first message's
+/// content type, then each message's bytes as they come. A failure before the
+/// first message is answered as any error is; one after it cuts the body off
+/// (the status is sent already), which the client sees as a truncated transfer.
+async fn http_body_stream(
+    mut stream: futures::stream::BoxStream<
+        'static,
+        Result<prost_reflect::DynamicMessage, tonic::Status>,
+    >,
+    first_within: Duration,
+) -> Result<Response, RestError> {
+    let first = tokio::time::timeout(first_within, stream.next())
+        .await
+        .map_err(|_| deadline())?;
+    let (content_type, data) = match first {
+        Some(Ok(message)) => transcode::http_body_parts(&message),
+        Some(Err(status)) => return Err(RestError::from_backend(&status)),
+        None => (String::new(), Bytes::new()),
+    };
+    let rest = stream.map(|item| match item {
+        Ok(message) => Ok(transcode::http_body_parts(&message).1),
+        Err(status) => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "body stream cut off by the backend");
+            Err(std::io::Error::other(status.message().to_owned()))
+        }
+    });
+    let body = Body::from_stream(futures::stream::once(async move { Ok(data) }).chain(rest));
+    Ok(([(header::CONTENT_TYPE, media_type(&content_type))], body).into_response())
 }
 
 /// A server stream as Server-Sent Events, or newline-delimited JSON when asked

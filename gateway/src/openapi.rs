@@ -409,14 +409,20 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             operation["requestBody"] = json!({"required": body_required, "content": {"application/json": {"schema": schema}}});
         }
         let output = rpc.output();
-        let out_schema = if route.response_body.is_empty() {
+        let raw_body = route.response_body.is_empty() && crate::transcode::is_http_body(&output);
+        let out_schema = if raw_body {
+            // Bytes as they are, of the media type the backend names.
+            json!({"type": "string", "format": "binary"})
+        } else if route.response_body.is_empty() {
             message_ref(&output, &mut refs)
         } else {
             output
                 .get_field_by_name(&route.response_body)
                 .map_or(json!({}), |f| field_schema(&f, &mut refs))
         };
-        let content = if rpc.is_server_streaming() {
+        let content = if raw_body {
+            json!({"*/*": {"schema": out_schema}})
+        } else if rpc.is_server_streaming() {
             // Each Server-Sent Event: `event` is "message" (data is one response as JSON)
             // or "error" (data is a google.rpc.Status).
             let event = json!({
@@ -466,7 +472,7 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
                 declared.clone()
             };
             operation["responses"][code] = answer;
-            if method == "get" && !rpc.is_server_streaming() {
+            if method == "get" && !rpc.is_server_streaming() && !raw_body {
                 conditional_get(&mut operation);
             }
             entry.insert(method, operation);

@@ -410,6 +410,25 @@ fn decode_query(raw: &str) -> Option<String> {
     crate::routes::decode_percent(&raw.replace('+', " "))
 }
 
+/// Whether `message` is google.api.HttpBody: a body the gateway sends as it is,
+/// with the Content-Type it names, instead of as JSON.
+pub fn is_http_body(message: &MessageDescriptor) -> bool {
+    message.full_name() == "google.api.HttpBody"
+}
+
+/// An HttpBody's content type ("" when it names none) and bytes.
+pub fn http_body_parts(message: &DynamicMessage) -> (String, bytes::Bytes) {
+    let content_type = match message.get_field_by_name("content_type").as_deref() {
+        Some(Value::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    let data = match message.get_field_by_name("data").as_deref() {
+        Some(Value::Bytes(b)) => b.clone(),
+        _ => bytes::Bytes::new(),
+    };
+    (content_type, data)
+}
+
 /// The JSON of a response (or of its `response_body` field).
 pub fn response_json(route: &Route, message: &DynamicMessage) -> serde_json::Value {
     let options = SerializeOptions::new().skip_default_fields(false);

@@ -12,6 +12,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::checkout::Checkout;
+use crate::export::{self, ExportStream};
 use crate::model::{NewOrder, Order, Status as OrderStatus, parse_order_id};
 use crate::peers::OnBehalfOf;
 use crate::store::Orders;
@@ -160,6 +161,7 @@ impl OrderService for OrderApi {
     }
 
     type WatchOrderStream = WatchStream;
+    type ExportOrdersStream = ExportStream;
 
     #[tracing::instrument(skip_all)]
     async fn watch_order(
@@ -177,5 +179,20 @@ impl OrderService for OrderApi {
             .watch(me.user_id, order.row.order_id, self.shutdown.clone())
             .await?;
         Ok(Response::new(stream))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn export_orders(
+        &self,
+        request: Request<pb::ExportOrdersRequest>,
+    ) -> Result<Response<Self::ExportOrdersStream>, Status> {
+        self.auth.caller(request.metadata())?.require_admin()?;
+        contract::check(request.get_ref())?;
+        let status = OrderStatus::from_proto(request.get_ref().status)?;
+        Ok(Response::new(export::export(
+            self.orders.clone(),
+            status,
+            self.shutdown.clone(),
+        )))
     }
 }

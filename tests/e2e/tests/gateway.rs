@@ -330,6 +330,36 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     assert_eq!(reply.status, 400, "{}", reply.body);
     assert!(reply.body.contains("product.name"), "{}", reply.body);
 
+    // The admins' export: google.api.HttpBody chunks as one text/csv download.
+    let reply = curl("GET", "/v1/orders:export", Some(&token), None, &[]).await;
+    assert_eq!(
+        reply.status, 403,
+        "a customer cannot export: {}",
+        reply.body
+    );
+    let reply = curl("GET", "/v1/orders:export", Some(&admin), None, &[]).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert!(
+        reply
+            .headers
+            .to_ascii_lowercase()
+            .contains("content-type: text/csv; charset=utf-8\r\n"),
+        "{}",
+        reply.headers
+    );
+    assert!(
+        reply.body.starts_with("order_id,user_id,status,"),
+        "{}",
+        reply.body
+    );
+    assert!(
+        reply
+            .body
+            .lines()
+            .any(|row| row.starts_with(&format!("{order_id},"))),
+        "the order made above is in the export"
+    );
+
     // The error table.
     // (method, path, body, with a token, status, what the message says)
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, bool, u16, &'a str);
