@@ -11,6 +11,13 @@ use crate::model::{Adjustment, NewProduct, Product, ProductPage, ProductUpdate};
 
 const PRODUCT_COLUMNS: &str = "sku, name, description, currency_code, unit_price_minor, available, reserved, sold, created_at, updated_at";
 
+fn no_such_product(sku: &str) -> ApiError {
+    ApiError::NotFound {
+        resource: "product",
+        id: sku.to_owned(),
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Catalog {
     pool: PgPool,
@@ -68,10 +75,7 @@ impl Catalog {
         .bind(sku)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| ApiError::NotFound {
-            resource: "product",
-            id: sku.to_owned(),
-        })
+        .ok_or_else(|| no_such_product(sku))
     }
 
     /// Products by SKU after the token's SKU: a page never shifts when products are added.
@@ -123,10 +127,7 @@ impl Catalog {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
-            return Err(ApiError::NotFound {
-                resource: "product",
-                id: update.sku,
-            });
+            return Err(no_such_product(&update.sku));
         };
         events::product_updated(&mut tx, &row).await?;
         tx.commit().await?;
@@ -147,10 +148,7 @@ impl Catalog {
                 .fetch_optional(&mut *tx)
                 .await?;
         let Some(before) = before else {
-            return Err(ApiError::NotFound {
-                resource: "product",
-                id: adjustment.sku,
-            });
+            return Err(no_such_product(&adjustment.sku));
         };
         let first = sqlx::query(
             "INSERT INTO stock_adjustments (request_id, sku, delta, reason) VALUES ($1, $2, $3, $4)
