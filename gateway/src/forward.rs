@@ -425,40 +425,45 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         .map_err(|_| deadline())?
         .map_err(|s| RestError::from_backend(&s))?;
     let mut answered = gw.response_headers.to_headers(response.metadata());
-    if route.response_body.is_empty() && transcode::is_http_body(&route.rpc.output()) {
-        let (content_type, data) = transcode::http_body_parts(response.get_ref());
-        let mut http = (route.success.status, data).into_response();
-        http.headers_mut()
-            .insert(header::CONTENT_TYPE, media_type(&content_type));
-        http.headers_mut().extend(answered);
-        return Ok(http);
-    }
-    let body = transcode::response_json(&route, response.get_ref()).to_string();
-    if parts.method == http::Method::GET {
-        let backend_tag = answered.remove(header::ETAG);
-        let mut http = crate::conditional::respond(&parts.headers, body, backend_tag.as_ref());
-        http.headers_mut().extend(answered);
-        return Ok(http);
-    }
-    let success = &route.success;
-    // A `location` the backend set wins over the one the RPC declares.
-    if !answered.contains_key(header::LOCATION)
-        && let Some(location) = success.location(response.get_ref())
+    let mut http = if route.response_body.is_empty() && transcode::is_http_body(&route.rpc.output())
     {
-        answered.insert(header::LOCATION, location);
-    }
-    let mut http = if success.status == StatusCode::NO_CONTENT {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
+        let (content_type, data) = transcode::http_body_parts(response.get_ref());
         (
-            success.status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body,
+            route.success.status,
+            [(header::CONTENT_TYPE, media_type(&content_type))],
+            data,
         )
             .into_response()
+    } else if parts.method == http::Method::GET {
+        let body = transcode::response_json(&route, response.get_ref()).to_string();
+        let backend_tag = answered.remove(header::ETAG);
+        crate::conditional::respond(&parts.headers, body, backend_tag.as_ref())
+    } else {
+        json_success(&route, response.get_ref(), &mut answered)
     };
     http.headers_mut().extend(answered);
     Ok(http)
+}
+
+/// A successful call that is not a GET, answered as its RPC declares: the
+/// status, and the `Location` (a `location` the backend set wins).
+fn json_success(route: &Route, response: &DynamicMessage, answered: &mut HeaderMap) -> Response {
+    let success = &route.success;
+    if !answered.contains_key(header::LOCATION)
+        && let Some(location) = success.location(response)
+    {
+        answered.insert(header::LOCATION, location);
+    }
+    if success.status == StatusCode::NO_CONTENT {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    let body = transcode::response_json(route, response).to_string();
+    (
+        success.status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 /// Waits until `grpc`'s channel can take a call; UNAVAILABLE (the reason logged,

@@ -439,8 +439,6 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         } else {
             json!({"application/json": {"schema": out_schema}})
         };
-        let ok = json!({"description": "OK", "content": content});
-        let declared = success_response(&route.success, &content);
         if !public.contains(&format!(
             "{}/{}",
             rpc.parent_service().full_name(),
@@ -466,11 +464,12 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             let mut operation = operation.clone();
             operation["operationId"] = json!(id);
             // A GET answers 200 whatever the RPC declares (`forward`).
-            let (code, answer) = if method == "get" {
-                ("200".to_owned(), ok.clone())
+            let success = if method == "get" {
+                &Success::default()
             } else {
-                declared.clone()
+                &route.success
             };
+            let (code, answer) = success_response(success, &content);
             operation["responses"][code] = answer;
             if method == "get" && !rpc.is_server_streaming() && !raw_body {
                 conditional_get(&mut operation);

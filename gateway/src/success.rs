@@ -10,8 +10,9 @@ use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MethodDescriptor, Val
 /// The option's full name in the descriptor pool.
 const OPTION: &str = "shop.api.v1.http_response";
 
-/// What a successful call of one RPC is answered with over HTTP.
-#[derive(Debug, Clone)]
+/// What a successful call of one RPC is answered with over HTTP; by default
+/// 200 (`StatusCode`'s default) and no `Location`.
+#[derive(Debug, Clone, Default)]
 pub struct Success {
     /// 200 unless the RPC declares another 2xx.
     pub status: StatusCode,
@@ -26,16 +27,6 @@ enum Part {
     Text(String),
     /// The path from the response message down to a string or integer field.
     Field(Vec<FieldDescriptor>),
-}
-
-impl Default for Success {
-    fn default() -> Self {
-        Self {
-            status: StatusCode::OK,
-            location_template: String::new(),
-            location: Vec::new(),
-        }
-    }
 }
 
 impl Success {

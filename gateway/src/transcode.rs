@@ -306,10 +306,23 @@ pub fn build_request(
     if route.body == "*" {
         return Ok(message);
     }
-    let Some(query) = query else {
-        fill_update_mask(route, body, path_vars, &mut message);
-        return Ok(message);
-    };
+    if let Some(query) = query {
+        apply_query(route, &mut message, query, path_vars, unknown_query)?;
+    }
+    fill_update_mask(route, body, path_vars, &mut message);
+    Ok(message)
+}
+
+/// Sets the query's parameters that name a field neither the body nor the path
+/// set (see `build_request`).
+fn apply_query(
+    route: &Route,
+    message: &mut DynamicMessage,
+    query: &str,
+    path_vars: &[(String, String)],
+    unknown_query: UnknownQuery,
+) -> Result<(), BadRequest> {
+    let input = route.rpc.input();
     let before = message.clone();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -333,15 +346,14 @@ pub fn build_request(
         if owned_by_body || bound_by_path || is_set(&before, &key) {
             continue;
         }
-        set_path(&mut message, &key, &value)?;
+        set_path(message, &key, &value)?;
     }
-    fill_update_mask(route, body, path_vars, &mut message);
-    Ok(message)
+    Ok(())
 }
 
-/// The `update_mask` a PATCH route fills from its body when the client sends
-/// none, and the message its paths name: for a route whose body is one message
-/// field of a request that has a `google.protobuf.FieldMask update_mask`.
+/// The `update_mask` a PATCH route fills from its body, and the message its
+/// paths name: for a route whose body is one message field of a request that
+/// has a `google.protobuf.FieldMask update_mask`.
 pub fn filled_mask(route: &Route) -> Option<(FieldDescriptor, MessageDescriptor)> {
     if route.method != RouteMethod::One(http::Method::PATCH) || route.body.is_empty() {
         return None;
@@ -382,7 +394,9 @@ fn fill_update_mask(
         .iter()
         .filter_map(|(p, _)| p.strip_prefix(&prefix))
         .collect();
-    // A null is proto3 JSON for "left out": not a change.
+    // Read from the JSON, not the parsed message, which cannot tell a field
+    // sent empty (`""`: clear it) from one left out. A null is proto3 JSON for
+    // "left out": not a change.
     let paths = sent
         .iter()
         .filter(|(_, value)| !value.is_null())

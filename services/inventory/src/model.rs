@@ -46,7 +46,7 @@ impl TryFrom<pb::CreateProductRequest> for NewProduct {
 
 /// A checked UpdateProduct request: the SKU and the new value of each field
 /// that changes (`None`: unchanged).
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ProductUpdate {
     pub sku: String,
     pub name: Option<String>,
