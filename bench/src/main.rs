@@ -14,6 +14,7 @@ use crate::stats::Summary;
 mod events;
 mod footprint;
 mod http;
+mod http2;
 mod orders;
 mod stats;
 mod tls_cost;
@@ -74,17 +75,11 @@ pub async fn grpc_round(addr: &str, sku: &str, plan: Plan) -> anyhow::Result<Sum
                         Err(_) => errors += 1,
                     }
                 }
-                (lat, errors)
+                anyhow::Ok((lat, errors))
             })
         })
         .collect();
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (lat, e) = t.await?;
-        all.extend(lat);
-        errors += e;
-    }
-    Ok(stats::summarize(all, started.elapsed(), errors))
+    stats::gather(tasks, started).await
 }
 
 pub async fn http_round(host: &str, sku: &str, plan: Plan) -> anyhow::Result<Summary> {
@@ -118,13 +113,16 @@ pub async fn http_round_with(
             })
         })
         .collect();
-    let (mut all, mut errors) = (Vec::new(), 0);
-    for t in tasks {
-        let (lat, e) = t.await??;
-        all.extend(lat);
-        errors += e;
-    }
-    Ok(stats::summarize(all, started.elapsed(), errors))
+    stats::gather(tasks, started).await
+}
+
+/// One row of a throughput table: requests/s, then p50 and p99 in seconds.
+fn row(path: &str, per_second: f64, p50: f64, p99: f64) {
+    println!(
+        "| {path} | {per_second:.0} | {} | {} |",
+        stats::ms_f(p50),
+        stats::ms_f(p99)
+    );
 }
 
 fn goal(met: bool) -> &'static str {
@@ -173,11 +171,17 @@ async fn main() -> anyhow::Result<()> {
     http_round(orders::GATEWAY, sku, warm).await?;
     const GZIP: &[(&str, &str)] = &[("Accept-Encoding", "gzip")];
     http_round_with(orders::GATEWAY, sku, warm, GZIP).await?;
+    let grpc_via_gateway = format!("http://{}", orders::GATEWAY);
+    http2::round(orders::GATEWAY, sku, warm).await?;
+    grpc_round(&grpc_via_gateway, sku, warm).await?;
     let (mut grpc, mut rest, mut gzip) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut rest_h2, mut grpc_gw) = (Vec::new(), Vec::new());
     for _ in 0..plan.rounds {
         grpc.push(grpc_round(grpc_addr, sku, plan).await?);
         rest.push(http_round(orders::GATEWAY, sku, plan).await?);
         gzip.push(http_round_with(orders::GATEWAY, sku, plan, GZIP).await?);
+        rest_h2.push(http2::round(orders::GATEWAY, sku, plan).await?);
+        grpc_gw.push(grpc_round(&grpc_via_gateway, sku, plan).await?);
     }
     let pick =
         |rounds: &[Summary], f: fn(&Summary) -> f64| stats::median(rounds.iter().map(f).collect());
@@ -194,7 +198,18 @@ async fn main() -> anyhow::Result<()> {
         pick(&gzip, |r| r.per_second),
         pick(&gzip, |r| r.p50.as_secs_f64()),
     );
+    let (h2_rps, h2_50, h2_99) = (
+        pick(&rest_h2, |r| r.per_second),
+        pick(&rest_h2, |r| r.p50.as_secs_f64()),
+        pick(&rest_h2, |r| r.p99.as_secs_f64()),
+    );
+    let (gg_rps, gg50, gg99) = (
+        pick(&grpc_gw, |r| r.per_second),
+        pick(&grpc_gw, |r| r.p50.as_secs_f64()),
+        pick(&grpc_gw, |r| r.p99.as_secs_f64()),
+    );
     let errors: usize = grpc.iter().chain(&rest).map(|r| r.errors).sum();
+    let edge_errors: usize = rest_h2.iter().chain(&grpc_gw).map(|r| r.errors).sum();
     let gzip_errors: usize = gzip.iter().map(|r| r.errors).sum();
 
     println!("## 1. Gateway overhead\n");
@@ -203,15 +218,35 @@ async fn main() -> anyhow::Result<()> {
         plan.concurrency, plan.rounds, plan.seconds
     );
     println!("| path | requests/s | p50 (ms) | p99 (ms) |\n|---|---:|---:|---:|");
-    println!(
-        "| gRPC GetProduct, direct to :50052 | {g_rps:.0} | {} | {} |",
-        stats::ms_f(g50),
-        stats::ms_f(g99)
+    row("gRPC GetProduct, direct to :50052", g_rps, g50, g99);
+    row(
+        "REST GET /v1/products/{sku} via gateway :8080",
+        h_rps,
+        h50,
+        h99,
     );
+    println!();
     println!(
-        "| REST GET /v1/products/{{sku}} via gateway :8080 | {h_rps:.0} | {} | {} |\n",
-        stats::ms_f(h50),
-        stats::ms_f(h99)
+        "In the same rounds, the gateway's other protocols (plain port; the hop behind it mutual TLS as above):\n"
+    );
+    println!("| path | requests/s | p50 (ms) | p99 (ms) |\n|---|---:|---:|---:|");
+    row(
+        "REST GET over HTTP/2 (h2c), a connection per worker",
+        h2_rps,
+        h2_50,
+        h2_99,
+    );
+    row(
+        "gRPC GetProduct via the gateway :8080 (h2c, one shared connection)",
+        gg_rps,
+        gg50,
+        gg99,
+    );
+    println!();
+    println!(
+        "HTTP/2 against HTTP/1.1 for the same small GET: {:+.1} % throughput, {:+.2} ms at p50; {edge_errors} failed requests.\n",
+        (h2_rps / h_rps - 1.0) * 100.0,
+        (h2_50 - h50) * 1000.0
     );
     println!(
         "Gateway throughput = **{:.2}×** direct gRPC (goal ≥ 0.5×: {}); the gateway adds **{} ms** at p50 (goal ≤ 1 ms: {}) and {} ms at p99; {errors} failed requests.\n",

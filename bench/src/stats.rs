@@ -28,6 +28,21 @@ pub fn summarize(mut latencies: Vec<Duration>, elapsed: Duration, errors: usize)
     }
 }
 
+/// A load worker: the latencies of its good requests, and how many failed.
+pub type Worker = tokio::task::JoinHandle<anyhow::Result<(Vec<Duration>, usize)>>;
+
+/// What each load worker measured (latencies of its good requests, and how many
+/// failed), summarised together over the time since `started`.
+pub async fn gather(workers: Vec<Worker>, started: std::time::Instant) -> anyhow::Result<Summary> {
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for worker in workers {
+        let (latencies, failed) = worker.await??;
+        all.extend(latencies);
+        errors += failed;
+    }
+    Ok(summarize(all, started.elapsed(), errors))
+}
+
 pub fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or_default()

@@ -27,6 +27,7 @@ use shop_platform::shared_store::SharedStore;
 use tokio::net::TcpListener;
 
 use crate::forward;
+use crate::grpc_edge;
 use crate::layers;
 use crate::passthrough::HeaderList;
 use crate::routes;
@@ -119,6 +120,7 @@ impl Application {
             listener,
             addr,
             gateway: Arc::new(Gateway {
+                grpc_methods: grpc_edge::methods(&routes),
                 routes,
                 backends,
                 auth,
@@ -155,7 +157,7 @@ impl Application {
         let gw = self.gateway.clone();
         // What is not one of the gateway's own paths is an API call: the steps of
         // forward.rs, outermost last (each `layer` wraps those added before it).
-        let api = Router::new()
+        let steps = Router::new()
             .fallback(forward::forward)
             .layer(from_fn_with_state(gw.clone(), forward::set_deadline))
             .layer(from_fn_with_state(gw.clone(), forward::read_body))
@@ -164,6 +166,10 @@ impl Application {
             .layer(from_fn_with_state(gw.clone(), forward::match_route))
             .layer(middleware::from_fn(forward::assign_request_id))
             .with_state(gw.clone());
+        // gRPC and gRPC-Web take the same steps behind their translation.
+        let api = steps
+            .clone()
+            .layer(from_fn_with_state(grpc_edge::api(steps), grpc_edge::divert));
         let mut app = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
@@ -180,7 +186,16 @@ impl Application {
             app = app.layer(cors);
         }
         let app = app.with_state(gw.clone());
-        tracing::info!(http = %self.addr, "gateway listening");
+        let edge_tls = match (
+            gw.settings.edge_tls_cert_file.as_str(),
+            gw.settings.edge_tls_key_file.as_str(),
+        ) {
+            ("", "") => None,
+            (cert, key) => Some(tokio_rustls::TlsAcceptor::from(
+                shop_platform::tls::edge_server_config(cert, key)?,
+            )),
+        };
+        tracing::info!(http = %self.addr, tls = edge_tls.is_some(), "gateway listening");
         let limits = ConnectionLimits {
             header_read_timeout: Duration::from_millis(gw.settings.header_read_timeout_ms),
             max_connections: gw.settings.max_connections,
@@ -205,7 +220,7 @@ impl Application {
             tokio::time::sleep(drain_delay).await;
             stop.trigger();
         });
-        http_server::serve(self.listener, app, limits, listener_stop)
+        http_server::serve_with_tls(self.listener, app, limits, edge_tls, listener_stop)
             .await
             .context("HTTP server failed")
     }
@@ -230,14 +245,23 @@ fn cors(origins: &str) -> Option<tower_http::cors::CorsLayer> {
         CorsLayer::new()
             .allow_origin(allow)
             .allow_methods(tower_http::cors::Any)
-            .allow_headers([
-                header::AUTHORIZATION,
-                header::CONTENT_TYPE,
-                header::HeaderName::from_static("idempotency-key"),
-                header::HeaderName::from_static("x-request-id"),
-                header::HeaderName::from_static("grpc-timeout"),
-            ])
-            .expose_headers([header::HeaderName::from_static("x-request-id")]),
+            .allow_headers(
+                [
+                    header::AUTHORIZATION,
+                    header::CONTENT_TYPE,
+                    header::HeaderName::from_static("idempotency-key"),
+                    header::HeaderName::from_static("x-request-id"),
+                    header::HeaderName::from_static("grpc-timeout"),
+                ]
+                .into_iter()
+                .chain(grpc_edge::CORS_REQUEST_HEADERS.map(header::HeaderName::from_static))
+                .collect::<Vec<_>>(),
+            )
+            .expose_headers(
+                std::iter::once(header::HeaderName::from_static("x-request-id"))
+                    .chain(grpc_edge::CORS_EXPOSED_HEADERS.map(header::HeaderName::from_static))
+                    .collect::<Vec<_>>(),
+            ),
     )
 }
 

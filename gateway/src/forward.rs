@@ -14,7 +14,9 @@
 //! 6. `set_deadline`: the client's `grpc-timeout`, capped at `REQUEST_TIMEOUT_MS`.
 //!
 //! `forward` then transcodes the JSON into the RPC's message, calls the backend
-//! and transcodes the answer (a server stream as SSE or NDJSON).
+//! and transcodes the answer (a server stream as SSE or NDJSON). A gRPC or
+//! gRPC-Web call takes the same steps (`match_route` finds it by its gRPC path)
+//! and is answered in gRPC by `grpc_edge`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use tonic::metadata::MetadataMap;
 use tracing::Instrument;
 
 use crate::errors::RestError;
+use crate::grpc_edge::GrpcCall;
 use crate::layers::{ClientAddress, RouteLabel, too_many};
 use crate::routes::{self, Resolved, Route};
 use crate::state::Gateway;
@@ -149,6 +152,28 @@ pub async fn match_route(
     next: Next,
 ) -> Response {
     let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    if crate::grpc_edge::is_grpc(request.headers()) {
+        let Some(route) = gw
+            .grpc_methods
+            .get(&path)
+            .filter(|_| method == http::Method::POST)
+        else {
+            return error(RestError::new(
+                StatusCode::NOT_FOUND,
+                Code::Unimplemented,
+                format!("no RPC {path} at the gateway: it serves the RPCs its REST routes reach"),
+            ));
+        };
+        let label = RouteLabel(route.template.clone());
+        request.extensions_mut().insert(GrpcCall);
+        request.extensions_mut().insert(Matched {
+            route: route.clone(),
+            vars: Vec::new(),
+        });
+        let mut response = next.run(request).await;
+        response.extensions_mut().insert(label);
+        return response;
+    }
     match routes::resolve(&gw.routes, &method, &path) {
         Resolved::Found(route, vars) => {
             let label = RouteLabel(route.template.clone());
@@ -223,8 +248,12 @@ pub async fn read_body(State(gw): State<Arc<Gateway>>, request: Request, next: N
     if declared.is_some_and(|n| n > limit) {
         return error(too_large(limit));
     }
-    let has_body = declared.is_some_and(|n| n > 0)
-        || request.headers().contains_key(header::TRANSFER_ENCODING);
+    // HTTP/1.1 says so in its headers; an HTTP/2 request may declare no length
+    // and still send DATA frames.
+    let has_body = declared.map_or_else(
+        || !axum::body::HttpBody::is_end_stream(request.body()),
+        |n| n > 0,
+    );
     if !has_body {
         return next.run(request).await;
     }
@@ -290,79 +319,39 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
     let bytes: Bytes = axum::body::to_bytes(body, gw.settings.max_body_bytes)
         .await
         .map_err(|_| too_large(gw.settings.max_body_bytes))?;
+    if parts.extensions.get::<GrpcCall>().is_some() {
+        return Ok(crate::grpc_edge::call(gw, &route, parts, bytes).await);
+    }
+    if route.rpc.is_client_streaming() {
+        return client_stream(gw, &route, &parts, &bytes, &vars).await;
+    }
     // Bodies are read as JSON whatever Content-Type says (curl -d sends a form type),
-    // as grpc-gateway's default marshaler does.
-    let message = transcode::build_request(
-        &route,
-        &bytes,
-        &vars,
-        parts.uri.query(),
-        gw.settings.unknown_query_parameters,
-    )
-    .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
+    // as grpc-gateway's default marshaler does; a google.api.HttpBody takes the
+    // bytes and the Content-Type as they came.
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let (query, unknown) = (parts.uri.query(), gw.settings.unknown_query_parameters);
+    let message = transcode::build_raw_request(&route, &bytes, content_type, &vars, query, unknown)
+        .unwrap_or_else(|| transcode::build_request(&route, &bytes, &vars, query, unknown))
+        .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
     // The body's bytes are the message's now: the reservation ends with them.
     drop((parts.extensions.remove::<BodyReservation>(), bytes));
 
-    let deadline_of = parts.extensions.get::<CallDeadline>().copied();
-    let timeout = deadline_of.map_or(Duration::from_millis(gw.settings.request_timeout_ms), |d| {
-        d.budget
-    });
     let streaming = route.rpc.is_server_streaming();
-    let mut request = tonic::Request::new(message);
-    match (streaming, deadline_of.and_then(|d| d.requested)) {
-        (false, _) => request.set_timeout(timeout),
-        (true, Some(requested)) => request.set_timeout(requested),
-        (true, None) => {}
-    }
-    gw.request_headers
-        .to_metadata(&parts.headers, request.metadata_mut());
-    // The client as resolved at the edge (services trust this from the gateway only).
-    if let Some(client) = parts.extensions.get::<ClientAddress>()
-        && let Ok(value) = client.ip.to_string().parse()
-    {
-        request.metadata_mut().insert("x-forwarded-for", value);
-    }
-    telemetry::inject_into_metadata(request.metadata_mut());
-
-    let package = route
-        .rpc
-        .parent_service()
-        .package_name()
-        .rsplit_once('.')
-        .map_or("", |(p, _)| p)
-        .to_owned();
-    let channel = gw.channel(&package, streaming).ok_or_else(|| {
-        RestError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            Code::Unimplemented,
-            format!("no backend for {package}"),
-        )
-    })?;
-    let grpc = tonic::client::Grpc::new(channel);
-    let grpc_path: http::uri::PathAndQuery = route.grpc_path().parse().map_err(|_| {
-        RestError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Internal,
-            "bad gRPC path",
-        )
-    })?;
-    let codec = DynamicCodec {
-        output: route.rpc.output(),
-    };
-
-    // Each attempt waits for the channel to be ready: a stream here, every unary
-    // attempt in `unary` below.
+    let (request, timeout) =
+        backend_request(gw, &parts.headers, &parts.extensions, message, streaming);
+    let backend_error = |s: tonic::Status| RestError::from_backend(&s);
     if streaming {
-        let mut grpc = grpc.clone();
-        tokio::time::timeout(timeout, ready(&mut grpc, &package))
+        let response = open_stream(gw, &route, request, timeout)
             .await
-            .map_err(|_| deadline())?
-            .map_err(|s| RestError::from_backend(&s))?;
-        let response = grpc
-            .server_streaming(request, grpc_path, codec)
-            .await
-            .map_err(|s| RestError::from_backend(&s))?;
-        let limit = deadline_of.and_then(|d| d.requested);
+            .map_err(backend_error)?;
+        let limit = parts
+            .extensions
+            .get::<CallDeadline>()
+            .and_then(|d| d.requested);
         let answered = gw.response_headers.to_headers(response.metadata());
         let stream = bounded(response.into_inner(), limit);
         let mut http = if transcode::is_http_body(&route.rpc.output()) {
@@ -373,12 +362,181 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
         http.headers_mut().extend(answered);
         return Ok(http);
     }
-    // A call that is safe to repeat (a GET, or a write with an Idempotency-Key the
-    // backend deduplicates by) is hedged on another copy when its first attempt is
-    // slow and tried once more when its copy was unavailable, as the retry budget
-    // allows; any other call is sent once.
+    // A GET, or a write with an Idempotency-Key the backend deduplicates by.
     let repeatable =
         parts.method == http::Method::GET || parts.headers.contains_key("idempotency-key");
+    let response = call_unary(gw, &route, request, repeatable, timeout)
+        .await
+        .map_err(backend_error)?;
+    let mut answered = gw.response_headers.to_headers(response.metadata());
+    let mut http = if route.response_body.is_empty() && transcode::is_http_body(&route.rpc.output())
+    {
+        let (content_type, data) = transcode::http_body_parts(response.get_ref());
+        (
+            route.success.status,
+            [(header::CONTENT_TYPE, media_type(&content_type))],
+            data,
+        )
+            .into_response()
+    } else if parts.method == http::Method::GET {
+        let body = transcode::response_json(&route, response.get_ref()).to_string();
+        let backend_tag = answered.remove(header::ETAG);
+        crate::conditional::respond(&parts.headers, body, backend_tag.as_ref())
+    } else {
+        json_success(&route, response.get_ref(), &mut answered)
+    };
+    http.headers_mut().extend(answered);
+    Ok(http)
+}
+
+/// A client-streaming RPC over REST: the NDJSON body's lines are the stream's
+/// messages (each read as a JSON body is), sent once the body is in (it is
+/// bounded by `MAX_BODY_BYTES` like any other); the answer is JSON.
+async fn client_stream(
+    gw: &Gateway,
+    route: &Route,
+    parts: &http::request::Parts,
+    bytes: &Bytes,
+    vars: &[(String, String)],
+) -> Result<Response, RestError> {
+    if route.rpc.is_server_streaming() {
+        return Err(RestError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            Code::Unimplemented,
+            format!(
+                "{} streams both ways, which REST cannot carry; call it over gRPC",
+                route.grpc_path()
+            ),
+        ));
+    }
+    let messages = transcode::build_stream(
+        route,
+        bytes,
+        vars,
+        parts.uri.query(),
+        gw.settings.unknown_query_parameters,
+    )
+    .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
+    let (request, timeout) =
+        backend_request(gw, &parts.headers, &parts.extensions, messages, false);
+    let response = call_client_stream(gw, route, request, timeout)
+        .await
+        .map_err(|s| RestError::from_backend(&s))?;
+    let mut answered = gw.response_headers.to_headers(response.metadata());
+    let mut http = json_success(route, response.get_ref(), &mut answered);
+    http.headers_mut().extend(answered);
+    Ok(http)
+}
+
+/// The backend call carrying `message`, and how long it may take: the client's
+/// deadline (`set_deadline`), the allow-listed headers as metadata, the client's
+/// address as resolved at the edge (services trust it from the gateway only) and
+/// the trace. A server stream has no deadline unless the client sent one.
+pub(crate) fn backend_request<T>(
+    gw: &Gateway,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+    message: T,
+    streaming: bool,
+) -> (tonic::Request<T>, Duration) {
+    let deadline_of = extensions.get::<CallDeadline>().copied();
+    let timeout = deadline_of.map_or(Duration::from_millis(gw.settings.request_timeout_ms), |d| {
+        d.budget
+    });
+    let mut request = tonic::Request::new(message);
+    match (streaming, deadline_of.and_then(|d| d.requested)) {
+        (false, _) => request.set_timeout(timeout),
+        (true, Some(requested)) => request.set_timeout(requested),
+        (true, None) => {}
+    }
+    gw.request_headers
+        .to_metadata(headers, request.metadata_mut());
+    if let Some(client) = extensions.get::<ClientAddress>()
+        && let Ok(value) = client.ip.to_string().parse()
+    {
+        request.metadata_mut().insert("x-forwarded-for", value);
+    }
+    telemetry::inject_into_metadata(request.metadata_mut());
+    (request, timeout)
+}
+
+/// The route's backend, its gRPC path and the codec of its answers.
+fn target(
+    gw: &Gateway,
+    route: &Route,
+    streaming: bool,
+) -> Result<
+    (
+        tonic::client::Grpc<tonic::transport::Channel>,
+        http::uri::PathAndQuery,
+        DynamicCodec,
+        String,
+    ),
+    tonic::Status,
+> {
+    let package = route
+        .rpc
+        .parent_service()
+        .package_name()
+        .rsplit_once('.')
+        .map_or("", |(p, _)| p)
+        .to_owned();
+    let channel = gw
+        .channel(&package, streaming)
+        .ok_or_else(|| tonic::Status::unimplemented(format!("no backend for {package}")))?;
+    let path = route
+        .grpc_path()
+        .parse()
+        .map_err(|_| tonic::Status::internal("bad gRPC path"))?;
+    let codec = DynamicCodec::for_responses(route.rpc.output());
+    Ok((tonic::client::Grpc::new(channel), path, codec, package))
+}
+
+/// Opens the route's server stream, waiting within `timeout` for its backend.
+pub(crate) async fn open_stream(
+    gw: &Gateway,
+    route: &Route,
+    request: tonic::Request<DynamicMessage>,
+    timeout: Duration,
+) -> Result<tonic::Response<tonic::codec::Streaming<DynamicMessage>>, tonic::Status> {
+    let (mut grpc, path, codec, package) = target(gw, route, true)?;
+    tokio::time::timeout(timeout, ready(&mut grpc, &package))
+        .await
+        .map_err(|_| deadline())??;
+    grpc.server_streaming(request, path, codec).await
+}
+
+/// A client stream of `messages` (all at hand), sent once: a stream is never
+/// repeated.
+pub(crate) async fn call_client_stream(
+    gw: &Gateway,
+    route: &Route,
+    request: tonic::Request<Vec<DynamicMessage>>,
+    timeout: Duration,
+) -> Result<tonic::Response<DynamicMessage>, tonic::Status> {
+    let (mut grpc, path, codec, package) = target(gw, route, false)?;
+    let call = async {
+        ready(&mut grpc, &package).await?;
+        let request = request.map(futures::stream::iter);
+        grpc.client_streaming(request, path, codec).await
+    };
+    tokio::time::timeout(timeout + Duration::from_millis(250), call)
+        .await
+        .map_err(|_| deadline())?
+}
+
+/// One unary call. A `repeatable` one (safe to send again) is hedged on another
+/// copy when its first attempt is slow and tried once more when its copy was
+/// unavailable, as the retry budget allows; any other call is sent once.
+pub(crate) async fn call_unary(
+    gw: &Gateway,
+    route: &Route,
+    request: tonic::Request<DynamicMessage>,
+    repeatable: bool,
+    timeout: Duration,
+) -> Result<tonic::Response<DynamicMessage>, tonic::Status> {
+    let (grpc, grpc_path, codec, package) = target(gw, route, false)?;
+    // Each attempt waits for the channel to be ready.
     let unary = |request: tonic::Request<DynamicMessage>| {
         let mut grpc = grpc.clone();
         let (path, codec, package) = (grpc_path.clone(), codec.clone(), package.clone());
@@ -421,28 +579,7 @@ async fn call(gw: &Gateway, request: Request) -> Result<Response, RestError> {
     } else {
         tokio::time::timeout(timeout + Duration::from_millis(250), unary(request)).await
     };
-    let response = answer
-        .map_err(|_| deadline())?
-        .map_err(|s| RestError::from_backend(&s))?;
-    let mut answered = gw.response_headers.to_headers(response.metadata());
-    let mut http = if route.response_body.is_empty() && transcode::is_http_body(&route.rpc.output())
-    {
-        let (content_type, data) = transcode::http_body_parts(response.get_ref());
-        (
-            route.success.status,
-            [(header::CONTENT_TYPE, media_type(&content_type))],
-            data,
-        )
-            .into_response()
-    } else if parts.method == http::Method::GET {
-        let body = transcode::response_json(&route, response.get_ref()).to_string();
-        let backend_tag = answered.remove(header::ETAG);
-        crate::conditional::respond(&parts.headers, body, backend_tag.as_ref())
-    } else {
-        json_success(&route, response.get_ref(), &mut answered)
-    };
-    http.headers_mut().extend(answered);
-    Ok(http)
+    answer.map_err(|_| deadline())?
 }
 
 /// A successful call that is not a GET, answered as its RPC declares: the
@@ -517,18 +654,14 @@ fn body_budget_refused(refusal: Refusal) -> RestError {
     err
 }
 
-fn deadline() -> RestError {
-    RestError::new(
-        StatusCode::GATEWAY_TIMEOUT,
-        Code::DeadlineExceeded,
-        "the backend did not answer within the deadline",
-    )
+fn deadline() -> tonic::Status {
+    tonic::Status::deadline_exceeded("the backend did not answer within the deadline")
 }
 
 /// The backend's stream, ended with DEADLINE_EXCEEDED when the client's own
 /// `grpc-timeout` elapses (tonic bounds only the wait for a stream's headers,
 /// not the stream). Dropping the backend's stream cancels the call.
-fn bounded(
+pub(crate) fn bounded(
     stream: tonic::codec::Streaming<prost_reflect::DynamicMessage>,
     limit: Option<Duration>,
 ) -> futures::stream::BoxStream<'static, Result<prost_reflect::DynamicMessage, tonic::Status>> {
@@ -574,7 +707,7 @@ async fn http_body_stream(
 ) -> Result<Response, RestError> {
     let first = tokio::time::timeout(first_within, stream.next())
         .await
-        .map_err(|_| deadline())?;
+        .map_err(|_| RestError::from_status(&deadline()))?;
     let (content_type, data) = match first {
         Some(Ok(message)) => transcode::http_body_parts(&message),
         Some(Err(status)) => return Err(RestError::from_backend(&status)),

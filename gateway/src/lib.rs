@@ -7,6 +7,7 @@ pub mod conditional;
 pub mod contract_schema;
 pub mod errors;
 pub mod forward;
+pub mod grpc_edge;
 pub mod layers;
 pub mod openapi;
 pub mod passthrough;

@@ -169,8 +169,8 @@ fn type_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
 /// A message's schema: the fields a client must send (REQUIRED, buf.validate's
 /// `required`, or a zero value its rules refuse) are `required` (but not those a route
 /// takes from its path, `path_bound` as `message.field`: the path always
-/// carries them, and the body need not repeat them), the others may be null,
-/// OUTPUT_ONLY ones are `readOnly`.
+/// carries them, and the body need not repeat them: they are `readOnly`, like
+/// OUTPUT_ONLY ones), the others may be null.
 ///
 /// A message no request carries (`answer_only`) is described as the gateway
 /// prints it: every field without presence always there, never null
@@ -201,7 +201,10 @@ fn message_schema(
         } else {
             schema = or_null(schema);
         }
-        if contract::field_behaviors(&field).contains(&contract::behavior::OUTPUT_ONLY) {
+        // OUTPUT_ONLY is the service's to set; a path-bound field the path's
+        // to give (a test tool then reads no value for another route's path
+        // from a body, as schemathesis's link inference did).
+        if bound || contract::field_behaviors(&field).contains(&contract::behavior::OUTPUT_ONLY) {
             schema = with_keyword(schema, "readOnly", json!(true));
         }
         properties.insert(field.json_name().to_owned(), schema);
@@ -319,6 +322,7 @@ fn status_schema() -> Value {
 
 pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
     let mut refs = BTreeSet::new();
+    let path_bound = path_bound_fields(routes);
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for route in routes {
         let rpc = &route.rpc;
@@ -406,7 +410,15 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
             }
         };
         if let Some(schema) = body_schema {
-            operation["requestBody"] = json!({"required": body_required, "content": {"application/json": {"schema": schema}}});
+            operation["requestBody"] = if crate::transcode::takes_raw_body(route) {
+                // google.api.HttpBody: any bytes, of the type the request names.
+                json!({"required": false, "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}})
+            } else if rpc.is_client_streaming() {
+                // A client stream: one message per line, each of this schema.
+                json!({"required": false, "description": "Newline-delimited JSON: one object of this schema per line, each a message of the stream.", "content": {"application/x-ndjson": {"schema": schema}}})
+            } else {
+                json!({"required": body_required, "content": {"application/json": {"schema": schema}}})
+            };
         }
         let output = rpc.output();
         let raw_body = route.response_body.is_empty() && crate::transcode::is_http_body(&output);
@@ -479,7 +491,6 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
     }
 
     // Schemas for every message reachable from the operations.
-    let path_bound = path_bound_fields(routes);
     let sent = request_messages(routes);
     let pool = routes.first().map(|r| r.rpc.parent_pool().clone());
     let mut schemas = Map::new();

@@ -73,6 +73,12 @@ pub struct Settings {
     pub tls_cert_file: String,
     pub tls_key_file: String,
     pub tls_ca_file: String,
+    /// `EDGE_TLS_CERT_FILE` / `EDGE_TLS_KEY_FILE`: a certificate chain and key
+    /// for the HTTP port itself (HTTPS, HTTP/2 by ALPN); unset, the port is plain
+    /// HTTP (HTTP/1.1, and HTTP/2 with prior knowledge), for a proxy or load
+    /// balancer in front that terminates TLS. Reloaded when the files change.
+    pub edge_tls_cert_file: String,
+    pub edge_tls_key_file: String,
     /// `SHUTDOWN_TIMEOUT_MS`: on SIGTERM, how long open connections (watch streams
     /// included) may stay before the gateway stops without them; keep it below the
     /// supervisor's kill grace (30 s in Kubernetes by default).
@@ -126,6 +132,8 @@ impl Default for Settings {
             tls_cert_file: String::new(),
             tls_key_file: String::new(),
             tls_ca_file: String::new(),
+            edge_tls_cert_file: String::new(),
+            edge_tls_key_file: String::new(),
             max_connections: 4_096,
             max_connections_per_client: 128,
             max_inflight_body_bytes: 32 * 1024 * 1024,
@@ -142,6 +150,12 @@ impl Settings {
         let settings: Self = config::load(&Self::default())?;
         if settings.auth_public_key.is_empty() {
             return Err(ConfigError::missing("AUTH_PUBLIC_KEY", "must be set (PEM)"));
+        }
+        if settings.edge_tls_cert_file.is_empty() != settings.edge_tls_key_file.is_empty() {
+            return Err(ConfigError::missing(
+                "EDGE_TLS_KEY_FILE",
+                "EDGE_TLS_CERT_FILE and EDGE_TLS_KEY_FILE are set together or not at all",
+            ));
         }
         if settings.max_body_bytes == 0 {
             return Err(ConfigError::missing("MAX_BODY_BYTES", "must be at least 1"));

@@ -23,6 +23,8 @@ pub(crate) struct Backend {
 /// The state of `layers.rs` and `forward.rs`.
 pub struct Gateway {
     pub(crate) routes: Vec<Route>,
+    /// The annotated RPCs by gRPC path, for gRPC and gRPC-Web at the edge.
+    pub(crate) grpc_methods: BTreeMap<String, Route>,
     /// Package prefix (`shop.user`) → its channels.
     pub(crate) backends: BTreeMap<String, Backend>,
     pub(crate) auth: Authenticator,

@@ -9,8 +9,8 @@ use prost_reflect::{
     DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MapKey, MessageDescriptor,
     ReflectMessage, SerializeOptions, Value,
 };
-use tonic::Status;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::{Code, Status};
 
 use crate::routes::{Route, RouteMethod};
 
@@ -313,6 +313,29 @@ pub fn build_request(
     Ok(message)
 }
 
+/// A client stream's messages from an NDJSON body: one per line that is not
+/// blank, each read as `build_request` reads a body (path and query apply to
+/// each). An error names the message by its index among them, as the service
+/// numbers what it was sent (`[2].product.sku`).
+pub fn build_stream(
+    route: &Route,
+    body: &[u8],
+    path_vars: &[(String, String)],
+    query: Option<&str>,
+    unknown_query: UnknownQuery,
+) -> Result<Vec<DynamicMessage>, BadRequest> {
+    body.split(|b| *b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .enumerate()
+        .map(|(index, line)| {
+            build_request(route, line, path_vars, query, unknown_query).map_err(|e| BadRequest {
+                field: format!("[{index}].{}", e.field),
+                description: e.description,
+            })
+        })
+        .collect()
+}
+
 /// Sets the query's parameters that name a field neither the body nor the path
 /// set (see `build_request`).
 fn apply_query(
@@ -430,6 +453,58 @@ pub fn is_http_body(message: &MessageDescriptor) -> bool {
     message.full_name() == "google.api.HttpBody"
 }
 
+/// The message or field a route's body fills when it is a `google.api.HttpBody`
+/// (a raw upload): `None` for a route whose body is JSON.
+fn http_body_target(route: &Route) -> Option<Option<FieldDescriptor>> {
+    let input = route.rpc.input();
+    match route.body.as_str() {
+        "" => None,
+        "*" => is_http_body(&input).then_some(None),
+        name => {
+            let f = field(&input, name)?;
+            match f.kind() {
+                Kind::Message(m) if is_http_body(&m) && !f.is_list() => Some(Some(f)),
+                _ => None,
+            }
+        }
+    }
+}
+
+/// Whether the route's body is taken as it is (a `google.api.HttpBody`).
+pub fn takes_raw_body(route: &Route) -> bool {
+    http_body_target(route).is_some()
+}
+
+/// The request of a route whose body is a `google.api.HttpBody`: the body's
+/// bytes as they came, with the request's Content-Type (none read as JSON);
+/// path and query fill the other fields as for any route. `None` when the
+/// route's body is JSON.
+pub fn build_raw_request(
+    route: &Route,
+    body: &bytes::Bytes,
+    content_type: &str,
+    path_vars: &[(String, String)],
+    query: Option<&str>,
+    unknown_query: UnknownQuery,
+) -> Option<Result<DynamicMessage, BadRequest>> {
+    let target = http_body_target(route)?;
+    let raw = |desc: MessageDescriptor| {
+        let mut http_body = DynamicMessage::new(desc);
+        http_body.set_field_by_name("content_type", Value::String(content_type.to_owned()));
+        http_body.set_field_by_name("data", Value::Bytes(body.clone()));
+        http_body
+    };
+    Some(match target {
+        None => Ok(raw(route.rpc.input())),
+        Some(f) => build_request(route, b"", path_vars, query, unknown_query).map(|mut message| {
+            if let Kind::Message(desc) = f.kind() {
+                message.set_field(&f, Value::Message(raw(desc)));
+            }
+            message
+        }),
+    })
+}
+
 /// An HttpBody's content type ("" when it names none) and bytes.
 pub fn http_body_parts(message: &DynamicMessage) -> (String, bytes::Bytes) {
     let content_type = match message.get_field_by_name("content_type").as_deref() {
@@ -475,14 +550,36 @@ pub fn response_json(route: &Route, message: &DynamicMessage) -> serde_json::Val
 /// Encodes and decodes `DynamicMessage`s of one RPC's types.
 #[derive(Clone, Debug)]
 pub struct DynamicCodec {
-    pub output: MessageDescriptor,
+    /// What the other side's messages are.
+    decodes: MessageDescriptor,
+    /// What a message that does not decode is: a backend's fault when the gateway
+    /// reads answers (INTERNAL), the client's when it reads requests.
+    malformed: Code,
+}
+
+impl DynamicCodec {
+    /// The gateway as a backend's client: it sends requests, reads `output`.
+    pub fn for_responses(output: MessageDescriptor) -> Self {
+        Self {
+            decodes: output,
+            malformed: Code::Internal,
+        }
+    }
+
+    /// The gateway as a gRPC server at the edge: it reads `input` from clients.
+    pub fn for_requests(input: MessageDescriptor) -> Self {
+        Self {
+            decodes: input,
+            malformed: Code::InvalidArgument,
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct DynamicEncoder;
 
 #[derive(Debug)]
-pub struct DynamicDecoder(MessageDescriptor);
+pub struct DynamicDecoder(MessageDescriptor, Code);
 
 impl Encoder for DynamicEncoder {
     type Item = DynamicMessage;
@@ -490,7 +587,7 @@ impl Encoder for DynamicEncoder {
 
     fn encode(&mut self, item: DynamicMessage, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
         item.encode(dst)
-            .map_err(|e| Status::internal(format!("encoding request: {e}")))
+            .map_err(|e| Status::internal(format!("encoding {}: {e}", item.descriptor().name())))
     }
 }
 
@@ -502,7 +599,12 @@ impl Decoder for DynamicDecoder {
         let bytes = src.copy_to_bytes(src.remaining());
         DynamicMessage::decode(self.0.clone(), bytes)
             .map(Some)
-            .map_err(|e| Status::internal(format!("decoding response: {e}")))
+            .map_err(|e| {
+                Status::new(
+                    self.1,
+                    format!("the message is not a valid {}: {e}", self.0.full_name()),
+                )
+            })
     }
 }
 
@@ -517,7 +619,7 @@ impl Codec for DynamicCodec {
     }
 
     fn decoder(&mut self) -> DynamicDecoder {
-        DynamicDecoder(self.output.clone())
+        DynamicDecoder(self.decodes.clone(), self.malformed)
     }
 }
 
@@ -648,5 +750,25 @@ mod tests {
         )
         .expect_err("a known parameter of the wrong type is still refused");
         assert_eq!(err.field, "pageSize");
+    }
+
+    #[test]
+    fn a_client_stream_takes_one_message_per_ndjson_line() {
+        let (r, vars) = route(http::Method::POST, "/v1/products:import");
+        assert!(r.rpc.is_client_streaming());
+        let body =
+            b"{\"sku\":\"TEA-1\",\"name\":\"Teapot\"}\n\n  \n{\"sku\":\"CUP-1\",\"name\":\"Cup\"}";
+        let messages = build_stream(&r, body, &vars, None, UnknownQuery::Ignore).expect("two");
+        let skus: Vec<_> = messages
+            .iter()
+            .map(|m| json(m)["product"]["sku"].clone())
+            .collect();
+        assert_eq!(skus, ["TEA-1", "CUP-1"], "blank lines are no messages");
+        let body = b"{\"sku\":\"TEA-1\"}\n{\"sku\":\"CUP-1\",\"stock\":1}\n";
+        let err = build_stream(&r, body, &vars, None, UnknownQuery::Ignore).expect_err("unknown");
+        assert_eq!(err.field, "[1].product", "the second message: {err:?}");
+        assert!(err.description.contains("stock"), "{}", err.description);
+        let none = build_stream(&r, b"", &vars, None, UnknownQuery::Ignore).expect("empty");
+        assert!(none.is_empty());
     }
 }

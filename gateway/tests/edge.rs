@@ -427,3 +427,74 @@ async fn with_redis_unreachable_each_gateway_still_limits_alone() {
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert!(ready.body.contains("unreachable"), "{}", ready.body);
 }
+
+/// What curl says of one GET: the HTTP version it spoke and the status.
+async fn curl_version(args: &[&str], url: &str) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{http_code}",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .await
+        .expect("curl runs");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test]
+async fn http2_is_spoken_with_prior_knowledge_and_a_silent_connection_is_cut() {
+    let gw = start(|s| s.header_read_timeout_ms = 500).await;
+    let url = format!("http://127.0.0.1:{}/healthz", gw.port);
+    assert_eq!(
+        curl_version(&["--http2-prior-knowledge"], &url).await,
+        "2 200"
+    );
+    assert_eq!(curl_version(&["--http1.1"], &url).await, "1.1 200");
+    // Half of HTTP/2's preface, then nothing: closed once the header timeout is up.
+    for first in [&b"PRI * HTTP/2.0\r\n"[..], b""] {
+        let mut stream = connect(gw.port, "127.0.0.4").await;
+        stream.write_all(first).await.expect("send");
+        let started = Instant::now();
+        let mut sink = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut sink)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "the connection is closed, not answered: {read:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "closed after the 0.5 s header timeout, not {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_its_own_certificate_the_port_speaks_https_and_alpn_picks_http2() {
+    let pki = shop_testkit::mesh_tls::MeshPki::new();
+    let edge = pki.workload("gateway-edge");
+    let gw = start(|s| {
+        s.edge_tls_cert_file = edge.cert.clone();
+        s.edge_tls_key_file = edge.key.clone();
+    })
+    .await;
+    let https = format!("https://127.0.0.1:{}/healthz", gw.port);
+    let ca = ["--cacert", edge.ca.as_str()];
+    assert_eq!(curl_version(&ca, &https).await, "2 200", "ALPN h2");
+    let h1 = [ca[0], ca[1], "--http1.1"];
+    assert_eq!(curl_version(&h1, &https).await, "1.1 200", "ALPN http/1.1");
+    let tls12 = [ca[0], ca[1], "--tlsv1.2", "--tls-max", "1.2"];
+    assert_eq!(curl_version(&tls12, &https).await, "2 200", "TLS 1.2 too");
+    // Plain HTTP on a TLS port gets no answer.
+    let plain = curl_version(&["--max-time", "5"], &https.replace("https", "http")).await;
+    assert!(!plain.contains("200"), "{plain}");
+}

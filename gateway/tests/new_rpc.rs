@@ -360,3 +360,80 @@ fn field_behavior_makes_required_and_read_only_fields() {
     assert_eq!(book["properties"]["pages"]["readOnly"], true, "{book}");
     assert!(book["properties"]["title"].get("readOnly").is_none());
 }
+
+#[test]
+fn a_field_the_path_binds_is_read_only_in_the_body() {
+    let pool = DescriptorPool::decode(shop_proto::FILE_DESCRIPTOR_SET).expect("pool");
+    let routes = routes::from_descriptors(&pool).expect("routes");
+    let doc = openapi::document(&routes, &BTreeSet::new());
+    let body = &doc["components"]["schemas"]["shop.order.v1.CancelOrderRequest"];
+    assert_eq!(
+        body["properties"]["orderId"]["readOnly"], true,
+        "the path gives the order id: {body}"
+    );
+    assert!(
+        body["properties"]["reason"].get("readOnly").is_none(),
+        "{body}"
+    );
+    // Sent anyway, the body's id is overruled by the path's.
+    let (route, vars) = found(
+        &routes,
+        http::Method::POST,
+        "/v1/orders/0190a6b0-0000-7000-8000-000000000001:cancel",
+    );
+    let request = transcode::build_request(
+        route,
+        br#"{"orderId":"not-this-one","reason":"changed my mind"}"#,
+        &vars,
+        None,
+        transcode::UnknownQuery::Reject,
+    )
+    .expect("transcoded");
+    assert_eq!(
+        serde_json::to_value(&request).expect("json")["orderId"],
+        "0190a6b0-0000-7000-8000-000000000001"
+    );
+}
+
+#[test]
+fn an_http_body_field_takes_the_request_bytes_as_they_came() {
+    let routes = routes::from_descriptors(&demo_pool()).expect("routes");
+    let (route, vars) = found(&routes, http::Method::PUT, "/v1/shelves/s1/cover");
+    assert!(transcode::takes_raw_body(route));
+    // Not JSON, not even UTF-8: the bytes are the upload's.
+    let png = bytes::Bytes::from_static(b"\x89PNG\r\n\x1a\n\xff\x00");
+    let request = transcode::build_raw_request(
+        route,
+        &png,
+        "image/png",
+        &vars,
+        Some("caption=Front"),
+        transcode::UnknownQuery::Reject,
+    )
+    .expect("a raw route")
+    .expect("transcoded");
+    let cover = request
+        .get_field_by_name("cover")
+        .expect("cover")
+        .into_owned();
+    let prost_reflect::Value::Message(cover) = cover else {
+        panic!("cover is a message");
+    };
+    assert_eq!(
+        transcode::http_body_parts(&cover),
+        ("image/png".to_owned(), png)
+    );
+    let json = serde_json::to_value(&request).expect("json");
+    assert_eq!(json["name"], "shelves/s1");
+    assert_eq!(json["caption"], "Front", "the query fills the other fields");
+    // A JSON route is no raw one.
+    let (shelve, _) = found(&routes, http::Method::POST, "/v1/shelves/s1/books:shelve");
+    assert!(!transcode::takes_raw_body(shelve));
+    // OpenAPI: any bytes.
+    let doc = openapi::document(&routes, &BTreeSet::new());
+    let body = &doc["paths"]["/v1/{name}/cover"]["put"]["requestBody"];
+    assert_eq!(
+        body["content"]["*/*"]["schema"]["format"], "binary",
+        "{body}"
+    );
+}

@@ -13,6 +13,10 @@ use tonic::{Request, Response, Status};
 use crate::model::{Adjustment, NewProduct, ProductUpdate, ReservationRequest, parse_order_id};
 use crate::store::{Catalog, Reservations};
 
+/// The most products one ImportProducts call may carry: one transaction holds
+/// them all, and a client with more sends several imports.
+pub const MAX_IMPORT: usize = 1000;
+
 #[derive(Debug)]
 pub struct InventoryApi {
     catalog: Catalog,
@@ -105,6 +109,41 @@ impl InventoryService for InventoryApi {
         let after = pagination::decode_token(&req.page_token)?;
         let page = self.catalog.list(page_size, after).await?;
         Ok(Response::new(page.into()))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn import_products(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportProductsRequest>>,
+    ) -> Result<Response<pb::ImportProductsResponse>, Status> {
+        self.auth.caller(request.metadata())?.require_admin()?;
+        let mut stream = request.into_inner();
+        let mut products: Vec<NewProduct> = Vec::new();
+        // A field is named by its message's place in the stream and its path in
+        // the message (`[2].product.sku`), as the gateway names an NDJSON line's.
+        while let Some(message) = stream.message().await? {
+            let index = products.len();
+            if index == MAX_IMPORT {
+                let limit = format!("at most {MAX_IMPORT} products per import");
+                return Err(ApiError::invalid(format!("[{index}]"), limit).into());
+            }
+            let at = format!("[{index}].product");
+            let product = message
+                .product
+                .ok_or_else(|| ApiError::invalid(&at, "is required"))?;
+            contract::check(&product).map_err(|e| e.within(&at))?;
+            let product = NewProduct::try_from(product).map_err(|e| e.within(&at))?;
+            if let Some(first) = products.iter().position(|p| p.sku == product.sku) {
+                let repeat = format!("repeats [{first}].product.sku");
+                return Err(ApiError::invalid(format!("{at}.sku"), repeat).into());
+            }
+            products.push(product);
+        }
+        let imported = self.catalog.import(products).await?;
+        Ok(Response::new(pb::ImportProductsResponse {
+            created_skus: imported.created,
+            existing_skus: imported.existing,
+        }))
     }
 
     #[tracing::instrument(skip_all)]

@@ -4,5 +4,5 @@
 mod catalog;
 mod reservation;
 
-pub use catalog::Catalog;
+pub use catalog::{Catalog, Imported};
 pub use reservation::Reservations;

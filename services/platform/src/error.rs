@@ -85,6 +85,35 @@ impl ApiError {
         }
     }
 
+    /// The same error with its field paths under `prefix` (`products[3]` makes
+    /// `sku` into `products[3].sku`): for a message that is one of many.
+    #[must_use]
+    pub fn within(self, prefix: &str) -> Self {
+        let under = |field: String| {
+            if field.is_empty() {
+                prefix.to_owned()
+            } else {
+                format!("{prefix}.{field}")
+            }
+        };
+        match self {
+            Self::InvalidArgument { field, description } => Self::InvalidArgument {
+                field: under(field),
+                description,
+            },
+            Self::InvalidFields(violations) => Self::InvalidFields(
+                violations
+                    .into_iter()
+                    .map(|v| FieldViolation {
+                        field: under(v.field),
+                        description: v.description,
+                    })
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } | Self::InvalidFields(_) => Code::InvalidArgument,

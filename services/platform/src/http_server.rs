@@ -1,10 +1,17 @@
-//! The HTTP/1.1 listener of every HTTP port (the gateway, the admin ports): hyper
-//! under our own accept loop, so that what one connection may cost is bounded
-//! before a request reaches a handler.
+//! The listener of every HTTP port (the gateway, the admin ports): hyper under
+//! our own accept loop, so that what one connection may cost is bounded before a
+//! request reaches a handler. HTTP/1.1 and HTTP/2 on the same port: in
+//! plaintext a connection that opens with HTTP/2's preface is HTTP/2 (h2c with
+//! prior knowledge, as gRPC clients and `curl --http2-prior-knowledge` speak
+//! it; the HTTP/1.1 `Upgrade: h2c` dance is not offered, RFC 9113 retired it);
+//! under TLS, ALPN decides.
 //! - A connection past the cap in all (or its client's share) is answered 503 and
 //!   closed at once.
-//! - Headers not received within the header timeout close the connection (an idle
-//!   keep-alive connection too).
+//! - A connection that has not shown its protocol (the TLS handshake, the first
+//!   bytes) within the header timeout is closed; so is an HTTP/1.1 connection
+//!   whose headers take longer (an idle keep-alive connection too).
+//! - An HTTP/2 connection holds at most `H2_MAX_STREAMS` requests at once, with
+//!   headers up to `H2_MAX_HEADER_LIST_BYTES`; pings find dead peers.
 //! - Bodies are bounded by the handlers that read them (the gateway's proxy).
 //!
 //! On shutdown the listener closes and open connections finish their requests.
@@ -18,9 +25,11 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::{GracefulConnection, Watcher};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::budget::{Refusal, SharedBudget};
@@ -28,6 +37,19 @@ use crate::budget::{Refusal, SharedBudget};
 /// Refused connections being answered at once; past it a refused connection is
 /// dropped without an answer, so that a connect flood costs no more.
 const REFUSALS_IN_FLIGHT: usize = 64;
+
+/// What an HTTP/2 client sends first (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Requests one HTTP/2 connection may have open at once (nginx allows 128,
+/// Go's server 250): a client wanting more opens another connection, which the
+/// per-client cap counts.
+pub const H2_MAX_STREAMS: u32 = 128;
+/// The largest header block an HTTP/2 request may send (HTTP/1.1's is hyper's
+/// default of 100 headers within its read buffer).
+pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// An idle HTTP/2 connection is pinged this often, and closed when a ping goes
+/// unanswered as long.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
 
 #[derive(Clone, Debug)]
 pub struct ConnectionLimits {
@@ -55,21 +77,30 @@ impl ConnectionLimits {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown`; handlers see the peer as
-/// `ConnectInfo<SocketAddr>`.
+/// Serves `app` on `listener` in plaintext until `shutdown`; handlers see the
+/// peer as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
+    serve_with_tls(listener, app, limits, None, shutdown).await
+}
+
+/// As `serve`, terminating TLS first when `tls` is given (ALPN picks h2 or
+/// http/1.1).
+pub async fn serve_with_tls(
+    listener: TcpListener,
+    app: Router,
+    limits: ConnectionLimits,
+    tls: Option<TlsAcceptor>,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let connections = SharedBudget::new(limits.max_connections, limits.max_connections_per_client);
     let refusals = std::sync::Arc::new(tokio::sync::Semaphore::new(REFUSALS_IN_FLIGHT));
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
+    let protocols = Protocols::new(limits.header_read_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.wait() => break,
@@ -97,17 +128,43 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request.map(Body::new))
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let (app, protocols, tls, watcher) = (
+            app.clone(),
+            protocols.clone(),
+            tls.clone(),
+            graceful.watcher(),
+        );
+        let wait = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
-                tracing::debug!(%peer, error = %err, "connection ended with an error");
+            let _grant = grant;
+            match tls {
+                None => {
+                    // Read nothing yet: the bytes stay for whichever protocol serves.
+                    let Ok(sniffed) =
+                        tokio::time::timeout(wait, opens_with_h2_preface(&stream)).await
+                    else {
+                        tracing::debug!(%peer, "no request within the header timeout");
+                        return;
+                    };
+                    let h2 = sniffed.unwrap_or(false);
+                    protocols.serve(stream, h2, peer, app, watcher).await;
+                }
+                Some(acceptor) => {
+                    let tls = match tokio::time::timeout(wait, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(err)) => {
+                            tracing::debug!(%peer, error = %err, "TLS handshake refused");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not done within the header timeout");
+                            return;
+                        }
+                    };
+                    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                    protocols.serve(tls, h2, peer, app, watcher).await;
+                }
             }
-            drop(grant);
         });
     }
     drop(listener);
@@ -118,6 +175,75 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Whether the connection's first bytes are HTTP/2's preface, without reading
+/// them. A partial preface is waited on (it arrives in one packet in practice);
+/// the caller bounds the wait.
+async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut seen = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut seen).await?;
+        if n == 0 || seen[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The two protocols' settings, shared by every connection.
+#[derive(Clone)]
+struct Protocols {
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Protocols {
+    fn new(header_read_timeout: Duration) -> Self {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .keep_alive(true);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(H2_MAX_STREAMS)
+            .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
+            .keep_alive_interval(H2_KEEP_ALIVE)
+            .keep_alive_timeout(H2_KEEP_ALIVE);
+        Self { http1, http2 }
+    }
+
+    /// Serves one connection to its end (or until shutdown lets it finish).
+    async fn serve<I>(&self, io: I, h2: bool, peer: SocketAddr, app: Router, watcher: Watcher)
+    where
+        I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
+            request.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(request.map(Body::new))
+        });
+        let io = TokioIo::new(io);
+        if h2 {
+            finish(watcher, self.http2.serve_connection(io, service), peer).await;
+        } else {
+            finish(watcher, self.http1.serve_connection(io, service), peer).await;
+        }
+    }
+}
+
+async fn finish<C>(watcher: Watcher, connection: C, peer: SocketAddr)
+where
+    C: GracefulConnection,
+    C::Error: std::fmt::Display,
+{
+    if let Err(err) = watcher.watch(connection).await {
+        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    }
 }
 
 /// A short 503 on a connection over the limits, then close.

@@ -289,6 +289,32 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<Arc<ServerConfig>> {
     Ok(Arc::new(config))
 }
 
+/// The public side of an HTTP port that terminates TLS itself (the gateway's
+/// `EDGE_TLS_CERT_FILE` / `EDGE_TLS_KEY_FILE`): TLS 1.2 and 1.3, since browsers
+/// and load balancers still speak 1.2; no client certificate; ALPN offers h2
+/// and http/1.1. The pair is reloaded when its files change, as the mesh's is.
+pub fn edge_server_config(cert: &str, key: &str) -> anyhow::Result<Arc<ServerConfig>> {
+    let files = TlsFiles {
+        cert: cert.into(),
+        key: key.into(),
+        // Nothing is verified against a CA here: clients are anyone.
+        ca: PathBuf::new(),
+    };
+    let provider = provider();
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[
+            &tokio_rustls::rustls::version::TLS13,
+            &tokio_rustls::rustls::version::TLS12,
+        ])
+        .context("TLS 1.2 and 1.3")?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(
+            ReloadingPair::new(files).context("EDGE_TLS_CERT_FILE / EDGE_TLS_KEY_FILE")?,
+        ));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Connections from `listener` that completed the TLS handshake, for tonic's
 /// `serve_with_incoming`. Handshakes run concurrently (a slow one holds no
 /// other back); failures are logged with the peer and dropped. The accept loop

@@ -244,18 +244,7 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     );
 
     // An admin adds a product and adjusts its stock; a customer may do neither.
-    let reply = curl(
-        "POST",
-        "/v1/auth:login",
-        None,
-        Some(r#"{"email":"admin@shopmesh.dev","password":"dev-admin-password"}"#),
-        &[],
-    )
-    .await;
-    let admin = reply.json()["accessToken"]
-        .as_str()
-        .expect("admin token")
-        .to_owned();
+    let admin = dev::admin_token().await;
     let sku = format!("REST-{run}");
     let product = format!(
         r#"{{"sku":"{sku}","name":"Teapot","unitPrice":{{"currencyCode":"EUR","amountMinor":"4200"}},"initialStock":"3"}}"#

@@ -202,4 +202,49 @@ async fn the_mapping_rules_hold_over_real_http() {
         "the client's grpc-timeout ended its watch ({took:?}): {events}"
     );
     assert!(events.contains("event: error"), "{events}");
+
+    // A client stream over REST: an NDJSON body, one CreateProductRequest per
+    // line, all or none (admins only).
+    let admin = dev::admin_token().await;
+    let kettle = format!("KETTLE-{}", std::process::id());
+    let line = |sku: &str| {
+        format!(
+            r#"{{"sku":"{sku}","name":"Kettle","unitPrice":{{"currencyCode":"EUR","amountMinor":"2500"}},"initialStock":"3"}}"#
+        )
+    };
+    let ndjson = format!("{}\n{}\n", line(&kettle), line("MUG-001"));
+    let reply = import(&admin, &ndjson).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["createdSkus"], serde_json::json!([kettle]));
+    assert_eq!(reply.json()["existingSkus"], serde_json::json!(["MUG-001"]));
+    let read = curl("GET", &format!("/v1/products/{kettle}"), None, None, &[]).await;
+    assert_eq!(read.json()["product"]["available"], "3", "{}", read.body);
+    // A bad second line: nothing added, and the 400 names the line's field.
+    let teapot = format!("TEAPOT-{}", std::process::id());
+    let ndjson = format!("{}\n{}\n", line(&teapot), line("bad sku"));
+    let reply = import(&admin, &ndjson).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    let field = &reply.json()["details"][1]["fieldViolations"][0]["field"];
+    assert!(reply.body.contains("[1].product.sku"), "{}", reply.body);
+    let read = curl("GET", &format!("/v1/products/{teapot}"), None, None, &[]).await;
+    assert_eq!(read.status, 404, "all or none ({field}): {}", read.body);
+    // A line that is no JSON object is the gateway's to refuse, named alike.
+    let reply = import(&admin, "{}\nnot json\n").await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    assert!(reply.body.contains("invalid [1].product"), "{}", reply.body);
+    // Customers may not import.
+    let reply = import(&token, &line("CUP-9")).await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+}
+
+/// An import of `ndjson` (one product per line) as the holder of `token`.
+async fn import(token: &str, ndjson: &str) -> dev::Reply {
+    curl(
+        "POST",
+        "/v1/products:import",
+        Some(token),
+        Some(ndjson),
+        &[],
+    )
+    .await
 }

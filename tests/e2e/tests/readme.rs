@@ -4,8 +4,6 @@
 
 mod dev;
 
-use tokio::process::Command;
-
 use dev::{DevMesh, port_open, readme_block};
 
 #[tokio::test]
@@ -35,21 +33,9 @@ async fn make_dev_serves_the_readme_lines_and_stops_on_sigterm() {
             "rest-first-order",
             &format!("rest-first-order-{}", std::process::id()),
         );
-    // From the checkout's root, as a person would run them (.dev/keys/tls is there).
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(shop_testkit::workspace_root())
-        .env_remove("PKI")
-        .output()
-        .await
-        .expect("bash");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "README lines failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = dev::run_readme_lines(&script).await;
     assert!(stdout.contains("shop.user.v1.UserService"), "{stdout}");
+    assert!(stdout.contains(r#""TEA-001""#), "the bulk import: {stdout}");
     assert!(stdout.contains("\"SERVING\""), "{stdout}");
     assert!(
         stdout.contains(&format!("\"email\": \"{email}\"")),

@@ -11,6 +11,29 @@ use crate::model::{Adjustment, NewProduct, Product, ProductPage, ProductUpdate};
 
 const PRODUCT_COLUMNS: &str = "sku, name, description, currency_code, unit_price_minor, available, reserved, sold, created_at, updated_at";
 
+const INSERT_PRODUCT: &str = "INSERT INTO products (sku, name, description, currency_code, unit_price_minor, initial_stock, available)
+     VALUES ($1, $2, $3, $4, $5, $6, $6)";
+
+fn bind_product<'q>(
+    query: sqlx::query::QueryAs<'q, sqlx::Postgres, Product, sqlx::postgres::PgArguments>,
+    product: &'q NewProduct,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, Product, sqlx::postgres::PgArguments> {
+    query
+        .bind(&product.sku)
+        .bind(&product.name)
+        .bind(&product.description)
+        .bind(&product.unit_price.currency_code)
+        .bind(product.unit_price.amount_minor)
+        .bind(product.initial_stock)
+}
+
+/// What an import did: the SKUs it added and those it found, in the order sent.
+#[derive(Debug, Default)]
+pub struct Imported {
+    pub created: Vec<String>,
+    pub existing: Vec<String>,
+}
+
 fn no_such_product(sku: &str) -> ApiError {
     ApiError::NotFound {
         resource: "product",
@@ -40,31 +63,61 @@ impl Catalog {
     pub async fn create(&self, product: NewProduct) -> Result<Product, ApiError> {
         let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         let inserted = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO products (sku, name, description, currency_code, unit_price_minor, initial_stock, available)
-             VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING {PRODUCT_COLUMNS}"
-        )))
-        .bind(&product.sku)
-        .bind(&product.name)
-        .bind(&product.description)
-        .bind(&product.unit_price.currency_code)
-        .bind(product.unit_price.amount_minor)
-        .bind(product.initial_stock)
-        .fetch_one(&mut *tx)
-        .await;
+            "{INSERT_PRODUCT} RETURNING {PRODUCT_COLUMNS}"
+        )));
+        let inserted = bind_product(inserted, &product).fetch_one(&mut *tx).await;
         let row = db::unless_exists(inserted, "product", || product.sku.clone())?;
-        events::product_created(&mut tx, &row, product.initial_stock).await?;
-        events::stock_level_changed(
-            &mut tx,
-            &row.sku,
-            i64::MAX,
-            row.available,
-            self.low_threshold,
-        )
-        .await?;
+        self.announce(&mut tx, &row, product.initial_stock).await?;
         tx.commit().await?;
         self.outbox.notify();
         tracing::info!(sku = %row.sku, "product created");
         Ok(row)
+    }
+
+    /// Adds `products` in one transaction, all or none; one whose SKU the
+    /// catalogue has already is left as it is and reported as existing.
+    #[tracing::instrument(name = "db products.import", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "import", products = products.len()))]
+    pub async fn import(&self, products: Vec<NewProduct>) -> Result<Imported, ApiError> {
+        let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
+        let mut imported = Imported::default();
+        for product in products {
+            let inserted = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
+                "{INSERT_PRODUCT} ON CONFLICT (sku) DO NOTHING RETURNING {PRODUCT_COLUMNS}"
+            )));
+            let Some(row) = bind_product(inserted, &product)
+                .fetch_optional(&mut *tx)
+                .await?
+            else {
+                imported.existing.push(product.sku);
+                continue;
+            };
+            self.announce(&mut tx, &row, product.initial_stock).await?;
+            imported.created.push(row.sku);
+        }
+        tx.commit().await?;
+        if !imported.created.is_empty() {
+            self.outbox.notify();
+        }
+        tracing::info!(
+            created = imported.created.len(),
+            existing = imported.existing.len(),
+            "products imported"
+        );
+        Ok(imported)
+    }
+
+    /// A new product's events, in its transaction: ProductCreated and its first
+    /// stock level.
+    async fn announce(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Postgres>,
+        row: &Product,
+        initial_stock: i64,
+    ) -> Result<(), ApiError> {
+        events::product_created(tx, row, initial_stock).await?;
+        events::stock_level_changed(tx, &row.sku, i64::MAX, row.available, self.low_threshold)
+            .await?;
+        Ok(())
     }
 
     #[tracing::instrument(name = "db products.get", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "get"))]

@@ -441,3 +441,123 @@ async fn an_update_changes_what_its_mask_names_and_nothing_else() {
     assert_eq!(app.product(&s).await.name, "Blue mug");
     app.stop().await;
 }
+
+fn import_line(sku: &str, name: &str, stock: i64) -> pb::ImportProductsRequest {
+    pb::ImportProductsRequest {
+        product: Some(pb::CreateProductRequest {
+            sku: sku.into(),
+            name: name.into(),
+            description: String::new(),
+            unit_price: eur(450),
+            initial_stock: stock,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn an_import_adds_every_product_or_none_and_can_be_sent_again() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let pool = app.pool().await;
+    let created_events = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM outbox_events WHERE event_type = 'shop.inventory.v1.ProductCreated'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("outbox")
+    };
+    let had = app.create_product("IMP-OLD", 1, 100).await;
+    let lines = vec![
+        import_line("IMP-001", "Teapot", 5),
+        import_line("IMP-OLD", "Not this name", 9),
+        import_line("IMP-002", "Cup", 0),
+    ];
+    let before = created_events().await;
+    let answer = client
+        .import_products(app.as_admin(tokio_stream::iter(lines.clone())))
+        .await
+        .expect("import")
+        .into_inner();
+    assert_eq!(answer.created_skus, ["IMP-001", "IMP-002"]);
+    assert_eq!(answer.existing_skus, ["IMP-OLD"]);
+    assert_eq!(app.product("IMP-001").await.available, 5);
+    assert_eq!(
+        app.product("IMP-OLD").await.name,
+        had.name,
+        "left as it was"
+    );
+    assert_eq!(
+        created_events().await - before,
+        2,
+        "one ProductCreated each"
+    );
+
+    // Sent again: nothing new, everything reported as there.
+    let again = client
+        .import_products(app.as_admin(tokio_stream::iter(lines)))
+        .await
+        .expect("import again")
+        .into_inner();
+    assert!(again.created_skus.is_empty(), "{again:?}");
+    assert_eq!(again.existing_skus, ["IMP-001", "IMP-OLD", "IMP-002"]);
+
+    // One bad product: none is added, and the error names it by its place.
+    let bad = vec![
+        import_line("IMP-003", "Saucer", 1),
+        import_line("imp 004", "Spoon", 1),
+    ];
+    let err = client
+        .import_products(app.as_admin(tokio_stream::iter(bad)))
+        .await
+        .expect_err("a bad SKU");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("invalid [1].product.sku"),
+        "{}",
+        err.message()
+    );
+    let missing = client
+        .get_product(pb::GetProductRequest {
+            sku: "IMP-003".into(),
+        })
+        .await
+        .expect_err("not added");
+    assert_eq!(missing.code(), Code::NotFound);
+    let twice = vec![
+        import_line("IMP-005", "A", 1),
+        import_line("IMP-005", "B", 1),
+    ];
+    let err = client
+        .import_products(app.as_admin(tokio_stream::iter(twice)))
+        .await
+        .expect_err("a SKU twice");
+    assert!(
+        err.message()
+            .contains("[1].product.sku: repeats [0].product.sku"),
+        "{}",
+        err.message()
+    );
+    let too_many: Vec<_> = (0..=shop_inventory::api::MAX_IMPORT)
+        .map(|n| import_line(&format!("BULK-{n}"), "Bulk", 1))
+        .collect();
+    let err = client
+        .import_products(app.as_admin(tokio_stream::iter(too_many)))
+        .await
+        .expect_err("over the limit");
+    assert!(err.message().contains("at most 1000"), "{}", err.message());
+
+    // Admins only.
+    let mut as_customer = Request::new(tokio_stream::iter(vec![import_line("IMP-006", "C", 1)]));
+    bearer(
+        &mut as_customer,
+        "authorization",
+        &app.identity.customer_token(),
+    );
+    let err = client
+        .import_products(as_customer)
+        .await
+        .expect_err("customer");
+    assert_eq!(err.code(), Code::PermissionDenied);
+    app.stop().await;
+}

@@ -169,6 +169,13 @@ impl InventoryService for Inventory {
         Err(Status::unimplemented("not scripted"))
     }
 
+    async fn import_products(
+        &self,
+        _: Request<tonic::Streaming<inv::ImportProductsRequest>>,
+    ) -> Result<Response<inv::ImportProductsResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
     async fn update_product(
         &self,
         _: Request<inv::UpdateProductRequest>,

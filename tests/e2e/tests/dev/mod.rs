@@ -306,3 +306,40 @@ pub async fn curl_at(
     let _ = std::fs::remove_dir_all(&dir);
     reply
 }
+
+/// The demo admin's access token (the admin `make dev` seeds), signed in over REST.
+pub async fn admin_token() -> String {
+    let login = curl(
+        "POST",
+        "/v1/auth:login",
+        None,
+        Some(r#"{"email":"admin@shopmesh.dev","password":"dev-admin-password"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(login.status, 200, "the demo admin signs in: {}", login.body);
+    login.json()["accessToken"]
+        .as_str()
+        .expect("admin token")
+        .to_owned()
+}
+
+/// Runs README lines with bash from the checkout's root, as a person would
+/// (`.dev/keys/tls` is there); their standard output, or a failure showing both
+/// outputs.
+pub async fn run_readme_lines(script: &str) -> String {
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(shop_testkit::workspace_root())
+        .env_remove("PKI")
+        .output()
+        .await
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "README lines failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
