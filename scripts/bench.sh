@@ -54,29 +54,13 @@ cat > docs/benchmarks.md <<REPORT
 Written by \`make bench\` on $(date -u +%Y-%m-%d): $(nproc) cores ($cpu), $(free -g | awk '/Mem:/{print $2}') GiB.
 Release builds of the mesh run as \`make dev\` runs them (throwaway PostgreSQL and tansu broker),
 and the load generator (\`$BENCH report $CONCURRENCY $SECONDS_PER_ROUND $ROUNDS\`, then \`tls-cost\` for section 6,
-the project's own Rust client) shares the same 2 cores over loopback: the figures compare paths
+the project's own Rust client) shares the same $(nproc) cores over loopback: the figures compare paths
 measured in one run; they are not capacity figures for a real deployment.
 
 $report
 
-## Notes
-
-- The first runs of section 1 found that the services accepted gRPC connections without
-  TCP_NODELAY, so a small response could wait for the client's delayed ACK: direct GetProduct
-  measured 4,958 requests/s with a p99 of 44.2 ms; with TCP_NODELAY on every accepted socket
-  (services and gateway) the same command measured 8,016 requests/s with a p99 of 4.8 ms.
-- Commit-to-consumed was 446 ms at p50 and 640 ms at p99: librdkafka's consumer long-polls the
-  broker for up to fetch.wait.max.ms (500 ms) before a fetch returns. With 10 ms it measured
-  43 ms and 217 ms (the p99 includes the overloaded steps of section 3's ladder).
-- The order service used to wait for CommitReservation before answering. It now commits in the
-  background; the OrderConfirmed event commits too, idempotently. p99 at 70% load went from
-  207 ms to 76 ms, and the highest error-free rate went from 206 to 223 orders/s.
-- Still missed: the 2 cores are saturated near 220 orders/s, shared by the load generator, four
-  processes, PostgreSQL and the broker. Each order is about six database transactions across
-  three services, plus two consumer transactions. The user service's idle resident memory
-  (54 MiB, measured when start-up still computed a decoy hash too) is the Argon2id working
-  memory (19 MiB per hash, OWASP minimum) that glibc keeps after hashing; the other processes
-  stay under 20 MiB.
+Every figure above is from this run alone, on the machine named at the top; what earlier changes
+bought, with before and after figures, is in this file's history (\`git log -p docs/benchmarks.md\`).
 REPORT
 echo "wrote docs/benchmarks.md" >&2
 cat docs/benchmarks.md
