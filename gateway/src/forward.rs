@@ -263,7 +263,7 @@ pub async fn read_body(State(gw): State<Arc<Gateway>>, request: Request, next: N
         .extensions()
         .get::<ClientAddress>()
         .map(ClientAddress::bucket);
-    let reserved = match gw
+    let mut reserved = match gw
         .body_bytes
         .take(client.as_deref(), declared.unwrap_or(limit))
     {
@@ -277,6 +277,9 @@ pub async fn read_body(State(gw): State<Arc<Gateway>>, request: Request, next: N
         Ok(Err(_)) => return error(too_large(limit)),
         Ok(Ok(bytes)) => bytes,
     };
+    // A body of no declared length (chunked, HTTP/2, gRPC) was reserved at the
+    // largest allowed: what it did not use goes back now.
+    reserved.shrink_to(bytes.len());
     parts.extensions.insert(BodyReservation {
         _held: Arc::new(reserved),
     });
@@ -415,6 +418,7 @@ async fn client_stream(
         vars,
         parts.uri.query(),
         gw.settings.unknown_query_parameters,
+        gw.settings.max_stream_messages,
     )
     .map_err(|e| RestError::bad_request(&e.field, &e.description))?;
     let (request, timeout) =

@@ -121,6 +121,8 @@ async fn answer_as_grpc(request: Request, next: Next) -> Response {
         .and_then(|e| e["message"].as_str())
         .map_or_else(|| format!("HTTP {}", parts.status), str::to_owned);
     let mut answer = Status::new(code, message).into_http::<Body>();
+    // The route's label and the like, for the metrics layer.
+    answer.extensions_mut().extend(parts.extensions);
     for name in [
         header::RETRY_AFTER,
         header::HeaderName::from_static("x-request-id"),
@@ -139,6 +141,9 @@ pub async fn call(
     parts: http::request::Parts,
     body: Bytes,
 ) -> Response {
+    // The body is the call's now, as a REST body is its message's once transcoded.
+    let mut parts = parts;
+    drop(parts.extensions.remove::<forward::BodyReservation>());
     let limit = gw.settings.max_body_bytes;
     let mut server = tonic::server::Grpc::new(DynamicCodec::for_requests(route.rpc.input()))
         .max_decoding_message_size(limit);
@@ -187,7 +192,13 @@ async fn client_stream(
 ) -> Result<tonic::Response<DynamicMessage>, Status> {
     let (metadata, extensions, mut stream) = request.into_parts();
     let mut messages = Vec::new();
+    let most = gw.settings.max_stream_messages;
     while let Some(message) = stream.message().await? {
+        if messages.len() == most {
+            return Err(Status::invalid_argument(format!(
+                "a stream carries at most {most} messages"
+            )));
+        }
         messages.push(message);
     }
     let headers = metadata.into_headers();

@@ -177,7 +177,7 @@ fn type_schema(field: &FieldDescriptor, refs: &mut BTreeSet<String>) -> Value {
 /// (`transcode` writes default values), a message field only when set.
 fn message_schema(
     message: &MessageDescriptor,
-    path_bound: &BTreeSet<String>,
+    (path_bound, path_given): (&BTreeSet<String>, &BTreeSet<String>),
     answer_only: bool,
     refs: &mut BTreeSet<String>,
 ) -> Value {
@@ -204,7 +204,8 @@ fn message_schema(
         // OUTPUT_ONLY is the service's to set; a path-bound field the path's
         // to give (a test tool then reads no value for another route's path
         // from a body, as schemathesis's link inference did).
-        if bound || contract::field_behaviors(&field).contains(&contract::behavior::OUTPUT_ONLY) {
+        let given = path_given.contains(field.full_name());
+        if given || contract::field_behaviors(&field).contains(&contract::behavior::OUTPUT_ONLY) {
             schema = with_keyword(schema, "readOnly", json!(true));
         }
         properties.insert(field.json_name().to_owned(), schema);
@@ -245,28 +246,34 @@ fn with_keyword(mut schema: Value, keyword: &str, value: Value) -> Value {
 }
 
 /// The fields (`package.Message.field`) that some route fills from its path,
-/// nested ones included (`{book.isbn}` names `Book.isbn`).
-fn path_bound_fields(routes: &[Route]) -> BTreeSet<String> {
-    let mut bound = BTreeSet::new();
+/// nested ones and the messages on the way included (`{book.isbn}` names
+/// `Request.book` and `Book.isbn`); the second set holds only the last field
+/// of each path (`Book.isbn`), the one the path gives whole.
+fn path_bound_fields(routes: &[Route]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let (mut bound, mut given) = (BTreeSet::new(), BTreeSet::new());
     for route in routes {
         for segment in &route.segments {
             let Segment::Variable { field, .. } = segment else {
                 continue;
             };
             let mut message = route.rpc.input();
-            for name in field.split('.') {
+            let mut names = field.split('.').peekable();
+            while let Some(name) = names.next() {
                 let Some(part) = message.get_field_by_name(name) else {
                     break;
                 };
                 bound.insert(part.full_name().to_owned());
                 match part.kind() {
-                    Kind::Message(inner) => message = inner,
-                    _ => break,
+                    Kind::Message(inner) if names.peek().is_some() => message = inner,
+                    _ => {
+                        given.insert(part.full_name().to_owned());
+                        break;
+                    }
                 }
             }
         }
     }
-    bound
+    (bound, given)
 }
 
 /// The field a dotted path (`product.sku`) names in `message`.
@@ -322,7 +329,7 @@ fn status_schema() -> Value {
 
 pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
     let mut refs = BTreeSet::new();
-    let path_bound = path_bound_fields(routes);
+    let (path_bound, path_given) = path_bound_fields(routes);
     let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     for route in routes {
         let rpc = &route.rpc;
@@ -500,7 +507,8 @@ pub fn document(routes: &[Route], public: &BTreeSet<String>) -> Value {
         done.insert(name.clone());
         if let Some(message) = pool.as_ref().and_then(|p| p.get_message_by_name(&name)) {
             let answer_only = !sent.contains(&name);
-            let schema = message_schema(&message, &path_bound, answer_only, &mut refs);
+            let schema =
+                message_schema(&message, (&path_bound, &path_given), answer_only, &mut refs);
             schemas.insert(name, schema);
         }
     }

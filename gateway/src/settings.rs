@@ -29,6 +29,10 @@ pub struct Settings {
     pub public_methods: String,
     /// `MAX_BODY_BYTES`: larger request bodies get 413.
     pub max_body_bytes: usize,
+    /// `MAX_STREAM_MESSAGES`: the most messages one client stream may carry (an
+    /// NDJSON body's lines, or gRPC messages); more are refused with 400 before
+    /// anything is sent, since each costs more memory than its bytes.
+    pub max_stream_messages: usize,
     /// `UNKNOWN_QUERY_PARAMETERS`: `ignore` (the default: a cache-buster or a
     /// tracking tag costs nothing) or `reject` (400 naming the parameter).
     pub unknown_query_parameters: crate::transcode::UnknownQuery,
@@ -115,6 +119,7 @@ impl Default for Settings {
             auth_audience: "shopmesh".into(),
             public_methods: DEFAULT_PUBLIC_METHODS.into(),
             max_body_bytes: 1024 * 1024,
+            max_stream_messages: 1000,
             unknown_query_parameters: crate::transcode::UnknownQuery::default(),
             forward_request_headers: crate::passthrough::DEFAULT_REQUEST_HEADERS.into(),
             forward_response_headers: crate::passthrough::DEFAULT_RESPONSE_HEADERS.into(),
@@ -159,6 +164,12 @@ impl Settings {
         }
         if settings.max_body_bytes == 0 {
             return Err(ConfigError::missing("MAX_BODY_BYTES", "must be at least 1"));
+        }
+        if settings.max_stream_messages == 0 {
+            return Err(ConfigError::missing(
+                "MAX_STREAM_MESSAGES",
+                "must be at least 1",
+            ));
         }
         for (key, list) in [
             ("TRUSTED_PROXIES", &settings.trusted_proxies),

@@ -323,9 +323,20 @@ pub fn build_stream(
     path_vars: &[(String, String)],
     query: Option<&str>,
     unknown_query: UnknownQuery,
+    max_messages: usize,
 ) -> Result<Vec<DynamicMessage>, BadRequest> {
-    body.split(|b| *b == b'\n')
-        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+    let lines = || {
+        body.split(|b| *b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+    };
+    // Counted before any is built: a message costs more memory than its line.
+    if lines().nth(max_messages).is_some() {
+        return Err(bad(
+            format!("[{max_messages}]"),
+            format!("a stream carries at most {max_messages} messages"),
+        ));
+    }
+    lines()
         .enumerate()
         .map(|(index, line)| {
             build_request(route, line, path_vars, query, unknown_query).map_err(|e| BadRequest {
@@ -758,17 +769,21 @@ mod tests {
         assert!(r.rpc.is_client_streaming());
         let body =
             b"{\"sku\":\"TEA-1\",\"name\":\"Teapot\"}\n\n  \n{\"sku\":\"CUP-1\",\"name\":\"Cup\"}";
-        let messages = build_stream(&r, body, &vars, None, UnknownQuery::Ignore).expect("two");
+        let messages = build_stream(&r, body, &vars, None, UnknownQuery::Ignore, 2).expect("two");
         let skus: Vec<_> = messages
             .iter()
             .map(|m| json(m)["product"]["sku"].clone())
             .collect();
         assert_eq!(skus, ["TEA-1", "CUP-1"], "blank lines are no messages");
         let body = b"{\"sku\":\"TEA-1\"}\n{\"sku\":\"CUP-1\",\"stock\":1}\n";
-        let err = build_stream(&r, body, &vars, None, UnknownQuery::Ignore).expect_err("unknown");
+        let err =
+            build_stream(&r, body, &vars, None, UnknownQuery::Ignore, 9).expect_err("unknown");
         assert_eq!(err.field, "[1].product", "the second message: {err:?}");
         assert!(err.description.contains("stock"), "{}", err.description);
-        let none = build_stream(&r, b"", &vars, None, UnknownQuery::Ignore).expect("empty");
+        let none = build_stream(&r, b"", &vars, None, UnknownQuery::Ignore, 9).expect("empty");
         assert!(none.is_empty());
+        let three = b"{}\n{}\n{}\n";
+        let err = build_stream(&r, three, &vars, None, UnknownQuery::Ignore, 2).expect_err("over");
+        assert_eq!(err.field, "[2]", "the first message past the limit");
     }
 }

@@ -476,6 +476,34 @@ async fn http2_is_spoken_with_prior_knowledge_and_a_silent_connection_is_cut() {
             started.elapsed()
         );
     }
+    // The whole preface and its SETTINGS, then no request: the server says
+    // GOAWAY and closes once the connection has been idle as long.
+    let mut stream = connect(gw.port, "127.0.0.4").await;
+    let empty_settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+    stream
+        .write_all(&[&b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..], &empty_settings].concat())
+        .await
+        .expect("send");
+    let started = Instant::now();
+    let mut frames = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut frames)).await;
+    assert!(read.is_ok(), "an idle HTTP/2 connection is closed");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "closed after the 0.5 s idle limit, not {:?}",
+        started.elapsed()
+    );
+    // A GOAWAY frame (type 7) came before the close.
+    let mut at = 0;
+    let mut types = Vec::new();
+    while at + 9 <= frames.len() {
+        let len = usize::from(frames[at]) << 16
+            | usize::from(frames[at + 1]) << 8
+            | usize::from(frames[at + 2]);
+        types.push(frames[at + 3]);
+        at += 9 + len;
+    }
+    assert!(types.contains(&7), "frame types sent: {types:?}");
 }
 
 #[tokio::test]

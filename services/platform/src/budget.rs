@@ -67,6 +67,24 @@ impl SharedBudget {
     }
 }
 
+impl Grant {
+    /// Gives back what this grant holds beyond `units` (a body reserved at its
+    /// largest, then read at its real length).
+    pub fn shrink_to(&mut self, units: usize) {
+        let Some(surplus) = self.units.checked_sub(units).filter(|s| *s > 0) else {
+            return;
+        };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.total -= surplus;
+        if let Some(client) = &self.client
+            && let Some(mine) = held.by_client.get_mut(client)
+        {
+            *mine -= surplus;
+        }
+        self.units = units;
+    }
+}
+
 impl Drop for Grant {
     fn drop(&mut self) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,6 +103,17 @@ impl Drop for Grant {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shrunk_grant_gives_back_its_surplus_at_once() {
+        let budget = SharedBudget::new(100, 10);
+        let mut big = budget.take(Some("a"), 10).expect("the whole share");
+        assert!(budget.take(Some("a"), 1).is_err(), "the share is held");
+        big.shrink_to(3);
+        let more = budget.take(Some("a"), 7).expect("the surplus came back");
+        drop((big, more));
+        assert!(budget.take(Some("a"), 10).is_ok(), "and all of it on drop");
+    }
 
     #[test]
     fn shares_are_bounded_per_client_and_in_all_and_come_back() {

@@ -9,7 +9,8 @@
 //!   closed at once.
 //! - A connection that has not shown its protocol (the TLS handshake, the first
 //!   bytes) within the header timeout is closed; so is an HTTP/1.1 connection
-//!   whose headers take longer (an idle keep-alive connection too).
+//!   whose headers take longer (an idle keep-alive connection too), and an
+//!   HTTP/2 connection with no request open for as long (GOAWAY, then close).
 //! - An HTTP/2 connection holds at most `H2_MAX_STREAMS` requests at once, with
 //!   headers up to `H2_MAX_HEADER_LIST_BYTES`; pings find dead peers.
 //! - Bodies are bounded by the handlers that read them (the gateway's proxy).
@@ -17,17 +18,21 @@
 //! On shutdown the listener closes and open connections finish their requests.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crate::Shutdown;
 use crate::client_address::{Networks, bucket};
 use axum::Router;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::ConnectInfo;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulConnection, Watcher};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
@@ -47,6 +52,9 @@ pub const H2_MAX_STREAMS: u32 = 128;
 /// The largest header block an HTTP/2 request may send (HTTP/1.1's is hyper's
 /// default of 100 headers within its read buffer).
 pub const H2_MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
+/// How long an idle HTTP/2 connection's goodbye (GOAWAY) may take before the
+/// connection is dropped.
+const IDLE_GOODBYE: Duration = Duration::from_secs(1);
 /// An idle HTTP/2 connection is pinged this often, and closed when a ping goes
 /// unanswered as long.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(20);
@@ -97,12 +105,13 @@ pub async fn serve_with_tls(
     tls: Option<TlsAcceptor>,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Every connection's task, so that shutdown can wait for them to finish.
+    let connections_open = tokio_util::task::TaskTracker::new();
     let connections = SharedBudget::new(limits.max_connections, limits.max_connections_per_client);
     let refusals = std::sync::Arc::new(tokio::sync::Semaphore::new(REFUSALS_IN_FLIGHT));
     let protocols = Protocols::new(limits.header_read_timeout);
     loop {
-        let (stream, peer) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             () = shutdown.wait() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -128,26 +137,37 @@ pub async fn serve_with_tls(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (app, protocols, tls, watcher) = (
+        let (app, protocols, tls, shutdown) = (
             app.clone(),
             protocols.clone(),
             tls.clone(),
-            graceful.watcher(),
+            shutdown.clone(),
         );
         let wait = limits.header_read_timeout;
-        tokio::spawn(async move {
+        connections_open.spawn(async move {
             let _grant = grant;
+            let served = Served {
+                peer,
+                app,
+                shutdown,
+                idle_after: wait,
+            };
             match tls {
                 None => {
-                    // Read nothing yet: the bytes stay for whichever protocol serves.
-                    let Ok(sniffed) =
-                        tokio::time::timeout(wait, opens_with_h2_preface(&stream)).await
+                    let Ok(read) = tokio::time::timeout(wait, read_preface(&mut stream)).await
                     else {
                         tracing::debug!(%peer, "no request within the header timeout");
                         return;
                     };
-                    let h2 = sniffed.unwrap_or(false);
-                    protocols.serve(stream, h2, peer, app, watcher).await;
+                    let Ok((h2, head)) = read else {
+                        return;
+                    };
+                    let stream = Replayed {
+                        head,
+                        at: 0,
+                        inner: stream,
+                    };
+                    protocols.serve(stream, h2, served).await;
                 }
                 Some(acceptor) => {
                     let tls = match tokio::time::timeout(wait, acceptor.accept(stream)).await {
@@ -162,14 +182,15 @@ pub async fn serve_with_tls(
                         }
                     };
                     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
-                    protocols.serve(tls, h2, peer, app, watcher).await;
+                    protocols.serve(tls, h2, served).await;
                 }
             }
         });
     }
     drop(listener);
+    connections_open.close();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = connections_open.wait() => {}
         () = tokio::time::sleep(limits.drain_limit) => {
             tracing::warn!("connections still open after the drain limit; stopping without them");
         }
@@ -177,20 +198,155 @@ pub async fn serve_with_tls(
     Ok(())
 }
 
-/// Whether the connection's first bytes are HTTP/2's preface, without reading
-/// them. A partial preface is waited on (it arrives in one packet in practice);
-/// the caller bounds the wait.
-async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
-    let mut seen = [0u8; H2_PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut seen).await?;
-        if n == 0 || seen[..n] != H2_PREFACE[..n] {
-            return Ok(false);
+/// Reads up to HTTP/2's preface: whether the connection opened with it, and the
+/// bytes read, for whichever protocol serves to read again. A client that
+/// stops partway is waited on without polling; the caller bounds the wait.
+async fn read_preface(stream: &mut TcpStream) -> std::io::Result<(bool, Vec<u8>)> {
+    let mut head = vec![0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    while filled < head.len() {
+        let n = stream.read(&mut head[filled..]).await?;
+        if n == 0 {
+            break;
         }
-        if n == H2_PREFACE.len() {
-            return Ok(true);
+        filled += n;
+        if head[..filled] != H2_PREFACE[..filled] {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    head.truncate(filled);
+    Ok((head == H2_PREFACE, head))
+}
+
+/// A connection whose first bytes were read already: they are read again first.
+struct Replayed<S> {
+    head: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Replayed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.head.len() {
+            let n = (self.head.len() - self.at).min(buf.remaining());
+            let at = self.at;
+            buf.put_slice(&self.head[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Replayed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// What serving one connection needs besides its bytes.
+struct Served {
+    peer: SocketAddr,
+    app: Router,
+    shutdown: Shutdown,
+    /// How long an HTTP/2 connection may have no request open.
+    idle_after: Duration,
+}
+
+/// The requests open on one connection (an answer is open until its body is
+/// sent), and a wake-up whenever that changes.
+#[derive(Default)]
+struct Activity {
+    open: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
+        Busy(self.clone())
+    }
+
+    /// Returns once no request has been open for `idle_after`.
+    async fn idle_for(&self, idle_after: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.open.load(Ordering::SeqCst) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(idle_after) => return,
+                () = &mut changed => {}
+            }
+        }
+    }
+}
+
+/// One open request; dropped when its answer's body is done.
+struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
+/// An answer's body, holding its request open until it is sent.
+struct Tracked {
+    body: Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -218,32 +374,73 @@ impl Protocols {
         Self { http1, http2 }
     }
 
-    /// Serves one connection to its end (or until shutdown lets it finish).
-    async fn serve<I>(&self, io: I, h2: bool, peer: SocketAddr, app: Router, watcher: Watcher)
+    /// Serves one connection to its end, or until shutdown (or, for HTTP/2, no
+    /// request open for `idle_after`) lets its open requests finish.
+    async fn serve<I>(&self, io: I, h2: bool, served: Served)
     where
         I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        let Served {
+            peer,
+            app,
+            shutdown,
+            idle_after,
+        } = served;
+        let activity = Arc::new(Activity::default());
+        let requests = activity.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request.map(Body::new))
+            let busy = requests.begin();
+            let call = app.clone().oneshot(request.map(Body::new));
+            async move {
+                let response = call.await?;
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| Tracked { body, _busy: busy }),
+                )
+            }
         });
         let io = TokioIo::new(io);
-        if h2 {
-            finish(watcher, self.http2.serve_connection(io, service), peer).await;
+        let ended = if h2 {
+            let connection = std::pin::pin!(self.http2.serve_connection(io, service));
+            let idle = activity.idle_for(idle_after);
+            drive(connection, |c| c.graceful_shutdown(), &shutdown, idle).await
         } else {
-            finish(watcher, self.http1.serve_connection(io, service), peer).await;
+            // hyper's header timeout closes an idle HTTP/1.1 connection itself.
+            let connection = std::pin::pin!(self.http1.serve_connection(io, service));
+            let never = std::future::pending();
+            drive(connection, |c| c.graceful_shutdown(), &shutdown, never).await
+        };
+        if let Err(err) = ended {
+            tracing::debug!(%peer, error = %err, "connection ended with an error");
         }
     }
 }
 
-async fn finish<C>(watcher: Watcher, connection: C, peer: SocketAddr)
+/// Runs `connection` to its end; on shutdown or when `idle` ends, asks it to
+/// finish what is open and stop (`graceful`), then waits for that: on shutdown
+/// as long as the drain allows, when idle for `IDLE_GOODBYE` at most (HTTP/2's
+/// goodbye waits for the client to answer a ping, which a silent one never does).
+async fn drive<C, E>(
+    mut connection: Pin<&mut C>,
+    graceful: impl FnOnce(Pin<&mut C>),
+    shutdown: &Shutdown,
+    idle: impl std::future::Future<Output = ()>,
+) -> Result<(), E>
 where
-    C: GracefulConnection,
-    C::Error: std::fmt::Display,
+    C: std::future::Future<Output = Result<(), E>>,
 {
-    if let Err(err) = watcher.watch(connection).await {
-        tracing::debug!(%peer, error = %err, "connection ended with an error");
+    let idled = tokio::select! {
+        ended = connection.as_mut() => return ended,
+        () = shutdown.wait() => false,
+        () = idle => true,
+    };
+    graceful(connection.as_mut());
+    if !idled {
+        return connection.await;
     }
+    tokio::time::timeout(IDLE_GOODBYE, connection)
+        .await
+        .unwrap_or(Ok(()))
 }
 
 /// A short 503 on a connection over the limits, then close.

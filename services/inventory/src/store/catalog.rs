@@ -79,22 +79,34 @@ impl Catalog {
     #[tracing::instrument(name = "db products.import", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "import", products = products.len()))]
     pub async fn import(&self, products: Vec<NewProduct>) -> Result<Imported, ApiError> {
         let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
-        let mut imported = Imported::default();
-        for product in products {
+        // Inserted in SKU order, so that two imports of the same SKUs in other
+        // orders wait for each other instead of deadlocking; reported in the
+        // order sent.
+        let mut by_sku: Vec<&NewProduct> = products.iter().collect();
+        by_sku.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let mut created = std::collections::HashSet::new();
+        for product in by_sku {
             let inserted = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
                 "{INSERT_PRODUCT} ON CONFLICT (sku) DO NOTHING RETURNING {PRODUCT_COLUMNS}"
             )));
-            let Some(row) = bind_product(inserted, &product)
+            let Some(row) = bind_product(inserted, product)
                 .fetch_optional(&mut *tx)
                 .await?
             else {
-                imported.existing.push(product.sku);
                 continue;
             };
             self.announce(&mut tx, &row, product.initial_stock).await?;
-            imported.created.push(row.sku);
+            created.insert(row.sku);
         }
         tx.commit().await?;
+        let mut imported = Imported::default();
+        for product in products {
+            if created.contains(&product.sku) {
+                imported.created.push(product.sku);
+            } else {
+                imported.existing.push(product.sku);
+            }
+        }
         if !imported.created.is_empty() {
             self.outbox.notify();
         }
