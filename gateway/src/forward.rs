@@ -257,29 +257,44 @@ pub async fn read_body(State(gw): State<Arc<Gateway>>, request: Request, next: N
     if !has_body {
         return next.run(request).await;
     }
-    // Memory for the body is reserved before it is read: what it declares, or the
-    // largest allowed when it is chunked. Refused at once, never queued.
+    // Memory for the body is reserved before it is read: what it declares, or
+    // (chunked, HTTP/2, gRPC) each chunk as it arrives. Refused at once, never
+    // queued.
     let client = request
         .extensions()
         .get::<ClientAddress>()
         .map(ClientAddress::bucket);
-    let mut reserved = match gw
-        .body_bytes
-        .take(client.as_deref(), declared.unwrap_or(limit))
-    {
+    let mut reserved = match gw.body_bytes.take(client.as_deref(), declared.unwrap_or(0)) {
         Ok(grant) => grant,
         Err(refusal) => return error(body_budget_refused(refusal)),
     };
     let (mut parts, body) = request.into_parts();
     let read_limit = Duration::from_millis(gw.settings.body_read_timeout_ms);
-    let bytes = match tokio::time::timeout(read_limit, axum::body::to_bytes(body, limit)).await {
+    let read = async {
+        if declared.is_some() {
+            return axum::body::to_bytes(body, limit)
+                .await
+                .map_err(|_| too_large(limit));
+        }
+        let mut chunks = body.into_data_stream();
+        let mut collected = bytes::BytesMut::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|_| too_large(limit))?;
+            if collected.len() + chunk.len() > limit {
+                return Err(too_large(limit));
+            }
+            gw.body_bytes
+                .extend(&mut reserved, chunk.len())
+                .map_err(body_budget_refused)?;
+            collected.extend_from_slice(&chunk);
+        }
+        Ok(collected.freeze())
+    };
+    let bytes = match tokio::time::timeout(read_limit, read).await {
         Err(_) => return error(body_too_slow(read_limit)),
-        Ok(Err(_)) => return error(too_large(limit)),
+        Ok(Err(err)) => return error(err),
         Ok(Ok(bytes)) => bytes,
     };
-    // A body of no declared length (chunked, HTTP/2, gRPC) was reserved at the
-    // largest allowed: what it did not use goes back now.
-    reserved.shrink_to(bytes.len());
     parts.extensions.insert(BodyReservation {
         _held: Arc::new(reserved),
     });

@@ -47,6 +47,23 @@ impl SharedBudget {
     /// `units` for `client` (None: counted in the total only, e.g. a trusted proxy
     /// that carries many clients).
     pub fn take(&self, client: Option<&str>, units: usize) -> Result<Grant, Refusal> {
+        self.hold(client, units)?;
+        Ok(Grant {
+            held: self.held.clone(),
+            client: client.map(str::to_owned),
+            units,
+        })
+    }
+
+    /// `more` units for what `grant` holds already (a body whose length was not
+    /// declared, reserved as it arrives); refused as `take` would refuse them.
+    pub fn extend(&self, grant: &mut Grant, more: usize) -> Result<(), Refusal> {
+        self.hold(grant.client.as_deref(), more)?;
+        grant.units += more;
+        Ok(())
+    }
+
+    fn hold(&self, client: Option<&str>, units: usize) -> Result<(), Refusal> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         if held.total + units > self.total {
             return Err(Refusal::Total);
@@ -59,29 +76,7 @@ impl SharedBudget {
             held.by_client.insert(client.to_owned(), mine + units);
         }
         held.total += units;
-        Ok(Grant {
-            held: self.held.clone(),
-            client: client.map(str::to_owned),
-            units,
-        })
-    }
-}
-
-impl Grant {
-    /// Gives back what this grant holds beyond `units` (a body reserved at its
-    /// largest, then read at its real length).
-    pub fn shrink_to(&mut self, units: usize) {
-        let Some(surplus) = self.units.checked_sub(units).filter(|s| *s > 0) else {
-            return;
-        };
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.total -= surplus;
-        if let Some(client) = &self.client
-            && let Some(mine) = held.by_client.get_mut(client)
-        {
-            *mine -= surplus;
-        }
-        self.units = units;
+        Ok(())
     }
 }
 
@@ -105,14 +100,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_shrunk_grant_gives_back_its_surplus_at_once() {
+    fn a_grant_grows_within_the_shares_and_all_of_it_comes_back() {
         let budget = SharedBudget::new(100, 10);
-        let mut big = budget.take(Some("a"), 10).expect("the whole share");
-        assert!(budget.take(Some("a"), 1).is_err(), "the share is held");
-        big.shrink_to(3);
-        let more = budget.take(Some("a"), 7).expect("the surplus came back");
-        drop((big, more));
-        assert!(budget.take(Some("a"), 10).is_ok(), "and all of it on drop");
+        let mut growing = budget.take(Some("a"), 0).expect("nothing yet");
+        budget.extend(&mut growing, 6).expect("within the share");
+        assert_eq!(budget.extend(&mut growing, 5), Err(Refusal::Client));
+        let other = budget
+            .take(Some("a"), 4)
+            .expect("what is left of the share");
+        drop((growing, other));
+        assert!(budget.take(Some("a"), 10).is_ok(), "all of it on drop");
     }
 
     #[test]
