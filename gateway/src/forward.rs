@@ -164,27 +164,11 @@ pub async fn match_route(
                 format!("no RPC {path} at the gateway: it serves the RPCs its REST routes reach"),
             ));
         };
-        let label = RouteLabel(route.template.clone());
         request.extensions_mut().insert(GrpcCall);
-        request.extensions_mut().insert(Matched {
-            route: route.clone(),
-            vars: Vec::new(),
-        });
-        let mut response = next.run(request).await;
-        response.extensions_mut().insert(label);
-        return response;
+        return matched(request, next, route, Vec::new()).await;
     }
     match routes::resolve(&gw.routes, &method, &path) {
-        Resolved::Found(route, vars) => {
-            let label = RouteLabel(route.template.clone());
-            request.extensions_mut().insert(Matched {
-                route: route.clone(),
-                vars,
-            });
-            let mut response = next.run(request).await;
-            response.extensions_mut().insert(label);
-            response
-        }
+        Resolved::Found(route, vars) => matched(request, next, route, vars).await,
         Resolved::WrongMethod(allowed) => {
             let mut err = RestError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -206,6 +190,24 @@ pub async fn match_route(
             format!("no route for {method} {path}"),
         )),
     }
+}
+
+/// Runs the rest of the steps for the request `route` matched, and labels the
+/// answer with the route for the metrics layer.
+async fn matched(
+    mut request: Request,
+    next: Next,
+    route: &Route,
+    vars: Vec<(String, String)>,
+) -> Response {
+    let label = RouteLabel(route.template.clone());
+    request.extensions_mut().insert(Matched {
+        route: route.clone(),
+        vars,
+    });
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(label);
+    response
 }
 
 pub async fn authenticate(

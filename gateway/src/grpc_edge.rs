@@ -46,17 +46,18 @@ pub type GrpcApi = tonic_web::GrpcWebService<axum::Router>;
 /// A gRPC request, or a gRPC-Web one (`application/grpc-web`, `-web+proto`,
 /// `-web-text`…): its content type says so.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc"))
+    content_type_starts(headers, "application/grpc")
 }
 
 fn is_grpc_web(headers: &HeaderMap) -> bool {
+    content_type_starts(headers, "application/grpc-web")
+}
+
+fn content_type_starts(headers: &HeaderMap, prefix: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/grpc-web"))
+        .is_some_and(|v| v.starts_with(prefix))
 }
 
 /// The annotated RPCs by gRPC path (`/shop.user.v1.UserService/Login`), each
@@ -173,8 +174,7 @@ async fn unary(
     request: tonic::Request<DynamicMessage>,
 ) -> Result<tonic::Response<DynamicMessage>, Status> {
     let (metadata, extensions, message) = request.into_parts();
-    let headers = metadata.into_headers();
-    let (call, timeout) = forward::backend_request(gw, &headers, &extensions, message, false);
+    let (call, timeout, headers) = onward(gw, metadata, &extensions, message, false);
     // Safe to send again only when the backend deduplicates it.
     let repeatable = headers.contains_key("idempotency-key");
     let response = forward::call_unary(gw, route, call, repeatable, timeout)
@@ -201,8 +201,7 @@ async fn client_stream(
         }
         messages.push(message);
     }
-    let headers = metadata.into_headers();
-    let (call, timeout) = forward::backend_request(gw, &headers, &extensions, messages, false);
+    let (call, timeout, _) = onward(gw, metadata, &extensions, messages, false);
     let response = forward::call_client_stream(gw, route, call, timeout)
         .await
         .map_err(to_client)?;
@@ -218,8 +217,7 @@ async fn server_stream(
     request: tonic::Request<DynamicMessage>,
 ) -> Result<tonic::Response<MessageStream>, Status> {
     let (metadata, extensions, message) = request.into_parts();
-    let headers = metadata.into_headers();
-    let (call, timeout) = forward::backend_request(gw, &headers, &extensions, message, true);
+    let (call, timeout, _) = onward(gw, metadata, &extensions, message, true);
     let response = forward::open_stream(gw, route, call, timeout)
         .await
         .map_err(to_client)?;
@@ -229,6 +227,20 @@ async fn server_stream(
         .map(|item| item.map_err(to_client))
         .boxed();
     Ok(answer(gw, &metadata, stream))
+}
+
+/// The backend call carrying `message` for a client's call with `metadata`
+/// (`forward::backend_request`), its time limit, and the client's headers.
+fn onward<T>(
+    gw: &Gateway,
+    metadata: MetadataMap,
+    extensions: &http::Extensions,
+    message: T,
+    streaming: bool,
+) -> (tonic::Request<T>, std::time::Duration, HeaderMap) {
+    let headers = metadata.into_headers();
+    let (call, timeout) = forward::backend_request(gw, &headers, extensions, message, streaming);
+    (call, timeout, headers)
 }
 
 /// `message` with the backend's answer metadata that `FORWARD_RESPONSE_HEADERS`
