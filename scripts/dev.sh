@@ -43,9 +43,8 @@ export BIND_HOST=${BIND_HOST:-127.0.0.1}
 # Every copy shares rate limits and revoked tokens through this Redis.
 export REDIS_URL
 export RUST_LOG=${RUST_LOG:-info}
-AUTH_PUBLIC_KEY=$(cat "$DEV/keys/auth.pub")
 SERVICE_PUBLIC_KEY=$(cat "$DEV/keys/service.pub")
-export AUTH_PUBLIC_KEY SERVICE_PUBLIC_KEY
+export SERVICE_PUBLIC_KEY
 ADMIN_EMAIL=${BOOTSTRAP_ADMIN_EMAIL:-admin@shopmesh.dev}
 ADMIN_PASSWORD=${BOOTSTRAP_ADMIN_PASSWORD:-dev-admin-password}
 
@@ -98,9 +97,12 @@ addresses() { # base-port -> https://127.0.0.1:p,... for every copy
 # several meshes on one broker keep each mesh's groups apart).
 GROUP_SUFFIX=${KAFKA_GROUP_SUFFIX:-}
 PEERS="USER_SERVICE_ADDR=$(addresses "$USER_GRPC_PORT") INVENTORY_SERVICE_ADDR=$(addresses "$INVENTORY_GRPC_PORT")"
+# Every verifier but the user service fetches the access token keys it publishes.
+export AUTH_KEYS_ADDR
+AUTH_KEYS_ADDR=$(addresses "$USER_GRPC_PORT")
 
 for ((k = 0; k < REPLICAS; k++)); do
-    env $(tls user-service) DATABASE_URL=$(db_url shop_user) \
+    env -u AUTH_KEYS_ADDR $(tls user-service) DATABASE_URL=$(db_url shop_user) \
         GRPC_PORT=$((USER_GRPC_PORT + 10 * k)) ADMIN_PORT=$((USER_ADMIN_PORT + 10 * k)) \
         AUTH_PRIVATE_KEY="$(cat "$DEV/keys/auth.key")" \
         EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-user.key")" EVENT_PUBLIC_KEYS="$ORDER_EVENTS_PUBLIC_KEY" \
@@ -123,7 +125,7 @@ for ((k = 0; k < REPLICAS; k++)); do
         "$BIN/order-service" &
     pids+=($!)
 
-    env $(tls gateway) $PEERS AUTH_PUBLIC_KEY="$AUTH_PUBLIC_KEY" HTTP_PORT=$((GATEWAY_PORT + k)) \
+    env $(tls gateway) $PEERS HTTP_PORT=$((GATEWAY_PORT + k)) \
         ORDER_SERVICE_ADDR=$(addresses "$ORDER_GRPC_PORT") CORS_ALLOWED_ORIGINS="${CORS_ALLOWED_ORIGINS:-*}" \
         "$BIN/gateway" &
     pids+=($!)

@@ -16,6 +16,7 @@ use axum::response::{Html, IntoResponse};
 use axum::routing::get;
 use prost_reflect::DescriptorPool;
 use shop_platform::Shutdown;
+use shop_platform::access_keys::TokenKeys;
 use shop_platform::auth::Authenticator;
 use shop_platform::budget::SharedBudget;
 use shop_platform::client_address::Networks;
@@ -55,13 +56,6 @@ impl Application {
         let routes =
             routes::from_descriptors(&pool).map_err(|e| anyhow::anyhow!("google.api.http: {e}"))?;
         let shared_store = SharedStore::from_url(settings.redis_url.expose())?;
-        let auth = Authenticator::new(
-            settings.auth_public_key.expose(),
-            &settings.auth_issuer,
-            &settings.auth_audience,
-            None,
-        )?
-        .with_revocations(Revocations::follow(shared_store.clone()));
         let public: BTreeSet<String> = settings
             .public_methods
             .split(',')
@@ -74,6 +68,22 @@ impl Application {
             &settings.tls_key_file,
             &settings.tls_ca_file,
         )?;
+        let resolve_every = Duration::from_millis(settings.peer_resolve_every_ms);
+        let user_keys = TokenKeys::from_settings(
+            &settings.auth_public_key,
+            &settings.auth_keys_addr,
+            settings.auth_keys_refresh_secs,
+            tls.as_ref(),
+            resolve_every,
+        )
+        .await?;
+        let auth = Authenticator::new(
+            user_keys,
+            &settings.auth_issuer,
+            &settings.auth_audience,
+            None,
+        )?
+        .with_revocations(Revocations::follow(shared_store.clone()));
         let mut backends = BTreeMap::new();
         for (package, addr) in [
             ("shop.user", &settings.user_service_addr),
@@ -81,8 +91,7 @@ impl Application {
             ("shop.order", &settings.order_service_addr),
         ] {
             let dial = || async {
-                let every = Duration::from_millis(settings.peer_resolve_every_ms);
-                shop_platform::grpc::channel_every(addr, connect, every, tls.as_ref())
+                shop_platform::grpc::channel_every(addr, connect, resolve_every, tls.as_ref())
                     .await
                     .with_context(|| format!("backend address for {package}: {addr}"))
             };
@@ -143,6 +152,10 @@ impl Application {
                     settings.max_inflight_body_bytes,
                     settings.max_inflight_body_bytes_per_client,
                 ),
+                requests_in_flight: SharedBudget::new(
+                    settings.max_inflight_requests,
+                    settings.max_inflight_requests_per_client,
+                ),
                 openapi,
                 settings,
             }),
@@ -179,6 +192,10 @@ impl Application {
             .fallback_service(api)
             // Every path, own or not: layers.rs.
             .layer(layers::compression())
+            .layer(from_fn_with_state(
+                gw.clone(),
+                layers::limit_requests_in_flight,
+            ))
             .layer(from_fn_with_state(gw.clone(), layers::limit_rate_by_client))
             .layer(middleware::from_fn(layers::record_metrics))
             .layer(from_fn_with_state(gw.clone(), layers::resolve_client));
@@ -321,18 +338,22 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> impl IntoResponse {
         Some(_) => "unreachable (limits decided by this copy alone)",
     };
     let draining = gw.draining.load(Ordering::Relaxed);
-    let code = if draining {
-        StatusCode::SERVICE_UNAVAILABLE
-    } else {
+    // A copy that cannot verify a token yet takes no traffic.
+    let keys_held = gw.auth.user_keys().are_held();
+    let ready = !draining && keys_held;
+    let code = if ready {
         StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
     };
     (
         code,
         axum::Json(serde_json::json!({
-            "ready": !draining,
+            "ready": ready,
             "draining": draining,
             "backends": report,
             "shared_store": shared_store,
+            "access_token_keys": if keys_held { "held" } else { "not fetched yet" },
         })),
     )
 }

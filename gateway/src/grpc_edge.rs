@@ -53,7 +53,7 @@ fn is_grpc_web(headers: &HeaderMap) -> bool {
     content_type_starts(headers, "application/grpc-web")
 }
 
-fn content_type_starts(headers: &HeaderMap, prefix: &str) -> bool {
+pub(crate) fn content_type_starts(headers: &HeaderMap, prefix: &str) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

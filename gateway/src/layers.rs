@@ -24,6 +24,8 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt as _;
+use shop_platform::budget::Refusal;
 use shop_platform::client_address::{bucket, forwarded_for};
 use shop_platform::metrics::{HttpLabels, OTHER_LABEL, metrics};
 use tonic::Code;
@@ -92,6 +94,25 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// For a gRPC or gRPC-Web answer, whose HTTP status is 200 whatever became of
+/// the call, the HTTP status its gRPC code maps to in the error table, so that
+/// the same error-rate alerts cover REST and gRPC at the edge. A code sent in
+/// headers (a trailers-only answer: every refusal and error before a message)
+/// counts; one in trailers after messages is not seen here, so it counts as OK.
+fn grpc_outcome(response: &Response) -> Option<u16> {
+    let grpc = crate::grpc_edge::content_type_starts(response.headers(), "application/grpc");
+    if !grpc || response.status() != StatusCode::OK {
+        return None;
+    }
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(0);
+    Some(shop_platform::error::http_status(Code::from_i32(code)))
+}
+
 pub async fn record_metrics(request: Request<Body>, next: Next) -> Response {
     let started = Instant::now();
     let method = method_label(request.method());
@@ -109,7 +130,7 @@ pub async fn record_metrics(request: Request<Body>, next: Next) -> Response {
     let labels = HttpLabels {
         method,
         route,
-        status: response.status().as_u16(),
+        status: grpc_outcome(&response).unwrap_or_else(|| response.status().as_u16()),
     };
     metrics().http.record(&labels, started.elapsed());
     response
@@ -129,6 +150,51 @@ pub async fn limit_rate_by_client(
         return too_many(seconds, "client").into_response();
     }
     next.run(request).await
+}
+
+/// Holds one of the client's `MAX_INFLIGHT_REQUESTS_PER_CLIENT` for as long as
+/// its request is answered (a stream until its last byte), so that HTTP/2's many
+/// streams per connection cannot multiply what one client holds.
+pub async fn limit_requests_in_flight(
+    State(gw): State<Arc<Gateway>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(client) = request.extensions().get::<ClientAddress>().copied() else {
+        return next.run(request).await;
+    };
+    if PROBE_PATHS.contains(&request.uri().path()) && gw.probe_networks.contains(client.peer) {
+        return next.run(request).await;
+    }
+    let grant = match gw.requests_in_flight.take(Some(&client.bucket()), 1) {
+        Ok(grant) => grant,
+        Err(refusal) => {
+            let (status, why) = match refusal {
+                Refusal::Client => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    format!(
+                        "this client has {} requests in flight, the most it may; retry when one finishes",
+                        gw.settings.max_inflight_requests_per_client
+                    ),
+                ),
+                Refusal::Total => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the gateway is answering as many requests as it may; retry shortly".to_owned(),
+                ),
+            };
+            let mut err = RestError::new(status, Code::ResourceExhausted, why);
+            err.retry_after = Some(1);
+            return err.into_response();
+        }
+    };
+    let response = next.run(request).await;
+    // The grant goes with the body: given back when the body is done or dropped.
+    response.map(|body| {
+        Body::new(body.map_frame(move |frame| {
+            let _held = &grant;
+            frame
+        }))
+    })
 }
 
 pub fn too_many(seconds: u64, who: &str) -> RestError {

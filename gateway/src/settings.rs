@@ -9,6 +9,7 @@ pub const HTTP_PORT: u16 = 8080;
 /// The RPCs anyone may call without a token (the authorization table in docs/design.md); every other
 /// annotated RPC needs one, including ones added later.
 pub const DEFAULT_PUBLIC_METHODS: &str = "shop.user.v1.UserService/Register,shop.user.v1.UserService/Login,\
+shop.user.v1.UserService/ListAccessTokenKeys,\
 shop.inventory.v1.InventoryService/GetProduct,shop.inventory.v1.InventoryService/ListProducts";
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -21,7 +22,12 @@ pub struct Settings {
     pub user_service_addr: String,
     pub inventory_service_addr: String,
     pub order_service_addr: String,
-    /// `AUTH_PUBLIC_KEY`, `AUTH_ISSUER`, `AUTH_AUDIENCE`: how access tokens are checked at the edge.
+    /// `AUTH_KEYS_ADDR`: the user service's gRPC address, whose published keys
+    /// (`ListAccessTokenKeys`) verify access tokens, fetched again every
+    /// `AUTH_KEYS_REFRESH_SECS`; or `AUTH_PUBLIC_KEY` to pin keys (PEM blocks)
+    /// instead. `AUTH_ISSUER`, `AUTH_AUDIENCE`: what tokens must say.
+    pub auth_keys_addr: String,
+    pub auth_keys_refresh_secs: u64,
     pub auth_public_key: Secret,
     pub auth_issuer: String,
     pub auth_audience: String,
@@ -95,6 +101,11 @@ pub struct Settings {
     /// bytes held at once in all (503 past it) and for one client (429 past it).
     pub max_inflight_body_bytes: usize,
     pub max_inflight_body_bytes_per_client: usize,
+    /// `MAX_INFLIGHT_REQUESTS` / `MAX_INFLIGHT_REQUESTS_PER_CLIENT`: requests being
+    /// answered at once (a stream until it ends) in all (503 past it) and for one
+    /// client (429 past it), however many connections and HTTP/2 streams carry them.
+    pub max_inflight_requests: usize,
+    pub max_inflight_requests_per_client: usize,
     /// `PEER_RESOLVE_EVERY_MS`: how often the backends' names are looked up again.
     pub peer_resolve_every_ms: u64,
     /// `REDIS_URL`: the Redis that every gateway copy shares its rate limits and the
@@ -114,6 +125,8 @@ impl Default for Settings {
             user_service_addr: "http://127.0.0.1:50051".into(),
             inventory_service_addr: "http://127.0.0.1:50052".into(),
             order_service_addr: "http://127.0.0.1:50053".into(),
+            auth_keys_addr: String::new(),
+            auth_keys_refresh_secs: shop_platform::access_keys::DEFAULT_REFRESH_SECS,
             auth_public_key: Secret::default(),
             auth_issuer: "shopmesh-user-service".into(),
             auth_audience: "shopmesh".into(),
@@ -143,6 +156,8 @@ impl Default for Settings {
             max_connections_per_client: 128,
             max_inflight_body_bytes: 32 * 1024 * 1024,
             max_inflight_body_bytes_per_client: 4 * 1024 * 1024,
+            max_inflight_requests: 8_192,
+            max_inflight_requests_per_client: 256,
             peer_resolve_every_ms: shop_platform::grpc::RESOLVE_EVERY.as_millis() as u64,
             redis_url: Secret::default(),
             drain_delay_ms: 0,
@@ -153,9 +168,6 @@ impl Default for Settings {
 impl Settings {
     pub fn load() -> Result<Self, ConfigError> {
         let settings: Self = config::load(&Self::default())?;
-        if settings.auth_public_key.is_empty() {
-            return Err(ConfigError::missing("AUTH_PUBLIC_KEY", "must be set (PEM)"));
-        }
         if settings.edge_tls_cert_file.is_empty() != settings.edge_tls_key_file.is_empty() {
             return Err(ConfigError::missing(
                 "EDGE_TLS_KEY_FILE",
@@ -203,6 +215,14 @@ impl Settings {
             return Err(ConfigError::missing(
                 "MAX_INFLIGHT_BODY_BYTES_PER_CLIENT",
                 "must lie between MAX_BODY_BYTES and MAX_INFLIGHT_BODY_BYTES",
+            ));
+        }
+        if settings.max_inflight_requests_per_client == 0
+            || settings.max_inflight_requests < settings.max_inflight_requests_per_client
+        {
+            return Err(ConfigError::missing(
+                "MAX_INFLIGHT_REQUESTS_PER_CLIENT",
+                "must lie between 1 and MAX_INFLIGHT_REQUESTS",
             ));
         }
         if settings.max_connections_per_client == 0

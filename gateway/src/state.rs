@@ -46,6 +46,8 @@ pub struct Gateway {
     pub(crate) trusted_trace_sources: Networks,
     /// Request body bytes held in memory, in all and per client.
     pub(crate) body_bytes: SharedBudget,
+    /// Requests being answered, in all and per client (one unit each).
+    pub(crate) requests_in_flight: SharedBudget,
     pub(crate) openapi: serde_json::Value,
     pub(crate) settings: Settings,
 }

@@ -200,6 +200,48 @@ async fn stalled_uploads_are_cut_off_with_408_and_memory_comes_back() {
 }
 
 #[tokio::test]
+async fn a_client_holds_at_most_its_share_of_requests_in_flight() {
+    let gw = start(|s| {
+        s.max_inflight_requests_per_client = 2;
+        s.body_read_timeout_ms = 30_000;
+    })
+    .await;
+    // Two uploads that never finish their bodies hold both of this client's places
+    // (on HTTP/2 they could be two streams of one connection: the count is the same).
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect(gw.port, "127.0.0.7").await;
+        let head = "POST /v1/users HTTP/1.1\r\nhost: gateway\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{";
+        stream.write_all(head.as_bytes()).await.expect("headers");
+        held.push(stream);
+    }
+    let refused = shop_testkit::eventually(Duration::from_secs(5), || async {
+        let reply = request(gw.port, "127.0.0.7", "GET", "/openapi.json", &[]).await;
+        (reply.status == 429).then_some(reply)
+    })
+    .await
+    .expect("a third request from that client is refused");
+    assert!(
+        refused.body.contains("2 requests in flight"),
+        "{}",
+        refused.body
+    );
+    assert!(refused.head.contains("retry-after: 1"), "{}", refused.head);
+    // Another client is not held back.
+    let other = request(gw.port, "127.0.0.8", "GET", "/openapi.json", &[]).await;
+    assert_eq!(other.status, 200);
+    // Once the two end, their places come back.
+    drop(held);
+    let served = shop_testkit::eventually(Duration::from_secs(5), || async {
+        let reply = request(gw.port, "127.0.0.7", "GET", "/openapi.json", &[]).await;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+    assert!(served.is_some(), "the places were given back");
+    gw.shutdown.trigger();
+}
+
+#[tokio::test]
 async fn connections_past_the_cap_are_refused_and_slow_headers_are_cut() {
     let gw = start(|s| {
         s.header_read_timeout_ms = 1_500;

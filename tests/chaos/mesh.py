@@ -269,7 +269,9 @@ class NativeMesh(Mesh):
         env = {
             "PATH": os.environ["PATH"], "RUST_LOG": os.environ.get("CHAOS_RUST_LOG", "warn"),
             "BIND_HOST": "127.0.0.1",
-            "KAFKA_BROKERS": self.brokers, "AUTH_PUBLIC_KEY": key("auth.pub"),
+            "KAFKA_BROKERS": self.brokers,
+            # Every verifier but the user service fetches the keys it publishes.
+            "AUTH_KEYS_ADDR": "" if name == "user" else self.addresses("user"),
             "SERVICE_PUBLIC_KEY": key("service.pub"),
             "DRAIN_DELAY_MS": "300",
             "KAFKA_ONE_RECORD_PER_BATCH": os.environ.get("KAFKA_ONE_RECORD_PER_BATCH", "false"),

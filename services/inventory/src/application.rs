@@ -49,7 +49,8 @@ pub(crate) async fn connect(settings: &Settings) -> anyhow::Result<sqlx::PgPool>
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let auth = Authenticator::from_settings(&settings.service)?;
+        let auth = Authenticator::from_settings(&settings.service).await?;
+        let user_keys = auth.user_keys().clone();
         let pool = connect(&settings).await?;
 
         let outbox = OutboxSignal::default();
@@ -79,7 +80,8 @@ impl Application {
             outbox,
             topics,
         )
-        .await?;
+        .await?
+        .serving_once_keys_are_held(user_keys);
         let order_events_owner = EventVerifier::from_settings(&settings.service)?;
         Ok(Self {
             runtime,

@@ -47,7 +47,8 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let auth = Authenticator::from_settings(&settings.service)?;
+        let auth = Authenticator::from_settings(&settings.service).await?;
+        let user_keys = auth.user_keys().clone();
         let signer = TokenSigner::for_service(settings.service.service_private_key.expose())?;
         let service = &settings.service;
         let saga = settings.saga.clone();
@@ -97,7 +98,8 @@ impl Application {
             outbox,
             vec![EVENTS_TOPIC.to_owned()],
         )
-        .await?;
+        .await?
+        .serving_once_keys_are_held(user_keys);
         Ok(Self {
             runtime,
             api,

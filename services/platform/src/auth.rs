@@ -1,7 +1,8 @@
 //! Access tokens and service identity.
 //!
 //! User access tokens are EdDSA JWTs signed by the user service and checked
-//! everywhere for signature, issuer, audience and expiry. A service proves who it
+//! everywhere for signature (by the key their `kid` names, from the set the user
+//! service publishes: platform::access_keys), issuer, audience and expiry. A service proves who it
 //! is with its own short-lived token (key held by services only) in the
 //! `x-service-authorization` header; the end user's token travels alongside in
 //! `authorization` for audit.
@@ -15,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
+use crate::access_keys::{KeyMissing, TokenKeys};
 use crate::config::{ConfigError, Secret, ServiceSettings};
 use crate::error::ApiError;
 use crate::revocation::Revocations;
@@ -104,7 +106,8 @@ impl Caller {
 /// Checks the tokens on incoming calls.
 #[derive(Clone)]
 pub struct Authenticator {
-    user_key: DecodingKey,
+    /// The keys that verify user access tokens, by key id.
+    user_keys: TokenKeys,
     user_validation: Validation,
     /// The keys that sign service tokens, by key id (two while one rotates).
     service_keys: Option<HashMap<String, DecodingKey>>,
@@ -147,20 +150,14 @@ fn validation(issuer: &str, audience: &str) -> Validation {
 
 impl Authenticator {
     pub fn new(
-        user_public_pem: &str,
+        user_keys: TokenKeys,
         issuer: &str,
         audience: &str,
         service_public_pem: Option<&str>,
     ) -> Result<Self, ConfigError> {
-        let user_key = DecodingKey::from_ed_pem(user_public_pem.as_bytes()).map_err(|e| {
-            ConfigError::missing(
-                "AUTH_PUBLIC_KEY",
-                &format!("not an Ed25519 public key PEM: {e}"),
-            )
-        })?;
         let service_keys = service_public_pem.map(service_keys).transpose()?;
         Ok(Self {
-            user_key,
+            user_keys,
             user_validation: validation(issuer, audience),
             service_keys,
             service_validation: validation(SERVICE_ISSUER, SERVICE_AUDIENCE),
@@ -180,35 +177,45 @@ impl Authenticator {
         self.revocations.as_ref()
     }
 
-    /// The verifier that the common settings describe (`AUTH_PUBLIC_KEY`,
-    /// `SERVICE_PUBLIC_KEY` when this service accepts calls from other services),
-    /// refusing revoked tokens: those shared in `REDIS_URL`'s store, or with no
-    /// store, those revoked in this process. Call within the runtime: following
-    /// the store is a task.
-    pub fn from_settings(settings: &ServiceSettings) -> Result<Self, ConfigError> {
+    /// The verifier that the common settings describe (access token keys pinned by
+    /// `AUTH_PUBLIC_KEY` or fetched from `AUTH_KEYS_ADDR`; `SERVICE_PUBLIC_KEY` when
+    /// this service accepts calls from other services), refusing revoked tokens:
+    /// those shared in `REDIS_URL`'s store, or with no store, those revoked in this
+    /// process. Call within the runtime: fetching keys and following the store are tasks.
+    pub async fn from_settings(settings: &ServiceSettings) -> Result<Self, ConfigError> {
+        let user_keys = TokenKeys::from_settings(
+            &settings.auth_public_key,
+            &settings.auth_keys_addr,
+            settings.auth_keys_refresh_secs,
+            crate::tls::TlsFiles::from_settings(settings)?.as_ref(),
+            Duration::from_millis(settings.peer_resolve_every_ms),
+        )
+        .await?;
         let store = SharedStore::from_url(settings.redis_url.expose())?;
-        Self::from_settings_sharing(settings, store)
+        Self::from_settings_sharing(settings, user_keys, store)
     }
 
-    /// `from_settings`, following the revocations in a store the caller shares.
+    /// The verifier of `from_settings` with the user keys given, following the
+    /// revocations in a store the caller shares (the user service: it holds the
+    /// keys itself).
     pub fn from_settings_sharing(
         settings: &ServiceSettings,
+        user_keys: TokenKeys,
         store: Option<Arc<SharedStore>>,
     ) -> Result<Self, ConfigError> {
-        Ok(Self::from_keys(settings)?.with_revocations(Revocations::follow(store)))
-    }
-
-    fn from_keys(settings: &ServiceSettings) -> Result<Self, ConfigError> {
-        if settings.auth_public_key.is_empty() {
-            return Err(ConfigError::missing("AUTH_PUBLIC_KEY", "must be set (PEM)"));
-        }
         let service_key = Some(settings.service_public_key.expose()).filter(|k| !k.is_empty());
-        Self::new(
-            settings.auth_public_key.expose(),
+        Ok(Self::new(
+            user_keys,
             &settings.auth_issuer,
             &settings.auth_audience,
             service_key,
-        )
+        )?
+        .with_revocations(Revocations::follow(store)))
+    }
+
+    /// The keys this verifier checks access tokens with.
+    pub fn user_keys(&self) -> &TokenKeys {
+        &self.user_keys
     }
 
     /// Reads `authorization` and `x-service-authorization`. No token is an anonymous
@@ -216,7 +223,7 @@ impl Authenticator {
     pub fn caller(&self, metadata: &MetadataMap) -> Result<Caller, ApiError> {
         let mut caller = Caller::default();
         if let Some(token) = bearer(metadata, "authorization")? {
-            let claims = decode(token, &self.user_key, &self.user_validation, "access token")?;
+            let claims = self.verify_user_token(token)?;
             let user_id = Uuid::parse_str(&claims.sub).map_err(|_| {
                 ApiError::Unauthenticated("access token subject is not a user id".into())
             })?;
@@ -267,6 +274,36 @@ impl Authenticator {
     }
 }
 
+impl Authenticator {
+    /// An access token's claims, checked with the key its header names.
+    fn verify_user_token(&self, token: &str) -> Result<Claims, ApiError> {
+        let kid = jsonwebtoken::decode_header(token)
+            .map_err(|_| ApiError::Unauthenticated("access token is malformed".into()))?
+            .kid
+            .ok_or_else(|| ApiError::Unauthenticated("access token names no key (kid)".into()))?;
+        let verify = |key: &DecodingKey| decode(token, key, &self.user_validation, "access token");
+        match self.user_keys.with_key(&kid, verify) {
+            Ok(claims) => claims,
+            Err(KeyMissing::Unknown) => Err(ApiError::Unauthenticated(format!(
+                "access token is signed by key {}, which the user service does not publish",
+                printable_key_id(&kid)
+            ))),
+            Err(KeyMissing::NotFetchedYet) => Err(ApiError::Unavailable(
+                "the keys that verify access tokens have not been fetched from the user service yet; retry shortly".into(),
+            )),
+        }
+    }
+}
+
+/// A token's `kid` as an error may repeat it: the id if it looks like one.
+fn printable_key_id(kid: &str) -> &str {
+    let readable = kid.len() <= 64
+        && kid
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if readable { kid } else { "(an unreadable id)" }
+}
+
 fn bearer<'a>(metadata: &'a MetadataMap, header: &str) -> Result<Option<&'a str>, ApiError> {
     let Some(value) = metadata.get(header) else {
         return Ok(None);
@@ -312,6 +349,8 @@ pub struct TokenSigner {
     key: EncodingKey,
     /// The key's id, written as `kid` in every token's header.
     key_id: String,
+    /// The public half, which verifies what this signs.
+    public: ed25519_dalek::VerifyingKey,
     issuer: String,
     audience: String,
 }
@@ -345,19 +384,26 @@ impl TokenSigner {
                 &format!("not an Ed25519 PKCS#8 private key PEM: {e}"),
             )
         })?;
-        let key_id = {
+        let public = {
             use ed25519_dalek::pkcs8::DecodePrivateKey as _;
-            let signing = ed25519_dalek::SigningKey::from_pkcs8_pem(private_pem).map_err(|_| {
-                ConfigError::missing(key_name, "not an Ed25519 PKCS#8 private key PEM")
-            })?;
-            crate::event_signature::key_id(&signing.verifying_key())
+            ed25519_dalek::SigningKey::from_pkcs8_pem(private_pem)
+                .map_err(|_| {
+                    ConfigError::missing(key_name, "not an Ed25519 PKCS#8 private key PEM")
+                })?
+                .verifying_key()
         };
         Ok(Self {
             key,
-            key_id,
+            key_id: crate::event_signature::key_id(&public),
+            public,
             issuer: issuer.into(),
             audience: audience.into(),
         })
+    }
+
+    /// The public key that verifies this signer's tokens.
+    pub fn verifying_key(&self) -> ed25519_dalek::VerifyingKey {
+        self.public
     }
 
     /// A signer for this service's identity tokens.
@@ -468,7 +514,8 @@ mod tests {
     fn round_trip_and_rejections() {
         let (private, public) = generate_keypair();
         let signer = TokenSigner::new(private.expose(), "iss", "aud", "K").expect("signer");
-        let auth = Authenticator::new(&public, "iss", "aud", None).expect("auth");
+        let keys = TokenKeys::from_pems(&public, "K").expect("keys");
+        let auth = Authenticator::new(keys, "iss", "aud", None).expect("auth");
         let id = Uuid::now_v7();
         let (token, _) = signer
             .sign(&id.to_string(), Some(Role::Admin), Duration::from_secs(60))
@@ -487,14 +534,38 @@ mod tests {
         let err = auth.caller(&md(&token)).expect_err("wrong audience");
         assert!(err.to_string().contains("audience"), "{err}");
 
-        // forged: signed with another key
+        // signed by a key that is not published
         let (forger, _) = generate_keypair();
         let forged = TokenSigner::new(forger.expose(), "iss", "aud", "K").expect("signer");
         let (token, _) = forged
             .sign(&id.to_string(), Some(Role::Admin), Duration::from_secs(60))
             .expect("sign");
+        let err = auth.caller(&md(&token)).expect_err("unknown key");
+        assert!(err.to_string().contains("does not publish"), "{err}");
+
+        // forged: another key's signature under the trusted key's id
+        let claims = Claims {
+            iss: "iss".into(),
+            sub: id.to_string(),
+            aud: "aud".into(),
+            exp: now_secs() + 60,
+            iat: now_secs(),
+            jti: "forged".into(),
+            role: Some(Role::Admin),
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(signer.key_id.clone());
+        let key = EncodingKey::from_ed_pem(forger.expose().as_bytes()).expect("key");
+        let token = jsonwebtoken::encode(&header, &claims, &key).expect("jwt");
         let err = auth.caller(&md(&token)).expect_err("forged");
-        assert!(err.to_string().contains("signature"), "{err}");
+        assert!(err.to_string().contains("signature is invalid"), "{err}");
+
+        // no key id
+        let key = EncodingKey::from_ed_pem(private.expose().as_bytes()).expect("key");
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).expect("jwt");
+        let err = auth.caller(&md(&token)).expect_err("no kid");
+        assert!(err.to_string().contains("names no key"), "{err}");
 
         // alg none
         let header = base64_url(r#"{"alg":"none","typ":"JWT"}"#);
@@ -524,7 +595,8 @@ mod tests {
         let (new_private, new_public) = generate_keypair();
         // While a key rotates, both public keys are trusted.
         let both = format!("{old_public}\n{new_public}");
-        let auth = Authenticator::new(&user_public, "iss", "aud", Some(&both)).expect("auth");
+        let user_keys = TokenKeys::from_pems(&user_public, "K").expect("keys");
+        let auth = Authenticator::new(user_keys, "iss", "aud", Some(&both)).expect("auth");
         for private in [&old_private, &new_private] {
             let token = TokenSigner::for_service(private.expose())
                 .expect("signer")

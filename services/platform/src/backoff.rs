@@ -35,6 +35,11 @@ impl Backoff {
         self.next = self.first;
     }
 
+    /// Doubles the next wait without waiting (a loop that sleeps on its own terms).
+    pub fn advance_after_failure(&mut self) {
+        self.advance();
+    }
+
     fn advance(&mut self) -> Duration {
         let now = self.next;
         self.next = self.next.saturating_mul(2).min(self.max);

@@ -209,8 +209,17 @@ pub struct ServiceSettings {
     /// `AUTH_ISSUER` / `AUTH_AUDIENCE`: what user access tokens must say.
     pub auth_issuer: String,
     pub auth_audience: String,
-    /// `AUTH_PUBLIC_KEY`: PEM (SPKI) Ed25519 key that verifies user access tokens.
+    /// `AUTH_PUBLIC_KEY`: PEM (SPKI) Ed25519 keys, one or more blocks. In the user
+    /// service: the keys it publishes beside the one it signs with (retired, or
+    /// about to sign). Elsewhere: pins the keys that verify access tokens, instead
+    /// of fetching them (`AUTH_KEYS_ADDR`).
     pub auth_public_key: Secret,
+    /// `AUTH_KEYS_ADDR`: the user service's gRPC address (as `USER_SERVICE_ADDR`),
+    /// whose published keys verify access tokens (platform::access_keys).
+    pub auth_keys_addr: String,
+    /// `AUTH_KEYS_REFRESH_SECS`: how often those keys are fetched again; a key
+    /// published for rotation is trusted everywhere this long after.
+    pub auth_keys_refresh_secs: u64,
     /// `SERVICE_PUBLIC_KEY`: PEM key that verifies service identity tokens.
     pub service_public_key: Secret,
     /// `SERVICE_PRIVATE_KEY`: PEM (PKCS#8) key this service signs its identity with.
@@ -276,6 +285,8 @@ impl ServiceSettings {
             auth_issuer: "shopmesh-user-service".into(),
             auth_audience: "shopmesh".into(),
             auth_public_key: Secret::default(),
+            auth_keys_addr: String::new(),
+            auth_keys_refresh_secs: crate::access_keys::DEFAULT_REFRESH_SECS,
             service_public_key: Secret::default(),
             service_private_key: Secret::default(),
             tls_cert_file: String::new(),

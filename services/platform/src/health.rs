@@ -1,5 +1,6 @@
 //! grpc.health.v1 and server reflection for every service. A service is SERVING
-//! while its database answers and it is not shutting down.
+//! while its database answers, it holds the keys that verify access tokens, and it
+//! is not shutting down.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use sqlx::PgPool;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::access_keys::TokenKeys;
 use crate::shutdown::Shutdown;
 
 /// Sets the status of the service name and of the overall ("") entry together.
@@ -88,35 +90,42 @@ impl Health {
         self.serving.load(Ordering::SeqCst)
     }
 
-    /// Follows the database: NOT_SERVING while it does not answer, SERVING again when
-    /// it does, NOT_SERVING for good once shutdown starts.
-    pub async fn watch_database(self, pool: PgPool, shutdown: Shutdown) {
+    /// Follows the database and the access token keys: NOT_SERVING while the
+    /// database does not answer or `keys` have not been fetched yet, SERVING again
+    /// when both hold, NOT_SERVING for good once shutdown starts.
+    pub async fn watch_readiness(self, pool: PgPool, keys: Option<TokenKeys>, shutdown: Shutdown) {
         let mut last = None;
         loop {
-            let ok = tokio::time::timeout(
+            let database = tokio::time::timeout(
                 Duration::from_secs(2),
                 sqlx::query("SELECT 1").execute(&pool),
             )
             .await
             .is_ok_and(|r| r.is_ok());
+            let keys_held = keys.as_ref().is_none_or(TokenKeys::are_held);
             if shutdown.is_triggered() {
                 break;
             }
+            let ok = database && keys_held;
             if last != Some(ok) {
                 if ok {
                     tracing::info!(service = self.service_name, "database reachable; serving");
                 } else {
                     tracing::warn!(
                         service = self.service_name,
-                        "database unreachable; not serving"
+                        database_reachable = database,
+                        access_token_keys_held = keys_held,
+                        "not serving"
                     );
                 }
                 self.set(ok).await;
                 last = Some(ok);
             }
+            // Quick while the keys are awaited (a start), every second after.
+            let pause = if keys_held { 1000 } else { 100 };
             tokio::select! {
                 _ = shutdown.wait() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
             }
         }
         // The runtime's shutdown sequence reports NOT_SERVING and closes the watches.

@@ -3,6 +3,7 @@
 //! transactional outbox and the idempotent consumer, state shared through Redis, gRPC client channels, the
 //! error table and token verification.
 
+pub mod access_keys;
 pub mod admin;
 pub mod auth;
 pub mod backoff;

@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use crate::access_keys::TokenKeys;
 use crate::admin;
 use crate::config::ServiceSettings;
 use crate::event_signature::EventSigner;
@@ -149,6 +150,8 @@ pub struct ServiceRuntime {
     admin_listener: TcpListener,
     grpc_addr: SocketAddr,
     admin_addr: SocketAddr,
+    /// Keys that must have been fetched before the service reports SERVING.
+    access_keys: Option<TokenKeys>,
 }
 
 impl std::fmt::Debug for ServiceRuntime {
@@ -199,7 +202,16 @@ impl ServiceRuntime {
             admin_listener,
             grpc_addr,
             admin_addr,
+            access_keys: None,
         })
+    }
+
+    /// Reports SERVING only once `keys` hold the access token keys (fetched ones
+    /// may not yet): a copy that cannot verify a token takes no traffic.
+    #[must_use]
+    pub fn serving_once_keys_are_held(mut self, keys: TokenKeys) -> Self {
+        self.access_keys = Some(keys);
+        self
     }
 
     pub fn grpc_port(&self) -> u16 {
@@ -230,11 +242,11 @@ impl ServiceRuntime {
         }
 
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(
-            health
-                .clone()
-                .watch_database(self.pool.clone(), shutdown.clone()),
-        );
+        tasks.spawn(health.clone().watch_readiness(
+            self.pool.clone(),
+            self.access_keys.clone(),
+            shutdown.clone(),
+        ));
         for worker in workers {
             tasks.spawn(worker);
         }

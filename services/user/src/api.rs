@@ -1,6 +1,7 @@
 //! The gRPC surface: authorization per docs/design.md and conversion at the edge.
 
 use shop_platform::ApiError;
+use shop_platform::access_keys::{self, VerifyingKey};
 use shop_platform::auth::{Authenticator, Role};
 use shop_platform::client_address::{self, Networks};
 use shop_platform::contract;
@@ -28,6 +29,10 @@ pub struct UserApi {
     registrations: SharedRateLimiter,
     /// The only service identity that may read any user.
     order_service: String,
+    /// The keys that verify access tokens, as published (ListAccessTokenKeys).
+    published_keys: pb::ListAccessTokenKeysResponse,
+    /// How long the set may be cached: as long as a verifier keeps it by default.
+    keys_cache_control: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
 }
 
 impl UserApi {
@@ -37,6 +42,7 @@ impl UserApi {
         trusted_proxies: Networks,
         registrations: SharedRateLimiter,
         order_service: String,
+        published_keys: &[VerifyingKey],
     ) -> Self {
         Self {
             accounts,
@@ -44,6 +50,12 @@ impl UserApi {
             trusted_proxies,
             registrations,
             order_service,
+            published_keys: pb::ListAccessTokenKeysResponse {
+                keys: published_keys.iter().map(access_keys::to_jwk).collect(),
+            },
+            keys_cache_control: format!("public, max-age={}", access_keys::DEFAULT_REFRESH_SECS)
+                .parse()
+                .expect("ASCII words and digits are a metadata value"),
         }
     }
 }
@@ -180,5 +192,20 @@ impl UserService for UserApi {
             .map_err(|_| ApiError::invalid("page_token", "is not a token this service issued"))?;
         let page = self.accounts.list(page_size, after).await?;
         Ok(Response::new(page.into()))
+    }
+
+    /// Open to anyone, token or not: these are public keys, and a verifier whose
+    /// keys are stale must still be able to fetch fresh ones.
+    #[tracing::instrument(skip_all)]
+    async fn list_access_token_keys(
+        &self,
+        request: Request<pb::ListAccessTokenKeysRequest>,
+    ) -> Result<Response<pb::ListAccessTokenKeysResponse>, Status> {
+        contract::check(request.get_ref())?;
+        let mut response = Response::new(self.published_keys.clone());
+        response
+            .metadata_mut()
+            .insert("cache-control", self.keys_cache_control.clone());
+        Ok(response)
     }
 }

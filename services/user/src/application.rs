@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
+use shop_platform::access_keys::{TokenKeys, VerifyingKey};
 use shop_platform::auth::{Authenticator, TokenSigner, generate_keypair};
 use shop_platform::client_address::Networks;
-use shop_platform::config::{ConfigError, Environment, Secret};
+use shop_platform::config::{ConfigError, Environment};
 use shop_platform::event_signature::EventVerifier;
+use shop_platform::event_signature::public_keys;
 use shop_platform::inbox::InboxConsumer;
 use shop_platform::outbox::OutboxSignal;
 use shop_platform::rate_limit::SharedRateLimiter;
@@ -46,9 +48,17 @@ impl std::fmt::Debug for Application {
     }
 }
 
-/// The key that signs access tokens and the one that verifies them: configured,
-/// or in development generated for this process.
-fn token_keys(settings: &mut Settings) -> Result<TokenSigner, ConfigError> {
+/// The key that signs access tokens, and the keys published to verify them: its
+/// own public half and every key in `AUTH_PUBLIC_KEY` (one retired from signing,
+/// or one about to sign: docs/security.md, "Rotating the access token key").
+/// Configured, or in development generated for this process.
+fn token_keys(settings: &mut Settings) -> Result<(TokenSigner, Vec<VerifyingKey>), ConfigError> {
+    if !settings.service.auth_keys_addr.is_empty() {
+        return Err(ConfigError::missing(
+            "AUTH_KEYS_ADDR",
+            "must be empty in the user service: it publishes the keys the others fetch",
+        ));
+    }
     if settings.accounts.auth_private_key.is_empty() {
         if settings.service.app_env != Environment::Development {
             return Err(ConfigError::missing(
@@ -59,25 +69,40 @@ fn token_keys(settings: &mut Settings) -> Result<TokenSigner, ConfigError> {
         tracing::warn!(
             "AUTH_PRIVATE_KEY unset: signing with a key generated for this process (development only)"
         );
-        let (private, public) = generate_keypair();
-        settings.accounts.auth_private_key = private;
-        settings.service.auth_public_key = Secret::new(public);
+        settings.accounts.auth_private_key = generate_keypair().0;
     }
-    TokenSigner::new(
+    let signer = TokenSigner::new(
         settings.accounts.auth_private_key.expose(),
         &settings.service.auth_issuer,
         &settings.service.auth_audience,
         "AUTH_PRIVATE_KEY",
-    )
+    )?;
+    let mut published = vec![signer.verifying_key()];
+    if !settings.service.auth_public_key.is_empty() {
+        let also = public_keys(settings.service.auth_public_key.expose()).ok_or_else(|| {
+            ConfigError::missing("AUTH_PUBLIC_KEY", "not Ed25519 public key PEM blocks")
+        })?;
+        for (_, key, _) in also {
+            if !published.contains(&key) {
+                published.push(key);
+            }
+        }
+    }
+    Ok((signer, published))
 }
 
 impl Application {
     pub async fn build(mut settings: Settings) -> anyhow::Result<Self> {
-        let signer = token_keys(&mut settings)?;
+        let (signer, published) = token_keys(&mut settings)?;
         // One connection to the shared Redis for revocations, sign-in lockouts and
         // the registration limit.
         let shared = SharedStore::from_url(settings.service.redis_url.expose())?;
-        let auth = Authenticator::from_settings_sharing(&settings.service, shared.clone())?;
+        let auth = Authenticator::from_settings_sharing(
+            &settings.service,
+            TokenKeys::pinned(&published),
+            shared.clone(),
+        )?;
+        let user_keys = auth.user_keys().clone();
         let service = &settings.service;
 
         let pool = db::connect_and_migrate(service, &MIGRATIONS).await?;
@@ -118,7 +143,8 @@ impl Application {
             outbox,
             topics,
         )
-        .await?;
+        .await?
+        .serving_once_keys_are_held(user_keys);
         let order_events_owner = EventVerifier::from_settings(&settings.service)?;
         Ok(Self {
             runtime,
@@ -135,6 +161,7 @@ impl Application {
                     shared,
                 ),
                 settings.accounts.order_service_name.clone(),
+                &published,
             ),
         })
     }

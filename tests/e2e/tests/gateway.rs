@@ -3,6 +3,7 @@
 
 mod dev;
 
+use base64::Engine as _;
 use std::time::Duration;
 
 use dev::{DevMesh, curl};
@@ -59,6 +60,38 @@ async fn rest_through_the_gateway_works_as_a_client_expects() {
     let run = std::process::id();
     let email = format!("rest-{run}@example.com");
     let (_, token) = sign_up(&email).await;
+
+    // The key that signed the token is published where JWT libraries look for it,
+    // and it is what the gateway and every service verify tokens with (fetched
+    // from the user service over mutual TLS).
+    let jwks = curl("GET", "/.well-known/jwks.json", None, None, &[]).await;
+    assert_eq!(jwks.status, 200, "{}", jwks.body);
+    assert_eq!(
+        jwks.header("cache-control").as_deref(),
+        Some("public, max-age=60")
+    );
+    let header = token.split('.').next().expect("a JWT header");
+    let header: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(header)
+            .expect("base64url"),
+    )
+    .expect("JSON");
+    let published = jwks.json()["keys"]
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|key| key["kid"] == header["kid"])
+        .cloned()
+        .unwrap_or_else(|| panic!("{} publishes {}", jwks.body, header["kid"]));
+    for (field, value) in [
+        ("kty", "OKP"),
+        ("crv", "Ed25519"),
+        ("alg", "EdDSA"),
+        ("use", "sig"),
+    ] {
+        assert_eq!(published[field], value, "{published}");
+    }
 
     // Register twice: 409 with the google.rpc.Status body.
     let reply = curl(

@@ -136,6 +136,16 @@ async fn grpc_and_grpc_web_reach_the_annotated_rpcs_through_the_gateway() {
         .await
         .expect_err("an unknown product");
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    // The gateway's RED metrics count it by its gRPC outcome, not the 200 it travels in.
+    let metrics = curl("GET", "/metrics", None, None, &[]).await;
+    let series = |status: &str| {
+        metrics.body.lines().any(|line| {
+            line.starts_with("gateway_http_requests_total{")
+                && line.contains(r#"route="/shop.inventory.v1.InventoryService/GetProduct""#)
+                && line.contains(&format!(r#"status="{status}""#))
+        })
+    };
+    assert!(series("404") && series("200"), "{}", metrics.body);
     // The services' internal RPCs are not reachable from outside the mesh.
     let internal = inventory
         .reserve_stock(ReserveStockRequest::default())

@@ -253,6 +253,13 @@ impl UserService for Users {
         Err(Status::unimplemented("not scripted"))
     }
 
+    async fn list_access_token_keys(
+        &self,
+        _: Request<user_pb::ListAccessTokenKeysRequest>,
+    ) -> Result<Response<user_pb::ListAccessTokenKeysResponse>, Status> {
+        Err(Status::unimplemented("not scripted"))
+    }
+
     async fn logout(
         &self,
         _: Request<user_pb::LogoutRequest>,

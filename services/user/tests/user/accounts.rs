@@ -134,18 +134,22 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn craft_token(private_pem: &str, sub: &str, aud: &str, exp: u64) -> String {
+/// A token signed with `private_pem` whose header names the key `kid`.
+fn craft_token(private_pem: &str, kid: Option<&str>, sub: &str, aud: &str, exp: u64) -> String {
     let claims = serde_json::json!({
         "iss": "shopmesh-user-service", "aud": aud, "sub": sub,
         "exp": exp, "iat": exp.saturating_sub(900), "jti": "t", "role": "admin",
     });
     let key = jsonwebtoken::EncodingKey::from_ed_pem(private_pem.as_bytes()).expect("key");
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA),
-        &claims,
-        &key,
-    )
-    .expect("encode")
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    header.kid = kid.map(str::to_owned);
+    jsonwebtoken::encode(&header, &claims, &key).expect("encode")
+}
+
+/// The key id of a public key PEM block.
+fn kid_of(public_pem: &str) -> String {
+    let keys = shop_platform::event_signature::public_keys(public_pem).expect("a public key");
+    shop_platform::event_signature::key_id(&keys[0].1)
 }
 
 #[tokio::test]
@@ -165,8 +169,10 @@ async fn get_user_checks_the_token_and_who_asks() {
         err.message()
     );
 
+    let kid = kid_of(&app.auth_keys.public_pem);
     let expired = craft_token(
         &app.auth_keys.private_pem,
+        Some(&kid),
         &alice.user_id,
         "shopmesh",
         now() - 60,
@@ -178,16 +184,54 @@ async fn get_user_checks_the_token_and_who_asks() {
     assert_eq!(err.code(), Code::Unauthenticated);
     assert_eq!(err.message(), "access token has expired");
 
+    // Another key's signature under the published key's id; under its own id; no id.
     let forger = shop_testkit::keypair();
-    let forged = craft_token(&forger.private_pem, &alice.user_id, "shopmesh", now() + 600);
+    let forged = craft_token(
+        &forger.private_pem,
+        Some(&kid),
+        &alice.user_id,
+        "shopmesh",
+        now() + 600,
+    );
     let err = app
         .get_user(&alice.user_id, Some(&forged))
         .await
         .expect_err("forged");
     assert_eq!(err.message(), "access token signature is invalid");
+    let forger_kid = kid_of(&forger.public_pem);
+    let unpublished = craft_token(
+        &forger.private_pem,
+        Some(&forger_kid),
+        &alice.user_id,
+        "shopmesh",
+        now() + 600,
+    );
+    let err = app
+        .get_user(&alice.user_id, Some(&unpublished))
+        .await
+        .expect_err("unpublished key");
+    assert_eq!(
+        err.message(),
+        format!(
+            "access token is signed by key {forger_kid}, which the user service does not publish"
+        )
+    );
+    let nameless = craft_token(
+        &app.auth_keys.private_pem,
+        None,
+        &alice.user_id,
+        "shopmesh",
+        now() + 600,
+    );
+    let err = app
+        .get_user(&alice.user_id, Some(&nameless))
+        .await
+        .expect_err("no kid");
+    assert_eq!(err.message(), "access token names no key (kid)");
 
     let wrong_audience = craft_token(
         &app.auth_keys.private_pem,
+        Some(&kid),
         &alice.user_id,
         "elsewhere",
         now() + 600,

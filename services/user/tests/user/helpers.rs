@@ -109,10 +109,33 @@ pub struct Copy {
     _task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+impl Copy {
+    /// An access token this copy signs, for the bootstrap admin.
+    pub async fn admin_token(&self, email: &str) -> String {
+        self.client
+            .clone()
+            .login(pb::LoginRequest {
+                email: email.into(),
+                password: PASSWORD.into(),
+            })
+            .await
+            .expect("admin login")
+            .into_inner()
+            .access_token
+    }
+}
+
 impl TestApp {
     /// Another copy of this service on ports of its own.
     pub async fn copy(&self) -> Copy {
-        let ((grpc_port, _), client, task, shutdown) = start(&self.settings).await;
+        self.copy_with(|_| {}).await
+    }
+
+    /// Another copy, its settings changed by `configure` (a step of a key rotation).
+    pub async fn copy_with(&self, configure: impl FnOnce(&mut Settings)) -> Copy {
+        let mut settings = self.settings.clone();
+        configure(&mut settings);
+        let ((grpc_port, _), client, task, shutdown) = start(&settings).await;
         shop_testkit::wait_serving(grpc_port).await;
         Copy {
             grpc_port,
