@@ -141,15 +141,22 @@ pub async fn limit_rate_by_client(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(client) = request.extensions().get::<ClientAddress>().copied() else {
+    let Some(client) = limited_client(&gw, &request) else {
         return next.run(request).await;
     };
-    let probe =
-        PROBE_PATHS.contains(&request.uri().path()) && gw.probe_networks.contains(client.peer);
-    if !probe && let Err(seconds) = gw.limiter.check(&format!("ip:{}", client.bucket())).await {
+    if let Err(seconds) = gw.limiter.check(&format!("ip:{}", client.bucket())).await {
         return too_many(seconds, "client").into_response();
     }
     next.run(request).await
+}
+
+/// The client a request's limits count against: none for a probe of the
+/// gateway's own paths from `PROBE_NETWORKS`, which is never limited.
+fn limited_client(gw: &Gateway, request: &Request) -> Option<ClientAddress> {
+    let client = request.extensions().get::<ClientAddress>().copied()?;
+    let probe =
+        PROBE_PATHS.contains(&request.uri().path()) && gw.probe_networks.contains(client.peer);
+    (!probe).then_some(client)
 }
 
 /// Holds one of the client's `MAX_INFLIGHT_REQUESTS_PER_CLIENT` for as long as
@@ -160,12 +167,9 @@ pub async fn limit_requests_in_flight(
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(client) = request.extensions().get::<ClientAddress>().copied() else {
+    let Some(client) = limited_client(&gw, &request) else {
         return next.run(request).await;
     };
-    if PROBE_PATHS.contains(&request.uri().path()) && gw.probe_networks.contains(client.peer) {
-        return next.run(request).await;
-    }
     let grant = match gw.requests_in_flight.take(Some(&client.bucket()), 1) {
         Ok(grant) => grant,
         Err(refusal) => {

@@ -109,18 +109,28 @@ pub struct Copy {
     _task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// Signs in through `client`.
+async fn login_with(
+    client: &UserServiceClient<Channel>,
+    email: &str,
+    password: &str,
+) -> Result<pb::LoginResponse, Status> {
+    client
+        .clone()
+        .login(pb::LoginRequest {
+            email: email.into(),
+            password: password.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
 impl Copy {
     /// An access token this copy signs, for the bootstrap admin.
     pub async fn admin_token(&self, email: &str) -> String {
-        self.client
-            .clone()
-            .login(pb::LoginRequest {
-                email: email.into(),
-                password: PASSWORD.into(),
-            })
+        login_with(&self.client, email, PASSWORD)
             .await
             .expect("admin login")
-            .into_inner()
             .access_token
     }
 }
@@ -166,14 +176,7 @@ impl TestApp {
     }
 
     pub async fn login(&self, email: &str, password: &str) -> Result<pb::LoginResponse, Status> {
-        self.client
-            .clone()
-            .login(pb::LoginRequest {
-                email: email.into(),
-                password: password.into(),
-            })
-            .await
-            .map(|r| r.into_inner())
+        login_with(&self.client, email, password).await
     }
 
     /// A fresh customer and their access token.
