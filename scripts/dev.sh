@@ -133,12 +133,15 @@ done
 
 # Wait until every copy of every service answers grpc.health.v1.
 for port in $(copies "$USER_GRPC_PORT" 10) $(copies "$INVENTORY_GRPC_PORT" 10) $(copies "$ORDER_GRPC_PORT" 10); do
+    serving=
     for _ in $(seq 1 300); do
+        # NOT_SERVING (say, access token keys not fetched yet) is not SERVING.
         grpcurl "${GRPCURL_TLS[@]}" -max-time 1 \
             "127.0.0.1:$port" grpc.health.v1.Health/Check 2>/dev/null \
-            | grep -q SERVING && break
+            | grep -q '"SERVING"' && serving=1 && break
         sleep 0.2
     done
+    [ -n "$serving" ] || log "the service on port $port is not SERVING after 60 s; see its log above"
 done
 
 # And until every gateway sees every backend SERVING.
@@ -149,10 +152,12 @@ report = json.load(sys.stdin)
 sys.exit(0 if all(state == "SERVING" for state in report["backends"].values()) else 1)'
 }
 for port in $(copies "$GATEWAY_PORT" 1); do
+    ready=
     for _ in $(seq 1 100); do
-        backends_serving "$port" && break
+        backends_serving "$port" && ready=1 && break
         sleep 0.2
     done
+    [ -n "$ready" ] || log "the gateway on port $port is not ready after 20 s (/readyz)"
 done
 
 # Demo products (kept when they exist already), as docker compose seeds them.

@@ -108,10 +108,15 @@ pub async fn image_sizes() -> String {
         .await;
     match out {
         Ok(o) if o.status.success() && !o.stdout.is_empty() => {
-            String::from_utf8_lossy(&o.stdout).into_owned()
+            let images: Vec<String> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|line| match line.split_once(' ') {
+                    Some((image, size)) => format!("`{image}` {size}"),
+                    None => line.to_owned(),
+                })
+                .collect();
+            images.join(", ")
         }
-        _ => {
-            "none built on this machine yet (the Docker images come with the compose issue)".into()
-        }
+        _ => "none built on this machine (`make compose-test` builds them)".into(),
     }
 }

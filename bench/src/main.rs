@@ -429,7 +429,7 @@ async fn main() -> anyhow::Result<()> {
         .filter(|(n, _)| n != "gateway")
         .all(|(_, m)| *m <= 30.0);
     println!(
-        "\nEach service ≤ 30 MB resident when idle: {}. From start to SERVING (inventory-service, database reachable, median of 3): **{} ms** (goal ≤ 1 s: {}). Images: {}\n",
+        "\nEach service ≤ 30 MB resident when idle: {}. From start to SERVING (inventory-service, database reachable, median of 3): **{} ms** (goal ≤ 1 s: {}). Images, as `docker images` sizes them: {}.\n",
         goal(services_idle_ok),
         stats::ms_f(startup),
         goal(startup <= 1.0),

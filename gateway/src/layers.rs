@@ -6,7 +6,10 @@
 //! 2. `record_metrics`: RED figures, with labels only from known values;
 //! 3. `limit_rate_by_client`: a token bucket per client address (probes from
 //!    `PROBE_NETWORKS` exempt);
-//! 4. `compression`: gzip, br or zstd as the client's `Accept-Encoding` asks.
+//! 4. `limit_requests_in_flight`: at most `MAX_INFLIGHT_REQUESTS_PER_CLIENT`
+//!    requests answered at once per client, however many connections or HTTP/2
+//!    streams carry them (probes exempt);
+//! 5. `compression`: gzip, br or zstd as the client's `Accept-Encoding` asks.
 //!
 //! CORS, when configured, wraps them all, so that every answer (a 429 too) carries
 //! its headers for the browser.

@@ -50,10 +50,10 @@ impl std::fmt::Debug for Application {
 
 /// The key that signs access tokens, and the keys published to verify them: its
 /// own public half and every key in `AUTH_PUBLIC_KEY` (one retired from signing,
-/// or one about to sign: docs/security.md, "Rotating the access token key").
+/// or one about to sign: the rotation steps of docs/adr/0014).
 /// Configured, or in development generated for this process.
 fn token_keys(settings: &mut Settings) -> Result<(TokenSigner, Vec<VerifyingKey>), ConfigError> {
-    if !settings.service.auth_keys_addr.is_empty() {
+    if !settings.service.auth_keys_addr.trim().is_empty() {
         return Err(ConfigError::missing(
             "AUTH_KEYS_ADDR",
             "must be empty in the user service: it publishes the keys the others fetch",
