@@ -30,6 +30,31 @@ impl RestError {
         }
     }
 
+    /// A share of a `SharedBudget` refused: 429 when the client holds its whole
+    /// share, 503 when everyone together holds the whole resource; either way
+    /// with `Retry-After: 1`. The words say what was exhausted.
+    pub fn budget_refused(
+        refusal: shop_platform::budget::Refusal,
+        client_words: impl Into<String>,
+        total_words: impl Into<String>,
+    ) -> Self {
+        use shop_platform::budget::Refusal;
+        let mut err = match refusal {
+            Refusal::Client => Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Code::ResourceExhausted,
+                client_words,
+            ),
+            Refusal::Total => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Code::Unavailable,
+                total_words,
+            ),
+        };
+        err.retry_after = Some(1);
+        err
+    }
+
     /// 400 naming the field, with a BadRequest detail.
     pub fn bad_request(field: &str, description: &str) -> Self {
         let mut err = Self::new(

@@ -657,19 +657,11 @@ fn body_too_slow(limit: Duration) -> RestError {
 }
 
 fn body_budget_refused(refusal: Refusal) -> RestError {
-    let mut err = match refusal {
-        Refusal::Client => RestError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            Code::ResourceExhausted,
-            "too many request bodies in flight from your address; retry in 1 s",
-        ),
-        Refusal::Total => RestError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            Code::Unavailable,
-            "the gateway is receiving too many request bodies; retry in 1 s",
-        ),
-    };
-    err.retry_after = Some(1);
+    let mut err = RestError::budget_refused(
+        refusal,
+        "too many request bodies in flight from your address; retry in 1 s",
+        "the gateway is receiving too many request bodies; retry in 1 s",
+    );
     // The unread body stays on the wire: close rather than read it.
     err.close_connection = true;
     err

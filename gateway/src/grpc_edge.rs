@@ -33,7 +33,7 @@ use crate::errors::RestError;
 use crate::forward::{self, CallDeadline};
 use crate::routes::Route;
 use crate::state::Gateway;
-use crate::transcode::DynamicCodec;
+use crate::transcode::{self, DynamicCodec};
 
 /// Put on a request that `match_route` found to be a gRPC call.
 #[derive(Clone, Copy, Debug)]
@@ -195,9 +195,7 @@ async fn client_stream(
     let most = gw.settings.max_stream_messages;
     while let Some(message) = stream.message().await? {
         if messages.len() == most {
-            return Err(Status::invalid_argument(format!(
-                "a stream carries at most {most} messages"
-            )));
+            return Err(Status::invalid_argument(transcode::too_many_messages(most)));
         }
         messages.push(message);
     }

@@ -28,7 +28,6 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt as _;
-use shop_platform::budget::Refusal;
 use shop_platform::client_address::{bucket, forwarded_for};
 use shop_platform::metrics::{HttpLabels, OTHER_LABEL, metrics};
 use tonic::Code;
@@ -176,22 +175,12 @@ pub async fn limit_requests_in_flight(
     let grant = match gw.requests_in_flight.take(Some(&client.bucket()), 1) {
         Ok(grant) => grant,
         Err(refusal) => {
-            let (status, why) = match refusal {
-                Refusal::Client => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    format!(
-                        "this client has {} requests in flight, the most it may; retry when one finishes",
-                        gw.settings.max_inflight_requests_per_client
-                    ),
-                ),
-                Refusal::Total => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the gateway is answering as many requests as it may; retry shortly".to_owned(),
-                ),
-            };
-            let mut err = RestError::new(status, Code::ResourceExhausted, why);
-            err.retry_after = Some(1);
-            return err.into_response();
+            let client_words = format!(
+                "this client has {} requests in flight, the most it may; retry when one finishes",
+                gw.settings.max_inflight_requests_per_client
+            );
+            let total_words = "the gateway is answering as many requests as it may; retry shortly";
+            return RestError::budget_refused(refusal, client_words, total_words).into_response();
         }
     };
     let response = next.run(request).await;

@@ -325,18 +325,20 @@ pub fn build_stream(
     unknown_query: UnknownQuery,
     max_messages: usize,
 ) -> Result<Vec<DynamicMessage>, BadRequest> {
-    let lines = || {
-        body.split(|b| *b == b'\n')
-            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-    };
+    let lines: Vec<&[u8]> = body
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .take(max_messages.saturating_add(1))
+        .collect();
     // Counted before any is built: a message costs more memory than its line.
-    if lines().nth(max_messages).is_some() {
+    if lines.len() > max_messages {
         return Err(bad(
             format!("[{max_messages}]"),
-            format!("a stream carries at most {max_messages} messages"),
+            too_many_messages(max_messages),
         ));
     }
-    lines()
+    lines
+        .into_iter()
         .enumerate()
         .map(|(index, line)| {
             build_request(route, line, path_vars, query, unknown_query).map_err(|e| BadRequest {
@@ -345,6 +347,11 @@ pub fn build_stream(
             })
         })
         .collect()
+}
+
+/// Why a client stream of more than `most` messages is refused.
+pub fn too_many_messages(most: usize) -> String {
+    format!("a stream carries at most {most} messages")
 }
 
 /// Sets the query's parameters that name a field neither the body nor the path

@@ -337,7 +337,7 @@ impl Source {
 async fn keep_fresh(shared: Weak<Shared>, refresh: Duration, mut last_ok: bool) {
     let mut retry = Backoff::new(FIRST_RETRY.min(refresh), MAX_RETRY.min(refresh));
     loop {
-        let wait = if last_ok { refresh } else { retry.current() };
+        let wait = if last_ok { refresh } else { retry.next_wait() };
         {
             let Some(strong) = shared.upgrade() else {
                 return;
@@ -364,9 +364,6 @@ async fn keep_fresh(shared: Weak<Shared>, refresh: Duration, mut last_ok: bool) 
             }
             Err(err) => {
                 tracing::warn!(error = %err, key_ids = ?keys.key_ids(), "access token keys not refreshed; keeping the ones held");
-                if !last_ok {
-                    retry.advance_after_failure();
-                }
                 last_ok = false;
             }
         }

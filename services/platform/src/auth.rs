@@ -7,7 +7,6 @@
 //! `x-service-authorization` header; the end user's token travels alongside in
 //! `authorization` for audit.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -110,7 +109,7 @@ pub struct Authenticator {
     user_keys: TokenKeys,
     user_validation: Validation,
     /// The keys that sign service tokens, by key id (two while one rotates).
-    service_keys: Option<HashMap<String, DecodingKey>>,
+    service_keys: Option<TokenKeys>,
     service_validation: Validation,
     /// Revoked tokens, when this process follows them (platform::revocation).
     revocations: Option<Arc<Revocations>>,
@@ -123,20 +122,6 @@ impl std::fmt::Debug for Authenticator {
             .field("audience", &self.user_validation.aud)
             .finish_non_exhaustive()
     }
-}
-
-/// The service-token keys in `pems` (one or more SPKI PEM blocks), by key id.
-fn service_keys(pems: &str) -> Result<HashMap<String, DecodingKey>, ConfigError> {
-    let bad = || ConfigError::missing("SERVICE_PUBLIC_KEY", "not Ed25519 public key PEM blocks");
-    let mut keys = HashMap::new();
-    for (id, _, block) in crate::event_signature::public_keys(pems).ok_or_else(bad)? {
-        let key = DecodingKey::from_ed_pem(block.as_bytes()).map_err(|_| bad())?;
-        keys.insert(id, key);
-    }
-    if keys.is_empty() {
-        return Err(bad());
-    }
-    Ok(keys)
 }
 
 fn validation(issuer: &str, audience: &str) -> Validation {
@@ -155,7 +140,9 @@ impl Authenticator {
         audience: &str,
         service_public_pem: Option<&str>,
     ) -> Result<Self, ConfigError> {
-        let service_keys = service_public_pem.map(service_keys).transpose()?;
+        let service_keys = service_public_pem
+            .map(|pems| TokenKeys::from_pems(pems, "SERVICE_PUBLIC_KEY"))
+            .transpose()?;
         Ok(Self {
             user_keys,
             user_validation: validation(issuer, audience),
@@ -255,19 +242,14 @@ impl Authenticator {
             let keys = self.service_keys.as_ref().ok_or_else(|| {
                 ApiError::Unauthenticated("this service does not accept service tokens".into())
             })?;
-            // The header names the key; only a key this service was given verifies.
-            let kid = jsonwebtoken::decode_header(token)
-                .ok()
-                .and_then(|h| h.kid)
-                .ok_or_else(|| {
-                    ApiError::Unauthenticated("service token names no key (kid)".into())
-                })?;
-            let key = keys.get(&kid).ok_or_else(|| {
-                ApiError::Unauthenticated(
-                    "service token is signed by a key this service does not trust".into(),
-                )
-            })?;
-            let claims = decode(token, key, &self.service_validation, "service token")?;
+            // Only a key this service was given verifies.
+            let claims = verify_by_key_id(
+                token,
+                keys,
+                &self.service_validation,
+                "service token",
+                |_| "service token is signed by a key this service does not trust".into(),
+            )?;
             caller.service = Some(claims.sub);
         }
         Ok(caller)
@@ -275,23 +257,45 @@ impl Authenticator {
 }
 
 impl Authenticator {
-    /// An access token's claims, checked with the key its header names.
+    /// An access token's claims, checked with the published key its header names.
     fn verify_user_token(&self, token: &str) -> Result<Claims, ApiError> {
-        let kid = jsonwebtoken::decode_header(token)
-            .map_err(|_| ApiError::Unauthenticated("access token is malformed".into()))?
-            .kid
-            .ok_or_else(|| ApiError::Unauthenticated("access token names no key (kid)".into()))?;
-        let verify = |key: &DecodingKey| decode(token, key, &self.user_validation, "access token");
-        match self.user_keys.with_key(&kid, verify) {
-            Ok(claims) => claims,
-            Err(KeyMissing::Unknown) => Err(ApiError::Unauthenticated(format!(
-                "access token is signed by key {}, which the user service does not publish",
-                printable_key_id(&kid)
-            ))),
-            Err(KeyMissing::NotFetchedYet) => Err(ApiError::Unavailable(
-                "the keys that verify access tokens have not been fetched from the user service yet; retry shortly".into(),
-            )),
-        }
+        verify_by_key_id(
+            token,
+            &self.user_keys,
+            &self.user_validation,
+            "access token",
+            |kid| {
+                format!(
+                    "access token is signed by key {kid}, which the user service does not publish"
+                )
+            },
+        )
+    }
+}
+
+/// The claims of `token`, checked with the key among `keys` that its header's
+/// `kid` names; `what` names the token in errors, and `not_held` says why a key
+/// id that `keys` lack is refused.
+fn verify_by_key_id(
+    token: &str,
+    keys: &TokenKeys,
+    validation: &Validation,
+    what: &str,
+    not_held: impl FnOnce(&str) -> String,
+) -> Result<Claims, ApiError> {
+    let kid = jsonwebtoken::decode_header(token)
+        .map_err(|_| ApiError::Unauthenticated(format!("{what} is malformed")))?
+        .kid
+        .ok_or_else(|| ApiError::Unauthenticated(format!("{what} names no key (kid)")))?;
+    match keys.with_key(&kid, |key| decode(token, key, validation, what)) {
+        Ok(claims) => claims,
+        Err(KeyMissing::Unknown) => Err(ApiError::Unauthenticated(not_held(printable_key_id(
+            &kid,
+        )))),
+        // Only a fetched set can lack its keys, and only the user service's is fetched.
+        Err(KeyMissing::NotFetchedYet) => Err(ApiError::Unavailable(
+            "the keys that verify access tokens have not been fetched from the user service yet; retry shortly".into(),
+        )),
     }
 }
 

@@ -35,12 +35,9 @@ impl Backoff {
         self.next = self.first;
     }
 
-    /// Doubles the next wait without waiting (a loop that sleeps on its own terms).
-    pub fn advance_after_failure(&mut self) {
-        self.advance();
-    }
-
-    fn advance(&mut self) -> Duration {
+    /// The wait to take now, doubling the one after it (for a loop that sleeps
+    /// on its own terms, beside other wake-ups).
+    pub fn next_wait(&mut self) -> Duration {
         let now = self.next;
         self.next = self.next.saturating_mul(2).min(self.max);
         now
@@ -48,7 +45,7 @@ impl Backoff {
 
     /// Waits the current delay and doubles it; false when shutdown came first.
     pub async fn wait(&mut self, shutdown: &Shutdown) -> bool {
-        let delay = self.advance();
+        let delay = self.next_wait();
         tokio::select! {
             () = shutdown.wait() => false,
             () = tokio::time::sleep(delay) => true,
@@ -57,7 +54,7 @@ impl Backoff {
 
     /// Waits the current delay and doubles it.
     pub async fn sleep(&mut self) {
-        tokio::time::sleep(self.advance()).await;
+        tokio::time::sleep(self.next_wait()).await;
     }
 }
 

@@ -32,6 +32,7 @@ use axum::body::Bytes;
 use axum::extract::ConnectInfo;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -150,7 +151,6 @@ pub async fn serve_with_tls(
                 peer,
                 app,
                 shutdown,
-                idle_after: wait,
             };
             match tls {
                 None => {
@@ -277,8 +277,6 @@ struct Served {
     peer: SocketAddr,
     app: Router,
     shutdown: Shutdown,
-    /// How long an HTTP/2 connection may have no request open.
-    idle_after: Duration,
 }
 
 /// The requests open on one connection (an answer is open until its body is
@@ -314,7 +312,7 @@ impl Activity {
     }
 }
 
-/// One open request; dropped when its answer's body is done.
+/// One open request on an HTTP/2 connection; dropped when its answer's body is done.
 struct Busy(Arc<Activity>);
 
 impl Drop for Busy {
@@ -324,10 +322,10 @@ impl Drop for Busy {
     }
 }
 
-/// An answer's body, holding its request open until it is sent.
+/// An answer's body, holding its request open (on HTTP/2) until it is sent.
 struct Tracked {
     body: Body,
-    _busy: Busy,
+    _busy: Option<Busy>,
 }
 
 impl hyper::body::Body for Tracked {
@@ -355,6 +353,9 @@ impl hyper::body::Body for Tracked {
 struct Protocols {
     http1: hyper::server::conn::http1::Builder,
     http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    /// How long an HTTP/2 connection may have no request open (HTTP/1.1's
+    /// header timeout, which closes an idle HTTP/1.1 connection).
+    idle_after: Duration,
 }
 
 impl Protocols {
@@ -371,7 +372,11 @@ impl Protocols {
             .max_header_list_size(H2_MAX_HEADER_LIST_BYTES)
             .keep_alive_interval(H2_KEEP_ALIVE)
             .keep_alive_timeout(H2_KEEP_ALIVE);
-        Self { http1, http2 }
+        Self {
+            http1,
+            http2,
+            idle_after: header_read_timeout,
+        }
     }
 
     /// Serves one connection to its end, or until shutdown (or, for HTTP/2, no
@@ -384,13 +389,14 @@ impl Protocols {
             peer,
             app,
             shutdown,
-            idle_after,
         } = served;
-        let activity = Arc::new(Activity::default());
+        // Only HTTP/2 closes a connection by its open requests; HTTP/1.1's requests
+        // are not counted (hyper's header timeout closes an idle one itself).
+        let activity = h2.then(|| Arc::new(Activity::default()));
         let requests = activity.clone();
         let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
             request.extensions_mut().insert(ConnectInfo(peer));
-            let busy = requests.begin();
+            let busy = requests.as_ref().map(Activity::begin);
             let call = app.clone().oneshot(request.map(Body::new));
             async move {
                 let response = call.await?;
@@ -400,15 +406,15 @@ impl Protocols {
             }
         });
         let io = TokioIo::new(io);
-        let ended = if h2 {
-            let connection = std::pin::pin!(self.http2.serve_connection(io, service));
-            let idle = activity.idle_for(idle_after);
-            drive(connection, |c| c.graceful_shutdown(), &shutdown, idle).await
-        } else {
-            // hyper's header timeout closes an idle HTTP/1.1 connection itself.
-            let connection = std::pin::pin!(self.http1.serve_connection(io, service));
-            let never = std::future::pending();
-            drive(connection, |c| c.graceful_shutdown(), &shutdown, never).await
+        let ended = match activity {
+            Some(activity) => {
+                let connection = std::pin::pin!(self.http2.serve_connection(io, service));
+                drive(connection, &shutdown, activity.idle_for(self.idle_after)).await
+            }
+            None => {
+                let connection = std::pin::pin!(self.http1.serve_connection(io, service));
+                drive(connection, &shutdown, std::future::pending()).await
+            }
         };
         if let Err(err) = ended {
             tracing::debug!(%peer, error = %err, "connection ended with an error");
@@ -417,24 +423,20 @@ impl Protocols {
 }
 
 /// Runs `connection` to its end; on shutdown or when `idle` ends, asks it to
-/// finish what is open and stop (`graceful`), then waits for that: on shutdown
-/// as long as the drain allows, when idle for `IDLE_GOODBYE` at most (HTTP/2's
-/// goodbye waits for the client to answer a ping, which a silent one never does).
-async fn drive<C, E>(
+/// finish what is open and stop, then waits for that: on shutdown as long as the
+/// drain allows, when idle for `IDLE_GOODBYE` at most (HTTP/2's goodbye waits for
+/// the client to answer a ping, which a silent one never does).
+async fn drive<C: GracefulConnection>(
     mut connection: Pin<&mut C>,
-    graceful: impl FnOnce(Pin<&mut C>),
     shutdown: &Shutdown,
     idle: impl std::future::Future<Output = ()>,
-) -> Result<(), E>
-where
-    C: std::future::Future<Output = Result<(), E>>,
-{
+) -> Result<(), C::Error> {
     let idled = tokio::select! {
         ended = connection.as_mut() => return ended,
         () = shutdown.wait() => false,
         () = idle => true,
     };
-    graceful(connection.as_mut());
+    connection.as_mut().graceful_shutdown();
     if !idled {
         return connection.await;
     }

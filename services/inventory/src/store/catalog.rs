@@ -82,10 +82,13 @@ impl Catalog {
         // Inserted in SKU order, so that two imports of the same SKUs in other
         // orders wait for each other instead of deadlocking; reported in the
         // order sent.
-        let mut by_sku: Vec<&NewProduct> = products.iter().collect();
-        by_sku.sort_by(|a, b| a.sku.cmp(&b.sku));
-        let mut created = std::collections::HashSet::new();
-        for product in by_sku {
+        let mut by_sku: Vec<usize> = (0..products.len()).collect();
+        by_sku.sort_by(|&a, &b| products[a].sku.cmp(&products[b].sku));
+        // Whether each product, by its place in the request, was inserted (a SKU
+        // sent twice is inserted once: its second copy is reported as existing).
+        let mut created = vec![false; products.len()];
+        for i in by_sku {
+            let product = &products[i];
             let inserted = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
                 "{INSERT_PRODUCT} ON CONFLICT (sku) DO NOTHING RETURNING {PRODUCT_COLUMNS}"
             )));
@@ -96,12 +99,12 @@ impl Catalog {
                 continue;
             };
             self.announce(&mut tx, &row, product.initial_stock).await?;
-            created.insert(row.sku);
+            created[i] = true;
         }
         tx.commit().await?;
         let mut imported = Imported::default();
-        for product in products {
-            if created.contains(&product.sku) {
+        for (product, created) in products.into_iter().zip(created) {
+            if created {
                 imported.created.push(product.sku);
             } else {
                 imported.existing.push(product.sku);
