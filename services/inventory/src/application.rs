@@ -16,7 +16,7 @@ use tonic::service::Routes;
 use crate::api::InventoryApi;
 use crate::events::{self, ORDER_EVENTS_TOPIC, OrderEventsHandler};
 use crate::settings::Settings;
-use crate::store::{Catalog, Reservations};
+use crate::store::{Catalog, ProductCache, Reservations};
 
 /// The name this service registers in grpc.health.v1.
 pub use shop_proto::inventory::inventory_service_server::SERVICE_NAME;
@@ -32,6 +32,8 @@ pub struct Application {
     expiry_sweep: Duration,
     /// The order service's event keys: only its events are applied.
     order_events_owner: EventVerifier,
+    /// Kept fresh by a worker that follows every copy's product changes.
+    product_cache: ProductCache,
 }
 
 impl std::fmt::Debug for Application {
@@ -55,14 +57,24 @@ impl Application {
 
         let outbox = OutboxSignal::default();
         let low_threshold = settings.stock.stock_low_threshold;
+        let product_cache = ProductCache::new(
+            Duration::from_millis(settings.stock.product_cache_ttl_ms),
+            settings.stock.product_cache_entries,
+        );
         let reservations = Reservations::new(
             pool.clone(),
             outbox.clone(),
             Duration::from_secs(settings.stock.reservation_ttl_secs),
             low_threshold,
+            product_cache.clone(),
         );
         let api = InventoryApi::new(
-            Catalog::new(pool.clone(), outbox.clone(), low_threshold),
+            Catalog::new(
+                pool.clone(),
+                outbox.clone(),
+                low_threshold,
+                product_cache.clone(),
+            ),
             reservations.clone(),
             auth,
             settings.stock.order_service_name.clone(),
@@ -88,6 +100,7 @@ impl Application {
             order_events_owner,
             api,
             reservations,
+            product_cache,
             expiry_sweep: Duration::from_millis(settings.stock.expiry_sweep_ms),
         })
     }
@@ -108,6 +121,10 @@ impl Application {
                 .clone()
                 .run_expiry(self.expiry_sweep, shutdown.clone()),
         );
+        let cache_follower: Worker = Box::pin(
+            self.product_cache
+                .follow_changes(self.runtime.pool.clone(), shutdown.clone()),
+        );
         let routes = Routes::new(
             InventoryServiceServer::new(self.api)
                 .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
@@ -127,7 +144,7 @@ impl Application {
             Ok(vec![Box::pin(consumer.run(shutdown)) as Worker])
         });
         self.runtime
-            .run(routes, vec![expiry], consumers, shutdown)
+            .run(routes, vec![expiry, cache_follower], consumers, shutdown)
             .await
     }
 }

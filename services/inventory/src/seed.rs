@@ -13,7 +13,7 @@ use shop_proto::inventory as pb;
 
 use crate::model::NewProduct;
 use crate::settings::Settings;
-use crate::store::Catalog;
+use crate::store::{Catalog, ProductCache};
 
 /// One catalogue entry; the fields of CreateProductRequest.
 #[derive(Debug, Deserialize)]
@@ -78,6 +78,7 @@ pub async fn seed(settings: &Settings, path: &Path) -> anyhow::Result<Seeded> {
         pool.clone(),
         OutboxSignal::default(),
         settings.stock.stock_low_threshold,
+        ProductCache::off(),
     );
     let mut seeded = Seeded::default();
     for product in products {

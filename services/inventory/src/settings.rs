@@ -23,6 +23,12 @@ pub struct StockSettings {
     pub stock_low_threshold: i64,
     /// `ORDER_SERVICE_NAME`: the service identity allowed to call the internal RPCs.
     pub order_service_name: String,
+    /// `PRODUCT_CACHE_TTL_MS`: the longest a product read is served from memory
+    /// (changes are followed as they commit, so this is only the backstop); 0
+    /// turns the cache off.
+    pub product_cache_ttl_ms: u64,
+    /// `PRODUCT_CACHE_ENTRIES`: the most products held in memory per copy.
+    pub product_cache_entries: usize,
 }
 
 impl Default for Settings {
@@ -34,6 +40,8 @@ impl Default for Settings {
                 expiry_sweep_ms: 1000,
                 stock_low_threshold: 5,
                 order_service_name: "order-service".into(),
+                product_cache_ttl_ms: 5000,
+                product_cache_entries: 10_000,
             },
         }
     }

@@ -286,7 +286,7 @@ impl Checkout {
             }
             return Ok(rejected);
         }
-        let confirmed = self.orders.confirm(order_id, &prices).await?;
+        let confirmed = self.orders.confirm(order, &prices).await?;
         if confirmed.is_some() {
             // Turn the hold into sold stock soon rather than only when inventory reads
             // OrderConfirmed (which also commits, idempotently): a lagging consumer must

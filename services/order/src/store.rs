@@ -136,36 +136,46 @@ impl Orders {
                 .map(|o| (o, false))
                 .ok_or_else(|| ApiError::Unavailable("order changed concurrently, retry".into()));
         };
-        for (sku, quantity) in &new.lines {
-            sqlx::query("INSERT INTO order_lines (order_id, sku, quantity) VALUES ($1, $2, $3)")
-                .bind(order_id)
-                .bind(sku)
-                .bind(quantity)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let order = with_lines(&mut tx, vec![row]).await?.pop();
+        // Every line in one statement; its rows come back as stored.
+        let (skus, quantities): (Vec<&str>, Vec<i64>) =
+            new.lines.iter().map(|(sku, q)| (sku.as_str(), *q)).unzip();
+        let mut lines = sqlx::query_as::<_, LineRow>(
+            "INSERT INTO order_lines (order_id, sku, quantity)
+             SELECT $1, sku, quantity FROM unnest($2::text[], $3::bigint[]) AS l (sku, quantity)
+             RETURNING order_id, sku, quantity, currency_code, unit_price_minor",
+        )
+        .bind(order_id)
+        .bind(&skus)
+        .bind(&quantities)
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
-        let order =
-            order.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("inserted order vanished")))?;
+        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
+        let order = Order { row, lines };
         Ok((order, true))
     }
 
     /// Finishes a guarded state change: when `row` came back (the order was still in
     /// the state the UPDATE required), writes its event and commits; None otherwise.
+    /// `lines` are the order's lines when the change has just read them (else they
+    /// are read here).
     async fn settle(
         &self,
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         row: Option<OrderRow>,
+        lines: Option<Vec<LineRow>>,
     ) -> Result<Option<Order>, ApiError> {
         let Some(row) = row else {
             return Ok(None);
         };
         let order_id = row.order_id;
-        let order = with_lines(&mut tx, vec![row])
-            .await?
-            .pop()
-            .ok_or_else(|| missing(order_id))?;
+        let order = match lines {
+            Some(lines) => Order { row, lines },
+            None => with_lines(&mut tx, vec![row])
+                .await?
+                .pop()
+                .ok_or_else(|| missing(order_id))?,
+        };
         events::order_settled(&mut tx, &order).await?;
         tx.commit().await?;
         self.outbox.notify();
@@ -177,37 +187,47 @@ impl Orders {
     #[tracing::instrument(name = "db orders.confirm", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "orders", db.operation.name = "confirm"))]
     pub async fn confirm(
         &self,
-        order_id: Uuid,
+        order: &Order,
         prices: &BTreeMap<String, Price>,
     ) -> Result<Option<Order>, ApiError> {
+        let order_id = order.row.order_id;
+        // An order's lines never change, so the ones it was written with say
+        // which prices it needs.
+        if let Some(line) = order.lines.iter().find(|l| !prices.contains_key(&l.sku)) {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "reservation lacks a price for {}",
+                line.sku
+            )));
+        }
         let currency = prices
             .values()
             .next()
             .map(|p| p.currency_code.clone())
             .unwrap_or_default();
+        let (skus, unit_prices): (Vec<&str>, Vec<i64>) = order
+            .lines
+            .iter()
+            .map(|line| (line.sku.as_str(), prices[&line.sku].unit_price_minor))
+            .unzip();
+        let total = order.lines.iter().fold(0i64, |total, line| {
+            let price = prices[&line.sku].unit_price_minor;
+            total.saturating_add(price.saturating_mul(line.quantity))
+        });
         let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
-        let quantities: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT sku, quantity FROM order_lines WHERE order_id = $1 ORDER BY sku",
+        // Every line priced in one statement, which returns the lines as stored.
+        let mut lines = sqlx::query_as::<_, LineRow>(
+            "UPDATE order_lines AS l SET currency_code = $2, unit_price_minor = p.unit_price_minor
+             FROM unnest($3::text[], $4::bigint[]) AS p (sku, unit_price_minor)
+             WHERE l.order_id = $1 AND l.sku = p.sku
+             RETURNING l.order_id, l.sku, l.quantity, l.currency_code, l.unit_price_minor",
         )
         .bind(order_id)
+        .bind(&currency)
+        .bind(&skus)
+        .bind(&unit_prices)
         .fetch_all(&mut *tx)
         .await?;
-        let mut total: i64 = 0;
-        for (sku, quantity) in &quantities {
-            let price = prices.get(sku).ok_or_else(|| {
-                ApiError::Internal(anyhow::anyhow!("reservation lacks a price for {sku}"))
-            })?;
-            total = total.saturating_add(price.unit_price_minor.saturating_mul(*quantity));
-            sqlx::query(
-                "UPDATE order_lines SET currency_code = $3, unit_price_minor = $4 WHERE order_id = $1 AND sku = $2",
-            )
-            .bind(order_id)
-            .bind(sku)
-            .bind(&price.currency_code)
-            .bind(price.unit_price_minor)
-            .execute(&mut *tx)
-            .await?;
-        }
+        lines.sort_by(|a, b| a.sku.cmp(&b.sku));
         let row = sqlx::query_as::<_, OrderRow>(sqlx::AssertSqlSafe(format!(
             "UPDATE orders SET status = 'confirmed', currency_code = $2, total_minor = $3, updated_at = now()
              WHERE order_id = $1 AND status = 'pending' RETURNING {ORDER_COLUMNS}"
@@ -217,7 +237,7 @@ impl Orders {
         .bind(total)
         .fetch_optional(&mut *tx)
         .await?;
-        let settled = self.settle(tx, row).await?;
+        let settled = self.settle(tx, row, Some(lines)).await?;
         if settled.is_some() {
             tracing::info!(order_id = %order_id, total, currency = %currency, "order confirmed");
         }
@@ -242,7 +262,7 @@ impl Orders {
         .bind(skus)
         .fetch_optional(&mut *tx)
         .await?;
-        let settled = self.settle(tx, row).await?;
+        let settled = self.settle(tx, row, None).await?;
         if settled.is_some() {
             tracing::info!(order_id = %order_id, reason, "order rejected");
         }

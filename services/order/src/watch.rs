@@ -10,9 +10,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use shop_platform::db::{self, Notice};
 use shop_platform::{ApiError, Shutdown};
 use shop_proto::order as pb;
-use sqlx::postgres::PgListener;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
@@ -198,57 +198,27 @@ impl Watches {
     }
 
     /// Listens for committed changes until shutdown, handing each watched
-    /// order's new state to its watchers. After a lost connection every watched
-    /// order is read again, since notifications sent meanwhile are lost.
+    /// order's new state to its watchers. Each time listening starts (again)
+    /// every watched order is read, since notifications sent meanwhile are lost.
     pub async fn run_listener(self, pool: sqlx::PgPool, shutdown: Shutdown) {
-        let mut listener = loop {
-            let connected = async {
-                let mut listener = PgListener::connect_with(&pool).await?;
-                listener.listen(ORDER_CHANGED_CHANNEL).await?;
-                Ok::<_, sqlx::Error>(listener)
-            };
-            tokio::select! {
-                () = shutdown.wait() => return,
-                result = connected => match result {
-                    Ok(listener) => break listener,
-                    Err(err) => {
-                        tracing::warn!(error = %err, "order change listener cannot connect; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+        let watches = &self;
+        db::follow_notifications(
+            pool,
+            ORDER_CHANGED_CHANNEL,
+            shutdown,
+            move |notice| async move {
+                match notice {
+                    Notice::Listening => watches.refresh_all().await,
+                    Notice::Notified(payload) => {
+                        if let Ok(order_id) = Uuid::parse_str(&payload) {
+                            watches.refresh_if_watched(order_id).await;
+                        }
                     }
+                    Notice::Lost => {}
                 }
-            }
-        };
-        // Set when notifications may have been missed (the connection was lost);
-        // cleared once every watched order has been read again on a live one.
-        let mut resync = false;
-        loop {
-            let received = tokio::select! {
-                () = shutdown.wait() => return,
-                received = listener.try_recv() => received,
-            };
-            match received {
-                Ok(notification) => {
-                    if resync || notification.is_none() {
-                        tracing::info!(
-                            "order change listener reconnected; reading every watched order again"
-                        );
-                        self.refresh_all().await;
-                        resync = false;
-                    }
-                    if let Some(order_id) =
-                        notification.and_then(|n| Uuid::parse_str(n.payload()).ok())
-                    {
-                        self.refresh_if_watched(order_id).await;
-                    }
-                }
-                Err(err) => {
-                    // The next receive reconnects; what was sent meanwhile is lost.
-                    tracing::warn!(error = %err, "order change listener failed; retrying");
-                    resync = true;
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+            },
+        )
+        .await;
     }
 
     async fn refresh_all(&self) {

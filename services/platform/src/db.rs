@@ -64,7 +64,8 @@ fn refusal(err: &sqlx::Error) -> Option<String> {
 /// statements, so a healthy one is idle for milliseconds; one that a starved
 /// process leaves idle that long ends as UNAVAILABLE (25P03 is transient), which
 /// its callers retry, having changed nothing.
-const BOUND_IDLE_IN_TRANSACTION: &str = "SET LOCAL idle_in_transaction_session_timeout = '500ms'";
+/// Sent as one simple query, so the bound costs no round trip of its own.
+const BEGIN_BOUNDED: &str = "BEGIN; SET LOCAL idle_in_transaction_session_timeout = '500ms'";
 
 /// A transaction that may sit idle 500 ms at most: for every one that locks rows
 /// or unique keys another copy may wait on (stock, an order's request id, a
@@ -73,11 +74,7 @@ const BOUND_IDLE_IN_TRANSACTION: &str = "SET LOCAL idle_in_transaction_session_t
 pub async fn begin_bounded(
     pool: &PgPool,
 ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query(BOUND_IDLE_IN_TRANSACTION)
-        .execute(&mut *tx)
-        .await?;
-    Ok(tx)
+    pool.begin_with(BEGIN_BOUNDED).await
 }
 
 /// A pool that connects lazily, so a service starts (NOT_SERVING) while its
@@ -143,6 +140,76 @@ pub async fn connect_and_migrate(
     .await
     .context("DATABASE_URL: database not reachable within 60 s")??;
     Ok(pool)
+}
+
+/// What a connection listening on a channel reports to its follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// LISTEN took effect: from here on every notification arrives. Also after a
+    /// reconnection, when those sent in between are gone.
+    Listening,
+    /// A notification's payload.
+    Notified(String),
+    /// The connection failed or could not listen: notifications may be missed
+    /// until the next `Listening`.
+    Lost,
+}
+
+/// Follows `channel`'s notifications on a connection of `pool`'s server until
+/// shutdown, handing `on` each one, and each gap, in order (the next waits for
+/// `on` to finish): a lost connection is made again after a back-off.
+pub async fn follow_notifications<F, Fut>(
+    pool: PgPool,
+    channel: &str,
+    shutdown: Shutdown,
+    mut on: F,
+) where
+    F: FnMut(Notice) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
+    loop {
+        let listening = async {
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(channel).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let listened = tokio::select! {
+            _ = shutdown.wait() => return,
+            listening = listening => listening,
+        };
+        match listened {
+            Ok(mut listener) => {
+                backoff.reset();
+                on(Notice::Listening).await;
+                loop {
+                    let received = tokio::select! {
+                        _ = shutdown.wait() => return,
+                        received = listener.try_recv() => received,
+                    };
+                    match received {
+                        Ok(Some(notification)) => {
+                            on(Notice::Notified(notification.payload().to_owned())).await;
+                        }
+                        // The connection closed; listen again on a new one, so that
+                        // `Listening` marks where the gap ends.
+                        Ok(None) => break,
+                        Err(err) => {
+                            tracing::warn!(error = %err, channel, "listening connection lost");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, channel, "notifications not listened for");
+            }
+        }
+        on(Notice::Lost).await;
+        if !backoff.wait(&shutdown).await {
+            return;
+        }
+    }
 }
 
 /// An insert's result, with a unique-constraint violation as ALREADY_EXISTS

@@ -21,6 +21,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::backoff::{Backoff, MAX_BACKOFF};
+use crate::db;
 use crate::event_signature::{EventSigner, SignedFields};
 use crate::kafka::{
     self, CONTENT_TYPE_PROTOBUF, HEADER_CONTENT_TYPE, HEADER_EVENT_ID, HEADER_EVENT_TYPE,
@@ -78,48 +79,13 @@ pub async fn enqueue<M: Name>(
 
 /// Wakes `signal` whenever any copy commits events to `pool`'s outbox, until
 /// shutdown. A lost connection also wakes it (notifications sent meanwhile are
-/// gone, so the relay looks) and is made again after a back-off.
+/// gone, so the relay looks), and so does listening again.
 pub async fn wake_on_commits(pool: PgPool, signal: OutboxSignal, shutdown: Shutdown) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), MAX_BACKOFF);
-    loop {
-        let listening = async {
-            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
-            listener.listen(WAKE_CHANNEL).await?;
-            Ok::<_, sqlx::Error>(listener)
-        };
-        let mut listener = tokio::select! {
-            _ = shutdown.wait() => return,
-            listening = listening => match listening {
-                Ok(listener) => listener,
-                Err(err) => {
-                    tracing::warn!(error = %err, "outbox wake-ups not listened for; relying on polls");
-                    if !backoff.wait(&shutdown).await {
-                        return;
-                    }
-                    continue;
-                }
-            },
-        };
-        backoff.reset();
-        loop {
-            let received = tokio::select! {
-                _ = shutdown.wait() => return,
-                received = listener.try_recv() => received,
-            };
-            match received {
-                // A notification, or a reconnection that may have missed some.
-                Ok(Some(_) | None) => signal.notify(),
-                Err(err) => {
-                    tracing::warn!(error = %err, "outbox wake-up connection lost");
-                    signal.notify();
-                    break;
-                }
-            }
-        }
-        if !backoff.wait(&shutdown).await {
-            return;
-        }
-    }
+    db::follow_notifications(pool, WAKE_CHANNEL, shutdown, |_| {
+        signal.notify();
+        std::future::ready(())
+    })
+    .await;
 }
 
 #[derive(sqlx::FromRow)]

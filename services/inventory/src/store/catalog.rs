@@ -8,6 +8,7 @@ use sqlx::PgPool;
 
 use crate::events;
 use crate::model::{Adjustment, NewProduct, Product, ProductPage, ProductUpdate};
+use crate::store::product_cache::{Lookup, ProductCache};
 
 const PRODUCT_COLUMNS: &str = "sku, name, description, currency_code, unit_price_minor, available, reserved, sold, created_at, updated_at";
 
@@ -46,16 +47,24 @@ pub struct Catalog {
     pool: PgPool,
     outbox: OutboxSignal,
     low_threshold: i64,
+    cache: ProductCache,
 }
 
 impl Catalog {
     /// Products in `pool`; a change wakes the relay through `outbox`; available
-    /// stock under `low_threshold` publishes StockLow.
-    pub fn new(pool: PgPool, outbox: OutboxSignal, low_threshold: i64) -> Self {
+    /// stock under `low_threshold` publishes StockLow; reads go through `cache`,
+    /// and this copy's changes are forgotten there as soon as they commit.
+    pub fn new(
+        pool: PgPool,
+        outbox: OutboxSignal,
+        low_threshold: i64,
+        cache: ProductCache,
+    ) -> Self {
         Self {
             pool,
             outbox,
             low_threshold,
+            cache,
         }
     }
 
@@ -69,6 +78,7 @@ impl Catalog {
         let row = db::unless_exists(inserted, "product", || product.sku.clone())?;
         self.announce(&mut tx, &row, product.initial_stock).await?;
         tx.commit().await?;
+        self.cache.forget([&row.sku]);
         self.outbox.notify();
         tracing::info!(sku = %row.sku, "product created");
         Ok(row)
@@ -111,6 +121,7 @@ impl Catalog {
             }
         }
         if !imported.created.is_empty() {
+            self.cache.forget(&imported.created);
             self.outbox.notify();
         }
         tracing::info!(
@@ -137,13 +148,21 @@ impl Catalog {
 
     #[tracing::instrument(name = "db products.get", skip_all, fields(otel.kind = "client", db.system.name = "postgresql", db.collection.name = "products", db.operation.name = "get"))]
     pub async fn get(&self, sku: &str) -> Result<Product, ApiError> {
-        sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
+        let claim = match self.cache.lookup(sku) {
+            Lookup::Hit(product) => return Ok(product),
+            Lookup::Miss(claim) => claim,
+        };
+        let product = sqlx::query_as::<_, Product>(sqlx::AssertSqlSafe(format!(
             "SELECT {PRODUCT_COLUMNS} FROM products WHERE sku = $1"
         )))
         .bind(sku)
         .fetch_optional(&self.pool)
         .await?
-        .ok_or_else(|| no_such_product(sku))
+        .ok_or_else(|| no_such_product(sku))?;
+        if let Some(claim) = claim {
+            claim.fill(&product);
+        }
+        Ok(product)
     }
 
     /// Products by SKU after the token's SKU: a page never shifts when products are added.
@@ -199,6 +218,7 @@ impl Catalog {
         };
         events::product_updated(&mut tx, &row).await?;
         tx.commit().await?;
+        self.cache.forget([&row.sku]);
         self.outbox.notify();
         tracing::info!(sku = %row.sku, "product updated");
         Ok(row)
@@ -272,6 +292,7 @@ impl Catalog {
         events::stock_level_changed(&mut tx, &row.sku, before, row.available, self.low_threshold)
             .await?;
         tx.commit().await?;
+        self.cache.forget([&row.sku]);
         self.outbox.notify();
         Ok(row)
     }

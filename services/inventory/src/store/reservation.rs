@@ -13,6 +13,7 @@ use sqlx::{PgConnection, PgPool};
 
 use crate::events;
 use crate::model::{Reservation, ReservationLine, ReservationRequest, ReservationStatus};
+use crate::store::ProductCache;
 
 async fn lock(conn: &mut PgConnection, order_id: &str) -> Result<Option<Reservation>, sqlx::Error> {
     let Some((status, expires_at)): Option<(String, DateTime<Utc>)> = sqlx::query_as(
@@ -80,18 +81,34 @@ pub struct Reservations {
     outbox: OutboxSignal,
     ttl: Duration,
     low_threshold: i64,
+    /// Where this copy forgets the products its commits changed.
+    cache: ProductCache,
 }
 
 impl Reservations {
     /// Holds in `pool` that expire after `ttl` unless committed; see `Catalog::new`
     /// for the rest.
-    pub fn new(pool: PgPool, outbox: OutboxSignal, ttl: Duration, low_threshold: i64) -> Self {
+    pub fn new(
+        pool: PgPool,
+        outbox: OutboxSignal,
+        ttl: Duration,
+        low_threshold: i64,
+        cache: ProductCache,
+    ) -> Self {
         Self {
             pool,
             outbox,
             ttl,
             low_threshold,
+            cache,
         }
+    }
+
+    /// After a commit that moved `reservation`'s stock.
+    fn moved(&self, reservation: &Reservation) {
+        self.cache
+            .forget(reservation.lines.iter().map(|line| &line.sku));
+        self.outbox.notify();
     }
 
     /// Holds stock for every line or none. A retry with the same lines returns the
@@ -206,7 +223,7 @@ impl Reservations {
         };
         events::stock_reserved(&mut tx, &reservation).await?;
         tx.commit().await?;
-        self.outbox.notify();
+        self.moved(&reservation);
         Ok(reservation)
     }
 
@@ -339,7 +356,7 @@ impl Reservations {
             }
         };
         tx.commit().await?;
-        self.outbox.notify();
+        self.moved(&result);
         Ok(result)
     }
 
@@ -377,12 +394,18 @@ impl Reservations {
             let Some(order_id) = due else {
                 break;
             };
-            if let Some(r) = lock(&mut tx, &order_id).await? {
-                tracing::warn!(order_id = %order_id, "reservation expired");
-                self.apply(&mut tx, r, ReservationStatus::Expired).await?;
-            }
+            let expired_now = match lock(&mut tx, &order_id).await? {
+                Some(r) => {
+                    tracing::warn!(order_id = %order_id, "reservation expired");
+                    Some(self.apply(&mut tx, r, ReservationStatus::Expired).await?)
+                }
+                None => None,
+            };
             tx.commit().await?;
-            self.outbox.notify();
+            match expired_now {
+                Some(r) => self.moved(&r),
+                None => self.outbox.notify(),
+            }
             expired += 1;
         }
         Ok(expired as usize)

@@ -12,8 +12,46 @@ pub struct TestApp {
     pub client: InventoryServiceClient<Channel>,
     pub identity: Identity,
     pub db: TestDatabase,
+    /// What it was built with, for another copy of it.
+    settings: Settings,
     shutdown: Shutdown,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// A second copy of a TestApp's service: the same database, keys and group.
+pub struct Replica {
+    pub client: InventoryServiceClient<Channel>,
+    shutdown: Shutdown,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Replica {
+    pub async fn stop(self) {
+        self.shutdown.trigger();
+        self.task.await.expect("join").expect("clean stop");
+    }
+}
+
+/// Builds and starts `settings`' service; returns its port, a client and its stop.
+async fn start(
+    settings: Settings,
+) -> (
+    u16,
+    InventoryServiceClient<Channel>,
+    Shutdown,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let app = Application::build(settings)
+        .await
+        .expect("application builds");
+    let grpc_port = app.grpc_port();
+    let shutdown = Shutdown::new();
+    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    shop_testkit::wait_serving(grpc_port).await;
+    let client = InventoryServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+        .await
+        .expect("connect");
+    (grpc_port, client, shutdown, task)
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -28,21 +66,13 @@ pub async fn spawn_app_with(brokers: &str, tune: impl FnOnce(&mut Settings)) -> 
     let mut settings = Settings::default();
     settings.service = identity.settings(settings.service, &db, brokers);
     tune(&mut settings);
-    let app = Application::build(settings)
-        .await
-        .expect("application builds");
-    let grpc_port = app.grpc_port();
-    let shutdown = Shutdown::new();
-    let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    shop_testkit::wait_serving(grpc_port).await;
-    let client = InventoryServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
-        .await
-        .expect("connect");
+    let (grpc_port, client, shutdown, task) = start(settings.clone()).await;
     TestApp {
         grpc_port,
         client,
         identity,
         db,
+        settings,
         shutdown,
         task,
     }
@@ -67,6 +97,16 @@ pub fn order_id() -> String {
 }
 
 impl TestApp {
+    /// Another copy of this service, as a second replica would run.
+    pub async fn replica(&self) -> Replica {
+        let (_, client, shutdown, task) = start(self.settings.clone()).await;
+        Replica {
+            client,
+            shutdown,
+            task,
+        }
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.grpc_port)
     }

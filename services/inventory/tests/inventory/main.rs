@@ -5,4 +5,5 @@ mod catalog;
 mod events;
 mod helpers;
 mod mtls;
+mod product_cache;
 mod reservations;
