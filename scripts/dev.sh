@@ -96,7 +96,7 @@ addresses() { # base-port -> https://127.0.0.1:p,... for every copy
 # KAFKA_GROUP_SUFFIX gives the consumer groups names of their own (tests that run
 # several meshes on one broker keep each mesh's groups apart).
 GROUP_SUFFIX=${KAFKA_GROUP_SUFFIX:-}
-PEERS="USER_SERVICE_ADDR=$(addresses "$USER_GRPC_PORT") INVENTORY_SERVICE_ADDR=$(addresses "$INVENTORY_GRPC_PORT")"
+INVENTORY_PEERS="INVENTORY_SERVICE_ADDR=$(addresses "$INVENTORY_GRPC_PORT")"
 # Every verifier but the user service fetches the access token keys it publishes.
 export AUTH_KEYS_ADDR
 AUTH_KEYS_ADDR=$(addresses "$USER_GRPC_PORT")
@@ -118,14 +118,14 @@ for ((k = 0; k < REPLICAS; k++)); do
         "$BIN/inventory-service" &
     pids+=($!)
 
-    env $(tls order-service) $PEERS DATABASE_URL=$(db_url shop_order) \
+    env $(tls order-service) $INVENTORY_PEERS DATABASE_URL=$(db_url shop_order) \
         GRPC_PORT=$((ORDER_GRPC_PORT + 10 * k)) ADMIN_PORT=$((ORDER_ADMIN_PORT + 10 * k)) \
         EVENT_SIGNING_KEY="$(cat "$DEV/keys/events-order.key")" \
         SERVICE_PRIVATE_KEY="$(cat "$DEV/keys/service.key")" \
         "$BIN/order-service" &
     pids+=($!)
 
-    env $(tls gateway) $PEERS HTTP_PORT=$((GATEWAY_PORT + k)) \
+    env $(tls gateway) $INVENTORY_PEERS USER_SERVICE_ADDR=$(addresses "$USER_GRPC_PORT") HTTP_PORT=$((GATEWAY_PORT + k)) \
         ORDER_SERVICE_ADDR=$(addresses "$ORDER_GRPC_PORT") CORS_ALLOWED_ORIGINS="${CORS_ALLOWED_ORIGINS:-*}" \
         "$BIN/gateway" &
     pids+=($!)

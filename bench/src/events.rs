@@ -11,16 +11,25 @@ use sqlx::PgPool;
 
 use crate::stats::{self, Summary};
 
-/// Commit-to-consumed for every OrderConfirmed the user service has applied.
-pub async fn commit_to_consumed(server_url: &str) -> anyhow::Result<Summary> {
+/// Commit to consumed for every OrderConfirmed the user service has applied, and
+/// its two legs: commit to the relay's stamp (the broker has acknowledged the
+/// event) and stamp to the consumer's inbox row.
+pub struct Consumed {
+    pub total: Summary,
+    pub to_acknowledged: Summary,
+    pub acknowledged_to_applied: Summary,
+}
+
+pub async fn commit_to_consumed(server_url: &str) -> anyhow::Result<Consumed> {
     let orders = PgPool::connect(&shop_testkit::with_database(server_url, "shop_order"))
         .await
         .context("shop_order")?;
     let users = PgPool::connect(&shop_testkit::with_database(server_url, "shop_user"))
         .await
         .context("shop_user")?;
-    let committed: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-        "SELECT event_id::text, created_at FROM outbox_events WHERE event_type = 'shop.order.v1.OrderConfirmed'",
+    let committed: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT event_id::text, created_at, published_at FROM outbox_events
+         WHERE event_type = 'shop.order.v1.OrderConfirmed'",
     )
     .fetch_all(&orders)
     .await?;
@@ -39,20 +48,30 @@ pub async fn commit_to_consumed(server_url: &str) -> anyhow::Result<Summary> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let consumed: HashMap<String, DateTime<Utc>> = consumed.into_iter().collect();
-    let latencies: Vec<Duration> = committed
-        .iter()
-        .filter_map(|(id, at)| (*consumed.get(id)? - *at).to_std().ok())
-        .collect();
-    let missing = committed.len() - latencies.len();
-    Ok(stats::summarize(latencies, Duration::from_secs(1), missing))
+    let between = |from: DateTime<Utc>, to: DateTime<Utc>| (to - from).to_std().ok();
+    let (mut total, mut first, mut second) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, created, published) in &committed {
+        let Some(applied) = consumed.get(id) else {
+            continue;
+        };
+        total.extend(between(*created, *applied));
+        if let Some(published) = published {
+            first.extend(between(*created, *published));
+            second.extend(between(*published, *applied));
+        }
+    }
+    let missing = committed.len() - total.len();
+    let second_long = Duration::from_secs(1);
+    Ok(Consumed {
+        total: stats::summarize(total, second_long, missing),
+        to_acknowledged: stats::summarize(first, second_long, 0),
+        acknowledged_to_applied: stats::summarize(second, second_long, 0),
+    })
 }
 
-/// Writes `count` events into the order service's outbox at once and times the
-/// relay publishing them all.
-pub async fn relay_throughput(server_url: &str, brokers: &str, count: i64) -> anyhow::Result<f64> {
-    let topic = "shop.bench.v1.noise";
-    crate::transport::create_topic(brokers, topic).await?;
-    let orders = PgPool::connect(&shop_testkit::with_database(server_url, "shop_order")).await?;
+/// Writes `count` events into `pool`'s outbox at once and times its relay
+/// publishing them all (it is woken by the commit's NOTIFY, as after any commit).
+async fn time_relay(pool: &PgPool, topic: &str, count: i64) -> anyhow::Result<f64> {
     sqlx::query(
         "INSERT INTO outbox_events (event_id, topic, event_key, event_type, payload)
          SELECT gen_random_uuid(), $1, 'k' || g, 'shop.bench.v1.Noise', '\\x0a03616263'::bytea
@@ -60,7 +79,7 @@ pub async fn relay_throughput(server_url: &str, brokers: &str, count: i64) -> an
     )
     .bind(topic)
     .bind(count)
-    .execute(&orders)
+    .execute(pool)
     .await?;
     let started = Instant::now();
     loop {
@@ -68,7 +87,7 @@ pub async fn relay_throughput(server_url: &str, brokers: &str, count: i64) -> an
             "SELECT count(*) FROM outbox_events WHERE published_at IS NULL AND topic = $1",
         )
         .bind(topic)
-        .fetch_one(&orders)
+        .fetch_one(pool)
         .await?;
         if left == 0 {
             break;
@@ -80,4 +99,72 @@ pub async fn relay_throughput(server_url: &str, brokers: &str, count: i64) -> an
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
+const NOISE_TOPIC: &str = "shop.bench.v1.noise";
+
+/// The order service's own relay, as `make dev` runs it (with the test broker's
+/// one record per produce request): events/s of each of `rounds` bursts.
+pub async fn relay_throughput(
+    server_url: &str,
+    brokers: &str,
+    count: i64,
+    rounds: usize,
+) -> anyhow::Result<Vec<f64>> {
+    crate::transport::create_topic(brokers, NOISE_TOPIC).await?;
+    let orders = PgPool::connect(&shop_testkit::with_database(server_url, "shop_order")).await?;
+    let mut rates = Vec::new();
+    for _ in 0..rounds {
+        rates.push(time_relay(&orders, NOISE_TOPIC, count).await?);
+    }
+    Ok(rates)
+}
+
+/// The platform's relay as Kafka users run it, with librdkafka's batching (the
+/// default, `KAFKA_ONE_RECORD_PER_BATCH` off): the same `OutboxRelay` on an
+/// outbox of its own (a database this run creates), publishing to the same
+/// broker. Nothing consumes the topic, so the test broker's quirk with
+/// consumers that resume inside a batch cannot matter here.
+pub async fn batched_relay_throughput(
+    server_url: &str,
+    brokers: &str,
+    count: i64,
+    rounds: usize,
+) -> anyhow::Result<Vec<f64>> {
+    use shop_platform::event_signature::EventSigner;
+    use shop_platform::kafka::{KafkaConnection, producer};
+    use shop_platform::outbox::{OutboxRelay, OutboxSignal, wake_on_commits};
+
+    crate::transport::create_topic(brokers, NOISE_TOPIC).await?;
+    let database = format!("shop_bench_relay_{}", uuid::Uuid::new_v4().simple());
+    let admin = PgPool::connect(server_url).await?;
+    // The name is ours (a UUID), never input.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE \"{database}\""
+    )))
+    .execute(&admin)
+    .await?;
+    let pool = PgPool::connect(&shop_testkit::with_database(server_url, &database)).await?;
+    shop_platform::db::PLATFORM_MIGRATIONS.run(&pool).await?;
+    let key = shop_testkit::keypair();
+    let signer = EventSigner::from_pem(&key.private_pem, "EVENT_SIGNING_KEY")?;
+    let producer = producer(&KafkaConnection::plaintext(brokers), false)?;
+    let signal = OutboxSignal::default();
+    let shutdown = shop_platform::Shutdown::new();
+    let relay = OutboxRelay::new(pool.clone(), producer, signal.clone(), "bench", signer);
+    let relaying = tokio::spawn(relay.run(shutdown.clone()));
+    let waking = tokio::spawn(wake_on_commits(pool.clone(), signal, shutdown.clone()));
+    let mut rates = Vec::new();
+    for _ in 0..rounds {
+        rates.push(time_relay(&pool, NOISE_TOPIC, count).await?);
+    }
+    shutdown.trigger();
+    let _ = tokio::join!(relaying, waking);
+    pool.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await?;
+    Ok(rates)
 }

@@ -20,7 +20,7 @@ pub struct Shop {
     pub tokens: Vec<String>,
 }
 
-async fn json(
+pub async fn json(
     conn: &mut Connection,
     method: &str,
     path: &str,

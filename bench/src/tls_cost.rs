@@ -1,4 +1,4 @@
-//! Section 6, what mutual TLS costs: the same gateway and CreateOrder loads
+//! Section 7, what mutual TLS costs: the same gateway and CreateOrder loads
 //! against the mesh with every gRPC hop on mutual TLS (as `make dev` runs it)
 //! and against the same binaries with every hop in plaintext
 //! (`SHOPMESH_BENCH_PLAINTEXT`). `make bench` runs `tls-cost` once against each
@@ -22,7 +22,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(rounds: &[Summary], figure: fn(&Summary) -> f64) -> Self {
+    pub fn of(rounds: &[Summary], figure: fn(&Summary) -> f64) -> Self {
         let values: Vec<f64> = rounds.iter().map(figure).collect();
         Self {
             median: stats::median(values.clone()),
@@ -112,7 +112,7 @@ pub fn render(tls: &Figures, plain: &Figures) -> String {
             None,
         ),
     ];
-    let mut out = String::from("## 6. What mutual TLS costs\n\n");
+    let mut out = String::from("## 7. What mutual TLS costs\n\n");
     out.push_str(&format!(
         "The same release binaries on the same ports, first with every gRPC hop on mutual TLS (as `make dev` runs them; the gateway's HTTP side is plain HTTP in both), then restarted with every hop in plaintext (`SHOPMESH_BENCH_PLAINTEXT=1`, which only this benchmark sets). Each mesh: rounds of direct GetProduct, GetProduct through the gateway and CreateOrder at {ORDER_CONCURRENCY} concurrent clients, alternating; median (min–max) over the rounds. The plaintext mesh runs second, on a database the first run has already grown.\n\n"
     ));

@@ -97,9 +97,14 @@ impl Application {
             };
             // Server streams (watches) get connections of their own, so that long
             // streams can never take the HTTP/2 stream slots unary calls need.
+            let mut streams = Vec::new();
+            for _ in 0..shop_platform::grpc::STREAM_CONNECTIONS_PER_PEER {
+                streams.push(dial().await?);
+            }
             let channels = Backend {
                 unary: dial().await?,
-                streams: dial().await?,
+                streams,
+                next_stream: std::sync::atomic::AtomicUsize::new(0),
             };
             backends.insert(package.to_owned(), channels);
         }

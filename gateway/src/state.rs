@@ -14,10 +14,15 @@ use crate::passthrough::HeaderList;
 use crate::routes::Route;
 use crate::settings::Settings;
 
-/// The channels to one backend: unary calls and server streams apart.
+/// The channels to one backend: unary calls and server streams apart. Streams
+/// are spread over `grpc::STREAM_CONNECTIONS_PER_PEER` channels (each with a
+/// connection per backend copy), so that one connection's stream limit does
+/// not bound the watches a copy can carry.
 pub(crate) struct Backend {
     pub(crate) unary: Channel,
-    pub(crate) streams: Channel,
+    pub(crate) streams: Vec<Channel>,
+    /// Which of `streams` the next stream opens on (round robin).
+    pub(crate) next_stream: std::sync::atomic::AtomicUsize,
 }
 
 /// The state of `layers.rs` and `forward.rs`.
@@ -56,11 +61,13 @@ impl Gateway {
     /// The channel for `package`'s unary calls or its server streams.
     pub(crate) fn channel(&self, package: &str, streaming: bool) -> Option<Channel> {
         let backend = self.backends.get(package)?;
-        Some(if streaming {
-            backend.streams.clone()
-        } else {
-            backend.unary.clone()
-        })
+        if !streaming {
+            return Some(backend.unary.clone());
+        }
+        let turn = backend
+            .next_stream
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        backend.streams.get(turn % backend.streams.len()).cloned()
     }
 }
 

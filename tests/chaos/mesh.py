@@ -303,8 +303,7 @@ class NativeMesh(Mesh):
             # One copy of inventory sits behind the fault proxy; several are named directly.
             inventory = (f"http://127.0.0.1:{self.proxy.port}" if self.copies == 1
                          else self.addresses("inventory"))
-            env.update(USER_SERVICE_ADDR=self.addresses("user"),
-                       INVENTORY_SERVICE_ADDR=inventory,
+            env.update(INVENTORY_SERVICE_ADDR=inventory,
                        RPC_TIMEOUT_MS="1000", REQUEST_DEADLINE_MS="4000",
                        RECOVERY_AFTER_MS="3000", RECOVERY_INTERVAL_MS="500")
         return env

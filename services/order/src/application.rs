@@ -57,7 +57,6 @@ impl Application {
         let outbox = OutboxSignal::default();
         let tls = TlsFiles::from_settings(service)?;
         let peers = Peers::connect(
-            &saga.user_service_addr,
             &saga.inventory_service_addr,
             signer,
             &saga.service_identity,
@@ -66,7 +65,7 @@ impl Application {
             tls.as_ref(),
         )
         .await
-        .context("USER_SERVICE_ADDR / INVENTORY_SERVICE_ADDR")?;
+        .context("INVENTORY_SERVICE_ADDR")?;
         let orders = Orders::new(pool.clone(), outbox.clone());
         let watches = Watches::new(
             orders.clone(),

@@ -1,4 +1,4 @@
-//! The CreateOrder saga: validate → GetUser → PENDING → ReserveStock (keyed by
+//! The CreateOrder saga: validate → PENDING → ReserveStock (keyed by
 //! order id) → CONFIRMED or REJECTED, each step persisted so that a crash at any
 //! point converges (the recovery loop resumes PENDING orders with the same calls,
 //! which are idempotent).
@@ -65,11 +65,6 @@ fn outcome(order: Order) -> Result<Order, ApiError> {
     }
 }
 
-fn unavailable(what: &str, status: &tonic::Status) -> ApiError {
-    tracing::warn!(code = ?status.code(), message = status.message(), "{what} unavailable");
-    ApiError::Unavailable(format!("{what} is unavailable: {}", status.message()))
-}
-
 impl Checkout {
     pub fn new(orders: Orders, peers: Peers, give_up_after: Duration) -> Self {
         Self {
@@ -86,49 +81,9 @@ impl Checkout {
         new: NewOrder,
         deadline: Deadline,
     ) -> Result<Order, ApiError> {
-        if let Some(request_id) = &new.request_id
-            && let Some(existing) = self
-                .orders
-                .find_by_request(user.user_id, request_id)
-                .await?
-        {
-            return self.replay(existing, &new, &on_behalf, &deadline).await;
-        }
-
-        let account = self
-            .peers
-            .get_user(&user.user_id.to_string(), &on_behalf, &deadline)
-            .instrument(tracing::info_span!(
-                "saga.get_user",
-                otel.name = "shop.user.v1.UserService/GetUser",
-                otel.kind = "client",
-                rpc.system = "grpc",
-                rpc.service = shop_proto::user::user_service_server::SERVICE_NAME,
-                rpc.method = "GetUser",
-            ))
-            .await;
-        match account {
-            Ok(_) => {}
-            Err(status) if status.code() == Code::NotFound => {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "user {} no longer exists",
-                    user.user_id
-                )));
-            }
-            Err(status)
-                if matches!(
-                    status.code(),
-                    Code::PermissionDenied | Code::Unauthenticated
-                ) =>
-            {
-                return Err(ApiError::Internal(anyhow::anyhow!(
-                    "user service refused this service's identity: {}",
-                    status.message()
-                )));
-            }
-            Err(status) => return Err(unavailable("the user service", &status)),
-        }
-
+        // The user is who the token says: only the user service signs tokens,
+        // for accounts it holds (none is ever deleted), and revoked ones were
+        // refused before this. So the saga reads nothing of the user's.
         let (order, created) = self.orders.insert_pending(user.user_id, &new).await?;
         if !created {
             return self.replay(order, &new, &on_behalf, &deadline).await;

@@ -1,4 +1,4 @@
-//! Calls to the user and inventory services: each with a deadline (the smaller of
+//! Calls to the inventory service: each with a deadline (the smaller of
 //! the per-call timeout and what is left of the caller's), the trace context, this
 //! service's identity token and the end user's token for audit; only idempotent
 //! calls are retried, a bounded number of times.
@@ -11,8 +11,6 @@ use shop_platform::grpc::{self, Deadline, RetryBudget, RetryPolicy};
 use shop_platform::tls::TlsFiles;
 use shop_proto::inventory as inv;
 use shop_proto::inventory::inventory_service_client::InventoryServiceClient;
-use shop_proto::user as user_pb;
-use shop_proto::user::user_service_client::UserServiceClient;
 use std::sync::Arc;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
 use tonic::transport::Channel;
@@ -24,12 +22,11 @@ const HEDGE_AFTER: Duration = Duration::from_millis(150);
 
 #[derive(Clone)]
 pub struct Peers {
-    users: UserServiceClient<Channel>,
     inventory: InventoryServiceClient<Channel>,
     signer: TokenSigner,
     identity: String,
     rpc_timeout: Duration,
-    /// Retries of calls to both peers, as a share of the calls.
+    /// Retries of calls to inventory, as a share of the calls.
     retries: Arc<RetryBudget>,
 }
 
@@ -47,7 +44,6 @@ pub struct OnBehalfOf(pub Option<AsciiMetadataValue>);
 
 impl Peers {
     pub async fn connect(
-        user_addr: &str,
         inventory_addr: &str,
         signer: TokenSigner,
         identity: &str,
@@ -56,12 +52,10 @@ impl Peers {
         tls: Option<&TlsFiles>,
     ) -> anyhow::Result<Self> {
         let connect_timeout = rpc_timeout.min(Duration::from_secs(1));
-        let dial = |addr| grpc::channel_every(addr, connect_timeout, resolve_every, tls);
-        let users = UserServiceClient::new(dial(user_addr).await?);
-        let inventory = InventoryServiceClient::new(dial(inventory_addr).await?);
+        let channel =
+            grpc::channel_every(inventory_addr, connect_timeout, resolve_every, tls).await?;
         Ok(Self {
-            users,
-            inventory,
+            inventory: InventoryServiceClient::new(channel),
             signer,
             identity: identity.into(),
             rpc_timeout,
@@ -122,27 +116,6 @@ impl Peers {
         )
         .await
         .map(tonic::Response::into_inner)
-    }
-
-    pub async fn get_user(
-        &self,
-        user_id: &str,
-        user: &OnBehalfOf,
-        deadline: &Deadline,
-    ) -> Result<user_pb::User, Status> {
-        let message = user_pb::GetUserRequest {
-            user_id: user_id.into(),
-        };
-        self.idempotent(
-            &self.users,
-            message,
-            user,
-            deadline,
-            |mut c, r| async move { c.get_user(r).await },
-        )
-        .await?
-        .user
-        .ok_or_else(|| Status::internal("user service answered without a user"))
     }
 
     /// Idempotent per order id, so retried.

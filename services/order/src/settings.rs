@@ -28,9 +28,8 @@ pub struct WatchSettings {
 /// What only the order service reads.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SagaSettings {
-    /// `USER_SERVICE_ADDR`: e.g. `http://user-service:50051` (comma-separated for several).
-    pub user_service_addr: String,
-    /// `INVENTORY_SERVICE_ADDR`.
+    /// `INVENTORY_SERVICE_ADDR`: e.g. `https://inventory-service:50052`
+    /// (comma-separated for several copies).
     pub inventory_service_addr: String,
     /// `RPC_TIMEOUT_MS`: the deadline of each call to a dependency.
     pub rpc_timeout_ms: u64,
@@ -51,7 +50,6 @@ impl Default for Settings {
         Self {
             service: ServiceSettings::with_ports("order-service", GRPC_PORT, ADMIN_PORT),
             saga: SagaSettings {
-                user_service_addr: "http://127.0.0.1:50051".into(),
                 inventory_service_addr: "http://127.0.0.1:50052".into(),
                 rpc_timeout_ms: 2000,
                 request_deadline_ms: 8000,
@@ -61,7 +59,7 @@ impl Default for Settings {
                 service_identity: "order-service".into(),
             },
             watch: WatchSettings {
-                max_watches: 512,
+                max_watches: 2048,
                 max_watches_per_user: 10,
                 max_watch_secs: 600,
             },
@@ -85,12 +83,16 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        // Watches arrive over the gateway's few connections; past this they would
-        // queue for stream slots on those connections.
-        if !(1..=grpc::STREAMS_PER_CONNECTION as usize / 2).contains(&watch.max_watches) {
+        // Watches arrive over the gateway's few stream connections per copy; past
+        // half what they carry, they would queue for stream slots there.
+        let most = grpc::STREAMS_PER_CONNECTION as usize / 2 * grpc::STREAM_CONNECTIONS_PER_PEER;
+        if !(1..=most).contains(&watch.max_watches) {
             return Err(ConfigError::missing(
                 "MAX_WATCHES",
-                "must be between 1 and half the streams a connection may carry (512)",
+                &format!(
+                    "must be between 1 and half the streams the gateway's {} stream connections to a copy carry ({most})",
+                    grpc::STREAM_CONNECTIONS_PER_PEER
+                ),
             ));
         }
         settings.service.validate()?;

@@ -31,8 +31,9 @@ type Latest = Option<Arc<(pb::Order, bool)>>;
 #[derive(Clone, Copy, Debug)]
 pub struct WatchLimits {
     /// Watches this process holds open at once, everyone's together; kept below
-    /// the streams one HTTP/2 connection may carry (`grpc::STREAMS_PER_CONNECTION`),
-    /// since the gateway carries many users' watches over one connection.
+    /// the streams the gateway's connections to one copy may carry
+    /// (`grpc::STREAMS_PER_CONNECTION` × `grpc::STREAM_CONNECTIONS_PER_PEER`),
+    /// since the gateway carries many users' watches over those few.
     pub total: usize,
     /// Watches one user may hold open at once.
     pub per_user: usize,

@@ -232,7 +232,9 @@ impl OutboxRelay {
                 .get_or_create(&labels)
                 .inc();
         }
-        sqlx::query("UPDATE outbox_events SET published_at = now(), attempts = attempts + 1 WHERE id = ANY($1)")
+        // The moment of the stamp, after the broker's acknowledgement (now() would
+        // be when this transaction began, before the batch was sent).
+        sqlx::query("UPDATE outbox_events SET published_at = clock_timestamp(), attempts = attempts + 1 WHERE id = ANY($1)")
             .bind(&published)
             .execute(&mut *tx)
             .await?;

@@ -37,7 +37,6 @@ pub fn spawn_order_service(settings: &shop_order::Settings, port: u16, admin_por
         .env("SERVICE_PUBLIC_KEY", s.service_public_key.expose())
         .env("SERVICE_PRIVATE_KEY", s.service_private_key.expose())
         .env("EVENT_SIGNING_KEY", s.event_signing_key.expose())
-        .env("USER_SERVICE_ADDR", &saga.user_service_addr)
         .env("INVENTORY_SERVICE_ADDR", &saga.inventory_service_addr)
         .env("RECOVERY_AFTER_MS", saga.recovery_after_ms.to_string())
         .env(
@@ -72,13 +71,7 @@ async fn sigkill_under_load_loses_no_confirmed_order_and_keeps_every_invariant()
     let inventory_port = shop_testkit::free_port();
     let inventory = start_inventory(&identity, &broker.brokers, inventory_port, None).await;
     let order_db = TestDatabase::create().await;
-    let settings = order_settings(
-        &identity,
-        &broker.brokers,
-        &order_db,
-        user.port,
-        inventory_port,
-    );
+    let settings = order_settings(&identity, &broker.brokers, &order_db, inventory_port);
     let (port, admin_port) = (shop_testkit::free_port(), shop_testkit::free_port());
     let mesh = Mesh {
         broker,

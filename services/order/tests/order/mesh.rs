@@ -102,12 +102,10 @@ pub fn order_settings(
     identity: &Identity,
     brokers: &str,
     db: &TestDatabase,
-    user_port: u16,
     inventory_port: u16,
 ) -> shop_order::Settings {
     let mut settings = shop_order::Settings::default();
     settings.service = identity.settings(settings.service, db, brokers);
-    settings.saga.user_service_addr = identity.address(user_port);
     settings.saga.inventory_service_addr = identity.address(inventory_port);
     settings.saga.recovery_after_ms = 1000;
     settings.saga.recovery_interval_ms = 200;
@@ -142,8 +140,7 @@ impl Mesh {
         let inventory = start_inventory(&identity, &broker.brokers, inventory_port, None).await;
         let db = TestDatabase::create().await;
         let user_port = user.port;
-        let mut settings =
-            order_settings(&identity, &broker.brokers, &db, user_port, inventory_port);
+        let mut settings = order_settings(&identity, &broker.brokers, &db, inventory_port);
         configure(&mut settings);
         let group = settings.service.kafka_group_id.clone();
         let app = shop_order::Application::build(settings)
@@ -179,7 +176,6 @@ impl Mesh {
             &self.identity,
             &self.broker.brokers,
             &order.db,
-            self.user_port,
             self.inventory_port,
         );
         settings.service.kafka_group_id = order.group.clone();

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use shop_platform::Shutdown;
@@ -17,8 +17,6 @@ use shop_proto::inventory as inv;
 use shop_proto::inventory::inventory_service_server::{InventoryService, InventoryServiceServer};
 use shop_proto::order as pb;
 use shop_proto::order::order_service_client::OrderServiceClient;
-use shop_proto::user as user_pb;
-use shop_proto::user::user_service_server::{UserService, UserServiceServer};
 use shop_testkit::{Identity, TestDatabase, bearer};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
@@ -205,93 +203,21 @@ impl InventoryService for Inventory {
     }
 }
 
-#[derive(Default)]
-struct Users {
-    missing: AtomicBool,
-}
-
-#[tonic::async_trait]
-impl UserService for Users {
-    async fn get_user(
-        &self,
-        request: Request<user_pb::GetUserRequest>,
-    ) -> Result<Response<user_pb::GetUserResponse>, Status> {
-        let user_id = request.into_inner().user_id;
-        if self.missing.load(Ordering::SeqCst) {
-            return Err(ApiError::NotFound {
-                resource: "user",
-                id: user_id,
-            }
-            .into());
-        }
-        Ok(Response::new(user_pb::GetUserResponse {
-            user: Some(user_pb::User {
-                user_id,
-                ..user_pb::User::default()
-            }),
-        }))
-    }
-
-    async fn register(
-        &self,
-        _: Request<user_pb::RegisterRequest>,
-    ) -> Result<Response<user_pb::RegisterResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-
-    async fn login(
-        &self,
-        _: Request<user_pb::LoginRequest>,
-    ) -> Result<Response<user_pb::LoginResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-
-    async fn list_users(
-        &self,
-        _: Request<user_pb::ListUsersRequest>,
-    ) -> Result<Response<user_pb::ListUsersResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-
-    async fn list_access_token_keys(
-        &self,
-        _: Request<user_pb::ListAccessTokenKeysRequest>,
-    ) -> Result<Response<user_pb::ListAccessTokenKeysResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-
-    async fn logout(
-        &self,
-        _: Request<user_pb::LogoutRequest>,
-    ) -> Result<Response<user_pb::LogoutResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-
-    async fn revoke_user_tokens(
-        &self,
-        _: Request<user_pb::RevokeUserTokensRequest>,
-    ) -> Result<Response<user_pb::RevokeUserTokensResponse>, Status> {
-        Err(Status::unimplemented("not scripted"))
-    }
-}
-
-/// The order service between two scripted peers.
+/// The order service and a scripted inventory.
 struct Rig {
     inventory: Arc<Inventory>,
-    users: Arc<Users>,
     orders: OrderServiceClient<Channel>,
     token: String,
     _db: TestDatabase,
     _stop: Shutdown,
 }
 
-async fn serve_peers(inventory: Arc<Inventory>, users: Arc<Users>, stop: Shutdown) -> u16 {
+async fn serve_inventory(inventory: Arc<Inventory>, stop: Shutdown) -> u16 {
     let (listener, addr) = shop_platform::grpc::bind("127.0.0.1", 0)
         .await
         .expect("bind");
     let server = tonic::transport::Server::builder()
         .add_service(InventoryServiceServer::from_arc(inventory))
-        .add_service(UserServiceServer::from_arc(users))
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),
             async move { stop.wait().await },
@@ -305,13 +231,16 @@ impl Rig {
         shop_testkit::telemetry();
         let inventory = Arc::new(Inventory::default());
         inventory.script.lock().expect("script").extend(script);
-        let users = Arc::new(Users::default());
         let stop = Shutdown::new();
-        let peers = serve_peers(inventory.clone(), users.clone(), stop.clone()).await;
+        let inventory_port = serve_inventory(inventory.clone(), stop.clone()).await;
         let identity = Identity::new();
         let db = TestDatabase::create().await;
-        let mut settings =
-            order_settings(&identity, &shop_testkit::kafka_brokers(), &db, peers, peers);
+        let mut settings = order_settings(
+            &identity,
+            &shop_testkit::kafka_brokers(),
+            &db,
+            inventory_port,
+        );
         configure(&mut settings);
         let app = shop_order::Application::build(settings)
             .await
@@ -327,7 +256,6 @@ impl Rig {
         let token = identity.user_token(uuid::Uuid::now_v7(), Role::Customer);
         Self {
             inventory,
-            users,
             orders,
             token,
             _db: db,
@@ -454,21 +382,6 @@ async fn two_currencies_reject_and_release_the_hold_at_once() {
         err.message()
     );
     assert_eq!(rig.inventory.releases.load(Ordering::SeqCst), 1);
-}
-
-#[tokio::test]
-async fn a_missing_user_stores_nothing_and_calls_no_inventory() {
-    let rig = Rig::start(&[Reserve::Hold], |_| {}).await;
-    rig.users.missing.store(true, Ordering::SeqCst);
-    let err = rig.create(&LINES).await.expect_err("no such user");
-    assert_eq!(err.code(), Code::FailedPrecondition);
-    assert!(
-        err.message().contains("no longer exists"),
-        "{}",
-        err.message()
-    );
-    assert!(rig.list().await.is_empty());
-    assert_eq!(rig.inventory.reserves.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

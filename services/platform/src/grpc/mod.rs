@@ -23,4 +23,7 @@ pub use metrics::{Red, RedLayer};
 pub use retry::{
     RetryBudget, RetryPolicy, broken_connection, call_idempotent, outgoing, retryable,
 };
-pub use server::{CALLS_PER_CONNECTION, MAX_MESSAGE_BYTES, STREAMS_PER_CONNECTION, bind, server};
+pub use server::{
+    CALLS_PER_CONNECTION, MAX_MESSAGE_BYTES, STREAM_CONNECTIONS_PER_PEER, STREAMS_PER_CONNECTION,
+    bind, server,
+};

@@ -20,6 +20,11 @@ pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 /// (`CALLS_PER_CONNECTION`).
 pub const STREAMS_PER_CONNECTION: u32 = 1_024;
 
+/// Connections per peer copy over which a caller that carries many clients'
+/// server streams (the gateway's watches) spreads them, so that a copy can hold
+/// more open streams than one connection carries.
+pub const STREAM_CONNECTIONS_PER_PEER: usize = 4;
+
 /// Calls one connection may have being answered at once; more wait their turn
 /// (streams count until their response headers are sent).
 pub const CALLS_PER_CONNECTION: usize = 256;
