@@ -20,7 +20,13 @@ pub struct Consumed {
     pub acknowledged_to_applied: Summary,
 }
 
-pub async fn commit_to_consumed(server_url: &str) -> anyhow::Result<Consumed> {
+/// Only events committed between `from` and `to`: a steady rate below the
+/// saturation point, not the closed-loop ladder that drives the mesh past it.
+pub async fn commit_to_consumed(
+    server_url: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> anyhow::Result<Consumed> {
     let orders = PgPool::connect(&shop_testkit::with_database(server_url, "shop_order"))
         .await
         .context("shop_order")?;
@@ -29,8 +35,10 @@ pub async fn commit_to_consumed(server_url: &str) -> anyhow::Result<Consumed> {
         .context("shop_user")?;
     let committed: Vec<(String, DateTime<Utc>, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT event_id::text, created_at, published_at FROM outbox_events
-         WHERE event_type = 'shop.order.v1.OrderConfirmed'",
+         WHERE event_type = 'shop.order.v1.OrderConfirmed' AND created_at BETWEEN $1 AND $2",
     )
+    .bind(from)
+    .bind(to)
     .fetch_all(&orders)
     .await?;
     // Wait for the consumer to catch up with what was committed.

@@ -257,3 +257,21 @@ pub fn hops(
         })
         .collect()
 }
+
+/// Each service database's activity counters (`pg_stat_database`: transactions,
+/// rows written, rows read), every session together.
+pub async fn database_activity(server_url: &str) -> anyhow::Result<BTreeMap<String, [f64; 3]>> {
+    let pool = sqlx::PgPool::connect(server_url).await?;
+    let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT datname::text, (xact_commit + xact_rollback)::bigint,
+                (tup_inserted + tup_updated + tup_deleted)::bigint, tup_returned::bigint
+         FROM pg_stat_database WHERE datname IN ('shop_user', 'shop_inventory', 'shop_order')",
+    )
+    .fetch_all(&pool)
+    .await?;
+    pool.close().await;
+    Ok(rows
+        .into_iter()
+        .map(|(db, xacts, written, read)| (db, [xacts as f64, written as f64, read as f64]))
+        .collect())
+}
