@@ -111,6 +111,15 @@ async fn time_relay(pool: &PgPool, topic: &str, count: i64) -> anyhow::Result<f6
 
 const NOISE_TOPIC: &str = "shop.bench.v1.noise";
 
+/// `rounds` bursts of `count` events through `pool`'s relay, each one's rate.
+async fn bursts(pool: &PgPool, count: i64, rounds: usize) -> anyhow::Result<Vec<f64>> {
+    let mut rates = Vec::new();
+    for _ in 0..rounds {
+        rates.push(time_relay(pool, NOISE_TOPIC, count).await?);
+    }
+    Ok(rates)
+}
+
 /// The order service's own relay, as `make dev` runs it (with the test broker's
 /// one record per produce request): events/s of each of `rounds` bursts.
 pub async fn relay_throughput(
@@ -121,11 +130,7 @@ pub async fn relay_throughput(
 ) -> anyhow::Result<Vec<f64>> {
     crate::transport::create_topic(brokers, NOISE_TOPIC).await?;
     let orders = PgPool::connect(&shop_testkit::with_database(server_url, "shop_order")).await?;
-    let mut rates = Vec::new();
-    for _ in 0..rounds {
-        rates.push(time_relay(&orders, NOISE_TOPIC, count).await?);
-    }
-    Ok(rates)
+    bursts(&orders, count, rounds).await
 }
 
 /// The platform's relay as Kafka users run it, with librdkafka's batching (the
@@ -162,10 +167,7 @@ pub async fn batched_relay_throughput(
     let relay = OutboxRelay::new(pool.clone(), producer, signal.clone(), "bench", signer);
     let relaying = tokio::spawn(relay.run(shutdown.clone()));
     let waking = tokio::spawn(wake_on_commits(pool.clone(), signal, shutdown.clone()));
-    let mut rates = Vec::new();
-    for _ in 0..rounds {
-        rates.push(time_relay(&pool, NOISE_TOPIC, count).await?);
-    }
+    let rates = bursts(&pool, count, rounds).await?;
     shutdown.trigger();
     let _ = tokio::join!(relaying, waking);
     pool.close().await;

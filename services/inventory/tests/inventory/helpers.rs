@@ -78,6 +78,18 @@ pub async fn spawn_app_with(brokers: &str, tune: impl FnOnce(&mut Settings)) -> 
     }
 }
 
+/// GetProduct on `client` (any copy's), which must find `sku`.
+pub async fn product_from(client: &InventoryServiceClient<Channel>, sku: &str) -> pb::Product {
+    client
+        .clone()
+        .get_product(pb::GetProductRequest { sku: sku.into() })
+        .await
+        .expect("get product")
+        .into_inner()
+        .product
+        .expect("product")
+}
+
 pub fn eur(amount_minor: i64) -> Option<Money> {
     Some(Money {
         currency_code: "EUR".into(),
@@ -151,14 +163,7 @@ impl TestApp {
     }
 
     pub async fn product(&self, sku: &str) -> pb::Product {
-        self.client
-            .clone()
-            .get_product(pb::GetProductRequest { sku: sku.into() })
-            .await
-            .expect("get product")
-            .into_inner()
-            .product
-            .expect("product")
+        product_from(&self.client, sku).await
     }
 
     pub async fn reserve(

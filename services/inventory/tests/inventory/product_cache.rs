@@ -3,27 +3,15 @@
 
 use std::time::Duration;
 
-use shop_proto::inventory as pb;
 use shop_proto::inventory::inventory_service_client::InventoryServiceClient;
 use tonic::transport::Channel;
 
-use crate::helpers::{order_id, sku, spawn_app_with};
-
-async fn read(client: &InventoryServiceClient<Channel>, sku: &str) -> pb::Product {
-    client
-        .clone()
-        .get_product(pb::GetProductRequest { sku: sku.into() })
-        .await
-        .expect("get product")
-        .into_inner()
-        .product
-        .expect("product")
-}
+use crate::helpers::{order_id, product_from, sku, spawn_app_with};
 
 /// Waits (up to 2 s) for `client` to answer `sku` with the name `name`.
 async fn sees_name(client: &InventoryServiceClient<Channel>, sku: &str, name: &str) -> bool {
     shop_testkit::eventually(Duration::from_secs(2), || async {
-        (read(client, sku).await.name == name).then_some(())
+        (product_from(client, sku).await.name == name).then_some(())
     })
     .await
     .is_some()
@@ -58,23 +46,23 @@ async fn copies_serve_products_from_memory_and_forget_every_change() {
     let pool = app.pool().await;
     let mug = sku("CACHE");
     app.create_product(&mug, 10, 500).await;
-    let first = read(&replica.client, &mug).await;
+    let first = product_from(&replica.client, &mug).await;
     assert_eq!(first.available, 10);
 
     // Behind the trigger's back, the row changes: the replica keeps answering
     // from memory, which shows that it does not ask the database.
     rename_unannounced(&pool, &mug, "renamed unannounced").await;
-    assert_eq!(read(&replica.client, &mug).await.name, first.name);
+    assert_eq!(product_from(&replica.client, &mug).await.name, first.name);
 
     // A copy reads its own writes at once (it forgets the SKU as it commits)...
     app.reserve(&order_id(), &[(&mug, 1)])
         .await
         .expect("reserve");
-    let own = read(&app.client, &mug).await;
+    let own = product_from(&app.client, &mug).await;
     assert_eq!((own.available, own.reserved), (9, 1));
     // ...and the other copy once the change's notification reaches it.
     let seen = shop_testkit::eventually(Duration::from_secs(2), || async {
-        let p = read(&replica.client, &mug).await;
+        let p = product_from(&replica.client, &mug).await;
         (p.available == 9).then_some(p)
     })
     .await
@@ -110,22 +98,22 @@ async fn copies_serve_products_from_memory_and_forget_every_change() {
     // Listening again, the replica keeps products in memory again (an unannounced
     // change is not seen), and follows announced ones.
     let resumed = shop_testkit::eventually(Duration::from_secs(5), || async {
-        read(&replica.client, &mug).await;
+        product_from(&replica.client, &mug).await;
         let marker = uuid::Uuid::now_v7().to_string();
         rename_unannounced(&pool, &mug, &marker).await;
-        (read(&replica.client, &mug).await.name != marker).then_some(())
+        (product_from(&replica.client, &mug).await.name != marker).then_some(())
     })
     .await;
     assert!(
         resumed.is_some(),
         "the replica caches once it listens again"
     );
-    let before = read(&replica.client, &mug).await.available;
+    let before = product_from(&replica.client, &mug).await.available;
     app.adjust(&mug, 5, &uuid::Uuid::now_v7().to_string())
         .await
         .expect("adjust");
     let followed = shop_testkit::eventually(Duration::from_secs(2), || async {
-        (read(&replica.client, &mug).await.available == before + 5).then_some(())
+        (product_from(&replica.client, &mug).await.available == before + 5).then_some(())
     })
     .await;
     assert!(
