@@ -27,18 +27,7 @@ stop_mesh() {
     wait "$MESH" 2>/dev/null || true
     MESH=
 }
-
-CONCURRENCY=${BENCH_CONCURRENCY:-16}
-SECONDS_PER_ROUND=${BENCH_SECONDS:-5}
-ROUNDS=${BENCH_ROUNDS:-3}
-BENCH=target/release/shop-bench
-if [ -z "${SHOPMESH_BENCH_MESH:-}" ]; then
-    cargo build --release --workspace --bins
-    start_mesh ""
-fi
-mkdir -p docs
-report=$($BENCH report "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS")
-# Sections 7 and 8 restart the mesh in plaintext, so only on a mesh this script started.
+# grpc-gateway, section 8's peer.
 PEER_PORT=8090
 PEER=
 stop_peer() {
@@ -59,6 +48,18 @@ start_peer() {
     echo "grpc-gateway did not start; see .dev-bench.log" >&2
     exit 1
 }
+
+CONCURRENCY=${BENCH_CONCURRENCY:-16}
+SECONDS_PER_ROUND=${BENCH_SECONDS:-5}
+ROUNDS=${BENCH_ROUNDS:-3}
+BENCH=target/release/shop-bench
+if [ -z "${SHOPMESH_BENCH_MESH:-}" ]; then
+    cargo build --release --workspace --bins
+    start_mesh ""
+fi
+mkdir -p docs
+report=$($BENCH report "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS")
+# Sections 7 and 8 restart the mesh in plaintext, so only on a mesh this script started.
 if [ -z "${SHOPMESH_BENCH_MESH:-}" ]; then
     tls_on=$($BENCH tls-cost "$CONCURRENCY" "$SECONDS_PER_ROUND" "$ROUNDS")
     stop_mesh

@@ -69,11 +69,11 @@ pub async fn commit_to_consumed(
         }
     }
     let missing = committed.len() - total.len();
-    let second_long = Duration::from_secs(1);
+    let one_second = Duration::from_secs(1);
     Ok(Consumed {
-        total: stats::summarize(total, second_long, missing),
-        to_acknowledged: stats::summarize(first, second_long, 0),
-        acknowledged_to_applied: stats::summarize(second, second_long, 0),
+        total: stats::summarize(total, one_second, missing),
+        to_acknowledged: stats::summarize(first, one_second, 0),
+        acknowledged_to_applied: stats::summarize(second, one_second, 0),
     })
 }
 
@@ -135,11 +135,10 @@ pub async fn relay_throughput(
 
 /// The platform's relay as Kafka users run it, with librdkafka's batching (the
 /// default, `KAFKA_ONE_RECORD_PER_BATCH` off): the same `OutboxRelay` on an
-/// outbox of its own (a database this run creates), publishing to the same
+/// outbox of its own (a database this run creates and drops), publishing to the same
 /// broker. Nothing consumes the topic, so the test broker's quirk with
 /// consumers that resume inside a batch cannot matter here.
 pub async fn batched_relay_throughput(
-    server_url: &str,
     brokers: &str,
     count: i64,
     rounds: usize,
@@ -149,15 +148,9 @@ pub async fn batched_relay_throughput(
     use shop_platform::outbox::{OutboxRelay, OutboxSignal, wake_on_commits};
 
     crate::transport::create_topic(brokers, NOISE_TOPIC).await?;
-    let database = format!("shop_bench_relay_{}", uuid::Uuid::new_v4().simple());
-    let admin = PgPool::connect(server_url).await?;
-    // The name is ours (a UUID), never input.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "CREATE DATABASE \"{database}\""
-    )))
-    .execute(&admin)
-    .await?;
-    let pool = PgPool::connect(&shop_testkit::with_database(server_url, &database)).await?;
+    // A database of its own on the DATABASE_URL server, dropped when this returns.
+    let database = shop_testkit::TestDatabase::create().await;
+    let pool = PgPool::connect(&database.url).await?;
     shop_platform::db::PLATFORM_MIGRATIONS.run(&pool).await?;
     let key = shop_testkit::keypair();
     let signer = EventSigner::from_pem(&key.private_pem, "EVENT_SIGNING_KEY")?;
@@ -171,10 +164,5 @@ pub async fn batched_relay_throughput(
     shutdown.trigger();
     let _ = tokio::join!(relaying, waking);
     pool.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS \"{database}\" WITH (FORCE)"
-    )))
-    .execute(&admin)
-    .await?;
     Ok(rates)
 }

@@ -441,8 +441,7 @@ async fn main() -> anyhow::Result<()> {
     // 4. Events.
     let consumed = events::commit_to_consumed(&server_url, steady_from, steady_to).await?;
     let relay = events::relay_throughput(&server_url, &brokers, 20_000, plan.rounds).await?;
-    let batched =
-        events::batched_relay_throughput(&server_url, &brokers, 20_000, plan.rounds).await?;
+    let batched = events::batched_relay_throughput(&brokers, 20_000, plan.rounds).await?;
     println!("## 4. Events\n");
     println!(
         "- Outbox relay, as Kafka users run it (librdkafka's batching; the platform's `OutboxRelay` on an outbox of its own, same broker): 20,000 events written at once were published in order at **{} events/s** (goal ≥ {RELAY_GOAL:.0}: {}).",

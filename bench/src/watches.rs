@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use shop_proto::order::WatchOrderRequest;
 use shop_proto::order::order_service_client::OrderServiceClient;
+use shop_proto::order::{WatchOrderRequest, WatchOrderResponse};
 use sqlx::PgPool;
 use tokio::sync::Barrier;
+use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::http::Connection;
@@ -47,6 +48,24 @@ async fn transactions(pool: &PgPool) -> anyhow::Result<i64> {
     )
     .fetch_one(pool)
     .await?)
+}
+
+/// A watch of `order_id` that has delivered its first state, or None.
+async fn first_state(
+    channel: Channel,
+    token: &str,
+    order_id: String,
+) -> Option<Streaming<WatchOrderResponse>> {
+    let mut request = tonic::Request::new(WatchOrderRequest { order_id });
+    let bearer = format!("Bearer {token}").parse().ok()?;
+    request.metadata_mut().insert("authorization", bearer);
+    let mut stream = OrderServiceClient::new(channel)
+        .watch_order(request)
+        .await
+        .ok()?
+        .into_inner();
+    stream.message().await.ok()??;
+    Some(stream)
 }
 
 async fn rate_over_window(pool: &PgPool) -> anyhow::Result<f64> {
@@ -93,21 +112,7 @@ pub async fn measure(server_url: &str, shop: &Shop) -> anyhow::Result<Watching> 
             let channel: Channel = channels[i % CONNECTIONS].clone();
             let (token, order_id, opened) = (token.clone(), order_id.clone(), opened.clone());
             tokio::spawn(async move {
-                let mut request = tonic::Request::new(WatchOrderRequest { order_id });
-                let bearer = format!("Bearer {token}").parse().expect("ascii token");
-                request.metadata_mut().insert("authorization", bearer);
-                let stream = OrderServiceClient::new(channel).watch_order(request).await;
-                let first = match stream {
-                    Ok(stream) => Some(stream.into_inner()),
-                    Err(_) => None,
-                };
-                let mut stream = match first {
-                    Some(mut stream) => match stream.message().await {
-                        Ok(Some(_)) => Some(stream),
-                        _ => None,
-                    },
-                    None => None,
-                };
+                let mut stream = first_state(channel, &token, order_id).await;
                 let held = stream.is_some();
                 opened.wait().await;
                 let changed = match stream.as_mut() {

@@ -204,15 +204,13 @@ impl Orders {
             .next()
             .map(|p| p.currency_code.clone())
             .unwrap_or_default();
-        let (skus, unit_prices): (Vec<&str>, Vec<i64>) = order
-            .lines
-            .iter()
-            .map(|line| (line.sku.as_str(), prices[&line.sku].unit_price_minor))
-            .unzip();
-        let total = order.lines.iter().fold(0i64, |total, line| {
+        let (mut skus, mut unit_prices, mut total) = (Vec::new(), Vec::new(), 0i64);
+        for line in &order.lines {
             let price = prices[&line.sku].unit_price_minor;
-            total.saturating_add(price.saturating_mul(line.quantity))
-        });
+            skus.push(line.sku.as_str());
+            unit_prices.push(price);
+            total = total.saturating_add(price.saturating_mul(line.quantity));
+        }
         let mut tx = shop_platform::db::begin_bounded(&self.pool).await?;
         // Every line priced in one statement, which returns the lines as stored.
         let mut lines = sqlx::query_as::<_, LineRow>(

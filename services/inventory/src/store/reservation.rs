@@ -394,18 +394,14 @@ impl Reservations {
             let Some(order_id) = due else {
                 break;
             };
-            let expired_now = match lock(&mut tx, &order_id).await? {
-                Some(r) => {
-                    tracing::warn!(order_id = %order_id, "reservation expired");
-                    Some(self.apply(&mut tx, r, ReservationStatus::Expired).await?)
-                }
-                None => None,
+            // This transaction holds the row it just selected, so it is there.
+            let Some(r) = lock(&mut tx, &order_id).await? else {
+                break;
             };
+            tracing::warn!(order_id = %order_id, "reservation expired");
+            let r = self.apply(&mut tx, r, ReservationStatus::Expired).await?;
             tx.commit().await?;
-            match expired_now {
-                Some(r) => self.moved(&r),
-                None => self.outbox.notify(),
-            }
+            self.moved(&r);
             expired += 1;
         }
         Ok(expired as usize)
